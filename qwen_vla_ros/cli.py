@@ -1,0 +1,61 @@
+"""The ``qwen-vla-ros`` command.
+
+Each subcommand lives beside the code it drives and registers itself through an
+``add_parser(subparsers)`` function; this module only wires them together and maps
+expected failures (bad config, missing checkpoint) to exit code 2 with a clear message.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from qwen_vla_ros.config import ConfigError, load_any
+from qwen_vla_ros.config.summary import summarize
+
+EXIT_BAD_INPUT = 2
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            config = load_any(path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{path}: OK ({type(config).__name__})")
+        print(summarize(config))
+        print()
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _add_check_config(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("check-config", help="validate embodiment or runtime YAML files")
+    parser.add_argument("files", nargs="+", help="YAML files to validate")
+    parser.set_defaults(handler=_check_config)
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_check_config,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qwen-vla-ros", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for register in SUBCOMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

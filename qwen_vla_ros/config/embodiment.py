@@ -1,0 +1,630 @@
+"""Typed description of one robot embodiment.
+
+Every robot-specific number the runtime uses comes from here: action channels and their
+limits, the mask into the model's padded action space, normalisation statistics, timing,
+cameras, joint-state topics, the command adapters, teleop mapping and safety settings.
+Models forbid unknown keys so a typo in YAML fails loudly instead of silently using a
+default.
+"""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+ChannelUnit = Literal["rad", "m", "normalized", "m/s", "rad/s"]
+Interpolation = Literal["linear", "cubic_hermite", "minimum_jerk"]
+
+
+class StrictModel(BaseModel):
+    """Base for all config models: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _unique(names: list[str], what: str) -> list[str]:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{what} must be unique, duplicated: {duplicates}")
+    return names
+
+
+class Limits(StrictModel):
+    """Bounds on a value and its first two time derivatives.
+
+    For a joint these are position (rad or m), velocity and acceleration. For a channel that
+    is itself a velocity (a base's v or omega) ``lower``/``upper`` bound the velocity,
+    ``velocity`` bounds its rate of change (acceleration) and ``acceleration`` its jerk.
+    A derivative bound left empty is not enforced in that space (e.g. end-effector deltas
+    whose rates are enforced after IK in joint space).
+    """
+
+    lower: float
+    upper: float
+    velocity: float | None = Field(default=None, gt=0)
+    acceleration: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Limits":
+        if not (math.isfinite(self.lower) and math.isfinite(self.upper)):
+            raise ValueError(f"lower ({self.lower}) and upper ({self.upper}) must be finite")
+        if self.lower >= self.upper:
+            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        return self
+
+    def contains(self, other: "Limits") -> bool:
+        """True when ``other`` lies within these bounds in position, velocity and acceleration."""
+        inside = self.lower <= other.lower and other.upper <= self.upper
+        for mine, theirs in ((self.velocity, other.velocity), (self.acceleration, other.acceleration)):
+            if mine is not None and (theirs is None or theirs > mine):
+                inside = False
+        return inside
+
+
+class ActionChannel(StrictModel):
+    name: str = Field(min_length=1)
+    unit: ChannelUnit
+    limits: Limits
+
+
+class ActionSpace(StrictModel):
+    """The embodiment's ordered action channels and where they sit in the padded model space."""
+
+    channels: list[ActionChannel] = Field(min_length=1)
+    padded_dim: int = Field(default=32, gt=0)
+    mask: list[int] = Field(description="index in the padded action vector of each channel, in channel order")
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_names(cls, channels: list[ActionChannel]) -> list[ActionChannel]:
+        _unique([c.name for c in channels], "action channel names")
+        return channels
+
+    @field_validator("mask")
+    @classmethod
+    def _mask_matches(cls, mask: list[int], info: ValidationInfo) -> list[int]:
+        return _validate_mask(mask, info, "action channels")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.channels]
+
+
+class JointSource(StrictModel):
+    kind: Literal["joint"] = "joint"
+    arm: str
+    joint: str
+
+
+class GripperSource(StrictModel):
+    """Gripper opening normalised 0 (closed) .. 1 (open) from the arm's gripper constants."""
+
+    kind: Literal["gripper"] = "gripper"
+    arm: str
+
+
+class EndEffectorSource(StrictModel):
+    """A component of the end-effector pose from forward kinematics of the arm's joint state."""
+
+    kind: Literal["ee_pose"] = "ee_pose"
+    arm: str
+    component: Literal["x", "y", "z", "roll", "pitch", "yaw"]
+
+
+class OdometrySource(StrictModel):
+    kind: Literal["odom"] = "odom"
+    field: Literal["linear_x", "angular_z"]
+
+
+StateSource = Annotated[
+    Union[JointSource, GripperSource, EndEffectorSource, OdometrySource], Field(discriminator="kind")
+]
+
+
+class StateChannel(StrictModel):
+    name: str = Field(min_length=1)
+    unit: ChannelUnit
+    source: StateSource
+
+
+class StateSpace(StrictModel):
+    """Proprioceptive state fed to the model, built from joint states and odometry."""
+
+    channels: list[StateChannel] = Field(min_length=1)
+    padded_dim: int = Field(default=32, gt=0)
+    mask: list[int]
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_names(cls, channels: list[StateChannel]) -> list[StateChannel]:
+        _unique([c.name for c in channels], "state channel names")
+        return channels
+
+    @field_validator("mask")
+    @classmethod
+    def _mask_matches(cls, mask: list[int], info: ValidationInfo) -> list[int]:
+        return _validate_mask(mask, info, "state channels")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.channels]
+
+
+def _validate_mask(mask: list[int], info: ValidationInfo, what: str) -> list[int]:
+    channels = info.data.get("channels")
+    padded_dim = info.data.get("padded_dim")
+    if channels is not None and len(mask) != len(channels):
+        raise ValueError(f"mask has {len(mask)} entries but there are {len(channels)} {what}")
+    if padded_dim is not None:
+        outside = [i for i in mask if not 0 <= i < padded_dim]
+        if outside:
+            raise ValueError(f"mask indices {outside} lie outside the padded space [0, {padded_dim})")
+    _unique([str(i) for i in mask], "mask indices")
+    return mask
+
+
+class MeanStd(StrictModel):
+    mean: list[float]
+    std: list[float]
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std: list[float]) -> list[float]:
+        bad = [s for s in std if not s > 0]
+        if bad:
+            raise ValueError(f"std must be > 0, got {bad}")
+        return std
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "MeanStd":
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+
+class Quantiles(StrictModel):
+    """Maps q01..q99 to -1..1, the convention of pi0/OpenVLA-style normalisation."""
+
+    q01: list[float]
+    q99: list[float]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Quantiles":
+        if len(self.q01) != len(self.q99):
+            raise ValueError(f"q01 has {len(self.q01)} values but q99 has {len(self.q99)}")
+        bad = [i for i, (lo, hi) in enumerate(zip(self.q01, self.q99)) if not lo < hi]
+        if bad:
+            raise ValueError(f"q01 must be below q99, violated at indices {bad}")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.q01)
+
+
+class Normalization(StrictModel):
+    mode: Literal["mean_std", "quantile"]
+    action: MeanStd | Quantiles
+    state: MeanStd | Quantiles
+
+    @model_validator(mode="after")
+    def _stats_match_mode(self) -> "Normalization":
+        expected = MeanStd if self.mode == "mean_std" else Quantiles
+        for part in ("action", "state"):
+            if not isinstance(getattr(self, part), expected):
+                keys = "mean/std" if expected is MeanStd else "q01/q99"
+                raise ValueError(f"mode {self.mode!r} needs {keys} statistics for {part}")
+        return self
+
+
+class ControlTiming(StrictModel):
+    """Servo rate of the controller and the time grid of the policy's action chunks."""
+
+    rate_hz: float = Field(gt=0, description="controller servo rate")
+    action_dt: float = Field(gt=0, description="seconds between consecutive actions in a chunk")
+    chunk_length: int = Field(gt=0, description="actions per chunk the embodiment expects")
+    interpolation: Interpolation = "cubic_hermite"
+    committed_steps: int = Field(
+        default=10, ge=0, description="control periods published on /qwen_vla/controller/committed"
+    )
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+
+class CameraSourceTopic(StrictModel):
+    """Frames come from an existing driver (e.g. realsense2_camera); camera_node is not needed."""
+
+    type: Literal["topic"] = "topic"
+
+
+class CameraSourceRealsense(StrictModel):
+    type: Literal["realsense"] = "realsense"
+    serial: str = ""
+
+
+class CameraSourceBag(StrictModel):
+    type: Literal["bag"] = "bag"
+    path: str
+
+
+class CameraSourceVideo(StrictModel):
+    type: Literal["video"] = "video"
+    path: str = Field(description="video file, capture device, or folder of images")
+
+
+CameraSource = Annotated[
+    Union[CameraSourceTopic, CameraSourceRealsense, CameraSourceBag, CameraSourceVideo],
+    Field(discriminator="type"),
+]
+
+
+class Camera(StrictModel):
+    name: str = Field(min_length=1)
+    topic: str = Field(pattern=r"^/")
+    info_topic: str | None = Field(default=None, pattern=r"^/")
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    encoding: Literal["rgb8", "bgr8"] = "rgb8"
+    fps: float = Field(default=30.0, gt=0)
+    source: CameraSource = Field(default_factory=CameraSourceTopic)
+
+
+class ArmJoint(StrictModel):
+    """A driver joint, with the physical limits the final command must respect.
+
+    ``channel`` names the action channel that drives this joint directly (joint-position
+    embodiments). End-effector-delta embodiments leave it empty: IK drives the joint.
+    """
+
+    name: str
+    channel: str | None = None
+    limits: Limits
+
+
+class Gripper(StrictModel):
+    """Constants that map the normalised 0 (closed) .. 1 (open) gripper to the driver's units."""
+
+    joint: str = "gripper"
+    channel: str | None = None
+    joint_open: float
+    joint_close: float
+    finger_joint: str
+    finger_open: float
+    finger_close: float
+    state_from: Literal["finger", "joint"] = "finger"
+    limits: Limits = Field(description="limits of the gripper motor joint, radians")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "Gripper":
+        if self.joint_open == self.joint_close:
+            raise ValueError("joint_open and joint_close must differ")
+        if self.finger_open == self.finger_close:
+            raise ValueError("finger_open and finger_close must differ")
+        return self
+
+
+class ProductOfExponentials(StrictModel):
+    """Space-frame PoE kinematics: home pose M and one screw axis (w, v) per arm joint."""
+
+    home: list[list[float]] = Field(min_length=4, max_length=4)
+    screw_axes: list[list[float]]
+
+    @field_validator("home")
+    @classmethod
+    def _homogeneous(cls, home: list[list[float]]) -> list[list[float]]:
+        if any(len(row) != 4 for row in home) or home[3] != [0.0, 0.0, 0.0, 1.0]:
+            raise ValueError("home must be a 4x4 homogeneous transform with last row [0, 0, 0, 1]")
+        return home
+
+    @field_validator("screw_axes")
+    @classmethod
+    def _six_vectors(cls, axes: list[list[float]]) -> list[list[float]]:
+        bad = [i for i, axis in enumerate(axes) if len(axis) != 6]
+        if bad:
+            raise ValueError(f"screw axes must have 6 components (w, v), wrong at {bad}")
+        return axes
+
+
+class EndEffectorDelta(StrictModel):
+    """BridgeData convention: [dx, dy, dz, droll, dpitch, dyaw] in the base frame, rotation
+    applied about the end-effector position in world axes."""
+
+    channels: list[str] = Field(min_length=6, max_length=6)
+    ik_damping: float = Field(default=0.05, gt=0)
+    ik_max_iterations: int = Field(default=100, gt=0)
+    ik_position_tolerance_m: float = Field(default=1e-4, gt=0)
+    ik_rotation_tolerance_rad: float = Field(default=1e-3, gt=0)
+
+
+class Arm(StrictModel):
+    name: str
+    namespace: str = Field(description="driver namespace, e.g. follower_left (older rigs: puppet_left)")
+    joint_state_topic: str = Field(pattern=r"^/")
+    joints: list[ArmJoint] = Field(min_length=1)
+    gripper: Gripper | None = None
+    kinematics: ProductOfExponentials
+    ee_delta: EndEffectorDelta | None = None
+    urdf_prefix: str = Field(default="", description="prefix of this arm's joint names in the URDF")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Arm":
+        _unique([j.name for j in self.joints], f"arm {self.name!r} joint names")
+        if len(self.kinematics.screw_axes) != len(self.joints):
+            raise ValueError(
+                f"arm {self.name!r} has {len(self.joints)} joints but "
+                f"{len(self.kinematics.screw_axes)} screw axes"
+            )
+        direct = [j.name for j in self.joints if j.channel is not None]
+        if self.ee_delta is not None and direct:
+            raise ValueError(f"arm {self.name!r} uses ee_delta, so joints {direct} must not name channels")
+        if self.ee_delta is None and len(direct) != len(self.joints):
+            missing = [j.name for j in self.joints if j.channel is None]
+            raise ValueError(f"arm {self.name!r} joints {missing} name no action channel and there is no ee_delta")
+        return self
+
+    @property
+    def joint_names(self) -> list[str]:
+        return [j.name for j in self.joints]
+
+
+class PathTracker(StrictModel):
+    """Pure-pursuit-style follower that turns (x, y, yaw) waypoints into Twist."""
+
+    lookahead_s: float = Field(default=0.5, gt=0)
+    heading_gain: float = Field(default=1.5, gt=0)
+    goal_tolerance_m: float = Field(default=0.05, gt=0)
+
+
+class Base(StrictModel):
+    mode: Literal["twist", "waypoints"]
+    channels: list[str] = Field(description="(v, omega) for twist, (x, y, yaw) for waypoints")
+    odom_topic: str = Field(pattern=r"^/")
+    max_linear: float = Field(gt=0, description="m/s")
+    max_angular: float = Field(gt=0, description="rad/s")
+    linear_acceleration: float = Field(gt=0, description="m/s^2")
+    angular_acceleration: float = Field(gt=0, description="rad/s^2")
+    tracker: PathTracker = Field(default_factory=PathTracker)
+
+    @model_validator(mode="after")
+    def _channel_count(self) -> "Base":
+        expected = 2 if self.mode == "twist" else 3
+        if len(self.channels) != expected:
+            raise ValueError(f"base mode {self.mode!r} needs {expected} channels, got {len(self.channels)}")
+        return self
+
+
+class InterbotixOutput(StrictModel):
+    """interbotix_xs_sdk: JointGroupCommand for the arm group, JointSingleCommand for the gripper."""
+
+    adapter: Literal["interbotix"]
+    arms: list[str] = Field(min_length=1)
+    group_topic: str = "/{namespace}/commands/joint_group"
+    single_topic: str = "/{namespace}/commands/joint_single"
+    group_name: str = "arm"
+    gripper_name: str = "gripper"
+
+
+class JointTrajectoryOutput(StrictModel):
+    """Single-point JointTrajectory for a ros2_control JointTrajectoryController."""
+
+    adapter: Literal["joint_trajectory"]
+    arms: list[str] = Field(min_length=1)
+    topic: str = "/{namespace}/arm_controller/joint_trajectory"
+
+
+class ForwardCommandOutput(StrictModel):
+    """std_msgs/Float64MultiArray for a ros2_control forward command controller."""
+
+    adapter: Literal["forward_command"]
+    arms: list[str] = Field(min_length=1)
+    topic: str = "/{namespace}/forward_position_controller/commands"
+
+
+class TwistOutput(StrictModel):
+    adapter: Literal["twist"]
+    topic: str = Field(pattern=r"^/")
+
+
+OutputAdapter = Annotated[
+    Union[InterbotixOutput, JointTrajectoryOutput, ForwardCommandOutput, TwistOutput],
+    Field(discriminator="adapter"),
+]
+
+
+class TeleopButtons(StrictModel):
+    deadman: int = Field(ge=0)
+    resume_policy: int = Field(ge=0)
+    estop: int = Field(ge=0)
+    turbo: int | None = Field(default=None, ge=0)
+    gripper_open: int | None = Field(default=None, ge=0)
+    gripper_close: int | None = Field(default=None, ge=0)
+    trial_start: int | None = Field(default=None, ge=0)
+    trial_success: int | None = Field(default=None, ge=0)
+    trial_failure: int | None = Field(default=None, ge=0)
+    trial_abort: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "TeleopButtons":
+        assigned = {k: v for k, v in self.model_dump().items() if v is not None}
+        clashes = sorted({v for v in assigned.values() if list(assigned.values()).count(v) > 1})
+        if clashes:
+            names = {b: [k for k, v in assigned.items() if v == b] for b in clashes}
+            raise ValueError(f"buttons bound to more than one function: {names}")
+        return self
+
+
+class TeleopBase(StrictModel):
+    axis_linear: int = Field(ge=0)
+    axis_angular: int = Field(ge=0)
+    scale_linear: float = Field(gt=0)
+    scale_angular: float = Field(gt=0)
+    turbo_scale: float = Field(default=1.0, ge=1.0)
+
+
+class TeleopArm(StrictModel):
+    """Jog one arm at a time: Cartesian velocity through IK, or one joint at a time."""
+
+    mode: Literal["cartesian", "joint"] = "cartesian"
+    axes: list[int] = Field(min_length=1, description="joy axes driving x, y, z (cartesian) or joints (joint mode)")
+    linear_speed: float = Field(default=0.05, gt=0, description="m/s at full deflection")
+    joint_speed: float = Field(default=0.5, gt=0, description="rad/s at full deflection")
+
+
+class LeaderFollow(StrictModel):
+    """ALOHA's native teleoperation: follower arms track the leader arms' joint states."""
+
+    enabled: bool = False
+    topics: dict[str, str] = Field(default_factory=dict, description="arm name -> leader joint_states topic")
+
+
+class Teleop(StrictModel):
+    joy_topic: str = "/joy"
+    joy_timeout_s: float = Field(default=0.5, gt=0)
+    axis_deadzone: float = Field(default=0.05, ge=0, lt=1)
+    buttons: TeleopButtons
+    base: TeleopBase | None = None
+    arm: TeleopArm | None = None
+    leader_follow: LeaderFollow = Field(default_factory=LeaderFollow)
+
+
+class Safety(StrictModel):
+    future_stamp_tolerance_s: float = Field(default=0.05, ge=0)
+    max_chunk_age_s: float = Field(default=2.0, gt=0, description="chunks stamped older than this are stale")
+    joint_state_timeout_s: float = Field(default=0.25, gt=0)
+    startup_ramp_s: float = Field(default=1.0, ge=0, description="ramp from measured state after start/takeover/reset")
+    estop_topic: str = "/qwen_vla/estop"
+
+
+class MujocoAlohaSim(StrictModel):
+    type: Literal["mujoco_aloha"]
+    task: str = "transfer_cube"
+    camera_map: dict[str, str] = Field(description="config camera name -> MJCF camera name")
+    camera_rate_hz: float = Field(default=10.0, gt=0)
+    render_width: int = Field(default=320, gt=0)
+    render_height: int = Field(default=240, gt=0)
+
+
+class KinematicArmSim(StrictModel):
+    type: Literal["kinematic_arm"]
+    initial_joints: dict[str, list[float]] = Field(default_factory=dict, description="arm name -> joint positions")
+
+
+class KinematicBaseSim(StrictModel):
+    type: Literal["kinematic_base"]
+
+
+SimConfig = Annotated[Union[MujocoAlohaSim, KinematicArmSim, KinematicBaseSim], Field(discriminator="type")]
+
+
+class Robot(StrictModel):
+    model: str = Field(description="hardware description, e.g. 'aloha (2x ViperX-300s followers)'")
+    urdf: str = Field(description="file in urdf/, relative to the package share directory")
+
+
+class EmbodimentConfig(StrictModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    robot: Robot
+    prompt: str = Field(min_length=1, description="embodiment and control-convention text fed to the model")
+    action: ActionSpace
+    state: StateSpace
+    normalization: Normalization
+    control: ControlTiming
+    cameras: list[Camera] = Field(default_factory=list)
+    arms: list[Arm] = Field(default_factory=list)
+    base: Base | None = None
+    outputs: list[OutputAdapter] = Field(min_length=1)
+    teleop: Teleop
+    safety: Safety = Field(default_factory=Safety)
+    sim: SimConfig | None = None
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "EmbodimentConfig":
+        """Checks that need the whole file: every channel is driven once, names resolve, sizes agree."""
+        _unique([c.name for c in self.cameras], "camera names")
+        _unique([a.name for a in self.arms], "arm names")
+        arms = {a.name: a for a in self.arms}
+        channels = {c.name: c for c in self.action.channels}
+
+        drivers: dict[str, str] = {}
+
+        def claim(channel: str, who: str) -> None:
+            if channel not in channels:
+                raise ValueError(f"{who} names action channel {channel!r}, which is not in action.channels")
+            if channel in drivers:
+                raise ValueError(f"action channel {channel!r} is driven by both {drivers[channel]} and {who}")
+            drivers[channel] = who
+
+        for arm in self.arms:
+            for joint in arm.joints:
+                if joint.channel is not None:
+                    claim(joint.channel, f"arm {arm.name!r} joint {joint.name!r}")
+                    if not joint.limits.contains(channels[joint.channel].limits):
+                        raise ValueError(
+                            f"action channel {joint.channel!r} limits exceed the limits of "
+                            f"arm {arm.name!r} joint {joint.name!r}"
+                        )
+            if arm.ee_delta is not None:
+                for name in arm.ee_delta.channels:
+                    claim(name, f"arm {arm.name!r} ee_delta")
+            if arm.gripper is not None and arm.gripper.channel is not None:
+                claim(arm.gripper.channel, f"arm {arm.name!r} gripper")
+        if self.base is not None:
+            for name in self.base.channels:
+                claim(name, "base")
+        undriven = [n for n in channels if n not in drivers]
+        if undriven:
+            raise ValueError(f"action channels {undriven} are driven by no arm, gripper or base")
+
+        for index, channel in enumerate(self.state.channels):
+            source = channel.source
+            if isinstance(source, OdometrySource):
+                if self.base is None:
+                    raise ValueError(f"state channel {channel.name!r} reads odometry but there is no base")
+                continue
+            arm = arms.get(source.arm)
+            if arm is None:
+                raise ValueError(f"state channel {channel.name!r} reads unknown arm {source.arm!r}")
+            if isinstance(source, JointSource) and source.joint not in arm.joint_names:
+                raise ValueError(f"state channel {channel.name!r} reads unknown joint {source.joint!r}")
+            if isinstance(source, GripperSource) and arm.gripper is None:
+                raise ValueError(f"state channel {channel.name!r} reads a gripper but arm {arm.name!r} has none")
+
+        for part, stats, count in (
+            ("action", self.normalization.action, len(self.action.channels)),
+            ("state", self.normalization.state, len(self.state.channels)),
+        ):
+            if len(stats) != count:
+                raise ValueError(f"normalization.{part} has {len(stats)} values but there are {count} {part} channels")
+
+        for output in self.outputs:
+            for arm_name in getattr(output, "arms", []):
+                if arm_name not in arms:
+                    raise ValueError(f"output adapter {output.adapter!r} names unknown arm {arm_name!r}")
+            if isinstance(output, TwistOutput) and self.base is None:
+                raise ValueError("output adapter 'twist' needs a base section")
+        driven_arms = {a for o in self.outputs for a in getattr(o, "arms", [])}
+        if set(arms) - driven_arms:
+            raise ValueError(f"arms {sorted(set(arms) - driven_arms)} have no output adapter")
+        if self.base is not None and not any(isinstance(o, TwistOutput) for o in self.outputs):
+            raise ValueError("the base has no 'twist' output adapter")
+
+        if self.teleop.leader_follow.enabled:
+            unknown = sorted(set(self.teleop.leader_follow.topics) - set(arms))
+            if unknown:
+                raise ValueError(f"teleop.leader_follow names unknown arms {unknown}")
+        if isinstance(self.sim, MujocoAlohaSim):
+            unknown = sorted(set(self.sim.camera_map) - {c.name for c in self.cameras})
+            if unknown:
+                raise ValueError(f"sim.camera_map names unknown cameras {unknown}")
+        return self
+
+    def arm(self, name: str) -> Arm:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise KeyError(f"embodiment {self.name!r} has no arm {name!r}; arms: {[a.name for a in self.arms]}")

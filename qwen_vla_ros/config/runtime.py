@@ -1,0 +1,90 @@
+"""Typed runtime settings: which checkpoint, how to run it, and how chunks are blended.
+
+These are choices of a deployment, not facts about a robot, so they live apart from the
+embodiment configs and can be swapped without touching robot numbers.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from qwen_vla_ros.config.embodiment import StrictModel
+
+Backend = Literal["torch", "onnxruntime", "tensorrt"]
+
+
+class Blending(StrictModel):
+    """How the executing trajectory is handed over to a newly arrived chunk.
+
+    ``crossfade`` blends old into new over ``crossfade_steps`` control periods with smooth
+    (cosine) weights; ``temporal_ensemble`` averages every overlapping prediction with ACT's
+    exp(-decay * i) weights, i = 0 for the oldest; ``latest`` switches at once.
+    """
+
+    method: Literal["crossfade", "temporal_ensemble", "latest"] = "crossfade"
+    crossfade_steps: int = Field(default=10, ge=1)
+    ensemble_decay: float = Field(default=0.01, ge=0)
+
+
+class InferenceSchedule(StrictModel):
+    """When the policy starts the next inference.
+
+    ``remaining``: once the committed actions left in the current chunk drop below
+    ``remaining_threshold_s``. ``rate``: at a fixed ``replan_hz``.
+    """
+
+    trigger: Literal["remaining", "rate"] = "remaining"
+    remaining_threshold_s: float = Field(default=0.5, gt=0)
+    replan_hz: float = Field(default=2.0, gt=0)
+    latency_window: int = Field(default=20, ge=1, description="inference latencies kept for the p90 delay estimate")
+
+
+class RealTimeChunking(StrictModel):
+    """Freeze the actions that will execute during inference and inpaint the rest (Black et al.)."""
+
+    enabled: bool = True
+    max_guidance_weight: float = Field(default=10.0, ge=0)
+    execution_horizon: int = Field(default=10, ge=1)
+
+
+class ObservationSync(StrictModel):
+    sync_tolerance_s: float = Field(default=0.05, gt=0, description="max spread between camera stamps")
+    state_tolerance_s: float = Field(default=0.05, gt=0, description="max gap joint states to observation")
+    max_age_s: float = Field(default=0.5, gt=0, description="nothing older than this is used")
+
+
+class OnnxRuntimeSettings(StrictModel):
+    providers: list[str] = Field(
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="tried in order; the first available is used and logged",
+    )
+    model_dir: str | None = Field(default=None, description="exported ONNX folder; exported on demand when empty")
+
+
+class TensorRTSettings(StrictModel):
+    precision: Literal["fp32", "fp16", "bf16", "fp8"] = "bf16"
+    engine_cache_dir: str = "~/.cache/qwen_vla_ros/trt"
+    max_cameras: int = Field(default=4, ge=1)
+    max_prefix_tokens: int = Field(default=512, ge=1)
+
+
+class RuntimeConfig(StrictModel):
+    checkpoint: str | None = Field(default=None, description="checkpoint directory; None means none loaded yet")
+    backend: Backend = "torch"
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(default=None, description="None: backend default")
+    denoising_steps: int | None = Field(default=None, ge=1, le=10, description="None: the checkpoint's default")
+    instruction: str = ""
+    blending: Blending = Field(default_factory=Blending)
+    schedule: InferenceSchedule = Field(default_factory=InferenceSchedule)
+    rtc: RealTimeChunking = Field(default_factory=RealTimeChunking)
+    sync: ObservationSync = Field(default_factory=ObservationSync)
+    onnxruntime: OnnxRuntimeSettings = Field(default_factory=OnnxRuntimeSettings)
+    tensorrt: TensorRTSettings = Field(default_factory=TensorRTSettings)
+
+    @model_validator(mode="after")
+    def _device_fits_backend(self) -> "RuntimeConfig":
+        if self.backend == "tensorrt" and not self.device.startswith("cuda"):
+            raise ValueError(f"backend 'tensorrt' needs a cuda device, got {self.device!r}")
+        return self

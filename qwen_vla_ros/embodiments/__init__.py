@@ -1,0 +1,1 @@
+"""Per-embodiment knowledge that is not configuration: kinematics and unit conversions."""

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Set up a virtual environment for qwen_vla_ros and run one job in it.
+#
+#   bash scripts/bootstrap.sh demo [demo options]   # the whole loop in MuJoCo with a small checkpoint
+#   bash scripts/bootstrap.sh test [pytest options] # the full test suite
+#
+# On a bare machine the ROS 2 Python wheels come from PyPI (the 'ros-wheels' extra). When a ROS 2
+# distribution is sourced (ROS_DISTRO set), the venv sees its rclpy through --system-site-packages
+# and the wheels are NOT installed, so they never shadow the distribution.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${QWEN_VLA_VENV:-$ROOT/.venv}"
+JOB="${1:-}"
+shift || true
+
+case "$JOB" in
+  demo|test) ;;
+  *) echo "usage: bash scripts/bootstrap.sh demo|test [options]" >&2; exit 2 ;;
+esac
+
+pick_python() {
+  for candidate in "${PYTHON:-}" python3.11 python3.12 python3.10 python3; do
+    [ -n "$candidate" ] || continue
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    if "$candidate" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)'; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "no Python 3.10-3.12 found; set PYTHON=/path/to/python3.11" >&2
+  return 1
+}
+
+PY="$(pick_python)"
+extras="all,test"
+venv_args=()
+if [ -n "${ROS_DISTRO:-}" ]; then
+  echo "ROS 2 $ROS_DISTRO is sourced: using its rclpy, not the PyPI ROS wheels"
+  venv_args+=(--system-site-packages)
+else
+  extras="ros-wheels,$extras"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "creating virtual environment $VENV with $($PY --version)"
+  "$PY" -m venv "${venv_args[@]}" "$VENV"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+
+constraints=()
+if python -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)'; then
+  constraints=(-c "$ROOT/requirements/constraints-py311.txt")
+fi
+
+echo "installing qwen_vla_ros[$extras] (first run: a few minutes)"
+python -m pip install -q --upgrade pip setuptools wheel
+# A CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+python -m pip install -q "${constraints[@]}" "torch==2.13.0"
+python -m pip install -q "${constraints[@]}" "$ROOT[$extras]"
+
+# The installed package, not the checkout, must import (run from outside the source tree).
+(cd / && python -c "import rclpy, qwen_vla_ros; print('rclpy', rclpy.__file__); print('qwen_vla_ros', qwen_vla_ros.__file__)")
+
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
+cd "$ROOT"
+case "$JOB" in
+  demo) exec qwen-vla-ros check-config "$ROOT"/config/*.yaml ;;  # until the simulation demo lands
+  test) exec python -m pytest test "$@" ;;
+esac

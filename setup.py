@@ -1,0 +1,84 @@
+"""ament_python package that also installs with plain pip on a machine without ROS.
+
+On a robot computer, ``colcon build`` uses the sourced ROS distribution's rclpy and
+message packages. On a bare machine, ``pip install '.[ros-wheels]'`` pulls the ROS 2
+Python wheels from PyPI instead. They are an opt-in extra, never a core dependency, so a
+sourced distribution is never shadowed by them.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE = "qwen_vla_ros"
+HERE = Path(__file__).parent
+
+
+def share_files(folder: str) -> list[tuple[str, list[str]]]:
+    """Install every file under ``folder`` into share/<package>/<folder>, keeping subfolders."""
+    entries: dict[str, list[str]] = {}
+    for path in sorted((HERE / folder).rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            relative = path.relative_to(HERE)
+            entries.setdefault(f"share/{PACKAGE}/{relative.parent}", []).append(str(relative))
+    return sorted(entries.items())
+
+
+ROS_WHEELS = [
+    "ros-rclpy",
+    "ros-rmw-fastrtps-cpp",
+    "ros-std-msgs",
+    "ros-std-srvs",
+    "ros-sensor-msgs",
+    "ros-geometry-msgs",
+    "ros-trajectory-msgs",
+    "ros-nav-msgs",
+    "ros-diagnostic-msgs",
+]
+MODEL = ["torch>=2.4", "transformers>=5.23", "safetensors", "tokenizers", "pillow"]
+ONNX = ["onnx", "onnxruntime", "onnxscript"]
+RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib"]
+SIM = ["mujoco>=3.2", "gym-aloha"]
+TELEOP = ["evdev; sys_platform == 'linux'"]
+TEST = ["pytest", "pytest-timeout", "hypothesis", "xacro", "yourdfpy"]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Real-time ROS 2 runtime for the Qwen-VLA vision-language-action model",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        *share_files("launch"),
+        *share_files("config"),
+        *share_files("urdf"),
+    ],
+    include_package_data=True,
+    install_requires=[
+        "numpy>=1.24",
+        "pydantic>=2.5,<3",
+        "pyyaml>=6",
+        "opencv-python-headless>=4.8",
+        "modern_robotics>=1.1",
+    ],
+    extras_require={
+        "ros-wheels": ROS_WHEELS,
+        "model": MODEL,
+        "onnx": ONNX,
+        "recording": RECORDING,
+        "sim": SIM,
+        "teleop": TELEOP,
+        "test": TEST,
+        "all": MODEL + ONNX + RECORDING + SIM + TELEOP,
+    },
+    zip_safe=True,
+    entry_points={
+        "console_scripts": [
+            "qwen-vla-ros = qwen_vla_ros.cli:main",
+        ],
+    },
+)
