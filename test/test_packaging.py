@@ -80,4 +80,4 @@ def test_installed_copy_imports_outside_the_checkout() -> None:
     if "No module named 'qwen_vla_ros'" in result.stderr:
         pytest.skip("qwen_vla_ros is not installed in this interpreter (running from the checkout only)")
     assert result.returncode == 0, result.stderr
-    assert not result.stdout.strip().startswith(str(REPO)), "imported the checkout, not an installed copy"
+    assert not result.stdout.strip().startswith(str(REPO / "qwen_vla_ros")), "imported the checkout, not an installed copy"
