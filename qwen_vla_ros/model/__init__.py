@@ -1,0 +1,1 @@
+"""The Qwen-VLA policy. Importing this package must stay cheap: torch loads inside load_policy."""
