@@ -57,7 +57,7 @@ setup(
         *share_files("config"),
         *share_files("urdf"),
     ],
-    include_package_data=True,
+    package_data={PACKAGE: ["interfaces/*/msg/*.msg", "interfaces/README.md"]},
     install_requires=[
         "numpy>=1.24",
         "pydantic>=2.5,<3",
