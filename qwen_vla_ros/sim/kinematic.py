@@ -31,13 +31,15 @@ def limited_step(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One step toward ``target`` within velocity and acceleration bounds, braking in time to stop on it.
 
-    The desired speed is the largest that can still stop at the target (sqrt(2 a d)) and that
-    does not pass it within this step (d / dt); acceleration then bounds the change of speed.
+    The desired speed is the largest from which braking at ``max_acceleration`` in whole
+    steps still stops on the target (v^2/2a + v dt/2 <= distance), and that does not pass it
+    within this step (distance / dt); acceleration then bounds the change of speed.
     """
     error = target - position
     distance = np.abs(error)
+    half_step = 0.5 * max_acceleration * dt
     with np.errstate(invalid="ignore"):
-        braking = np.sqrt(2.0 * max_acceleration * distance)
+        braking = np.sqrt(half_step**2 + 2.0 * max_acceleration * distance) - half_step
     desired = np.sign(error) * np.minimum.reduce([max_velocity, np.nan_to_num(braking, nan=np.inf), distance / dt])
     change = np.clip(desired - velocity, -max_acceleration * dt, max_acceleration * dt)
     new_velocity = velocity + np.nan_to_num(change, nan=0.0)
