@@ -176,7 +176,14 @@ class SimNode(Node):
     # --- state out (physics and render threads) ---------------------------------------------
 
     def _publish_state(self, stamp_ns: int) -> None:
-        stamp = ns_to_time(stamp_ns)
+        try:
+            self._publish_state_messages(ns_to_time(stamp_ns))
+        except Exception:
+            if self.context.ok():
+                raise
+            # Ctrl-C shut the context down before close() stopped the physics thread.
+
+    def _publish_state_messages(self, stamp: Time) -> None:
         if self.clock_publisher is not None:
             self.clock_publisher.publish(Clock(clock=stamp))
         for name, state in self.sim.arm_states().items():
