@@ -20,6 +20,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -67,8 +68,11 @@ class SimNode(Node):
     def __init__(self) -> None:
         super().__init__("sim_node")
         config, _ = declare_configs(self, "aloha")
-        rate_hz = self.declare_parameter("rate_hz", 0.0).value or config.control.rate_hz
-        camera_rate_hz = self.declare_parameter("camera_rate_hz", -1.0).value
+        rate_hz = self._number("rate_hz", 0.0) or config.control.rate_hz
+        camera_rate_hz = self._number("camera_rate_hz", -1.0)
+        if not (math.isfinite(rate_hz) and rate_hz > 0 and math.isfinite(camera_rate_hz)):
+            raise ConfigError("sim_node parameters", [f"rate_hz must be > 0 (0: config) and camera_rate_hz finite, "
+                                                      f"got {rate_hz} and {camera_rate_hz}"])
         self.seed = int(self.declare_parameter("seed", 0).value)
         realtime = bool(self.declare_parameter("realtime", True).value)
         self.config = config
@@ -103,6 +107,10 @@ class SimNode(Node):
             f"{self.sim.camera_names if grabber else 'off'} at {camera_rate_hz:g} Hz "
             f"{self.sim.settings.render_width}x{self.sim.settings.render_height}; conditions {self.conditions}"
         )
+
+    def _number(self, name: str, default: float) -> float:
+        """A float parameter that also accepts an integer (``rate_hz:=50``)."""
+        return float(self.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True)).value)
 
     # --- commands -------------------------------------------------------------------------
 
