@@ -33,6 +33,7 @@ ROS_WHEELS = [
     "ros-trajectory-msgs",
     "ros-nav-msgs",
     "ros-diagnostic-msgs",
+    "ros-rosgraph-msgs",
 ]
 MODEL = ["torch>=2.4", "transformers>=5.23", "safetensors", "tokenizers", "pillow"]
 ONNX = ["onnx", "onnxruntime", "onnxscript"]
@@ -79,6 +80,7 @@ setup(
     entry_points={
         "console_scripts": [
             "qwen-vla-ros = qwen_vla_ros.cli:main",
+            "sim_node = qwen_vla_ros.nodes.sim_node:main",
         ],
     },
 )

@@ -1,0 +1,232 @@
+"""sim_node over real DDS: a child process simulating the robot, commanded and observed the way
+the controller, policy and recorder will."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-wheels]' or source ROS 2")
+
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import Twist  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from qwen_vla_ros.nodes.common import msg_to_image, time_to_ns  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+FORWARD = "outputs=[{adapter: forward_command, arms: [left, right]}]"
+LAYOUT = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper", "left_finger",
+          "right_finger"]
+CAMERAS = ["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"]
+
+
+def start_sim(ros_domain, *parameters: str) -> subprocess.Popen:
+    args = ["-m", "qwen_vla_ros.nodes.sim_node", "--ros-args"]
+    for parameter in parameters:
+        args += ["-p", parameter]
+    return ros_domain.start_process(*args)
+
+
+def stop(child: subprocess.Popen) -> tuple[int, str]:
+    if child.poll() is None:
+        child.send_signal(signal.SIGINT)
+    try:
+        output = child.communicate(timeout=15)[0]
+    except subprocess.TimeoutExpired:
+        child.kill()
+        output = child.communicate()[0]
+        return -9, output
+    return child.returncode, output
+
+
+class Probe:
+    """An in-test node that keeps the latest message per topic."""
+
+    def __init__(self, ros_domain, name: str) -> None:
+        self.ros_domain = ros_domain
+        self.node = rclpy.create_node(name, context=ros_domain.context)
+        self.executor = SingleThreadedExecutor(context=ros_domain.context)
+        self.executor.add_node(self.node)
+        self.latest: dict[str, object] = {}
+        self.counts: dict[str, int] = {}
+
+    def listen(self, message_type: type, topic: str, qos=10) -> None:
+        def store(msg: object) -> None:
+            self.latest[topic] = msg
+            self.counts[topic] = self.counts.get(topic, 0) + 1
+
+        self.node.create_subscription(message_type, topic, store, qos)
+
+    def wait(self, predicate, timeout: float) -> bool:
+        return self.ros_domain.spin_until(self.executor, predicate, timeout)
+
+    def call(self, service_type: type, name: str, timeout: float = 10.0):
+        client = self.node.create_client(service_type, name)
+        assert client.wait_for_service(timeout_sec=timeout), f"{name} not offered"
+        future = client.call_async(service_type.Request())
+        assert self.wait(future.done, timeout), f"{name} did not answer"
+        return future.result()
+
+    def close(self) -> None:
+        self.node.destroy_node()
+
+
+def test_aloha_sim_tracks_forward_commands_publishes_cameras_and_resets(ros_domain) -> None:
+    child = start_sim(
+        ros_domain, "config:=aloha", "seed:=3", "camera_rate_hz:=5.0",
+        f"config_overrides:=['{FORWARD}', 'sim.render_width=160', 'sim.render_height=120']",
+    )
+    probe = Probe(ros_domain, "sim_probe")
+    try:
+        for arm in ("left", "right"):
+            probe.listen(JointState, f"/follower_{arm}/joint_states")
+        for camera in CAMERAS:
+            probe.listen(Image, f"/{camera}/camera/color/image_rect_raw", qos_profile_sensor_data)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        probe.listen(Bool, "/qwen_vla/sim/success", latched)
+        probe.listen(DiagnosticArray, "/diagnostics")
+        command = probe.node.create_publisher(Float64MultiArray, "/follower_left/forward_position_controller/commands", 10)
+        assert probe.wait(lambda: "/follower_left/joint_states" in probe.latest, 30), "no joint states from sim_node"
+
+        left = probe.latest["/follower_left/joint_states"]
+        assert list(left.name) == LAYOUT
+        np.testing.assert_allclose(left.position[:6], [0, -0.96, 1.16, 0, -0.3, 0], atol=0.02)
+        now_ns = probe.node.get_clock().now().nanoseconds
+        assert abs(time_to_ns(left.header.stamp) - now_ns) < 1e9, "stamps must be ROS times of the sim instants"
+
+        target = [0.3, -0.5, 0.8, 0.2, -0.2, 0.4, 1.2]
+        assert probe.wait(lambda: command.get_subscription_count() > 0, 10), "sim_node does not listen for commands"
+        command.publish(Float64MultiArray(data=[0.0] * 6))  # wrong length: rejected, counted, harmless
+
+        def converged() -> bool:
+            command.publish(Float64MultiArray(data=target))
+            state = probe.latest["/follower_left/joint_states"]
+            return bool(np.abs(np.subtract(state.position[:7], target)).max() < 0.03)
+
+        assert probe.wait(converged, 20), f"left arm at {probe.latest['/follower_left/joint_states'].position}"
+        right = probe.latest["/follower_right/joint_states"]
+        np.testing.assert_allclose(right.position[:6], [0, -0.96, 1.16, 0, -0.3, 0], atol=0.02)
+
+        topics = [f"/{c}/camera/color/image_rect_raw" for c in CAMERAS]
+        assert probe.wait(lambda: all(t in probe.latest for t in topics), 20), f"cameras seen: {list(probe.counts)}"
+        for topic in topics:
+            image = msg_to_image(probe.latest[topic])
+            assert image.shape == (120, 160, 3) and probe.latest[topic].encoding == "rgb8"
+            assert image.std() > 1, f"{topic} is blank"
+        assert probe.wait(lambda: "/qwen_vla/sim/success" in probe.latest, 5)
+        assert probe.latest["/qwen_vla/sim/success"].data is False
+
+        answer = probe.call(Trigger, "/qwen_vla/sim/reset")
+        assert answer.success
+        conditions = json.loads(answer.message)
+        assert conditions["seed"] == 3 and conditions["reset"] == 1 and len(conditions["object_pose"]) == 4
+
+        def back_at_start() -> bool:
+            state = probe.latest["/follower_left/joint_states"]
+            return bool(np.abs(np.subtract(state.position[:6], [0, -0.96, 1.16, 0, -0.3, 0])).max() < 0.02)
+
+        assert probe.wait(back_at_start, 5), "reset must return the arms to the start pose"
+
+        def diagnosed() -> bool:
+            array = probe.latest.get("/diagnostics")
+            return array is not None and any(k.key == "commands_rejected" and k.value != "0"
+                                             for s in array.status for k in s.values)
+
+        assert probe.wait(diagnosed, 5), "the malformed command must be counted in /diagnostics"
+        values = {k.key: k.value for k in probe.latest["/diagnostics"].status[0].values}
+        assert float(values["real_time_factor_total"]) > 0.5
+    finally:
+        probe.close()
+        code, output = stop(child)
+    assert code == 0 and "Traceback" not in output, output
+    assert "ignored command" in output and "needs 7 values" in output
+    assert "real-time factor" in output
+
+
+def test_widowx_mock_hardware_follows_joint_trajectories_on_sim_time(ros_domain) -> None:
+    """Free-running (realtime:=false): /clock carries sim time and the state is stamped with it."""
+    child = start_sim(
+        ros_domain, "config:=widowx", "realtime:=false", "camera_rate_hz:=0.0",
+        "config_overrides:=['outputs=[{adapter: joint_trajectory, arms: [arm]}]']",
+    )
+    probe = Probe(ros_domain, "widowx_probe")
+    try:
+        probe.listen(JointState, "/wx250s/joint_states")
+        probe.listen(Clock, "/clock")
+        command = probe.node.create_publisher(JointTrajectory, "/wx250s/arm_controller/joint_trajectory", 10)
+        target = {"waist": 0.4, "elbow": 0.2, "gripper": -0.6}
+        msg = JointTrajectory(joint_names=list(target), points=[JointTrajectoryPoint(positions=list(target.values()))])
+
+        def arrived() -> bool:
+            command.publish(msg)
+            state = probe.latest.get("/wx250s/joint_states")
+            if state is None:
+                return False
+            position = dict(zip(state.name, state.position))
+            return all(abs(position[k] - v) < 1e-6 for k, v in target.items())
+
+        assert probe.wait(arrived, 30)
+        state = probe.latest["/wx250s/joint_states"]
+        assert list(state.name) == LAYOUT
+        assert dict(zip(state.name, state.position))["left_finger"] == pytest.approx(0.015)
+        first = time_to_ns(probe.latest["/clock"].clock)
+        assert probe.wait(lambda: time_to_ns(probe.latest["/clock"].clock) > first + 10**9, 10), "sim time must advance"
+    finally:
+        probe.close()
+        code, output = stop(child)
+    assert code == 0 and "Traceback" not in output, output
+
+
+def test_mobile_base_integrates_cmd_vel_and_stops_after_the_timeout(ros_domain) -> None:
+    child = start_sim(ros_domain, "config:=mobile_base", "camera_rate_hz:=5.0")
+    probe = Probe(ros_domain, "base_probe")
+    try:
+        probe.listen(Odometry, "/mobile_base/odom")
+        probe.listen(Image, "/camera/camera/color/image_raw", qos_profile_sensor_data)
+        cmd_vel = probe.node.create_publisher(Twist, "/mobile_base/cmd_vel", 10)
+        assert probe.wait(lambda: "/mobile_base/odom" in probe.latest, 30), "no odometry from sim_node"
+        twist = Twist()
+        twist.linear.x = 0.4
+
+        def moving() -> bool:
+            cmd_vel.publish(twist)
+            return probe.latest["/mobile_base/odom"].twist.twist.linear.x == pytest.approx(0.4)
+
+        assert probe.wait(moving, 10)
+        # No more commands: the base stops (300 ms timeout, then 1 m/s^2 braking).
+        assert probe.wait(lambda: probe.latest["/mobile_base/odom"].twist.twist.linear.x == 0.0, 5)
+        odom = probe.latest["/mobile_base/odom"]
+        assert odom.pose.pose.position.x > 0.1 and odom.header.frame_id == "odom"
+        assert probe.wait(lambda: "/camera/camera/color/image_raw" in probe.latest, 10)
+        assert msg_to_image(probe.latest["/camera/camera/color/image_raw"]).shape == (240, 320, 3)
+    finally:
+        probe.close()
+        code, output = stop(child)
+    assert code == 0 and "Traceback" not in output, output
+
+
+def test_interbotix_outputs_without_the_messages_exit_with_the_override_to_use(ros_domain) -> None:
+    try:
+        import interbotix_xs_msgs  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("interbotix_xs_msgs is importable here, so the sim subscribes to the Interbotix topics")
+    child = start_sim(ros_domain, "config:=aloha", "camera_rate_hz:=0.0")
+    child.wait(timeout=60)
+    code, output = stop(child)
+    assert code == 2, output
+    assert "interbotix_xs_msgs is not importable" in output
+    assert FORWARD in output
