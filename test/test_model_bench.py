@@ -35,8 +35,8 @@ def test_bench_needs_exactly_one_model_source(capsys) -> None:
     assert "exactly one of --checkpoint" in capsys.readouterr().err
 
 
-def test_bench_human_report(tiny_checkpoint: Path, capsys) -> None:
-    assert cli_main(["bench", "--checkpoint", str(tiny_checkpoint), "--runs", "1", "--warmup", "0",
-                     "--embodiment", "mobile_base"]) == 0
+def test_bench_human_report_on_weights_built_in_memory(capsys) -> None:
+    """--size builds random weights without a checkpoint directory (how `full` is timed on a GPU)."""
+    assert cli_main(["bench", "--size", "tiny", "--runs", "1", "--warmup", "0", "--embodiment", "mobile_base"]) == 0
     out = capsys.readouterr().out
-    assert "mobile_base 1 camera(s)" in out and "backbone_step" in out
+    assert "random tiny (in memory)" in out and "mobile_base 1 camera(s)" in out and "backbone_step" in out

@@ -204,7 +204,7 @@ class VisionEncoder(nn.Module):
             align_corners=visual.interpolation_align_corners,
             spatial_merge_size=visual.spatial_merge_size,
         )
-        positions = (visual.pos_embed(indices) * weights[:, :, None].to(visual.pos_embed.weight.dtype)).sum(1)
+        positions = (visual.pos_embed(indices) * weights[:, :, None]).sum(1).to(visual.pos_embed.weight.dtype)
         cos, sin = visual.rotary_pos_emb(positions, get_vision_position_ids(grid_thw, visual.spatial_merge_size))
         return positions, cos, sin
 

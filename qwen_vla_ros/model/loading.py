@@ -60,6 +60,9 @@ def patch_spec(manifest: Manifest, vision_config: dict[str, Any], preprocessor_c
 
 def _load_backbone(files: CheckpointFiles, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import Qwen3_5ForConditionalGeneration
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a node's log is no place for progress bars
 
     try:
         model, info = Qwen3_5ForConditionalGeneration.from_pretrained(
