@@ -24,6 +24,7 @@ import torch
 
 from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.config import EMBODIMENTS, EmbodimentConfig, load_embodiment
+from qwen_vla_ros.config.embodiment import Normalization
 from qwen_vla_ros.model.action_head import ActionHead
 from qwen_vla_ros.model.backbone import State, StepBackbone, Trunk, VisionEncoder
 from qwen_vla_ros.model.checkpoint import MAX_STEPS, MIN_STEPS, EmbodimentEntry, Manifest
@@ -142,10 +143,18 @@ class Policy:
             )
         return load_embodiment(embodiment)
 
-    def _build_task(self, config, entry, instruction, cameras, layout, normalization) -> Task:
+    def _build_task(
+        self,
+        config: EmbodimentConfig,
+        entry: EmbodimentEntry,
+        instruction: str,
+        cameras: tuple[str, ...],
+        layout: TokenLayout,
+        normalization: Normalization,
+    ) -> Task:
         device = self.device
         language_model = self.backbone_model.model.language_model
-        grid = torch.tensor([self.patch_spec.grid] * len(cameras), dtype=torch.long, device=device)
+        grid = torch.tensor([self.patch_spec.grid] * len(cameras), dtype=torch.long, device=device).view(-1, 3)
         full_ids = torch.tensor([layout.full_ids], dtype=torch.long, device=device)
         positions, _ = self.backbone_model.model.get_rope_index(
             full_ids,
