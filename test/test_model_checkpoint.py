@@ -119,7 +119,9 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
         "preprocessor_config.json", "patch_size is 14",
     ),
     "mask outside padding": (
-        lambda root: _edit_json(root / "qwen_vla.json", lambda m: m["embodiments"]["widowx"].update(action_mask=[0, 1, 2, 3, 4, 5, 40])),
+        lambda root: _edit_json(
+            root / "qwen_vla.json", lambda m: m["embodiments"]["widowx"].update(action_mask=[0, 1, 2, 3, 4, 5, 40])
+        ),
         "qwen_vla.json", "outside [0, 32)",
     ),
     "head shape": (

@@ -161,7 +161,8 @@ def test_guidance_pulls_the_sample_towards_the_previous_chunk(policy, make_image
     with torch.no_grad():
         free = euler_sample(velocity, noise, task.action_mask, 10)
         guided = euler_sample(velocity, noise, task.action_mask, 10, guidance)
-        unguided_weights = euler_sample(velocity, noise, task.action_mask, 10, Guidance(guidance.target, guidance.weights, 0.0))
+        zero_weight = Guidance(guidance.target, guidance.weights, max_weight=0.0)
+        unguided_weights = euler_sample(velocity, noise, task.action_mask, 10, zero_weight)
     assert weighted_error(guided) < 0.5 * weighted_error(free)
     torch.testing.assert_close(unguided_weights, free)
 
@@ -185,7 +186,8 @@ def test_checkpoint_statistics_win_over_the_yaml(tiny_checkpoint: Path, tmp_path
     (stats_free / "qwen_vla.json").write_text(json.dumps(manifest))
     fallback = load_policy(stats_free)
     observation(fallback, make_images)
-    np.testing.assert_allclose(fallback.infer(images, state, seed=1).actions, original.infer(images, state, seed=1).actions, atol=1e-6)
+    expected = original.infer(images, state, seed=1).actions
+    np.testing.assert_allclose(fallback.infer(images, state, seed=1).actions, expected, atol=1e-6)
 
 
 def test_infer_before_set_task_is_an_error(tiny_checkpoint: Path, make_images) -> None:

@@ -208,7 +208,9 @@ class VisionEncoder(nn.Module):
         cos, sin = visual.rotary_pos_emb(positions, get_vision_position_ids(grid_thw, visual.spatial_merge_size))
         return positions, cos, sin
 
-    def forward(self, pixel_patches: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_patches: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         """pixel_patches (cameras, patches, patch_dim) -> image tokens (cameras * patches / merge^2, out_hidden)."""
         visual = self.visual
         projection = visual.patch_embed.proj

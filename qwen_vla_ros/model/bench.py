@@ -9,8 +9,10 @@ seed, so their actions must agree; the difference is reported as a check.
 """
 from __future__ import annotations
 
+import os
 import platform
 import resource
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,17 @@ def naive_features(policy: Policy, images: dict[str, np.ndarray]) -> torch.Tenso
     return torch.cat([outputs.hidden_states[layer] for layer in policy.manifest.backbone.feature_layers], dim=-1)
 
 
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
 def _synchronize(device: torch.device) -> Any:
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
 
@@ -55,7 +68,9 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
-def _naive_infer(policy: Policy, images: dict[str, np.ndarray], state: np.ndarray, seed: int, timer: StageTimer) -> np.ndarray:
+def _naive_infer(
+    policy: Policy, images: dict[str, np.ndarray], state: np.ndarray, seed: int, timer: StageTimer
+) -> np.ndarray:
     task = policy.task
     with timer.stage("total"), torch.no_grad():
         with timer.stage("backbone_full"):
@@ -110,7 +125,7 @@ def run_bench(
     report: dict[str, Any] = {
         "checkpoint": policy.source,
         "device": str(policy.device),
-        "device_name": torch.cuda.get_device_name(policy.device) if policy.device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": _device_name(policy.device),
         "torch_threads": torch.get_num_threads(),
         "dtype": str(policy.dtype).removeprefix("torch."),
         "embodiment": embodiment.name,

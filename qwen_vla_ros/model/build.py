@@ -247,7 +247,9 @@ class BuiltModel:
         return counts
 
 
-def build_model(size: str, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BuiltModel:
+def build_model(
+    size: str, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> BuiltModel:
     """Random weights in memory. ``device="meta"`` builds shapes only (parameter counts, no memory)."""
     from transformers import Qwen3_5ForConditionalGeneration
 

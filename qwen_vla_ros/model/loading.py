@@ -58,6 +58,13 @@ def patch_spec(manifest: Manifest, vision_config: dict[str, Any], preprocessor_c
     )
 
 
+def _summarize(problems: dict[str, list[str]]) -> str:
+    """'label: [first five names] ...' for every non-empty list."""
+    return "; ".join(
+        f"{label}: {names[:5]}{' ...' if len(names) > 5 else ''}" for label, names in problems.items() if names
+    )
+
+
 def _load_backbone(files: CheckpointFiles, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import Qwen3_5ForConditionalGeneration
     from transformers.utils import logging as transformers_logging
@@ -72,8 +79,10 @@ def _load_backbone(files: CheckpointFiles, device: torch.device, dtype: torch.dt
         raise CheckpointError(files.backbone_dir, f"transformers cannot load the backbone: {exc}") from exc
     problems = {key: sorted(info.get(key) or []) for key in ("missing_keys", "mismatched_keys")}
     if any(problems.values()):
-        summary = "; ".join(f"{key}: {values[:5]}{' ...' if len(values) > 5 else ''}" for key, values in problems.items() if values)
-        raise CheckpointError(files.backbone_dir / "model.safetensors", f"backbone weights do not match config.json ({summary})")
+        summary = _summarize(problems)
+        raise CheckpointError(
+            files.backbone_dir / "model.safetensors", f"backbone weights do not match config.json ({summary})"
+        )
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -89,12 +98,8 @@ def _load_head(files: CheckpointFiles, device: torch.device, dtype: torch.dtype)
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
-        details = [
-            f"{label}: {names[:5]}{' ...' if len(names) > 5 else ''}"
-            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if names
-        ]
-        raise CheckpointError(path, "weights do not match action_head in qwen_vla.json (" + "; ".join(details) + ")")
+        summary = _summarize({"missing": missing, "unexpected": unexpected, "wrong shape": wrong})
+        raise CheckpointError(path, f"weights do not match action_head in qwen_vla.json ({summary})")
     head.load_state_dict(tensors)
     return head.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

@@ -368,6 +368,8 @@ def _check_agreement(config: EmbodimentConfig, entry: EmbodimentEntry, manifest:
         if mine != theirs:
             problems.append(f"{field} is {mine} in the config but {theirs} in the checkpoint")
     if not math.isclose(config.control.action_dt, entry.action_dt, rel_tol=1e-9):
-        problems.append(f"control.action_dt is {config.control.action_dt} in the config but {entry.action_dt} in the checkpoint")
+        problems.append(
+            f"control.action_dt is {config.control.action_dt} in the config but {entry.action_dt} in the checkpoint"
+        )
     if problems:
         raise ValueError(f"embodiment {config.name!r} does not match the checkpoint: " + "; ".join(problems))

@@ -45,7 +45,9 @@ def prefix_text(prompt: PromptSettings, embodiment_prompt: str, instruction: str
         found = [token for token in special_tokens if token and token in text]
         if found:
             raise ValueError(f"{label} contains reserved token(s) {found}")
-    return prompt.template.format(system=prompt.system, embodiment=embodiment_prompt.strip(), instruction=instruction.strip())
+    return prompt.template.format(
+        system=prompt.system, embodiment=embodiment_prompt.strip(), instruction=instruction.strip()
+    )
 
 
 def step_ids(cameras: int, tokens_per_image: int, ids: VisionTokens) -> tuple[tuple[int, ...], tuple[int, ...]]:
