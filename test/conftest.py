@@ -62,3 +62,25 @@ def ros_domain(monkeypatch: pytest.MonkeyPatch) -> Iterator[RosDomain]:
         yield RosDomain(domain_id, context, env)
     finally:
         context.try_shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One randomly initialised ``tiny`` checkpoint per test session, written by the real builder."""
+    pytest.importorskip("torch", reason="torch is not installed: pip install '.[model]'")
+    pytest.importorskip("transformers", reason="transformers is not installed: pip install '.[model]'")
+    from qwen_vla_ros.model.build import make_checkpoint
+
+    return make_checkpoint("tiny", tmp_path_factory.mktemp("checkpoints") / "tiny")
+
+
+@pytest.fixture
+def make_images() -> Callable[..., dict]:
+    """Random uint8 RGB frames for the given camera names: make_images(names, seed, height, width)."""
+    import numpy as np
+
+    def make(names, seed: int = 0, height: int = 48, width: int = 80) -> dict:
+        rng = np.random.default_rng(seed)
+        return {name: rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for name in names}
+
+    return make

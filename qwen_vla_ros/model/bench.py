@@ -1,0 +1,170 @@
+"""``qwen-vla-ros bench``: per-stage latency of the policy, and the naive baseline beside it.
+
+The policy is timed through its real ``infer`` with a :class:`StageTimer` attached, so the
+figures are the deployed code path. ``--compare naive`` times, in the same process, what a
+user would write with plain transformers: a full ``Qwen3_5ForConditionalGeneration``
+forward over prefix and images every call (all layers, LM head included), then the DiT
+recomputing its cross-attention keys and values at every denoising step. Both use the same
+seed, so their actions must agree; the difference is reported as a check.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qwen_vla_ros.config import EmbodimentConfig, load_embodiment
+from qwen_vla_ros.model.normalization import ChannelNormalizer
+from qwen_vla_ros.model.policy import Policy
+from qwen_vla_ros.model.timing import StageTimer
+
+
+def bench_embodiment(name: str, cameras: int | None) -> EmbodimentConfig:
+    config = load_embodiment(name)
+    if cameras is None:
+        return config
+    if not 1 <= cameras <= len(config.cameras):
+        raise ValueError(f"--cameras must be in [1, {len(config.cameras)}] for {config.name}, got {cameras}")
+    return config.model_copy(update={"cameras": config.cameras[:cameras]})
+
+
+def random_observation(config: EmbodimentConfig, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Camera frames at their configured size, and a state at the normalisation centre."""
+    rng = np.random.default_rng(seed)
+    images = {c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in config.cameras}
+    return images, ChannelNormalizer.from_stats(config.normalization.state).offset.copy()
+
+
+def naive_features(policy: Policy, images: dict[str, np.ndarray]) -> torch.Tensor:
+    """Plain transformers: the whole sequence (prefix + images) through the whole model."""
+    outputs = policy.backbone_model(**policy.model_inputs(images), output_hidden_states=True)
+    return torch.cat([outputs.hidden_states[layer] for layer in policy.manifest.backbone.feature_layers], dim=-1)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
+def _synchronize(device: torch.device) -> Any:
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+
+
+def _peak_memory_mb(device: torch.device) -> dict[str, float]:
+    peak = {"host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.type == "cuda":
+        peak["device_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
+
+
+def _naive_infer(
+    policy: Policy, images: dict[str, np.ndarray], state: np.ndarray, seed: int, timer: StageTimer
+) -> np.ndarray:
+    task = policy.task
+    with timer.stage("total"), torch.no_grad():
+        with timer.stage("backbone_full"):
+            features = naive_features(policy, images)
+        padded = policy.sample(task, features, state, seed, reuse_kv=False)
+    return policy.chunk(task, padded, None, 0).actions
+
+
+def _time(
+    policy: Policy, images: dict[str, np.ndarray], state: np.ndarray, runs: int, warmup: int, seed: int, naive: bool
+) -> tuple[StageTimer, np.ndarray, StageTimer | None, np.ndarray | None]:
+    """Policy and naive calls alternate, so a noisy shared machine slows both alike."""
+    synchronize = _synchronize(policy.device)
+    timer, naive_timer = StageTimer(synchronize), StageTimer(synchronize) if naive else None
+    actions = naive_actions = None
+    previous = policy.timer
+    try:
+        for index in range(warmup + runs):
+            if index == warmup:
+                timer.clear()
+                if naive_timer is not None:
+                    naive_timer.clear()
+            policy.timer = timer
+            actions = policy.infer(images, state, seed=seed).actions
+            if naive_timer is not None:
+                policy.timer = naive_timer
+                naive_actions = _naive_infer(policy, images, state, seed, naive_timer)
+    finally:
+        policy.timer = previous
+    return timer, actions, naive_timer, naive_actions
+
+
+def run_bench(
+    policy: Policy,
+    embodiment: EmbodimentConfig,
+    instruction: str,
+    runs: int = 20,
+    warmup: int = 3,
+    compare: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if policy.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(policy.device)
+    policy.set_task(embodiment, instruction)
+    if compare not in (None, "naive"):
+        raise ValueError(f"--compare must be 'naive', got {compare!r}")
+    images, state = random_observation(embodiment, seed)
+    timer, actions, naive_timer, naive_actions = _time(policy, images, state, runs, warmup, seed, compare == "naive")
+    stages = timer.summary()
+    report: dict[str, Any] = {
+        "checkpoint": policy.source,
+        "device": str(policy.device),
+        "device_name": _device_name(policy.device),
+        "torch_threads": torch.get_num_threads(),
+        "dtype": str(policy.dtype).removeprefix("torch."),
+        "embodiment": embodiment.name,
+        "cameras": len(embodiment.cameras),
+        "camera_resolution": sorted({f"{c.height}x{c.width}" for c in embodiment.cameras}),
+        "model_resolution": f"{policy.patch_spec.height}x{policy.patch_spec.width}",
+        "prefix_tokens": len(policy.task.layout.prefix_ids),
+        "step_tokens": len(policy.task.layout.step_ids),
+        "chunk_length": policy.task.entry.chunk_length,
+        "denoising_steps": policy.num_steps,
+        "runs": runs,
+        "warmup": warmup,
+        "stages": stages,
+    }
+    report["memory"] = _peak_memory_mb(policy.device)  # with --compare: the peak of both paths
+    if naive_timer is not None:
+        naive = naive_timer.summary()
+        report["naive"] = {"stages": naive}
+        report["speedup_p50"] = naive["total"]["p50_ms"] / stages["total"]["p50_ms"]
+        report["naive_max_abs_action_diff"] = float(np.max(np.abs(naive_actions - actions)))
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"{report['checkpoint']} on {report['device']} ({report['device_name']}, {report['dtype']}), "
+        f"{report['embodiment']} {report['cameras']} camera(s) -> {report['model_resolution']}, "
+        f"{report['prefix_tokens']} prefix + {report['step_tokens']} step tokens, K={report['denoising_steps']}, "
+        f"{report['runs']} runs",
+        f"{'stage':<16}{'p50 ms':>10}{'p99 ms':>10}{'count':>8}",
+    ]
+    for name, stats in report["stages"].items():
+        lines.append(f"{name:<16}{stats['p50_ms']:>10.2f}{stats['p99_ms']:>10.2f}{stats['count']:>8}")
+    lines.append("memory: " + ", ".join(f"{k} {v:.0f}" for k, v in report["memory"].items()))
+    if "naive" in report:
+        total = report["naive"]["stages"]["total"]
+        lines.append(
+            f"naive (full transformers forward + DiT recomputing K/V): p50 {total['p50_ms']:.2f} ms, "
+            f"p99 {total['p99_ms']:.2f} ms -> speed-up {report['speedup_p50']:.2f}x "
+            f"(actions differ by at most {report['naive_max_abs_action_diff']:.2e})"
+        )
+    return "\n".join(lines)

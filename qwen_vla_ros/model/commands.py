@@ -1,0 +1,80 @@
+"""``qwen-vla-ros make-checkpoint`` and ``qwen-vla-ros bench``.
+
+Registering the subcommands must not import torch (every ``qwen-vla-ros`` call would pay
+for it), so the handlers import the model modules when they run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+SIZES = ("tiny", "small", "full")
+
+
+def _make_checkpoint(args: argparse.Namespace) -> int:
+    from qwen_vla_ros.model.build import build_model, make_checkpoint
+
+    if args.dry_run:
+        counts = build_model(args.size, seed=args.seed, device="meta").parameter_counts()
+        print(json.dumps({"size": args.size, "parameters": counts}, indent=2))
+        return 0
+    if not args.out:
+        raise ValueError("make-checkpoint needs an output directory OUT (or --dry-run)")
+    root = make_checkpoint(args.size, args.out, seed=args.seed)
+    print(f"wrote {args.size} checkpoint to {root}")
+    return 0
+
+
+def add_make_checkpoint_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "make-checkpoint",
+        help="write a randomly initialised Qwen-VLA checkpoint that really loads (nothing is downloaded)",
+    )
+    parser.add_argument("--size", choices=SIZES, required=True,
+                        help="tiny: tests; small: CPU benchmarks; full: Qwen3.5-4B + 1.15B DiT shapes (~10 GB in bf16)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dry-run", action="store_true", help="build shapes only (meta device) and print parameter counts")
+    parser.add_argument("out", nargs="?", help="new checkpoint directory (not needed with --dry-run)")
+    parser.set_defaults(handler=_make_checkpoint)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from qwen_vla_ros.model.bench import bench_embodiment, format_report, run_bench
+
+    if bool(args.checkpoint) == bool(args.size):
+        raise ValueError("give exactly one of --checkpoint DIR or --size tiny|small|full")
+    if args.checkpoint:
+        from qwen_vla_ros.model.loading import load_policy
+
+        policy = load_policy(args.checkpoint, device=args.device, dtype=args.dtype)
+    else:
+        from qwen_vla_ros.model.build import build_policy
+
+        policy = build_policy(args.size, device=args.device, dtype=args.dtype)
+    if args.steps is not None:
+        policy.num_steps = args.steps
+    embodiment = bench_embodiment(args.embodiment, args.cameras)
+    report = run_bench(policy, embodiment, args.instruction, runs=args.runs, warmup=args.warmup,
+                       compare=args.compare, seed=args.seed)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="per-stage policy latency (p50/p99) and peak memory")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="checkpoint directory")
+    source.add_argument("--size", choices=SIZES, help="random weights built in memory instead of a checkpoint")
+    parser.add_argument("--embodiment", default="aloha", help="shipped embodiment name or YAML path")
+    parser.add_argument("--instruction", default="pick up the cube and hand it to the other arm")
+    parser.add_argument("--cameras", type=int, default=None, help="use only the first N cameras of the embodiment")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
+    parser.add_argument("--compare", choices=("naive",), default=None,
+                        help="also time plain transformers + a DiT recomputing cross-attention K/V every step")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=_bench)
