@@ -283,7 +283,6 @@ def repair_bag(path: Path, typestore: Typestore | None = None) -> RepairResult:
 
 def _copy_complete_records(source: Path, writer: Writer, typestore: Typestore) -> str:
     """Copy messages of every complete chunk; returns why reading stopped early, or ''."""
-    from mcap.exceptions import McapError
     from mcap.records import Channel, Message, Schema
     from mcap.stream_reader import StreamReader
 
@@ -305,10 +304,8 @@ def _copy_complete_records(source: Path, writer: Writer, typestore: Typestore) -
                     writer.write(connections[record.channel_id], record.log_time, record.data)
         except BagError:
             raise
-        except McapError as exc:  # EndOfFile: no footer after the last complete record
-            return f"{source.name}: no summary or footer ({type(exc).__name__})"
-        except Exception as exc:  # a record cut in half fails to unpack (struct.error, zstd, ...)
-            return f"{source.name}: stopped at a record cut short ({type(exc).__name__}: {exc})"
+        except Exception as exc:  # EndOfFile, or a record cut in half that fails to unpack
+            return f"{source.name} ends without a footer, reading stopped at {type(exc).__name__}"
     return ""
 
 
