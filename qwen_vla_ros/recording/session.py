@@ -75,26 +75,7 @@ class TrialSession:
 
     def recover(self) -> list[TrialRecord]:
         """Mark every trial whose recorder died ``incomplete`` and make its bag readable."""
-        recovered = []
-        for record in self.store.records():
-            if record.outcome is not None:
-                continue
-            repair = repair_bag(self.store.bag_dir(record))
-            summary, known = repair.summary, record.topics
-            record.topics = {
-                topic: TopicCounts(
-                    type=summary.topics.get(topic, (known[topic].type if topic in known else "", 0))[0],
-                    messages=summary.topics.get(topic, ("", 0))[1],
-                    dropped=known[topic].dropped if topic in known else 0,
-                )
-                for topic in sorted(set(known) | set(summary.topics))
-            }
-            record.finish("incomplete", max(summary.end_ns or record.start_ns, record.start_ns))
-            record.notes.append(f"recorder stopped before the trial ended; {repair.note}")
-            self.store.save(record)
-            recovered.append(record)
-        self.store.write_index(self.protocol)
-        return recovered
+        return recover_interrupted(self.store, self.protocol)
 
     def upcoming(self) -> NextTrial | None:
         if self.protocol is None:
@@ -255,3 +236,28 @@ class TrialSession:
         for problem in stats.problems():
             if problem not in record.notes:
                 record.notes.append(problem)
+
+
+def recover_interrupted(store: TrialStore, protocol: Protocol | None) -> list[TrialRecord]:
+    """Every trial without an outcome lost its recorder: repair its bag, count what the bag
+    holds, end it at its last message and mark it ``incomplete``; then rebuild the index."""
+    recovered = []
+    for record in store.records():
+        if record.outcome is not None:
+            continue
+        repair = repair_bag(store.bag_dir(record))
+        summary, known = repair.summary, record.topics
+        record.topics = {
+            topic: TopicCounts(
+                type=summary.topics.get(topic, (known[topic].type if topic in known else "", 0))[0],
+                messages=summary.topics.get(topic, ("", 0))[1],
+                dropped=known[topic].dropped if topic in known else 0,
+            )
+            for topic in sorted(set(known) | set(summary.topics))
+        }
+        record.finish("incomplete", max(summary.end_ns or record.start_ns, record.start_ns))
+        record.notes.append(f"recorder stopped before the trial ended; {repair.note}")
+        store.save(record)
+        recovered.append(record)
+    store.write_index(protocol)
+    return recovered
