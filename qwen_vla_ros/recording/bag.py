@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,14 +112,15 @@ class RosbagsBagWriter:
 
     rosbags has no public flush, so :meth:`flush` closes the MCAP storage's pending chunk
     (``close_chunk``) and flushes its file; the constructor checks those exist so a rosbags
-    upgrade that renames them fails at the first trial, not at the first crash.
+    upgrade that renames them fails at the first trial, not at the first crash. With
+    ``fsync`` the data also reaches the disk (a power cut, not only a crash): a helper thread
+    fsyncs its own descriptor of the file, so the writer never waits for the device.
     """
 
     name = "rosbags"
 
     def __init__(self, path: Path, typestore: Typestore, fsync: bool = True) -> None:
         self._typestore = typestore
-        self._fsync = fsync
         self._writer = Writer(path, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
         storage = self._writer.storage
@@ -126,6 +128,7 @@ class RosbagsBagWriter:
             self._writer.abort()
             raise BagError("this rosbags version's MCAP writer has no close_chunk/bio; periodic flushing needs them")
         self._connections: dict[str, Any] = {}
+        self._syncer = _Syncer(storage.path) if fsync else None
 
     def add_topic(self, topic: str, msgtype: str) -> None:
         if topic in self._connections:
@@ -141,11 +144,53 @@ class RosbagsBagWriter:
         if storage.chunk.msgs:  # a chunk without messages would carry an empty time range
             storage.close_chunk()
         storage.bio.flush()
-        if self._fsync:
-            os.fsync(storage.bio.fileno())
+        if self._syncer is not None:
+            self._syncer.request()
 
     def close(self) -> None:
         self._writer.close()
+        if self._syncer is not None:
+            self._syncer.close()
+
+
+class _Syncer:
+    """fsyncs a file on request from its own thread and descriptor; errors surface at the next request."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._wanted = threading.Event()
+        self._closing = False
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="bag-fsync", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        if self._error is not None:
+            raise self._error
+        self._wanted.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._closing:
+                return
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self._error = exc
+                return
+
+    def close(self) -> None:
+        self._closing = True
+        self._wanted.set()
+        self._thread.join()
+        try:
+            os.fsync(self._fd)  # everything, summary and footer included
+        finally:
+            os.close(self._fd)
+        if self._error is not None:
+            raise self._error
 
 
 class Rosbag2PyBagWriter:
