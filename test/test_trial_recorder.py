@@ -69,15 +69,17 @@ class Harness:
         self.process = self.ros_domain.start_process(*args)
         self.output = []
         threading.Thread(target=lambda: self.output.extend(self.process.stdout), daemon=True).start()
-        # A killed recorder's services linger in DDS discovery, so readiness is the log line
-        # written after this process created its services, plus time for them to be matched.
-        deadline = time.monotonic() + 30
-        while not any("next trial:" in line for line in self.output):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                pytest.fail("recorder never became ready:\n" + "".join(self.output))
-            time.sleep(0.05)
+        self.wait_for_output("next trial:")
         assert self.clients["start"].wait_for_service(timeout_sec=10)
         self.spin(0.5)
+
+    def wait_for_output(self, text: str, timeout: float = 30) -> None:
+        """A killed recorder's services linger in DDS discovery, so readiness is read from the log."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.output):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                pytest.fail(f"recorder never logged {text!r}:\n" + "".join(self.output))
+            self.spin(0.05)
 
     def publisher(self, msg_type, topic: str, qos: QoSProfile = RELIABLE):
         publisher = self.node.create_publisher(msg_type, topic, qos)
@@ -87,7 +89,7 @@ class Harness:
 
     def call(self, service: str) -> Trigger.Response:
         future = self.clients[service].call_async(Trigger.Request())
-        assert self.ros_domain.spin_until(self.executor, future.done, 30), f"{service} did not answer"
+        assert self.ros_domain.spin_until(self.executor, future.done, 30), f"{service} did not answer:\n" + "".join(self.output)
         return future.result()
 
     def spin(self, seconds: float) -> None:
@@ -242,6 +244,10 @@ def test_sigkill_mid_trial_leaves_a_readable_bag_marked_incomplete(harness: Harn
         "the unclosed MCAP holds every message up to the last flush"
 
     harness.start_recorder()
+    # Requests sent before the new server matches this client are lost; its subscribing to
+    # our publisher shows discovery between the two has happened.
+    harness.wait_for_output(f"recording {CHATTER}")
+    harness.spin(0.5)
     record = _trial_yaml(harness.output_dir, "trial_0001")
     assert record["outcome"] == "incomplete"
     assert "recorder stopped before the trial ended" in record["notes"][0]
