@@ -272,3 +272,53 @@ def test_bad_protocol_stops_the_node_with_a_clear_error(ros_domain, tmp_path: Pa
     assert process.returncode == 2, output
     assert "factors[0].levels: level names must be unique, duplicated: ['dim']" in output
     assert "trials_per_condition: Input should be greater than or equal to 1 (got 0)" in output
+
+
+def test_operator_sets_the_condition_and_the_sim_labels_success(harness: Harness, tmp_path: Path) -> None:
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from std_msgs.msg import Bool
+
+    harness.start_recorder(f"protocol:={_protocol(tmp_path)}", "condition:=lighting=dim", "auto_label_success:=true")
+    assert harness.ros_domain.spin_until(harness.executor, lambda: harness.announcements, 10)
+    assert harness.announcements[-1]["source"] == "parameter" and harness.announcements[-1]["condition"] == {"lighting": "dim"}
+
+    setter = harness.node.create_client(SetParameters, "/trial_recorder/set_parameters")
+
+    def set_condition(text: str):
+        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=text)
+        future = setter.call_async(SetParameters.Request(parameters=[ParameterMsg(name="condition", value=value)]))
+        assert harness.ros_domain.spin_until(harness.executor, future.done, 20)
+        return future.result().results[0]
+
+    rejected = set_condition("lighting=dark")
+    assert not rejected.successful and "no level 'dark'" in rejected.reason
+    assert set_condition("").successful
+    assert harness.ros_domain.spin_until(
+        harness.executor, lambda: harness.announcements[-1].get("source") == "protocol", 10
+    ), harness.announcements
+
+    success = harness.publisher(Bool, "/qwen_vla/sim/success")
+    assert harness.call("start").success
+    success.publish(Bool(data=False))
+    harness.spin(0.3)
+    assert _trial_yaml(harness.output_dir, "trial_0001")["outcome"] is None
+    success.publish(Bool(data=True))
+    assert harness.ros_domain.spin_until(
+        harness.executor, lambda: _trial_yaml(harness.output_dir, "trial_0001")["outcome"] == "success", 10
+    )
+    record = _trial_yaml(harness.output_dir, "trial_0001")
+    assert record["condition"] == {"lighting": "bright"}
+    assert "labelled success by /qwen_vla/sim/success" in record["notes"]
+    assert record["topics"]["/qwen_vla/sim/success"]["messages"] == 2
+
+
+def test_bad_condition_parameter_stops_the_node_with_a_clear_error(ros_domain, tmp_path: Path) -> None:
+    process = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.trial_recorder", "--ros-args", "-p", f"protocol:={_protocol(tmp_path)}",
+        "-p", "condition:=weather=rain", "-p", f"output_dir:={tmp_path / 'out'}",
+    )
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 2, output
+    assert "parameter condition" in output and "unknown factors ['weather']" in output
