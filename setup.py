@@ -39,7 +39,7 @@ ONNX = ["onnx", "onnxruntime", "onnxscript"]
 RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib"]
 SIM = ["mujoco>=3.2", "gym-aloha"]
 TELEOP = ["evdev; sys_platform == 'linux'"]
-TEST = ["pytest", "pytest-timeout", "hypothesis", "xacro", "yourdfpy"]
+TEST = ["pytest", "pytest-timeout", "hypothesis", "xacro", "yourdfpy", "scipy", "psutil"]
 
 setup(
     name=PACKAGE,
@@ -79,6 +79,7 @@ setup(
     entry_points={
         "console_scripts": [
             "qwen-vla-ros = qwen_vla_ros.cli:main",
+            "trial_recorder = qwen_vla_ros.nodes.trial_recorder:main",
         ],
     },
 )
