@@ -20,17 +20,16 @@ import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint  # noqa: E402
 from qwen_vla_ros.nodes.common import chunk_to_trajectory, image_to_msg  # noqa: E402
 from qwen_vla_ros.recording.bag import read_messages  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from qwen_vla_ros.config.embodiment import StrictModel
+from qwen_vla_ros.config.embodiment import StrictModel, _unique
 from qwen_vla_ros.config.loader import read_yaml, validate
 
 Condition = dict[str, str]
@@ -52,9 +52,7 @@ class Factor(StrictModel):
     @field_validator("levels")
     @classmethod
     def _unique_levels(cls, levels: list[Level]) -> list[Level]:
-        duplicated = sorted(name for name, count in Counter(level.name for level in levels).items() if count > 1)
-        if duplicated:
-            raise ValueError(f"level names must be unique, duplicated: {duplicated}")
+        _unique([level.name for level in levels], "level names")
         return levels
 
     @property
@@ -83,9 +81,7 @@ class Protocol(StrictModel):
     @field_validator("factors")
     @classmethod
     def _unique_factors(cls, factors: list[Factor]) -> list[Factor]:
-        duplicated = sorted(name for name, count in Counter(f.name for f in factors).items() if count > 1)
-        if duplicated:
-            raise ValueError(f"factor names must be unique, duplicated: {duplicated}")
+        _unique([factor.name for factor in factors], "factor names")
         return factors
 
     @model_validator(mode="after")

@@ -195,16 +195,15 @@ class BagRecorder:
                 self._stats.topic_errors[topic] = reason
 
     def _flush(self) -> None:
-        try:
-            self._writer.flush()
-        except Exception as exc:
-            with self._lock:
-                self._stats.error = self._stats.error or f"flushing the bag failed: {type(exc).__name__}: {exc}"
+        self._attempt(self._writer.flush, "flushing")
         self._on_flush(self.stats())
 
     def _close(self) -> None:
+        self._attempt(self._writer.close, "closing")
+
+    def _attempt(self, action: Callable[[], None], what: str) -> None:
         try:
-            self._writer.close()
-        except Exception as exc:
+            action()
+        except Exception as exc:  # recorded with the trial; the bag up to here stays readable
             with self._lock:
-                self._stats.error = self._stats.error or f"closing the bag failed: {type(exc).__name__}: {exc}"
+                self._stats.error = self._stats.error or f"{what} the bag failed: {type(exc).__name__}: {exc}"
