@@ -19,10 +19,13 @@ from rosbags.typesys import Stores, get_typestore  # noqa: E402
 from qwen_vla_ros.config import ConfigError, load_embodiment  # noqa: E402
 from qwen_vla_ros.recording.bag import (  # noqa: E402
     BagError,
+    Rosbag2PyBagWriter,
     RosbagsBagWriter,
+    bag_writer_factory,
     ensure_type,
     read_messages,
     repair_bag,
+    rosbag2_py_available,
     typestore_for_distro,
 )
 from qwen_vla_ros.recording.protocol import Protocol  # noqa: E402
@@ -70,6 +73,7 @@ def test_writer_thread_writes_every_queued_message_in_order(tmp_path: Path) -> N
     time.sleep(0.2)
     stats = recorder.stop()
     assert stats.written == {"/a": 50, "/b": 20} and not stats.problems()
+    assert stats.busy_s > 0 and stats.mb_per_busy_s > 0 and 0 < stats.queue_peak_bytes <= queue.max_bytes
     assert flushes and flushes[-1].written["/a"] == 50, "each flush reports the counts so far"
     assert _texts(tmp_path / "bag", "/a") == sent["/a"] and _texts(tmp_path / "bag", "/b") == sent["/b"]
 
@@ -368,3 +372,22 @@ def test_recovery_marks_unfinished_trials_incomplete(tmp_path: Path) -> None:
     assert recovered.end_ns == S + 2, "the trial ends with its last recorded message"
     index = yaml.safe_load((tmp_path / "index.yaml").read_text())
     assert index["trials"][0]["outcome"] == "incomplete"
+
+
+def test_writer_choice_and_settings_are_checked_up_front(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="must be one of"):
+        bag_writer_factory("sqlite")
+    if rosbag2_py_available():  # a robot computer: auto means the distribution's writer
+        assert bag_writer_factory("auto") is bag_writer_factory("rosbag2_py") is Rosbag2PyBagWriter
+    else:
+        with pytest.raises(ValueError, match="rosbag2_py is not importable"):
+            bag_writer_factory("rosbag2_py")
+        writer = bag_writer_factory("auto", fsync=False)(tmp_path / "bag")
+        assert writer.name == "rosbags"
+        writer.close()
+    with pytest.raises(ValueError, match="queue size"):
+        SessionSettings(queue_bytes=0)
+    with pytest.raises(ValueError, match="flush period"):
+        SessionSettings(flush_period_s=0)
+    with pytest.raises(ValueError, match="trial timeout"):
+        SessionSettings(trial_timeout_s=-1)

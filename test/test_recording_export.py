@@ -13,6 +13,7 @@ pytest.importorskip("rosbags", reason="rosbags is not installed: pip install '.[
 
 from qwen_vla_ros.cli import main as cli_main  # noqa: E402
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
+from qwen_vla_ros.config.loader import parse_override  # noqa: E402
 from qwen_vla_ros.recording.bag import RosbagsBagWriter, typestore_for_distro  # noqa: E402
 from qwen_vla_ros.recording.session import RecorderIdentity, TrialSession  # noqa: E402
 from qwen_vla_ros.recording.trial import TrialStore  # noqa: E402
@@ -55,17 +56,18 @@ def _arm_values(arm: int, j: int) -> list[float]:
     return [arm + 0.001 * j + 0.1 * k for k in range(6)] + [1.0, finger, -finger]
 
 
-def _record_trial(root: Path, cam_encoding: str = "rgb8") -> dict:
+def _record_trial(root: Path, cam_encoding: str = "rgb8", overrides: tuple[str, ...] = ()) -> dict:
     """One second of ALOHA streams at their real rates: joints 100 Hz, commands 50 Hz, cameras 30 Hz."""
-    session = TrialSession(TrialStore(root), RecorderIdentity("aloha", "ALOHA", "aloha", "torch"), None,
-                           lambda path: RosbagsBagWriter(path, TS))
+    config = load_embodiment("aloha", dict(parse_override(t) for t in overrides))
+    identity = RecorderIdentity("aloha", "ALOHA", "aloha", "torch", config_overrides=overrides)
+    session = TrialSession(TrialStore(root), identity, None, lambda path: RosbagsBagWriter(path, TS))
     session.start(T0)
     streams: dict[str, list[tuple[int, object]]] = {}
     for j in range(101):
         stamp = T0 + j * 10 * MS
         for arm in (0, 1):
-            topic = ALOHA.arms[arm].joint_state_topic
-            streams.setdefault(topic, []).append((stamp, _arm_values(arm, j)))
+            topic = config.arms[arm].joint_state_topic
+            streams.setdefault(arm, []).append((stamp, _arm_values(arm, j)))
             session.offer(topic, "sensor_msgs/msg/JointState", stamp + 2 * MS,
                           _joint_state(stamp, _arm_values(arm, j), [0.5] * 7 + [0.01 * j, 0.0]))
     for c in range(51):
@@ -113,7 +115,7 @@ def test_export_writes_aloha_layout_resampled_to_the_control_rate(tmp_path: Path
         assert "base_action" not in root
         for k, t in enumerate(grid):
             for arm in (0, 1):
-                values = _latest(streams[ALOHA.arms[arm].joint_state_topic], t)
+                values = _latest(streams[arm], t)
                 gripper = ALOHA.arms[arm].gripper
                 expected = values[:6] + [(values[7] - gripper.finger_close) / (gripper.finger_open - gripper.finger_close)]
                 np.testing.assert_allclose(qpos[k, 7 * arm: 7 * arm + 7], expected, rtol=1e-6, atol=1e-6)
@@ -145,3 +147,14 @@ def test_export_of_an_end_effector_embodiment_is_refused_clearly(tmp_path: Path,
     _record_trial(tmp_path)
     assert cli_main(["trials", "export", str(tmp_path), "--format", "aloha-hdf5", "--config", "widowx"]) == 2
     assert "end-effector pose (ee_pose)" in capsys.readouterr().err
+
+
+def test_export_reads_each_trial_with_the_config_overrides_it_was_recorded_with(tmp_path: Path, capsys) -> None:
+    """An older rig's follower is called puppet_left: the recorder ran with that override."""
+    _record_trial(tmp_path, overrides=("arms.0.joint_state_topic=/puppet_left/joint_states",))
+    assert cli_main(["trials", "export", str(tmp_path), "--format", "aloha-hdf5"]) == 0
+    with h5py.File(tmp_path / "export" / "aloha-hdf5" / "episode_0.hdf5", "r") as root:
+        assert root["/observations/qpos"].shape[1] == 14
+    assert cli_main(["trials", "export", str(tmp_path), "--format", "aloha-hdf5", "--config", "aloha",
+                     "--out", str(tmp_path / "plain")]) == 2
+    assert "/follower_left/joint_states" in capsys.readouterr().err

@@ -23,10 +23,10 @@ from rclpy.serialization import deserialize_message
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
-from qwen_vla_ros.config import ConfigError
+from qwen_vla_ros.config import EMBODIMENTS, ConfigError, EmbodimentConfig, RuntimeConfig
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint
 from qwen_vla_ros.nodes.common import _string_list_parameter, declare_configs, run_node
-from qwen_vla_ros.recording.bag import open_bag_writer, typestore_for_distro
+from qwen_vla_ros.recording.bag import bag_writer_factory
 from qwen_vla_ros.recording.protocol import load_protocol, parse_condition
 from qwen_vla_ros.recording.session import RecorderIdentity, SessionSettings, TrialError, TrialSession
 from qwen_vla_ros.recording.topics import (
@@ -62,38 +62,31 @@ class TrialRecorderNode(Node):
         super().__init__("trial_recorder")
         embodiment, runtime = declare_configs(self, "aloha")
         param = self._parameter
-        output_dir = Path(param("output_dir", "~/qwen_vla_trials")).expanduser()
-        protocol_path = param("protocol", "")
-        protocol = load_protocol(protocol_path) if protocol_path else None
         param("operator", "")
         param("condition", "")
         self._discovery_period_s = param("discovery_period_s", 0.5)
         self._qos_depth = param("qos_depth", 100)
-        settings = SessionSettings(
-            queue_bytes=int(param("queue_max_mb", 512.0) * 1024 * 1024),
-            flush_period_s=param("flush_period_s", 1.0),
-            auto_label_success=param("auto_label_success", False),
-            trial_timeout_s=param("trial_timeout_s", 0.0),
-        )
-        writer_choice, fsync = param("writer", "auto"), param("fsync", True)
-        typestore = typestore_for_distro()
+        protocol_path = param("protocol", "")
+        protocol = load_protocol(protocol_path) if protocol_path else None
+        output_dir = Path(param("output_dir", "~/qwen_vla_trials")).expanduser()
         try:
+            settings = SessionSettings(
+                queue_bytes=int(param("queue_max_mb", 512.0) * 1024 * 1024),
+                flush_period_s=param("flush_period_s", 1.0),
+                auto_label_success=param("auto_label_success", False),
+                trial_timeout_s=param("trial_timeout_s", 0.0),
+            )
+            open_writer = bag_writer_factory(param("writer", "auto"), param("fsync", True))
+            self._wanted = recorded_topics(
+                embodiment, _string_list_parameter(self, "topics"), _string_list_parameter(self, "exclude_topics")
+            )
             store = TrialStore(output_dir)
-        except OSError as exc:
-            raise ConfigError("parameter output_dir", [f"cannot create {output_dir}: {exc}"]) from exc
-        self.session = TrialSession(
-            store,
-            self._identity(embodiment, runtime, self.get_parameter("config").value),
-            protocol,
-            lambda path: open_bag_writer(path, writer_choice, typestore, fsync),
-            settings,
-        )
+        except (ValueError, OSError) as exc:
+            raise ConfigError("trial_recorder parameters", [str(exc)]) from exc
+        self.session = TrialSession(store, self._identity(embodiment, runtime), protocol, open_writer, settings)
         for record in self.session.recover():
             self.get_logger().warning(f"{record.id} was interrupted and is marked incomplete: {record.notes[-1]}")
 
-        self._wanted = recorded_topics(
-            embodiment, _string_list_parameter(self, "topics"), _string_list_parameter(self, "exclude_topics")
-        )
         self._subscribed: dict[str, Any] = {}
         self._unrecordable: set[str] = set()
         self._decoders: dict[str, Callable[[bytes, int], None]] = {
@@ -119,7 +112,8 @@ class TrialRecorderNode(Node):
     def _parameter(self, name: str, default: Any) -> Any:
         return self.declare_parameter(name, default).value
 
-    def _identity(self, embodiment: Any, runtime: Any, config_source: str) -> RecorderIdentity:
+    def _identity(self, embodiment: EmbodimentConfig, runtime: RuntimeConfig) -> RecorderIdentity:
+        source = str(self.get_parameter("config").value)
         fingerprint = None
         if runtime.checkpoint:
             try:
@@ -129,7 +123,8 @@ class TrialRecorderNode(Node):
         return RecorderIdentity(
             embodiment=embodiment.name,
             robot=embodiment.robot.model,
-            config=str(config_source),
+            config=source if source in EMBODIMENTS else str(Path(source).expanduser().resolve()),
+            config_overrides=tuple(t for t in self.get_parameter("config_overrides").value if t),
             backend=runtime.backend,
             checkpoint=str(Path(runtime.checkpoint).expanduser().resolve()) if runtime.checkpoint else None,
             checkpoint_sha256=fingerprint,

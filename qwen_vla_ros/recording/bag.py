@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -242,13 +242,22 @@ def rosbag2_py_available() -> bool:
     return True
 
 
-def open_bag_writer(path: Path, prefer: str = "auto", typestore: Typestore | None = None, fsync: bool = True) -> BagWriter:
-    """``prefer``: ``auto`` (rosbag2_py when importable), ``rosbag2_py`` or ``rosbags``."""
-    if prefer not in ("auto", "rosbag2_py", "rosbags"):
-        raise ValueError(f"bag writer must be 'auto', 'rosbag2_py' or 'rosbags', got {prefer!r}")
-    if prefer == "rosbag2_py" or (prefer == "auto" and rosbag2_py_available()):
-        return Rosbag2PyBagWriter(path)
-    return RosbagsBagWriter(path, typestore or typestore_for_distro(), fsync=fsync)
+WRITERS = ("auto", "rosbag2_py", "rosbags")
+
+
+def bag_writer_factory(prefer: str = "auto", fsync: bool = True) -> Callable[[Path], BagWriter]:
+    """What opens each trial's bag: ``auto`` takes rosbag2_py when importable, else rosbags.
+
+    Checked up front, so a wrong choice stops the recorder at start-up, not at the first trial.
+    """
+    if prefer not in WRITERS:
+        raise ValueError(f"bag writer must be one of {list(WRITERS)}, got {prefer!r}")
+    if prefer == "rosbag2_py" and not rosbag2_py_available():
+        raise ValueError("bag writer 'rosbag2_py' was asked for but rosbag2_py is not importable; source ROS 2")
+    if prefer != "rosbags" and rosbag2_py_available():
+        return Rosbag2PyBagWriter
+    typestore = typestore_for_distro()
+    return lambda path: RosbagsBagWriter(path, typestore, fsync=fsync)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import numpy as np
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config import EmbodimentConfig, load_embodiment
 from qwen_vla_ros.config.embodiment import GripperSource, JointSource, OdometrySource
+from qwen_vla_ros.config.loader import parse_override
 from qwen_vla_ros.recording.bag import read_messages, typestore_for_distro
 from qwen_vla_ros.recording.trial import TrialRecord, TrialStore, write_yaml_atomically
 
@@ -256,24 +257,30 @@ def export_trials(
     outcomes: Iterable[str] = ("success", "failure"),
     config: str | None = None,
 ) -> ExportResult:
-    """One episode per trial with a wanted outcome; ``episodes.yaml`` maps episodes to trials."""
+    """One episode per trial with a wanted outcome; ``episodes.yaml`` maps episodes to trials.
+
+    Each trial is read with the embodiment config (and overrides) it was recorded with,
+    unless ``config`` names another.
+    """
     store = TrialStore(root)
     out = Path(out_dir).expanduser()
     wanted = set(outcomes)
     result = ExportResult()
-    layouts: dict[str, EpisodeLayout] = {}
+    layouts: dict[tuple[str, ...], EpisodeLayout] = {}
     manifest = []
     for record in store.records():
         if record.outcome not in wanted:
             continue
-        source = config or record.config
+        source = (config,) if config else (record.config, *record.config_overrides)
         try:
             if source not in layouts:
-                layouts[source] = layout_for(load_embodiment(source))
+                overrides = dict(parse_override(text) for text in source[1:])
+                layouts[source] = layout_for(load_embodiment(source[0], overrides))
+            layout = layouts[source]
             episode_path = out / f"episode_{len(result.episodes)}.hdf5"
             attributes = {"trial": record.id, "outcome": record.outcome or "", "instruction": record.instruction,
-                          "embodiment": record.embodiment, "control_rate_hz": layouts[source].rate_hz}
-            episode = export_episode(store.bag_dir(record), layouts[source], episode_path, attributes)
+                          "embodiment": record.embodiment, "control_rate_hz": layout.rate_hz}
+            episode = export_episode(store.bag_dir(record), layout, episode_path, attributes)
         except (ExportError, FileNotFoundError, KeyError, ValueError) as exc:
             result.failures.append((record, str(exc)))
             continue

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwen_vla_ros.chunk import NS_PER_S
-from qwen_vla_ros.recording.bag import BagWriter, repair_bag
+from qwen_vla_ros.recording.bag import BagError, BagSummary, BagWriter, repair_bag
 from qwen_vla_ros.recording.protocol import Condition, NextTrial, Protocol, announce, next_trial
 from qwen_vla_ros.recording.trial import VERDICTS, Intervention, Outcome, TopicCounts, TrialRecord, TrialStore, iso_time
 from qwen_vla_ros.recording.writer import BagRecorder, MessageQueue, QueuedMessage, WriterStats
@@ -35,6 +35,7 @@ class RecorderIdentity:
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     instruction: str = ""
+    config_overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,14 @@ class SessionSettings:
     flush_period_s: float = 1.0
     auto_label_success: bool = False
     trial_timeout_s: float = 0.0  # 0: no timeout
+
+    def __post_init__(self) -> None:
+        if self.queue_bytes <= 0:
+            raise ValueError(f"queue size must be positive, got {self.queue_bytes} bytes")
+        if self.flush_period_s <= 0:
+            raise ValueError(f"flush period must be positive, got {self.flush_period_s} s")
+        if self.trial_timeout_s < 0:
+            raise ValueError(f"trial timeout must be 0 (none) or positive, got {self.trial_timeout_s} s")
 
 
 class TrialSession:
@@ -110,6 +119,7 @@ class TrialSession:
                     "embodiment": self.identity.embodiment,
                     "robot": self.identity.robot,
                     "config": self.identity.config,
+                    "config_overrides": list(self.identity.config_overrides),
                     "checkpoint": self.identity.checkpoint,
                     "checkpoint_sha256": self.identity.checkpoint_sha256,
                     "backend": self.identity.backend,
@@ -233,6 +243,9 @@ class TrialSession:
             )
             for topic in sorted(topics)
         }
+        throughput = stats.mb_per_busy_s
+        record.writer_mb_per_s = round(throughput, 1) if throughput is not None else None
+        record.queue_peak_mb = round(stats.queue_peak_bytes / 1e6, 2)
         for problem in stats.problems():
             if problem not in record.notes:
                 record.notes.append(problem)
@@ -245,8 +258,12 @@ def recover_interrupted(store: TrialStore, protocol: Protocol | None) -> list[Tr
     for record in store.records():
         if record.outcome is not None:
             continue
-        repair = repair_bag(store.bag_dir(record))
-        summary, known = repair.summary, record.topics
+        try:
+            repair = repair_bag(store.bag_dir(record))
+            summary, note = repair.summary, repair.note
+        except (BagError, OSError) as exc:  # keep the trial on record even if its bag is beyond repair
+            summary, note = BagSummary(), f"its bag could not be repaired: {exc}"
+        known = record.topics
         record.topics = {
             topic: TopicCounts(
                 type=summary.topics.get(topic, (known[topic].type if topic in known else "", 0))[0],
@@ -256,7 +273,7 @@ def recover_interrupted(store: TrialStore, protocol: Protocol | None) -> list[Tr
             for topic in sorted(set(known) | set(summary.topics))
         }
         record.finish("incomplete", max(summary.end_ns or record.start_ns, record.start_ns))
-        record.notes.append(f"recorder stopped before the trial ended; {repair.note}")
+        record.notes.append(f"recorder stopped before the trial ended; {note}")
         store.save(record)
         recovered.append(record)
     store.write_index(protocol)

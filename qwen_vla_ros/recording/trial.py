@@ -51,6 +51,7 @@ class TrialRecord(Record):
     embodiment: str
     robot: str
     config: str = Field(description="embodiment config name or file the recorder ran with")
+    config_overrides: list[str] = Field(default_factory=list, description="its KEY=VALUE overrides")
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     backend: str
@@ -67,6 +68,8 @@ class TrialRecord(Record):
     topics: dict[str, TopicCounts] = Field(default_factory=dict)
     bag: str = "bag"
     writer: str = Field(default="", description="rosbag2_py or rosbags")
+    writer_mb_per_s: float | None = Field(default=None, description="bytes written over time the writer was busy")
+    queue_peak_mb: float | None = Field(default=None, description="most the write queue held")
     notes: list[str] = Field(default_factory=list)
 
     def finish(self, outcome: Outcome, end_ns: int) -> None:

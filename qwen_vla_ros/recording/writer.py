@@ -98,6 +98,13 @@ class WriterStats:
     last_timestamp_ns: int | None = None
     topic_errors: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    busy_s: float = 0.0
+    queue_peak_bytes: int = 0
+
+    @property
+    def mb_per_busy_s(self) -> float | None:
+        """Writer throughput while it had work: bytes written over time spent writing and flushing."""
+        return self.written_bytes / 1e6 / self.busy_s if self.busy_s > 0 else None
 
     def problems(self) -> list[str]:
         return [*self.topic_errors.values(), *([self.error] if self.error else [])]
@@ -146,6 +153,8 @@ class BagRecorder:
                 last_timestamp_ns=self._stats.last_timestamp_ns,
                 topic_errors=dict(self._stats.topic_errors),
                 error=self._stats.error,
+                busy_s=self._stats.busy_s,
+                queue_peak_bytes=self._queue.peak_bytes,
             )
         return snapshot
 
@@ -154,11 +163,14 @@ class BagRecorder:
         try:
             while True:
                 batch = self._queue.take_all(timeout_s=max(0.0, next_flush - time.monotonic()))
+                began = time.perf_counter()
                 for message in batch:
                     self._write(message)
                 if time.monotonic() >= next_flush:
                     self._flush()
                     next_flush = time.monotonic() + self._flush_period_s
+                with self._lock:
+                    self._stats.busy_s += time.perf_counter() - began
                 if not batch and self._queue.closed:
                     break
         finally:
