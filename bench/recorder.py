@@ -180,7 +180,7 @@ def measure_ros(args: argparse.Namespace, messages: dict[str, bytes], workdir: P
     recorder = subprocess.Popen(
         [sys.executable, "-m", "qwen_vla_ros.nodes.trial_recorder", "--ros-args", "-p", f"output_dir:={output}",
          "-p", f"queue_max_mb:={args.queue_mb}", "-p", "discovery_period_s:=0.2",
-         "-p", f"fsync:={str(not args.no_fsync).lower()}"],
+         "-p", f"fsync:={str(not args.no_fsync).lower()}", "-p", f"qos_depth:={args.qos_depth}"],
         env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     publisher = subprocess.Popen(
@@ -255,6 +255,7 @@ def trial_result(trial_dir: Path, published: dict[str, int], messages: dict[str,
         "written": sum(written.values()),
         "queue_drops": sum(t["dropped"] for t in topics.values()),
         "lost_before_recorder": sum(max(0, published[t] - written[t]) for t in published),
+        "lost_by_topic": {t: published[t] - written[t] for t in published if published[t] != written[t]},
         "stream_mb_per_s": round(sum(published[t] * len(messages[t]) for t in published) / seconds / 1e6, 1),
         "bag_mb": round(sum(f.stat().st_size for f in (trial_dir / "bag").glob("*")) / 1e6, 1),
         "writer_mb_per_busy_s": record["writer_mb_per_s"],
@@ -291,6 +292,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--command-hz", type=float, default=50.0)
     parser.add_argument("--writer-seconds", type=float, default=20.0, help="stream seconds pushed through the writer")
     parser.add_argument("--queue-mb", type=float, default=512.0)
+    parser.add_argument("--qos-depth", type=int, default=1000, help="the recorder's subscription history depth")
     parser.add_argument("--no-fsync", action="store_true", help="flush to the OS only (survives a process crash, not power loss)")
     parser.add_argument("--skip-ros", action="store_true", help="only the writer measurement")
     parser.add_argument("--keep", action="store_true", help="keep the trial bags")

@@ -65,7 +65,7 @@ class TrialRecorderNode(Node):
         param("operator", "")
         param("condition", "")
         self._discovery_period_s = param("discovery_period_s", 0.5)
-        self._qos_depth = param("qos_depth", 100)
+        self._qos_depth = param("qos_depth", 1000)
         protocol_path = param("protocol", "")
         protocol = load_protocol(protocol_path) if protocol_path else None
         output_dir = Path(param("output_dir", "~/qwen_vla_trials")).expanduser()
