@@ -40,7 +40,7 @@ ONNX = ["onnx", "onnxruntime", "onnxscript"]
 RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib"]
 SIM = ["mujoco>=3.2", "gym-aloha"]
 TELEOP = ["evdev; sys_platform == 'linux'"]
-TEST = ["pytest", "pytest-timeout", "hypothesis", "xacro", "yourdfpy"]
+TEST = ["pytest", "pytest-timeout", "hypothesis", "xacro", "yourdfpy", "scipy", "psutil"]
 
 setup(
     name=PACKAGE,
@@ -81,6 +81,7 @@ setup(
         "console_scripts": [
             "qwen-vla-ros = qwen_vla_ros.cli:main",
             "sim_node = qwen_vla_ros.nodes.sim_node:main",
+            "trial_recorder = qwen_vla_ros.nodes.trial_recorder:main",
         ],
     },
 )

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Duration, Time
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -149,11 +149,18 @@ def declare_configs(node: Node, default_embodiment: str) -> tuple[EmbodimentConf
     return embodiment, runtime
 
 
-def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, **kwargs: Any) -> int:
+def run_node(
+    factory: Callable[..., Node],
+    args: Sequence[str] | None = None,
+    *,
+    executor_factory: Callable[[], Executor] = MultiThreadedExecutor,
+    **kwargs: Any,
+) -> int:
     """Init rclpy with the shipped DDS profile, spin a MultiThreadedExecutor, shut down cleanly.
 
     Nodes put their control loops in their own callback groups; the multi-threaded executor
-    then keeps a slow callback (inference, disk) from delaying them.
+    then keeps a slow callback (inference, disk) from delaying them. A node whose callbacks
+    never block and that must keep up with high message rates may pass a lighter executor.
     """
     apply_dds_profile()
     problem = rclpy_origin_problem(rclpy.__file__)
@@ -163,7 +170,7 @@ def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, **
     node: Node | None = None
     try:
         node = factory(**kwargs)
-        executor = MultiThreadedExecutor()
+        executor = executor_factory()
         executor.add_node(node)
         executor.spin()
     except ConfigError as exc:

@@ -1,0 +1,78 @@
+"""``qwen-vla-ros trials``: report, export and recover a trial_recorder output directory."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_PARTIAL = 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    from qwen_vla_ros.recording.report import build_report, plot, to_markdown
+    from qwen_vla_ros.recording.trial import load_index
+
+    root = Path(args.dir).expanduser()
+    out = Path(args.out).expanduser() if args.out else root
+    out.mkdir(parents=True, exist_ok=True)
+    report = build_report(load_index(root))
+    chart = out / "report.png"
+    plot(report, chart)
+    markdown = to_markdown(report, chart.name)
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+    print(f"wrote {out / 'report.md'} and {chart}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from qwen_vla_ros.recording.export import export_trials
+
+    root = Path(args.dir).expanduser()
+    out = Path(args.out).expanduser() if args.out else root / "export" / args.format
+    result = export_trials(root, out, args.outcome, args.config)
+    for record, episode in result.episodes:
+        shapes = ", ".join(f"{name} {shape}" for name, shape in episode.image_shapes.items())
+        print(f"{record.id} ({record.outcome}) -> {episode.path.name}: {episode.steps} steps; {shapes}")
+    for record, reason in result.failures:
+        print(f"{record.id}: not exported: {reason}", file=sys.stderr)
+    print(f"{len(result.episodes)} episodes in {out}")
+    return EXIT_PARTIAL if result.failures else 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from qwen_vla_ros.recording.session import recover_interrupted
+    from qwen_vla_ros.recording.trial import TrialStore
+
+    root = Path(args.dir).expanduser()
+    if not (root / TrialStore.TRIALS).is_dir():
+        raise FileNotFoundError(f"{root} holds no trials/ directory")
+    store = TrialStore(root)
+    recovered = recover_interrupted(store, store.bind_protocol(None))
+    for record in recovered:
+        print(f"{record.id}: incomplete; {record.notes[-1]}")
+    print(f"{len(recovered)} interrupted trials recovered; index rewritten")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("trials", help="report, export or recover recorded trials")
+    commands = parser.add_subparsers(dest="trials_command", required=True)
+
+    report = commands.add_parser("report", help="success rates with Wilson 95%% intervals: Markdown, PNG, table")
+    report.add_argument("dir", help="trial_recorder output_dir (holds index.yaml)")
+    report.add_argument("--out", help="where report.md and report.png go (default: DIR)")
+    report.set_defaults(handler=_report)
+
+    export = commands.add_parser("export", help="one training episode per trial")
+    export.add_argument("dir", help="trial_recorder output_dir")
+    export.add_argument("--format", choices=["aloha-hdf5"], required=True)
+    export.add_argument("--out", help="output folder (default: DIR/export/FORMAT)")
+    export.add_argument("--outcome", nargs="+", default=["success", "failure"],
+                        choices=["success", "failure", "aborted", "incomplete"], help="trials to export")
+    export.add_argument("--config", help="embodiment name or file (default: the one each trial recorded)")
+    export.set_defaults(handler=_export)
+
+    recover = commands.add_parser("recover", help="mark interrupted trials incomplete and repair their bags")
+    recover.add_argument("dir", help="trial_recorder output_dir")
+    recover.set_defaults(handler=_recover)
