@@ -64,6 +64,7 @@ setup(
         "pyyaml>=6",
         "opencv-python-headless>=4.8",
         "modern_robotics>=1.1",
+        "scipy>=1.10",
     ],
     extras_require={
         "ros-wheels": ROS_WHEELS,

@@ -69,7 +69,9 @@ class RateLimiter:
         lag = target - x - target_velocity * period
         brakes = braking_speed(np.concatenate([np.abs(lag), self.upper - x, x - self.lower]), self._inverse, period)
         catch_up = target_velocity + np.sign(lag) * brakes[:n]
-        desired = np.where(np.abs(wanted - v) <= self._max_step, wanted, catch_up)
+        # Land on the target only if the next period can match its velocity; else approach braking.
+        exact = (np.abs(wanted - v) <= self._max_step) & (np.abs(wanted - target_velocity) <= self._max_step)
+        desired = np.where(exact, wanted, catch_up)
         ceiling = np.minimum(self.max_velocity, brakes[n : 2 * n])
         floor = -np.minimum(self.max_velocity, brakes[2 * n :])
         bounded = np.minimum(np.maximum(desired, floor), ceiling)

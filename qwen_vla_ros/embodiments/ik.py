@@ -18,7 +18,8 @@ from scipy.spatial.transform import Rotation
 from qwen_vla_ros.config.embodiment import Arm, EndEffectorDelta
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
 
-MAX_JOINT_STEP_RAD = 0.5  # per iteration; keeps an undamped step near a singularity from flinging the arm
+MAX_JOINT_STEP_RAD = 0.5  # per iteration; keeps a lightly damped step near a singularity from flinging the arm
+MIN_DAMPING_FRACTION = 1e-4  # of ik_damping^2, so the system stays solvable when joints are frozen at limits
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,17 @@ class ArmIK:
         angular, linear = space_jacobian[:3], space_jacobian[3:]
         return np.vstack([angular, linear - mr.VecToso3(pose[:3, 3]) @ angular])
 
+    def _step(self, jacobian: np.ndarray, error: np.ndarray, damping_sq: float, joints: np.ndarray) -> np.ndarray:
+        """DLS step; joints sitting on a limit that the step would push further are frozen and the rest re-solved."""
+        frozen = np.zeros(jacobian.shape[1], dtype=bool)
+        while True:
+            free = jacobian * ~frozen
+            step = free.T @ np.linalg.solve(free @ free.T + damping_sq * np.eye(6), error)
+            pushing = ((joints <= self.lower) & (step < 0)) | ((joints >= self.upper) & (step > 0))
+            if not np.any(pushing & ~frozen):
+                return step
+            frozen |= pushing
+
     def solve(self, target: np.ndarray, seed: np.ndarray) -> IKResult:
         """Joints reaching ``target`` (4x4), starting from ``seed`` (the previous command).
 
@@ -92,8 +104,8 @@ class ArmIK:
             if iteration == settings.ik_max_iterations:
                 break
             jacobian = self._point_jacobian(pose, space_jacobian)
-            damping_sq = settings.ik_damping**2 * min(1.0, float(np.linalg.norm(error)))
-            step = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + damping_sq * np.eye(6), error)
+            damping_sq = settings.ik_damping**2 * max(min(1.0, float(np.linalg.norm(error))), MIN_DAMPING_FRACTION)
+            step = self._step(jacobian, error, damping_sq, joints)
             largest = float(np.max(np.abs(step)))
             if largest > MAX_JOINT_STEP_RAD:
                 step *= MAX_JOINT_STEP_RAD / largest
