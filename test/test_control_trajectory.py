@@ -201,9 +201,12 @@ def test_limiter_never_breaks_a_limit_whatever_the_target_does(limits, start, mo
     state = LimiterState(np.clip(np.array([start]), -half_range, half_range), np.zeros(1))
     previous_target = None
     history = [state]
+    target = state.position
     for value, periods in moves:
-        target = np.clip(np.array([value]), -half_range, half_range)
-        for _ in range(periods):
+        # The target travels to ``value`` at constant speed over ``periods``, then the next move starts.
+        start, end = target, np.clip(np.array([value]), -half_range, half_range)
+        for k in range(1, periods + 1):
+            target = start + (end - start) * k / periods
             feedforward = np.zeros(1) if previous_target is None else (target - previous_target) / 0.02
             previous_target = target
             state = rate.step(state, target, feedforward)

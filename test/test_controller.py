@@ -183,7 +183,7 @@ def aloha_chunk_mobile(controller: Controller, stamp_ns: int, rows: np.ndarray) 
 
 def test_stale_joint_states_hold_arms_and_zero_the_base_then_resume_with_a_ramp() -> None:
     controller, robot, now = started("aloha_mobile")
-    rows = np.array([np.concatenate([aloha_action(ALOHA_START + 0.3 * math.sin(k / 20)), [0.3, 0.0]]) for k in range(400)])
+    rows = np.array([np.concatenate([aloha_action(ALOHA_START + 0.3 * math.sin(k / 20)), [0.3, 0.0]]) for k in range(200)])
     outputs, now = run(controller, robot, now, 30, chunks={0: aloha_chunk_mobile(controller, now, rows)})
     timeout_periods = math.ceil(controller.config.safety.joint_state_timeout_s / controller.period_s)
     silent, now = run(controller, robot, now + controller.period_ns, timeout_periods + 15, feedback=False)
@@ -203,7 +203,7 @@ def test_stale_joint_states_hold_arms_and_zero_the_base_then_resume_with_a_ramp(
 
 def test_estop_latches_until_reset_then_resumes_from_measured_with_a_ramp() -> None:
     controller, robot, now = started("aloha_mobile")
-    rows = np.array([np.concatenate([aloha_action(ALOHA_START + 0.01 * k), [0.3, 0.2]]) for k in range(400)])
+    rows = np.array([np.concatenate([aloha_action(ALOHA_START + 0.01 * k), [0.3, 0.2]]) for k in range(200)])
     outputs, now = run(controller, robot, now, 20, chunks={0: aloha_chunk_mobile(controller, now, rows)})
     controller.engage_estop()
     stopped, now = run(controller, robot, now + controller.period_ns, 40)
@@ -310,7 +310,7 @@ class Scripted:
 
 def test_switching_sources_is_bumpless_and_none_holds() -> None:
     controller, robot, now = started()
-    rows = np.array([aloha_action(ALOHA_START + 0.01 * k) for k in range(400)])
+    rows = np.array([aloha_action(ALOHA_START + 0.01 * k) for k in range(200)])
     before, now = run(controller, robot, now, 20, chunks={0: aloha_chunk(now, rows)})
     controller.add_source(Scripted(aloha_action(ALOHA_START - 0.4)))
     controller.select_source("scripted", ramp_from="command")

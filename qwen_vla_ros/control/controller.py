@@ -29,7 +29,7 @@ from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.config.runtime import RuntimeConfig
 from qwen_vla_ros.control.feedback import ChunkContext, Feedback
 from qwen_vla_ros.control.layout import CommandLayout
-from qwen_vla_ros.control.policy import ChunkOutcome, PolicySource, PreparedChunk
+from qwen_vla_ros.control.policy import REJECTION_REASONS, ChunkOutcome, PolicySource, PreparedChunk
 from qwen_vla_ros.control.safety import SafetyCounts, SafetyFilter
 
 Mode = Literal["waiting", "running", "holding", "stale", "estop"]
@@ -222,8 +222,8 @@ class Controller:
             "stale_events": self.stale_events,
             "bad_feedback": self.bad_feedback,
         }
-        for reason, count in sorted(stats.rejected.items()):
-            status[f"rejected_{reason}"] = count
+        for reason in REJECTION_REASONS:
+            status[f"rejected_{reason}"] = stats.rejected[reason]
         figures = (
             {"last": errors[-1], "p50": np.percentile(errors, 50), "p99": np.percentile(errors, 99), "max": errors.max()}
             if len(errors)

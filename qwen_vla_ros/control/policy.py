@@ -30,7 +30,7 @@ from qwen_vla_ros.embodiments.base import PathTracker, local_to_world
 from qwen_vla_ros.embodiments.ik import ArmIK, apply_ee_delta
 
 REJECTION_REASONS = (
-    "malformed", "wrong_names", "wrong_shape", "non_finite", "bad_dt", "unstamped", "future_stamp", "stale",
+    "malformed", "wrong_names", "wrong_shape", "too_long", "non_finite", "bad_dt", "unstamped", "future_stamp", "stale",
     "duplicate", "out_of_order", "expired", "no_state",
 )
 
@@ -92,6 +92,8 @@ class PolicySource:
         actions = np.asarray(chunk.actions)
         if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != len(self.names):
             return "wrong_shape", f"actions have shape {actions.shape}, expected (H >= 1, {len(self.names)})"
+        if actions.shape[0] > safety.max_chunk_actions:
+            return "too_long", f"{actions.shape[0]} actions, more than safety.max_chunk_actions = {safety.max_chunk_actions}"
         if not np.all(np.isfinite(actions)):
             return "non_finite", f"{int(np.count_nonzero(~np.isfinite(actions)))} non-finite action values"
         if not (np.isfinite(chunk.dt) and chunk.dt > 0):

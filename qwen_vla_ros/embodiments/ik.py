@@ -19,6 +19,7 @@ from qwen_vla_ros.config.embodiment import Arm, EndEffectorDelta
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
 
 MAX_JOINT_STEP_RAD = 0.5  # per iteration; keeps a lightly damped step near a singularity from flinging the arm
+STALL_ITERATIONS, STALL_IMPROVEMENT = 10, 1e-3  # give up after 10 iterations without 0.1% progress
 MIN_DAMPING_FRACTION = 1e-4  # of ik_damping^2, so the system stays solvable when joints are frozen at limits
 
 
@@ -93,16 +94,19 @@ class ArmIK:
         settings = self.settings
         joints = np.clip(np.asarray(seed, dtype=float), self.lower, self.upper)
         best: tuple[float, np.ndarray, np.ndarray] | None = None
+        stalled = 0
         for iteration in range(settings.ik_max_iterations + 1):
             pose, space_jacobian = self.kinematics.forward_and_jacobian(joints)
             error = pose_error(target, pose)
             rotation_error, position_error = float(np.linalg.norm(error[:3])), float(np.linalg.norm(error[3:]))
-            if best is None or np.linalg.norm(error) < best[0]:
-                best = (float(np.linalg.norm(error)), joints.copy(), error)
+            norm = float(np.linalg.norm(error))
+            stalled = 0 if best is None or norm < best[0] * (1.0 - STALL_IMPROVEMENT) else stalled + 1
+            if best is None or norm < best[0]:
+                best = (norm, joints.copy(), error)
             if position_error < settings.ik_position_tolerance_m and rotation_error < settings.ik_rotation_tolerance_rad:
                 return IKResult(joints, True, position_error, rotation_error, iteration)
-            if iteration == settings.ik_max_iterations:
-                break
+            if iteration == settings.ik_max_iterations or stalled >= STALL_ITERATIONS:
+                break  # out of iterations, or no longer getting closer: the target is out of reach
             jacobian = self._point_jacobian(pose, space_jacobian)
             damping_sq = settings.ik_damping**2 * max(min(1.0, float(np.linalg.norm(error))), MIN_DAMPING_FRACTION)
             step = self._step(jacobian, error, damping_sq, joints)
@@ -111,4 +115,4 @@ class ArmIK:
                 step *= MAX_JOINT_STEP_RAD / largest
             joints = np.clip(joints + step, self.lower, self.upper)
         _, joints, error = best
-        return IKResult(joints, False, float(np.linalg.norm(error[3:])), float(np.linalg.norm(error[:3])), settings.ik_max_iterations)
+        return IKResult(joints, False, float(np.linalg.norm(error[3:])), float(np.linalg.norm(error[:3])), iteration)
