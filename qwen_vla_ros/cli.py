@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from qwen_vla_ros.config import ConfigError, load_any
 from qwen_vla_ros.config.summary import summarize
+from qwen_vla_ros.interfaces import build as build_interfaces
 
 EXIT_BAD_INPUT = 2
 
@@ -37,7 +38,7 @@ def _add_check_config(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_check_config)
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_check_config,)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_check_config, build_interfaces.add_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
