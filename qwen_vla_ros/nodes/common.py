@@ -149,11 +149,14 @@ def declare_configs(node: Node, default_embodiment: str) -> tuple[EmbodimentConf
     return embodiment, runtime
 
 
-def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, **kwargs: Any) -> int:
+def run_node(
+    factory: Callable[..., Node], args: Sequence[str] | None = None, *, executor_threads: int | None = None, **kwargs: Any
+) -> int:
     """Init rclpy with the shipped DDS profile, spin a MultiThreadedExecutor, shut down cleanly.
 
     Nodes put their control loops in their own callback groups; the multi-threaded executor
-    then keeps a slow callback (inference, disk) from delaying them.
+    then keeps a slow callback (inference, disk) from delaying them. ``executor_threads``
+    (default: the CPU count) should cover every group that may be busy at once.
     """
     apply_dds_profile()
     problem = rclpy_origin_problem(rclpy.__file__)
@@ -163,7 +166,7 @@ def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, **
     node: Node | None = None
     try:
         node = factory(**kwargs)
-        executor = MultiThreadedExecutor()
+        executor = MultiThreadedExecutor(num_threads=executor_threads)
         executor.add_node(node)
         executor.spin()
     except ConfigError as exc:
