@@ -136,6 +136,7 @@ def test_aloha_controller_over_dds(ros_domain, interbotix_msgs) -> None:
         output = stop(child)
         node.destroy_node()
 
+    assert "Traceback" not in output, output  # SIGTERM shuts down cleanly
     positions = np.array([m.position for m in commands])
     stamps = np.array([time_to_ns(m.header.stamp) for m in commands]) / 1e9
     assert list(commands[0].name) == list(layout.names)

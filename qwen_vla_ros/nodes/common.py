@@ -17,6 +17,7 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Duration, Time
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -27,6 +28,7 @@ from qwen_vla_ros.config.loader import parse_override
 from qwen_vla_ros.ros_env import apply_dds_profile, rclpy_origin_problem
 
 EXIT_BAD_CONFIG = 2
+RCLError = rclpy_implementation.RCLError
 BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 log = logging.getLogger(__name__)
 
@@ -160,7 +162,13 @@ class YieldingMultiThreadedExecutor(MultiThreadedExecutor):
     """
 
     def _spin_once_impl(self, *args: Any, **kwargs: Any) -> None:
-        super()._spin_once_impl(*args, **kwargs)
+        try:
+            super()._spin_once_impl(*args, **kwargs)
+        except RCLError:
+            # SIGTERM shuts the context down between waits; the next wait set fails to build.
+            if self._context.ok():
+                raise
+            raise ExternalShutdownException() from None
         os.sched_yield()  # releases the GIL
 
 
