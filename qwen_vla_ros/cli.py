@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from qwen_vla_ros.config import ConfigError, load_any
 from qwen_vla_ros.config.summary import summarize
+from qwen_vla_ros.interfaces import build as build_interfaces
 from qwen_vla_ros.model.commands import add_bench_parser, add_make_checkpoint_parser
 from qwen_vla_ros.recording.cli import add_parser as _add_trials
 
@@ -44,6 +45,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_make_checkpoint_parser,
     add_bench_parser,
     _add_trials,
+    build_interfaces.add_parser,
 )
 
 

@@ -38,7 +38,8 @@ if [ -n "${ROS_DISTRO:-}" ]; then
   echo "ROS 2 $ROS_DISTRO is sourced: using its rclpy, not the PyPI ROS wheels"
   venv_args+=(--system-site-packages)
 else
-  extras="ros-wheels,$extras"
+  # msg-build: ament/rosidl CMake packages, so tests can build interbotix_xs_msgs from interfaces/.
+  extras="ros-wheels,msg-build,$extras"
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -37,10 +37,10 @@ class RosDomain:
                 return True
         return predicate()
 
-    def start_process(self, *args: str, **kwargs) -> subprocess.Popen:
-        """Run ``python args...`` in this domain with the shipped DDS profile."""
+    def start_process(self, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+        """Run ``python args...`` in this domain with the shipped DDS profile (``env`` replaces the domain's)."""
         return subprocess.Popen(
-            [sys.executable, *args], env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [sys.executable, *args], env=env or self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, **kwargs,
         )
 
@@ -84,3 +84,36 @@ def make_images() -> Callable[..., dict]:
         return {name: rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for name in names}
 
     return make
+@dataclass
+class MessageTypes:
+    """Where non-PyPI message types come from: installed (None) or built from qwen_vla_ros/interfaces."""
+
+    built: object | None
+
+    def environment(self, env: dict[str, str]) -> dict[str, str]:
+        return self.built.environment(env) if self.built is not None else dict(env)
+
+
+@pytest.fixture(scope="session")
+def interbotix_msgs() -> MessageTypes:
+    """Real interbotix_xs_msgs Python types, importable in this process and in child processes.
+
+    On a robot computer the installed package is used. Elsewhere the package is built once
+    from the bundled .msg files (cached across sessions, see qwen_vla_ros.interfaces.build).
+    """
+    pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-wheels]' or source ROS 2")
+    import importlib
+
+    from qwen_vla_ros.interfaces.build import BuildUnavailable, build_interfaces
+
+    try:
+        importlib.import_module("interbotix_xs_msgs.msg")
+        return MessageTypes(None)
+    except ImportError:
+        pass
+    try:
+        built = build_interfaces("interbotix_xs_msgs")
+    except BuildUnavailable as exc:
+        pytest.skip(f"interbotix_xs_msgs is not installed and cannot be built here: {exc}")
+    built.activate()
+    return MessageTypes(built)

@@ -12,7 +12,7 @@ pytest.importorskip("mujoco", reason="mujoco is not installed: pip install '.[si
 pytest.importorskip("gym_aloha", reason="gym-aloha (the MJCF assets) is not installed: pip install '.[sim]'")
 
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
-from qwen_vla_ros.embodiments.gripper import finger_from_normalized, normalized_from_motor  # noqa: E402
+from qwen_vla_ros.embodiments.gripper import normalized_to_finger, joint_to_normalized  # noqa: E402
 from qwen_vla_ros.sim import scripted  # noqa: E402
 from qwen_vla_ros.sim.commands import ArmCommand  # noqa: E402
 from qwen_vla_ros.sim.world import Simulation  # noqa: E402
@@ -91,7 +91,7 @@ def test_gripper_motor_angle_round_trips_through_the_mjcf_fingers(angle: float) 
     run(sim, 2.0)
     state = sim.arm_states()["left"]
     assert state.position[6] == pytest.approx(angle, abs=0.01)
-    expected_finger = finger_from_normalized(normalized_from_motor(angle, gripper), gripper)
+    expected_finger = normalized_to_finger(joint_to_normalized(angle, gripper), gripper)
     assert state.position[7] == pytest.approx(expected_finger, abs=3e-4)
     assert state.position[8] == pytest.approx(-expected_finger, abs=3e-4)
 

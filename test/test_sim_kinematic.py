@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from qwen_vla_ros.config import load_embodiment
 from qwen_vla_ros.embodiments.gripper import (
-    finger_from_normalized,
-    motor_from_normalized,
-    normalized_from_finger,
-    normalized_from_motor,
+    normalized_to_finger,
+    normalized_to_joint,
+    finger_to_normalized,
+    joint_to_normalized,
 )
 from qwen_vla_ros.sim.commands import (
     ArmCommand,
@@ -181,10 +181,10 @@ def test_interbotix_group_and_single_commands() -> None:
 @given(st.floats(0, 1))
 def test_gripper_conversions_round_trip(opening: float) -> None:
     gripper = ALOHA_GRIPPER
-    assert normalized_from_motor(motor_from_normalized(opening, gripper), gripper) == pytest.approx(opening, abs=1e-12)
-    assert normalized_from_finger(finger_from_normalized(opening, gripper), gripper) == pytest.approx(opening, abs=1e-9)
-    assert motor_from_normalized(1.0, gripper) == gripper.joint_open
-    assert finger_from_normalized(0.0, gripper) == gripper.finger_close
+    assert joint_to_normalized(normalized_to_joint(opening, gripper), gripper) == pytest.approx(opening, abs=1e-12)
+    assert finger_to_normalized(normalized_to_finger(opening, gripper), gripper) == pytest.approx(opening, abs=1e-9)
+    assert normalized_to_joint(1.0, gripper) == gripper.joint_open
+    assert normalized_to_finger(0.0, gripper) == gripper.finger_close
 
 
 def test_synthetic_images_follow_the_simulated_state() -> None:

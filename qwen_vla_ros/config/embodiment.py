@@ -497,6 +497,7 @@ class Safety(StrictModel):
     max_chunk_age_s: float = Field(default=2.0, gt=0, description="chunks stamped older than this are stale")
     joint_state_timeout_s: float = Field(default=0.25, gt=0)
     startup_ramp_s: float = Field(default=1.0, ge=0, description="ramp from measured state after start/takeover/reset")
+    max_chunk_actions: int = Field(default=256, gt=0, description="longer chunks are rejected: bounds the work one chunk causes")
     estop_topic: str = "/qwen_vla/estop"
 
 

@@ -61,7 +61,7 @@ def summarize_embodiment(config: EmbodimentConfig) -> str:
     lines.append(
         f"safety       future stamps <= {safety.future_stamp_tolerance_s:g} s, chunks stale after "
         f"{safety.max_chunk_age_s:g} s, joint states stale after {safety.joint_state_timeout_s:g} s, "
-        f"ramp {safety.startup_ramp_s:g} s"
+        f"ramp {safety.startup_ramp_s:g} s, at most {safety.max_chunk_actions} actions per chunk"
     )
     lines.append(f"sim          {config.sim.type if config.sim else 'none'}")
     return "\n".join(lines)

@@ -38,3 +38,13 @@ class ArmKinematics:
     def jacobian(self, joints: np.ndarray) -> np.ndarray:
         """6 x n space Jacobian, rows (w, v)."""
         return mr.JacobianSpace(self.screw_axes, np.asarray(joints, dtype=float))
+
+    def forward_and_jacobian(self, joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pose and space Jacobian from one pass over the joint exponentials (IK's inner loop)."""
+        joints = np.asarray(joints, dtype=float)
+        transform = np.eye(4)
+        jacobian = np.empty((6, self.dof))
+        for index in range(self.dof):
+            jacobian[:, index] = mr.Adjoint(transform) @ self.screw_axes[:, index]
+            transform = transform @ mr.MatrixExp6(mr.VecTose3(self.screw_axes[:, index] * joints[index]))
+        return transform @ self.home, jacobian

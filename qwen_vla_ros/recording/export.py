@@ -49,7 +49,7 @@ class StateColumn:
 
     def value(self, positions: dict[str, float]) -> float:
         raw = positions[self.joint]
-        return raw if self.scale_open is None else (raw - self.close) / (self.scale_open - self.close)
+        return raw if self.scale_open is None else unlerp(self.close, self.scale_open, raw)
 
     def rate(self, velocities: dict[str, float]) -> float:
         raw = velocities.get(self.joint, 0.0)

@@ -25,10 +25,10 @@ import mujoco  # noqa: E402
 from qwen_vla_ros.config.embodiment import Arm, EmbodimentConfig, MujocoAlohaSim  # noqa: E402
 from qwen_vla_ros.config.loader import ConfigError  # noqa: E402
 from qwen_vla_ros.embodiments.gripper import (  # noqa: E402
-    finger_from_normalized,
+    joint_to_normalized,
     lerp,
-    motor_from_normalized,
-    normalized_from_motor,
+    normalized_to_finger,
+    normalized_to_joint,
     unlerp,
 )
 from qwen_vla_ros.sim.commands import INTERBOTIX_FINGERS, ArmCommand, ArmState, state_joint_names  # noqa: E402
@@ -162,7 +162,7 @@ class MujocoAloha:
             index = mj.arm.joint_names.index(name)
             self.data.ctrl[mj.actuators[index]] = np.clip(value, mj.lower[index], mj.upper[index])
         if command.gripper_angle is not None:
-            opening = float(np.clip(normalized_from_motor(command.gripper_angle, mj.arm.gripper), 0.0, 1.0))
+            opening = float(np.clip(joint_to_normalized(command.gripper_angle, mj.arm.gripper), 0.0, 1.0))
             finger = lerp(mj.finger_close, mj.finger_open, opening)
             self.data.ctrl[mj.finger_actuators[0]] = finger
             self.data.ctrl[mj.finger_actuators[1]] = -finger
@@ -187,9 +187,9 @@ class MujocoAloha:
         finger_span = gripper.finger_open - gripper.finger_close
         position = [
             *self.data.qpos[mj.qpos],
-            motor_from_normalized(left, gripper),
-            finger_from_normalized(left, gripper),
-            -finger_from_normalized(right, gripper),
+            normalized_to_joint(left, gripper),
+            normalized_to_finger(left, gripper),
+            -normalized_to_finger(right, gripper),
         ]
         velocity = [
             *self.data.qvel[mj.qvel],

@@ -14,9 +14,9 @@ import numpy as np
 
 from qwen_vla_ros.config.embodiment import Arm, Base, Limits
 from qwen_vla_ros.embodiments.gripper import (
-    finger_from_normalized,
-    motor_from_normalized,
-    normalized_from_motor,
+    normalized_to_finger,
+    normalized_to_joint,
+    joint_to_normalized,
 )
 from qwen_vla_ros.sim.commands import ArmCommand, ArmState, state_joint_names
 
@@ -92,7 +92,7 @@ class KinematicArm:
         initial = list(self._initial)
         if self.arm.gripper is not None:
             limits.append(self.arm.gripper.limits)
-            initial.append(motor_from_normalized(self._initial_gripper, self.arm.gripper))
+            initial.append(normalized_to_joint(self._initial_gripper, self.arm.gripper))
         self._axes = _LimitedAxes.from_limits(limits, np.asarray(initial))
 
     def command(self, command: ArmCommand) -> None:
@@ -112,15 +112,15 @@ class KinematicArm:
     def gripper_normalized(self) -> float | None:
         if self.arm.gripper is None:
             return None
-        return normalized_from_motor(float(self._axes.position[-1]), self.arm.gripper)
+        return joint_to_normalized(float(self._axes.position[-1]), self.arm.gripper)
 
     def state(self) -> ArmState:
         position = list(self._axes.position)
         velocity = list(self._axes.velocity)
         gripper = self.arm.gripper
         if gripper is not None:
-            opening = normalized_from_motor(position[-1], gripper)
-            finger = finger_from_normalized(opening, gripper)
+            opening = joint_to_normalized(position[-1], gripper)
+            finger = normalized_to_finger(opening, gripper)
             finger_speed = velocity[-1] * (gripper.finger_open - gripper.finger_close) / (
                 gripper.joint_open - gripper.joint_close
             )

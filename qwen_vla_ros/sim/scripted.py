@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import modern_robotics as mr
 import numpy as np
 
-from qwen_vla_ros.embodiments.gripper import motor_from_normalized
+from qwen_vla_ros.embodiments.gripper import normalized_to_joint
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
 from qwen_vla_ros.sim.aloha import MujocoAloha
 from qwen_vla_ros.sim.commands import ArmCommand
@@ -66,5 +66,5 @@ def commands(sim: MujocoAloha, plan: list[Waypoint], arm_name: str = "right") ->
         steps = max(1, round(waypoint.duration_s / sim.period_s))
         for k in range(1, steps + 1):
             joints = previous + (waypoint.joints - previous) * k / steps
-            yield ArmCommand(dict(zip(arm.joint_names, joints)), motor_from_normalized(waypoint.gripper, arm.gripper))
+            yield ArmCommand(dict(zip(arm.joint_names, joints)), normalized_to_joint(waypoint.gripper, arm.gripper))
         previous = waypoint.joints

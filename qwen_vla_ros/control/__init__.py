@@ -1,0 +1,6 @@
+"""Controller core: chunk scheduling, blending, interpolation, safety and the watchdog (no ROS imports)."""
+from qwen_vla_ros.control.controller import CommandSource, ControlOutput, Controller
+from qwen_vla_ros.control.layout import CommandLayout
+from qwen_vla_ros.control.policy import ChunkOutcome, PolicySource
+
+__all__ = ["ChunkOutcome", "CommandLayout", "CommandSource", "ControlOutput", "Controller", "PolicySource"]

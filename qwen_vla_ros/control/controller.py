@@ -1,0 +1,234 @@
+"""The controller core: one call per control period turns the active source's target into a safe command.
+
+No ROS and no clock: every method takes ``now_ns``. A node feeds it joint states,
+odometry, chunks and e-stop events, calls :meth:`Controller.step` on its timer and
+publishes what comes back.
+
+Command sources. The policy is one :class:`CommandSource`; others (teleoperation) are
+added with :meth:`Controller.add_source` and chosen with :meth:`Controller.select_source`,
+which also decides how the hand-over starts: ramped from the measured position, or from the
+current command (bumpless). ``select_source(None)`` holds. Whatever the source, its target
+passes the same safety stages (:mod:`qwen_vla_ros.control.safety`).
+
+Watchdog. When the source has nothing to say (its trajectory ran out), when a required
+feedback stream goes stale, or while the e-stop is latched, the controller holds: arms
+brake to a stop within their limits and stay; a base goes to zero. The e-stop latches until
+:meth:`Controller.reset_estop`, which restarts from the measured position with a ramp.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.runtime import RuntimeConfig
+from qwen_vla_ros.control.feedback import ChunkContext, Feedback
+from qwen_vla_ros.control.layout import CommandLayout
+from qwen_vla_ros.control.policy import REJECTION_REASONS, ChunkOutcome, PolicySource, PreparedChunk
+from qwen_vla_ros.control.safety import SafetyCounts, SafetyFilter
+
+Mode = Literal["waiting", "running", "holding", "stale", "estop"]
+PERIOD_WINDOW = 1000  # periods kept for the period-error percentiles
+
+
+class CommandSource(Protocol):
+    """Anything that proposes a command-space target each period (policy, teleop, leader arms)."""
+
+    name: str
+
+    def target(self, now_ns: int, feedback: Feedback) -> np.ndarray | None:
+        """The wanted command at ``now_ns``; None when it has nothing to say. Must not change state."""
+        ...
+
+    def tick(self, now_ns: int) -> None:
+        """Housekeeping once per period, before :meth:`target`."""
+        ...
+
+
+@dataclass(frozen=True)
+class ControlOutput:
+    stamp_ns: int
+    positions: np.ndarray  # command-space values (joint angles, normalised grippers, base v and omega)
+    velocities: np.ndarray  # rate of each arm channel; for base channels the commanded v and omega
+    mode: Mode
+    source: str
+
+
+class Controller:
+    def __init__(self, config: EmbodimentConfig, runtime: RuntimeConfig):
+        self.config = config
+        self.layout = CommandLayout(config)
+        self.period_s = config.control.period_s
+        self.period_ns = round(self.period_s * NS_PER_S)
+        self.feedback = Feedback(self.layout, config.safety)
+        self.policy = PolicySource(config, self.layout, runtime.blending)
+        self.sources: dict[str, CommandSource] = {self.policy.name: self.policy}
+        self.active: str | None = self.policy.name
+        self.safety = SafetyFilter(self.layout, self.period_s, config.safety.startup_ramp_s)
+        self.counts = SafetyCounts()
+        self.mode: Mode = "waiting"
+        self.estop = False
+        self.holds = 0  # times a running source ran out
+        self.stale_events = 0
+        self.bad_feedback = 0
+        self._was_fresh = False
+        self._last_step_ns: int | None = None
+        self._period_errors: deque[float] = deque(maxlen=PERIOD_WINDOW)
+
+    # -- feedback -----------------------------------------------------------------------
+    def update_joint_state(self, arm: str, names: Sequence[str], positions: Sequence[float], stamp_ns: int, now_ns: int) -> None:
+        """Raises KeyError/ValueError (and counts it) for a message that cannot be used."""
+        try:
+            self.feedback.update_joint_state(arm, names, positions, stamp_ns, now_ns)
+        except (KeyError, ValueError):
+            self.bad_feedback += 1
+            raise
+
+    def update_odometry(self, pose: Sequence[float], twist: Sequence[float], stamp_ns: int, now_ns: int) -> None:
+        try:
+            self.feedback.update_odometry(*pose, *twist, stamp_ns=stamp_ns, now_ns=now_ns)
+        except ValueError:
+            self.bad_feedback += 1
+            raise
+
+    # -- chunks -------------------------------------------------------------------------
+    def chunk_context(self, chunk: ActionChunk) -> ChunkContext:
+        return self.feedback.context(chunk.stamp_ns or 0)
+
+    def prepare(self, chunk: ActionChunk, now_ns: int, context: ChunkContext) -> PreparedChunk:
+        """Pure and possibly slow (IK): a node may run it outside its lock."""
+        return self.policy.prepare(chunk, now_ns, context)
+
+    def accept(self, prepared: PreparedChunk, now_ns: int) -> ChunkOutcome:
+        return self.policy.accept(prepared, now_ns, self._plan_state())
+
+    def submit(self, chunk: ActionChunk, now_ns: int) -> ChunkOutcome:
+        return self.accept(self.prepare(chunk, now_ns, self.chunk_context(chunk)), now_ns)
+
+    def reject_malformed(self, detail: str) -> ChunkOutcome:
+        """A message that could not be decoded into a chunk at all."""
+        return self.policy.reject("malformed", detail)
+
+    def _plan_state(self) -> np.ndarray:
+        command = self.safety.state.position if self.safety.state is not None else self.feedback.measured()
+        if self.policy.plan_width == len(command):
+            return command
+        pose = self.feedback.pose()
+        return np.concatenate([command, pose if pose is not None else np.zeros(3)])
+
+    # -- e-stop and sources -------------------------------------------------------------
+    def engage_estop(self) -> None:
+        """Latch: hold until :meth:`reset_estop`. The plan is dropped; motion resumes with the next chunk."""
+        self.estop = True
+        self.policy.clear()
+
+    def reset_estop(self) -> tuple[bool, str]:
+        if not self.estop:
+            return True, "e-stop was not engaged"
+        self.estop = False
+        if self.feedback.ready():
+            self.safety.reset(self.feedback.measured())
+        return True, "e-stop cleared; motion resumes from the measured position with a ramp"
+
+    def add_source(self, source: CommandSource) -> None:
+        self.sources[source.name] = source
+
+    def select_source(self, name: str | None, ramp_from: Literal["measured", "command"] = "command") -> None:
+        """Make ``name`` the active source (None: hold) and ramp its first target in."""
+        if name is not None and name not in self.sources:
+            raise KeyError(f"unknown command source {name!r}; sources: {sorted(self.sources)}")
+        self.active = name
+        if ramp_from == "measured" and self.feedback.ready():
+            self.safety.reset(self.feedback.measured())
+        elif self.safety.started:
+            self.safety.arm_ramp()
+
+    # -- the loop -----------------------------------------------------------------------
+    def _target(self, now_ns: int, fresh: bool) -> tuple[np.ndarray | None, Mode]:
+        if self.estop:
+            return None, "estop"
+        if not fresh:
+            return None, "stale"
+        if self.active is None:
+            return None, "holding"
+        target = self.sources[self.active].target(now_ns, self.feedback)
+        return target, "running" if target is not None else "holding"
+
+    def step(self, now_ns: int) -> ControlOutput | None:
+        """One control period. None until every required feedback stream has arrived (nothing to send)."""
+        if self._last_step_ns is not None and now_ns > self._last_step_ns:
+            self._period_errors.append(abs((now_ns - self._last_step_ns) - self.period_ns) / NS_PER_S)
+        self._last_step_ns = now_ns
+        if not self.feedback.ready():
+            self.mode = "waiting"
+            return None
+        if not self.safety.started:
+            self.safety.reset(self.feedback.measured())
+        fresh = self.feedback.fresh(now_ns)
+        if fresh and not self._was_fresh and self.mode == "stale":
+            self.safety.arm_ramp()
+        if self._was_fresh and not fresh:
+            self.stale_events += 1
+        self._was_fresh = fresh
+        for source in self.sources.values():
+            source.tick(now_ns)
+        target, mode = self._target(now_ns, fresh)
+        if mode == "holding" and self.mode == "running":
+            self.holds += 1
+        self.mode = mode
+        state = self.safety.step(target, now_ns, self.counts)
+        velocities = np.where(self.layout.velocity_channel, state.position, state.velocity)
+        return ControlOutput(now_ns, state.position, velocities, mode, self.active or "hold")
+
+    def committed(self, now_ns: int) -> np.ndarray | None:
+        """Commands of the next ``committed_steps`` periods if no new chunk arrives (steps x channels)."""
+        if not self.safety.started:
+            return None
+        steps = self.config.control.committed_steps
+        lookahead = self.safety.copy()
+        fresh = self.feedback.fresh(now_ns)
+        rows = np.empty((steps, len(self.layout)))
+        for i in range(steps):
+            t_ns = now_ns + (i + 1) * self.period_ns
+            target, _ = self._target(t_ns, fresh)
+            rows[i] = lookahead.step(target, t_ns).position
+        return rows
+
+    def status(self, now_ns: int) -> dict[str, str | int | float]:
+        """The figures of /qwen_vla/controller/state."""
+        stats = self.policy.stats
+        errors = np.array(self._period_errors) * 1000.0
+        newest = stats.newest_stamp_ns
+        status: dict[str, str | int | float] = {
+            "mode": self.mode,
+            "active_source": self.active or "hold",
+            "estop": int(self.estop),
+            "ramping": int(self.safety.ramping),
+            "chunk_age_s": round((now_ns - newest) / NS_PER_S, 4) if newest is not None else float("nan"),
+            "chunks_accepted": stats.accepted,
+            "chunks_rejected": sum(stats.rejected.values()),
+            "skipped_actions": stats.skipped_actions,
+            "clamped_actions": stats.clamped_actions,
+            "clamped_commands": self.counts.clamped,
+            "velocity_limited": self.counts.limits.velocity,
+            "acceleration_limited": self.counts.limits.acceleration,
+            "ik_unreachable": stats.ik_unreachable,
+            "holds": self.holds,
+            "stale_events": self.stale_events,
+            "bad_feedback": self.bad_feedback,
+        }
+        for reason in REJECTION_REASONS:
+            status[f"rejected_{reason}"] = stats.rejected[reason]
+        figures = (
+            {"last": errors[-1], "p50": np.percentile(errors, 50), "p99": np.percentile(errors, 99), "max": errors.max()}
+            if len(errors)
+            else dict.fromkeys(("last", "p50", "p99", "max"), float("nan"))
+        )
+        for name, figure in figures.items():
+            status[f"period_error_ms_{name}"] = round(float(figure), 4)
+        return status

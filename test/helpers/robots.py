@@ -1,0 +1,76 @@
+"""Stand-ins for the robot drivers in control-core tests (the motors cannot exist here).
+
+The robot follows every command perfectly: its joint states are the last command
+converted back to driver units (gripper -> finger position), and a base integrates its
+(v, omega) command into odometry. The seam is only what the drivers publish.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
+from qwen_vla_ros.config import load_embodiment, load_runtime
+from qwen_vla_ros.control import ControlOutput, Controller
+
+ALOHA_START = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0])
+T0_NS = 1_000 * NS_PER_S
+
+
+def make_controller(embodiment: str, **runtime_overrides) -> Controller:
+    return Controller(load_embodiment(embodiment), load_runtime(overrides=runtime_overrides))
+
+
+class FollowingRobot:
+    def __init__(self, controller: Controller, start: np.ndarray | None = None):
+        self.controller = controller
+        layout = controller.layout
+        self.positions = np.zeros(len(layout)) if start is None else np.array(start, dtype=float)
+        self.pose = np.zeros(3)
+
+    def publish(self, now_ns: int) -> None:
+        layout = self.controller.layout
+        for arm in layout.arms:
+            names = list(arm.arm.joint_names)
+            values = list(self.positions[arm.joint_index])
+            if arm.gripper is not None and arm.gripper_index is not None:
+                g = arm.gripper
+                names.append(g.finger_joint)
+                values.append(g.finger_close + self.positions[arm.gripper_index] * (g.finger_open - g.finger_close))
+            self.controller.update_joint_state(arm.name, names, values, now_ns, now_ns)
+        if layout.base is not None:
+            twist = self.positions[layout.base.command_index]
+            self.controller.update_odometry(self.pose, twist, now_ns, now_ns)
+
+    def follow(self, output: ControlOutput | None) -> None:
+        if output is None:
+            return
+        self.positions = output.positions.copy()
+        layout = self.controller.layout
+        if layout.base is not None:
+            linear, angular = layout.base_command(output.positions)
+            dt = self.controller.period_s
+            self.pose = self.pose + dt * np.array([linear * math.cos(self.pose[2]), linear * math.sin(self.pose[2]), angular])
+
+
+def run(controller: Controller, robot: FollowingRobot, start_ns: int, periods: int, chunks: dict[int, ActionChunk] | None = None,
+        feedback: bool = True) -> tuple[list[ControlOutput], int]:
+    """Step ``periods`` periods from ``start_ns``; ``chunks`` maps a period index to a chunk submitted then."""
+    outputs = []
+    now = start_ns
+    for index in range(periods):
+        now = start_ns + index * controller.period_ns
+        if feedback:
+            robot.publish(now)
+        if chunks and index in chunks:
+            controller.submit(chunks[index], now)
+        output = controller.step(now)
+        robot.follow(output)
+        if output is not None:
+            outputs.append(output)
+    return outputs, now
+
+
+def aloha_action(left: np.ndarray = ALOHA_START, gripper: float = 0.5) -> np.ndarray:
+    return np.concatenate([left, [gripper], ALOHA_START, [gripper]])
