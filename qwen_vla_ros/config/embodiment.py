@@ -23,7 +23,8 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-def _unique(names: list[str], what: str) -> list[str]:
+def require_unique(names: list[str], what: str) -> list[str]:
+    """Raise naming the duplicates, for validators of name lists."""
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"{what} must be unique, duplicated: {duplicates}")
@@ -78,7 +79,7 @@ class ActionSpace(StrictModel):
     @field_validator("channels")
     @classmethod
     def _unique_names(cls, channels: list[ActionChannel]) -> list[ActionChannel]:
-        _unique([c.name for c in channels], "action channel names")
+        require_unique([c.name for c in channels], "action channel names")
         return channels
 
     @field_validator("mask")
@@ -138,7 +139,7 @@ class StateSpace(StrictModel):
     @field_validator("channels")
     @classmethod
     def _unique_names(cls, channels: list[StateChannel]) -> list[StateChannel]:
-        _unique([c.name for c in channels], "state channel names")
+        require_unique([c.name for c in channels], "state channel names")
         return channels
 
     @field_validator("mask")
@@ -160,7 +161,7 @@ def _validate_mask(mask: list[int], info: ValidationInfo, what: str) -> list[int
         outside = [i for i in mask if not 0 <= i < padded_dim]
         if outside:
             raise ValueError(f"mask indices {outside} lie outside the padded space [0, {padded_dim})")
-    _unique([str(i) for i in mask], "mask indices")
+    require_unique([str(i) for i in mask], "mask indices")
     return mask
 
 
@@ -353,7 +354,7 @@ class Arm(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Arm":
-        _unique([j.name for j in self.joints], f"arm {self.name!r} joint names")
+        require_unique([j.name for j in self.joints], f"arm {self.name!r} joint names")
         if len(self.kinematics.screw_axes) != len(self.joints):
             raise ValueError(
                 f"arm {self.name!r} has {len(self.joints)} joints but "
@@ -620,8 +621,8 @@ class EmbodimentConfig(StrictModel):
     @model_validator(mode="after")
     def _cross_references(self) -> "EmbodimentConfig":
         """Checks that need the whole file: every channel is driven once, names resolve, sizes agree."""
-        _unique([c.name for c in self.cameras], "camera names")
-        _unique([a.name for a in self.arms], "arm names")
+        require_unique([c.name for c in self.cameras], "camera names")
+        require_unique([a.name for a in self.arms], "arm names")
         arms = {a.name: a for a in self.arms}
         channels = {c.name: c for c in self.action.channels}
 

@@ -130,7 +130,8 @@ def joint_positions(msg: JointState) -> dict[str, float]:
     return dict(zip(msg.name, msg.position))
 
 
-def _string_list_parameter(node: Node, name: str) -> list[str]:
+def string_list_parameter(node: Node, name: str) -> list[str]:
+    """Declare a string-array parameter whose empty default still types as a list."""
     from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 
     descriptor = ParameterDescriptor(type=ParameterType.PARAMETER_STRING_ARRAY, dynamic_typing=True)
@@ -145,8 +146,8 @@ def declare_configs(node: Node, default_embodiment: str) -> tuple[EmbodimentConf
     """
     embodiment_source = node.declare_parameter("config", default_embodiment).value
     runtime_source = node.declare_parameter("runtime_config", "").value
-    embodiment_overrides = dict(parse_override(t) for t in _string_list_parameter(node, "config_overrides"))
-    runtime_overrides = dict(parse_override(t) for t in _string_list_parameter(node, "runtime_overrides"))
+    embodiment_overrides = dict(parse_override(t) for t in string_list_parameter(node, "config_overrides"))
+    runtime_overrides = dict(parse_override(t) for t in string_list_parameter(node, "runtime_overrides"))
     embodiment = load_embodiment(embodiment_source, embodiment_overrides)
     runtime = load_runtime(runtime_source or None, runtime_overrides)
     return embodiment, runtime

@@ -25,7 +25,7 @@ from std_srvs.srv import Trigger
 
 from qwen_vla_ros.config import EMBODIMENTS, ConfigError, EmbodimentConfig, RuntimeConfig
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint
-from qwen_vla_ros.nodes.common import _string_list_parameter, declare_configs, run_node
+from qwen_vla_ros.nodes.common import string_list_parameter, declare_configs, run_node
 from qwen_vla_ros.recording.bag import bag_writer_factory
 from qwen_vla_ros.recording.protocol import load_protocol, parse_condition
 from qwen_vla_ros.recording.session import RecorderIdentity, SessionSettings, TrialError, TrialSession
@@ -78,7 +78,7 @@ class TrialRecorderNode(Node):
             )
             open_writer = bag_writer_factory(param("writer", "auto"), param("fsync", True))
             self._wanted = recorded_topics(
-                embodiment, _string_list_parameter(self, "topics"), _string_list_parameter(self, "exclude_topics")
+                embodiment, string_list_parameter(self, "topics"), string_list_parameter(self, "exclude_topics")
             )
             store = TrialStore(output_dir)
         except (ValueError, OSError) as exc:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from qwen_vla_ros.config.embodiment import StrictModel, _unique
+from qwen_vla_ros.config.embodiment import StrictModel, require_unique
 from qwen_vla_ros.config.loader import read_yaml, validate
 
 Condition = dict[str, str]
@@ -52,7 +52,7 @@ class Factor(StrictModel):
     @field_validator("levels")
     @classmethod
     def _unique_levels(cls, levels: list[Level]) -> list[Level]:
-        _unique([level.name for level in levels], "level names")
+        require_unique([level.name for level in levels], "level names")
         return levels
 
     @property
@@ -81,7 +81,7 @@ class Protocol(StrictModel):
     @field_validator("factors")
     @classmethod
     def _unique_factors(cls, factors: list[Factor]) -> list[Factor]:
-        _unique([factor.name for factor in factors], "factor names")
+        require_unique([factor.name for factor in factors], "factor names")
         return factors
 
     @model_validator(mode="after")
