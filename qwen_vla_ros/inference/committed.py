@@ -69,9 +69,9 @@ class CommittedHistory:
             return None
         dt_ns = dt_s * NS_PER_S
         count = min(max_rows, int((times[-1] - start_ns) // dt_ns) + 1)
-        grid = start_ns + np.arange(count) * dt_ns
-        # np.interp holds the end values outside [times[0], times[-1]]; only the hold before
-        # the first point is used, and it is limited to one period above.
+        # Relative to the oldest point, so float64 keeps nanoseconds (absolute ROS times do not).
+        # np.interp holds the end values outside the points; only the hold before the first
+        # point is used, and it is limited to one period above.
         relative = (times - times[0]).astype(np.float64)
-        at = grid - times[0]
+        at = (start_ns - int(times[0])) + np.arange(count) * dt_ns
         return np.stack([np.interp(at, relative, rows[:, j]) for j in range(rows.shape[1])], axis=1)

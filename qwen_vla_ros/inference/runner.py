@@ -22,17 +22,12 @@ from qwen_vla_ros.config import EmbodimentConfig, RuntimeConfig
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.scheduler import POLICY, Decision, InferenceScheduler
 from qwen_vla_ros.inference.stats import KeyedThrottle, RateMeter, Window, steps_covering
+from qwen_vla_ros.log import Logger
 from qwen_vla_ros.perception.sync import WAITING, Observation, ObservationSync, Skip
 
 WARNING_PERIOD_S = 2.0
 REPORT_WINDOW = 200  # latencies kept for the p50/p99 in diagnostics
 DELAY_PERCENTILE = 90.0
-
-
-class Logger(Protocol):
-    def info(self, message: str) -> Any: ...
-    def warning(self, message: str) -> Any: ...
-    def error(self, message: str) -> Any: ...
 
 
 class InferencePolicy(Protocol):

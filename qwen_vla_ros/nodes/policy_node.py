@@ -58,8 +58,10 @@ def load_policy_for(checkpoint: str, runtime: RuntimeConfig) -> object:
     if not checkpoint:
         raise ConfigError("policy_node", ["no checkpoint: set the 'checkpoint' parameter or 'checkpoint' in the runtime config"])
     from qwen_vla_ros.model import load_policy
+    from qwen_vla_ros.model.checkpoint import read_checkpoint
 
     try:
+        read_checkpoint(checkpoint)  # every file is checked before torch loads: a wrong path fails at once
         policy = load_policy(checkpoint, backend=runtime.backend, device=runtime.device, dtype=runtime.dtype)
     except (OSError, ValueError, KeyError) as exc:  # FileNotFoundError, CheckpointError, bad backend/device
         raise ConfigError(f"checkpoint {checkpoint}", [str(exc)]) from exc

@@ -15,14 +15,14 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from helpers.readings import START_POSE
+
 from qwen_vla_ros.config import EmbodimentConfig
 from qwen_vla_ros.embodiments.gripper import finger_from_normalized
 from qwen_vla_ros.nodes.common import image_to_msg, ns_to_time, seconds_to_duration
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-
-START_POSE = [0.0, -0.96, 1.16, 0.0, -0.3, 0.0]
 
 
 def camera_frames(config: EmbodimentConfig, seed: int = 0) -> dict[str, np.ndarray]:
