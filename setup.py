@@ -39,6 +39,7 @@ MODEL = ["torch>=2.4", "transformers>=5.23", "safetensors", "tokenizers", "pillo
 ONNX = ["onnx", "onnxruntime", "onnxscript"]
 RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib"]
 SIM = ["mujoco>=3.2", "gym-aloha"]
+CAMERA = ["pyrealsense2>=2.50; platform_machine == 'x86_64'"]  # Debian also needs apt libusb-1.0-0
 TELEOP = ["evdev; sys_platform == 'linux'"]
 TEST = ["pytest", "pytest-timeout", "hypothesis", "xacro", "yourdfpy"]
 
@@ -65,6 +66,7 @@ setup(
         "pyyaml>=6",
         "opencv-python-headless>=4.8",
         "modern_robotics>=1.1",
+        "scipy>=1.10",
     ],
     extras_require={
         "ros-wheels": ROS_WHEELS,
@@ -72,15 +74,18 @@ setup(
         "onnx": ONNX,
         "recording": RECORDING,
         "sim": SIM,
+        "camera": CAMERA,
         "teleop": TELEOP,
         "test": TEST,
-        "all": MODEL + ONNX + RECORDING + SIM + TELEOP,
+        "all": MODEL + ONNX + RECORDING + SIM + TELEOP + CAMERA,
     },
     zip_safe=True,
     entry_points={
         "console_scripts": [
             "qwen-vla-ros = qwen_vla_ros.cli:main",
             "sim_node = qwen_vla_ros.nodes.sim_node:main",
+            "camera_node = qwen_vla_ros.nodes.camera_node:main",
+            "policy_node = qwen_vla_ros.nodes.policy_node:main",
         ],
     },
 )
