@@ -211,3 +211,12 @@ def test_an_embodiment_without_cameras_is_stamped_by_its_readings() -> None:
     observation = sync.assemble(T0 + MS)
     assert observation.stamp_ns == T0 and observation.frames == {}
     np.testing.assert_allclose(observation.state, [0.1, 0.0])
+
+
+def test_frames_delivered_out_of_order_are_kept_in_stamp_order() -> None:
+    sync, config = aloha_sync()
+    feed(sync, config, {c: T0 + 30 * MS for c in CAMERAS}, T0 + 30 * MS)
+    for camera in CAMERAS:
+        sync.add_frame(camera, T0 + 10 * MS, "older", T0 + 31 * MS)  # a callback thread that ran late
+    observation = sync.assemble(T0 + 40 * MS)
+    assert observation.stamp_ns == T0 + 30 * MS and observation.frames["cam_low"] == f"cam_low@{T0 + 30 * MS}"

@@ -48,8 +48,9 @@ MODE_TOPIC = "/qwen_vla/mode"
 INSTRUCTION_TOPIC = "/qwen_vla/instruction"
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Best effort, newest only: matches reliable and best-effort drivers, and a late frame is no use.
-CAMERA_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.BEST_EFFORT)
+# Best effort matches reliable and best-effort drivers, and a retransmitted frame would be late;
+# a few frames deep (the sensor-data default) so a busy executor does not lose frames the sync pairs.
+CAMERA_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
 IMAGE_WARNING_PERIOD_S = 5.0
 
 
@@ -99,9 +100,9 @@ class PolicyNode(Node):
         self._stop = threading.Event()
 
         inputs = ReentrantCallbackGroup()
-        for name, camera in self.cameras.items():
+        for name, camera in self.cameras.items():  # one group per camera: its frames in order, cameras in parallel
             self.create_subscription(Image, camera.topic, lambda m, n=name: self._on_image(n, m), CAMERA_QOS,
-                                     callback_group=inputs)
+                                     callback_group=MutuallyExclusiveCallbackGroup())
         for arm in embodiment.arms:
             if arm.name in self.sync.assembler.arms:
                 self.create_subscription(JointState, arm.joint_state_topic, lambda m, a=arm.name: self._on_joints(a, m),

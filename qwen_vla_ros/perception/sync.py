@@ -83,7 +83,7 @@ class ObservationSync:
     def add_frame(self, camera: str, stamp_ns: int, payload: Any, receive_ns: int) -> None:
         """An unstamped frame (stamp 0) takes its receive time."""
         with self._lock:
-            self._frames[camera].append(Sample(stamp_ns or receive_ns, payload))
+            _insert(self._frames[camera], Sample(stamp_ns or receive_ns, payload))
 
     def add_joints(self, arm: str, stamp_ns: int, positions: Mapping[str, float], receive_ns: int) -> None:
         self._add_reading(arm, stamp_ns or receive_ns, positions)
@@ -94,7 +94,7 @@ class ObservationSync:
     def _add_reading(self, key: str, stamp_ns: int, value: Any) -> None:
         with self._lock:
             if key in self._readings:
-                self._readings[key].append(Sample(stamp_ns, value))
+                _insert(self._readings[key], Sample(stamp_ns, value))
 
     def drop_camera(self, camera: str) -> None:
         """Forget a camera's frames (e.g. after it delivered an unusable frame)."""
@@ -184,6 +184,15 @@ class ObservationSync:
                 )
             picked[key] = sample
         return picked
+
+
+def _insert(samples: deque[Sample], sample: Sample) -> None:
+    """Append, keeping stamp order when callbacks on several threads deliver out of order."""
+    samples.append(sample)
+    if len(samples) > 1 and samples[-2].stamp_ns > sample.stamp_ns:
+        ordered = sorted(samples, key=lambda s: s.stamp_ns)
+        samples.clear()
+        samples.extend(ordered)
 
 
 def _describe(key: str) -> str:
