@@ -290,3 +290,17 @@ def test_runner_warms_without_publishing_outside_policy_mode(tiny_policy) -> Non
     assert published == [] and runner.counters.warmups == 1
     runner.set_mode("policy")
     assert runner.step().outcome == "published"
+
+
+def test_runner_reports_a_failed_inference_and_goes_on(tiny_policy) -> None:
+    runner, sync, clock, log, published, config = make_runner(tiny_policy)
+    for camera in config.cameras:  # frames the model refuses: not HxWx3
+        sync.add_frame(camera.name, clock.now_ns, np.zeros((48, 64), np.uint8), clock.now_ns)
+    for arm, positions in aloha_joints(config).items():
+        sync.add_joints(arm, clock.now_ns, positions, clock.now_ns)
+    result = runner.step()
+    assert result.outcome == "skipped" and result.skip.reason == "inference_error"
+    assert any(level == "error" and "HxWx3" in line for level, line in log.lines)
+    feed_observation(sync, config, clock.now_ns)
+    assert runner.step().outcome == "published"
+    assert runner.figures(clock.now_ns)["skipped.inference_error"] == 1

@@ -40,7 +40,7 @@ class InferencePolicy(Protocol):
 
 @dataclass
 class StepResult:
-    outcome: str  # wait | skipped | published | warmed | discarded | failed
+    outcome: str  # wait | skipped | published | warmed | discarded
     chunk: ActionChunk | None = None
     skip: Skip | None = None
 
@@ -133,7 +133,7 @@ class PolicyRunner:
         try:
             chunk = self.policy.infer(images, observation.state, committed=committed, delay_steps=delay_steps,
                                       seed=self.seed)
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, RuntimeError) as exc:  # bad input, or torch (e.g. out of memory): retried
             return self._skipped(Skip("inference_error", "model", f"inference failed: {exc}"), started_ns)
         finished_ns = self.clock()
         self.inference_time.add((finished_ns - started_ns) / NS_PER_S)

@@ -11,6 +11,7 @@ and parameters.
 from __future__ import annotations
 
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Sequence
 
@@ -185,7 +186,12 @@ class PolicyNode(Node):
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
-            result = self.runner.step()
+            try:
+                result = self.runner.step()
+            except Exception:  # noqa: BLE001 - the inference thread must outlive any one failure
+                self.get_logger().error(f"inference step failed:\n{traceback.format_exc()}", throttle_duration_sec=5.0)
+                self._stop.wait(1.0)
+                continue
             if result.outcome not in ("wait", "skipped"):
                 continue
             due_in = self.runner.scheduler.wait_s(self._now_ns())
