@@ -241,7 +241,10 @@ def test_a_source_that_goes_silent_counts_lost_frames_then_reconnects(tmp_path: 
     for path in folder.iterdir():
         path.write_bytes(b"unreadable")  # every read is a lost frame
     cam = camera({"type": "video", "path": str(folder)}, fps=100.0)
-    capture = CameraCapture(cam, open_source, lambda *args: None, time.time_ns, Log(), Backoff(0.05, 0.05), max_lost=5)
+    log = Log()
+    capture = CameraCapture(cam, open_source, lambda *args: None, time.time_ns, log, Backoff(0.05, 0.05), max_lost=5)
     run_capture(capture, 0.5)
     assert capture.counts.lost >= 5 and capture.counts.disconnects >= 1 and capture.counts.frames == 0
     assert "no frame for 5 reads" in capture.counts.last_error
+    lost_warnings = [line for line in log.lines if "lost so far" in line]
+    assert len(lost_warnings) == 1, "lost frames are logged, throttled"

@@ -16,6 +16,7 @@ import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config.embodiment import Camera
+from qwen_vla_ros.inference.stats import KeyedThrottle
 from qwen_vla_ros.log import Logger
 from qwen_vla_ros.perception.sources import (
     FrameSource,
@@ -27,6 +28,7 @@ from qwen_vla_ros.perception.sources import (
 )
 
 MAX_SKEW_S = 1.0  # device capture times further than this from now are not trusted
+LOST_WARNING_PERIOD_S = 5.0
 
 
 class Backoff:
@@ -78,6 +80,7 @@ class CameraCapture:
         self.timeout_s = frame_timeout_s(camera)
         self.max_lost = max_lost or max(3, round(2.0 * camera.fps))  # about two seconds without a frame
         self.counts = CaptureCounts()
+        self.lost_throttle = KeyedThrottle(LOST_WARNING_PERIOD_S)
         self.label = f"camera {camera.name!r} ({camera.source.type})"
 
     def run(self, stop: threading.Event) -> None:
@@ -107,6 +110,8 @@ class CameraCapture:
             if frame is None:
                 self.counts.lost += 1
                 lost_in_row += 1
+                if self.lost_throttle.ready("lost", time.monotonic_ns()):
+                    self.log.warning(f"{self.label}: no frame within {self.timeout_s:g} s ({self.counts.lost} lost so far)")
                 if lost_in_row >= self.max_lost:
                     source = self._disconnect(source, f"no frame for {lost_in_row} reads in a row")
                     continue
