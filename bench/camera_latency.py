@@ -2,7 +2,7 @@
 
 Starts one ``camera_node`` process per camera (640x480 rgb8 at 30 Hz by default, each playing
 a generated MJPG video) and, in this process, a subscriber with the policy node's camera QoS
-on a MultiThreadedExecutor, as the policy node has. For every frame it records
+and executor (``--executor multi`` for rclpy's multi-threaded one). For every frame it records
 
     latency = ROS time at the subscription callback - header.stamp
 
@@ -75,6 +75,8 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds measured, after --warmup")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--executor", choices=("single", "multi"), default="single",
+                        help="the subscriber's executor: policy_node spins a SingleThreadedExecutor")
     parser.add_argument("--dds-profile", default=str(dds_profile_path()),
                         help="FastDDS XML profile, or 'default' for FastDDS's built-in transports")
     args = parser.parse_args()
@@ -93,7 +95,7 @@ def main() -> int:
 
     import rclpy
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from sensor_msgs.msg import Image
 
     from qwen_vla_ros.nodes.common import time_to_ns
@@ -122,10 +124,10 @@ def main() -> int:
                 latencies[name].append(latency_ms)
                 indices[name].append((stamp, index))
 
-    for name in names:  # as in policy_node: one group per camera
+    for name in names:
         node.create_subscription(Image, f"/{name}/camera/color/image_rect_raw", lambda m, n=name: on_image(n, m),
-                                 CAMERA_QOS, callback_group=MutuallyExclusiveCallbackGroup())
-    executor = MultiThreadedExecutor()
+                                 CAMERA_QOS, callback_group=MutuallyExclusiveCallbackGroup())  # each in order
+    executor = {"multi": MultiThreadedExecutor, "single": SingleThreadedExecutor}[args.executor]()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
@@ -186,6 +188,7 @@ def main() -> int:
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
         "dds_profile": args.dds_profile,
+        "executor": args.executor,
         "cameras": len(names),
         "resolution": f"{args.width}x{args.height}",
         "fps": args.fps,

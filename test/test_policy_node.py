@@ -1,6 +1,6 @@
 """policy_node over real DDS with the tiny checkpoint: synthetic cameras and joint states in,
 action chunks out. The node runs in this process (one torch import for the session) on a
-MultiThreadedExecutor beside a synthetic robot node; start-up failures run it as a process."""
+SingleThreadedExecutor, as its main() does, beside a synthetic robot node; start-up failures run it as a process."""
 from __future__ import annotations
 
 import threading
@@ -17,7 +17,7 @@ pytest.importorskip("torch", reason="torch is not installed: pip install '.[mode
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from helpers.synthetic_robot import SyntheticRobot  # noqa: E402
 from rcl_interfaces.msg import Log  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -95,7 +95,7 @@ def start_policy(ros_domain, tiny_checkpoint) -> Iterator[Callable[..., Harness]
         listener.create_subscription(Log, "/rosout", harness.logs.append, rosout)
         listener.create_subscription(DiagnosticArray, "/diagnostics", lambda m: harness.diagnostics.extend(
             {v.key: v.value for v in s.values} for s in m.status if s.name.startswith("policy_node")), 10)
-        executor = MultiThreadedExecutor(num_threads=4, context=ros_domain.context)
+        executor = SingleThreadedExecutor(context=ros_domain.context)  # as policy_node's main() spins
         for each in (node, robot, listener):
             executor.add_node(each)
         thread = threading.Thread(target=executor.spin, daemon=True)

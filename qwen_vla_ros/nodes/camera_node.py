@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -136,7 +137,7 @@ class CameraNode(Node):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    return run_node(CameraNode, args)
+    return run_node(CameraNode, args, executor=SingleThreadedExecutor)  # capture runs on its own threads
 
 
 if __name__ == "__main__":

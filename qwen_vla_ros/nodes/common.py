@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Duration, Time
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -149,11 +149,19 @@ def declare_configs(node: Node, default_embodiment: str) -> tuple[EmbodimentConf
     return embodiment, runtime
 
 
-def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, **kwargs: Any) -> int:
-    """Init rclpy with the shipped DDS profile, spin a MultiThreadedExecutor, shut down cleanly.
+def run_node(
+    factory: Callable[..., Node],
+    args: Sequence[str] | None = None,
+    executor: Callable[[], Executor] = MultiThreadedExecutor,
+    **kwargs: Any,
+) -> int:
+    """Init rclpy with the shipped DDS profile, spin an executor, shut down cleanly.
 
     Nodes put their control loops in their own callback groups; the multi-threaded executor
-    then keeps a slow callback (inference, disk) from delaying them.
+    then keeps a slow callback (inference, disk) from delaying them. Nodes that do their
+    heavy work on threads of their own and receive camera frames (policy_node, camera_node)
+    pass ``SingleThreadedExecutor``: rclpy's multi-threaded executor costs about 8x the CPU
+    per message and drops frames under load (docs/benchmarks.md, camera latency).
     """
     apply_dds_profile()
     problem = rclpy_origin_problem(rclpy.__file__)
@@ -163,9 +171,9 @@ def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, **
     node: Node | None = None
     try:
         node = factory(**kwargs)
-        executor = MultiThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
+        spinner = executor()
+        spinner.add_node(node)
+        spinner.spin()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 
+from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import TimeReference
@@ -22,7 +23,7 @@ WARNING_PERIOD_S = 10.0
 
 
 class Heartbeat:
-    def __init__(self, node: Node, settings: ClockCheck, callback_group: object | None = None) -> None:
+    def __init__(self, node: Node, settings: ClockCheck, callback_group: CallbackGroup | None = None) -> None:
         self.node = node
         self.source = f"{socket.gethostname()}/{node.get_fully_qualified_name().lstrip('/')}"
         self.estimator = ClockOffsetEstimator(settings.window, settings.max_offset_s)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry as OdometryMsg
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -100,23 +100,19 @@ class PolicyNode(Node):
         self._wake = threading.Event()
         self._stop = threading.Event()
 
-        inputs = ReentrantCallbackGroup()
-        for name, camera in self.cameras.items():  # one group per camera: its frames in order, cameras in parallel
-            self.create_subscription(Image, camera.topic, lambda m, n=name: self._on_image(n, m), CAMERA_QOS,
-                                     callback_group=MutuallyExclusiveCallbackGroup())
+        for name, camera in self.cameras.items():
+            self.create_subscription(Image, camera.topic, lambda m, n=name: self._on_image(n, m), CAMERA_QOS)
         for arm in embodiment.arms:
             if arm.name in self.sync.assembler.arms:
                 self.create_subscription(JointState, arm.joint_state_topic, lambda m, a=arm.name: self._on_joints(a, m),
-                                         qos_profile_sensor_data, callback_group=inputs)
+                                         qos_profile_sensor_data)
         if self.sync.assembler.needs_base:
-            self.create_subscription(OdometryMsg, embodiment.base.odom_topic, self._on_odometry, qos_profile_sensor_data,
-                                     callback_group=inputs)
-        self.create_subscription(JointTrajectory, COMMITTED_TOPIC, self._on_committed, RELIABLE, callback_group=inputs)
-        self.create_subscription(String, MODE_TOPIC, self._on_mode, LATCHED, callback_group=inputs)
-        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, RELIABLE, callback_group=inputs)
-        reporting = MutuallyExclusiveCallbackGroup()
-        self.heartbeat = Heartbeat(self, runtime.clock_check, reporting)
-        self.create_timer(1.0, self._report, callback_group=reporting)
+            self.create_subscription(OdometryMsg, embodiment.base.odom_topic, self._on_odometry, qos_profile_sensor_data)
+        self.create_subscription(JointTrajectory, COMMITTED_TOPIC, self._on_committed, RELIABLE)
+        self.create_subscription(String, MODE_TOPIC, self._on_mode, LATCHED)
+        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, RELIABLE)
+        self.heartbeat = Heartbeat(self, runtime.clock_check)
+        self.create_timer(1.0, self._report)
         self.worker = threading.Thread(target=self._run, name="policy_inference", daemon=True)
         self.worker.start()
         self.get_logger().info(
@@ -230,7 +226,9 @@ class PolicyNode(Node):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    return run_node(PolicyNode, args)
+    # Callbacks only store messages and inference has its own thread: one executor thread is
+    # enough and costs far less per camera frame than rclpy's multi-threaded executor.
+    return run_node(PolicyNode, args, executor=SingleThreadedExecutor)
 
 
 if __name__ == "__main__":
