@@ -160,7 +160,7 @@ def run_node(
     Nodes put their control loops in their own callback groups; the multi-threaded executor
     then keeps a slow callback (inference, disk) from delaying them. Nodes that do their
     heavy work on threads of their own and receive camera frames (policy_node, camera_node)
-    pass ``SingleThreadedExecutor``: rclpy's multi-threaded executor costs about 8x the CPU
+    pass ``SingleThreadedExecutor``: rclpy's multi-threaded executor costs several times the CPU
     per message and drops frames under load (docs/benchmarks.md, camera latency).
     """
     apply_dds_profile()
