@@ -51,6 +51,7 @@ MODEL = ["torch>=2.4", "transformers>=5.23", "safetensors", "tokenizers", "pillo
 ONNX = ["onnx", "onnxruntime", "onnxscript"]
 RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib"]
 SIM = ["mujoco>=3.2", "gym-aloha"]
+CAMERA = ["pyrealsense2>=2.50; platform_machine == 'x86_64'"]  # Debian also needs apt libusb-1.0-0
 TELEOP = ["evdev; sys_platform == 'linux'"]
 TEST = ["pytest", "pytest-timeout", "hypothesis", "xacro", "yourdfpy", "scipy", "psutil"]
 
@@ -86,9 +87,10 @@ setup(
         "onnx": ONNX,
         "recording": RECORDING,
         "sim": SIM,
+        "camera": CAMERA,
         "teleop": TELEOP,
         "test": TEST,
-        "all": MODEL + ONNX + RECORDING + SIM + TELEOP,
+        "all": MODEL + ONNX + RECORDING + SIM + TELEOP + CAMERA,
     },
     zip_safe=True,
     entry_points={
@@ -99,6 +101,8 @@ setup(
             "aloha_controller = qwen_vla_ros.nodes.controller:main",
             "widowx_controller = qwen_vla_ros.nodes.controller:widowx_main",
             "base_controller = qwen_vla_ros.nodes.controller:base_main",
+            "camera_node = qwen_vla_ros.nodes.camera_node:main",
+            "policy_node = qwen_vla_ros.nodes.policy_node:main",
         ],
     },
 )

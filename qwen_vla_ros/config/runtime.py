@@ -30,18 +30,25 @@ class Blending(StrictModel):
 class InferenceSchedule(StrictModel):
     """When the policy starts the next inference.
 
-    ``remaining``: once the committed actions left in the current chunk drop below
-    ``remaining_threshold_s``. ``rate``: at a fixed ``replan_hz``.
+    ``remaining``: once the actions left in the last published chunk (its last action's due
+    time minus now) drop below ``remaining_threshold_s``. ``rate``: at a fixed ``replan_hz``.
+    Outside ``policy`` mode nothing is published, but one inference runs every
+    ``keep_warm_s`` so caches, clocks and allocators stay warm for the return.
     """
 
     trigger: Literal["remaining", "rate"] = "remaining"
     remaining_threshold_s: float = Field(default=0.5, gt=0)
     replan_hz: float = Field(default=2.0, gt=0)
     latency_window: int = Field(default=20, ge=1, description="inference latencies kept for the p90 delay estimate")
+    keep_warm_s: float = Field(default=2.0, ge=0, description="warm-up inference period outside policy mode; 0: none")
 
 
 class RealTimeChunking(StrictModel):
-    """Freeze the actions that will execute during inference and inpaint the rest (Black et al.)."""
+    """Freeze the actions that will execute during inference and inpaint the rest (Black et al.).
+
+    The policy passes at most ``max(delay_steps, execution_horizon)`` committed actions: the
+    frozen ones plus the overlap over which the new chunk is guided towards the old plan.
+    """
 
     enabled: bool = True
     max_guidance_weight: float = Field(default=10.0, ge=0)
@@ -52,6 +59,18 @@ class ObservationSync(StrictModel):
     sync_tolerance_s: float = Field(default=0.05, gt=0, description="max spread between camera stamps")
     state_tolerance_s: float = Field(default=0.05, gt=0, description="max gap joint states to observation")
     max_age_s: float = Field(default=0.5, gt=0, description="nothing older than this is used")
+
+
+class ClockCheck(StrictModel):
+    """Heartbeats on /qwen_vla/heartbeat compare this host's clock with the other hosts'.
+
+    Chunks carry observation stamps that the controller compares with its own clock, so a
+    policy host whose clock is off by more than ``max_offset_s`` gets a warning.
+    """
+
+    heartbeat_hz: float = Field(default=1.0, ge=0, description="0: publish no heartbeat")
+    max_offset_s: float = Field(default=0.01, gt=0)
+    window: int = Field(default=30, ge=1, description="heartbeats per peer kept for the estimate")
 
 
 class OnnxRuntimeSettings(StrictModel):
@@ -80,6 +99,7 @@ class RuntimeConfig(StrictModel):
     schedule: InferenceSchedule = Field(default_factory=InferenceSchedule)
     rtc: RealTimeChunking = Field(default_factory=RealTimeChunking)
     sync: ObservationSync = Field(default_factory=ObservationSync)
+    clock_check: ClockCheck = Field(default_factory=ClockCheck)
     onnxruntime: OnnxRuntimeSettings = Field(default_factory=OnnxRuntimeSettings)
     tensorrt: TensorRTSettings = Field(default_factory=TensorRTSettings)
 

@@ -184,8 +184,10 @@ def run_node(
 
     Nodes put their control loops in their own callback groups; the multi-threaded executor
     then keeps a slow callback (inference, disk) from delaying them; its thread count should
-    cover every group that may be busy at once. A node whose callbacks never block and that
-    must keep up with high message rates may pass a lighter executor.
+    cover every group that may be busy at once. Nodes that do their heavy work on threads of
+    their own and receive camera frames (policy_node, camera_node) pass
+    ``SingleThreadedExecutor``: rclpy's multi-threaded executor costs several times the CPU per
+    message and drops frames under load (docs/benchmarks.md, camera latency).
     """
     apply_dds_profile()
     problem = rclpy_origin_problem(rclpy.__file__)

@@ -1,0 +1,232 @@
+"""One step of the policy node's inference loop, without ROS.
+
+``PolicyRunner.step`` is called over and over by the node's inference thread: it applies a
+pending instruction (one prefix rebuild), asks the scheduler whether an inference is due,
+takes a synchronised observation, adds the committed actions for real-time chunking, runs
+the model and hands the chunk, stamped with the observation's stamp, to ``publish``.
+Everything it decides is counted for /diagnostics and logged through a keyed throttle, so a
+camera that is gone is named once every few seconds rather than at every attempt.
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
+from qwen_vla_ros.config import EmbodimentConfig, RuntimeConfig
+from qwen_vla_ros.inference.committed import CommittedHistory
+from qwen_vla_ros.inference.scheduler import POLICY, Decision, InferenceScheduler
+from qwen_vla_ros.inference.stats import KeyedThrottle, RateMeter, Window, steps_covering
+from qwen_vla_ros.log import Logger
+from qwen_vla_ros.perception.sync import WAITING, Observation, ObservationSync, Skip
+
+WARNING_PERIOD_S = 2.0
+REPORT_WINDOW = 200  # latencies kept for the p50/p99 in diagnostics
+DELAY_PERCENTILE = 90.0
+
+
+class InferencePolicy(Protocol):
+    """What the runner needs of ``qwen_vla_ros.model.Policy``."""
+
+    def set_task(self, embodiment: EmbodimentConfig, instruction: str) -> None: ...
+    def infer(self, images: Mapping[str, np.ndarray], state: np.ndarray, *, committed: np.ndarray | None,
+              delay_steps: int, seed: int | None) -> ActionChunk: ...
+
+
+@dataclass
+class StepResult:
+    outcome: str  # wait | skipped | published | warmed | discarded
+    chunk: ActionChunk | None = None
+    skip: Skip | None = None
+
+
+@dataclass
+class Counters:
+    chunks: int = 0
+    warmups: int = 0
+    prefix_builds: int = 0
+    discarded: int = 0
+    rtc_chunks: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+
+class PolicyRunner:
+    def __init__(
+        self,
+        policy: InferencePolicy,
+        embodiment: EmbodimentConfig,
+        runtime: RuntimeConfig,
+        sync: ObservationSync,
+        decode: Callable[[str, Any], np.ndarray],
+        publish: Callable[[ActionChunk], None],
+        clock: Callable[[], int],
+        log: Logger,
+        instruction: str,
+        seed: int | None = None,
+    ) -> None:
+        self.policy = policy
+        self.embodiment = embodiment
+        self.runtime = runtime
+        self.sync = sync
+        self.decode = decode
+        self.publish = publish
+        self.clock = clock
+        self.log = log
+        self.seed = seed
+        self.scheduler = InferenceScheduler(runtime.schedule)
+        self.committed = CommittedHistory(embodiment.action.names)
+        self.action_dt = embodiment.control.action_dt
+        self.chunk_length = embodiment.control.chunk_length
+        self.counters = Counters()
+        self.delay_latency = Window(runtime.schedule.latency_window)  # s, observation stamp -> published
+        self.publish_age = Window(REPORT_WINDOW)
+        self.inference_time = Window(REPORT_WINDOW)
+        self.chunk_rate = RateMeter()
+        self.throttle = KeyedThrottle(WARNING_PERIOD_S)
+        self.last_delay_steps = 0
+        self.last_chunk_stamp_ns: int | None = None
+        self.last_skip: Skip | None = None
+        self._last_observation_ns: int | None = None
+        self._lock = threading.Lock()
+        self._pending_instruction: str | None = None
+        self.instruction = instruction
+        self._build_prefix(instruction)
+
+    # ------------------------------------------------------------------ inputs (any thread)
+    def set_instruction(self, text: str) -> None:
+        """Takes effect at the next step: the prefix is rebuilt once, then inference goes on."""
+        with self._lock:
+            self._pending_instruction = text
+
+    def set_mode(self, mode: str) -> bool:
+        changed = self.scheduler.set_mode(mode)
+        if changed:
+            self.log.info(f"mode {mode}: " + ("inferring" if mode == POLICY else "not publishing, model kept warm"))
+        return changed
+
+    # ------------------------------------------------------------------ the loop body
+    def step(self) -> StepResult:
+        self._apply_instruction()
+        now_ns = self.clock()
+        decision = self.scheduler.decide(now_ns)
+        if decision == "wait":
+            return StepResult("wait")
+        observation = self.sync.assemble(now_ns, self._last_observation_ns if decision == "infer" else None)
+        if isinstance(observation, Skip):
+            return self._skipped(observation, now_ns)
+        try:
+            images = {camera: self.decode(camera, payload) for camera, payload in observation.frames.items()}
+        except ValueError as exc:
+            return self._skipped(Skip("bad_image", "image", str(exc)), now_ns)
+        committed, delay_steps = self._committed(observation, now_ns) if decision == "infer" else (None, 0)
+        self.scheduler.started(now_ns, decision)
+        return self._infer(decision, observation, images, committed, delay_steps)
+
+    def _infer(self, decision: Decision, observation: Observation, images: dict[str, np.ndarray],
+               committed: np.ndarray | None, delay_steps: int) -> StepResult:
+        started_ns = self.clock()
+        try:
+            chunk = self.policy.infer(images, observation.state, committed=committed, delay_steps=delay_steps,
+                                      seed=self.seed)
+        except (KeyError, ValueError, RuntimeError) as exc:  # bad input, or torch (e.g. out of memory): retried
+            return self._skipped(Skip("inference_error", "model", f"inference failed: {exc}"), started_ns)
+        finished_ns = self.clock()
+        self.inference_time.add((finished_ns - started_ns) / NS_PER_S)
+        if decision == "warm":
+            self.counters.warmups += 1
+            return StepResult("warmed")
+        if not np.all(np.isfinite(chunk.actions)):
+            return self._skipped(Skip("nonfinite_actions", "model", "the model produced non-finite actions"), finished_ns)
+        if self.scheduler.mode != POLICY:  # the operator took over while the model ran
+            self.counters.discarded += 1
+            return StepResult("discarded")
+        stamped = chunk.stamped(observation.stamp_ns)
+        self.publish(stamped)
+        published_ns = self.clock()
+        age_s = (published_ns - observation.stamp_ns) / NS_PER_S
+        self.delay_latency.add(age_s)
+        self.publish_age.add(age_s)
+        self.chunk_rate.add(published_ns)
+        self.counters.chunks += 1
+        self.counters.rtc_chunks += committed is not None
+        self.last_delay_steps = delay_steps
+        self.last_chunk_stamp_ns = observation.stamp_ns
+        self._last_observation_ns = observation.stamp_ns
+        self.scheduler.published(stamped.due_ns(stamped.horizon - 1))
+        return StepResult("published", chunk=stamped)
+
+    # ------------------------------------------------------------------ parts
+    def _apply_instruction(self) -> None:
+        with self._lock:
+            pending, self._pending_instruction = self._pending_instruction, None
+        if pending is None or pending == self.instruction:
+            return
+        try:
+            self._build_prefix(pending)
+        except (KeyError, ValueError) as exc:
+            self.log.error(f"instruction {pending!r} rejected, keeping {self.instruction!r}: {exc}")
+            return
+        self.instruction = pending
+
+    def _build_prefix(self, instruction: str) -> None:
+        started_ns = self.clock()
+        self.policy.set_task(self.embodiment, instruction)
+        self.counters.prefix_builds += 1
+        self.log.info(f"task prefix built in {(self.clock() - started_ns) / 1e6:.0f} ms for instruction {instruction!r}")
+
+    def _committed(self, observation: Observation, now_ns: int) -> tuple[np.ndarray | None, int]:
+        """The committed actions from the observation's stamp on, and how many of them run
+        before the new chunk can take over: the p90 of measured observation-to-publish
+        latency, and never fewer than have already elapsed."""
+        if not self.runtime.rtc.enabled:
+            return None, 0
+        p90 = self.delay_latency.percentile(DELAY_PERCENTILE) or 0.0
+        elapsed_s = (now_ns - observation.stamp_ns) / NS_PER_S
+        delay = max(steps_covering(p90, self.action_dt), steps_covering(elapsed_s, self.action_dt))
+        rows = min(self.chunk_length, max(delay, self.runtime.rtc.execution_horizon))
+        committed = self.committed.resample(observation.stamp_ns, self.action_dt, rows)
+        if committed is None:
+            return None, 0
+        return committed, min(delay, len(committed))
+
+    def _skipped(self, skip: Skip, now_ns: int) -> StepResult:
+        if skip.reason == WAITING:
+            return StepResult("wait", skip=skip)
+        self.counters.skipped[skip.reason] += 1
+        self.last_skip = skip
+        if self.throttle.ready((skip.reason, skip.subject), now_ns):
+            level = self.log.error if skip.reason in ("inference_error", "nonfinite_actions", "bad_image") else self.log.warning
+            level(f"no inference: {skip.message}")
+        return StepResult("skipped", skip=skip)
+
+    # ------------------------------------------------------------------ reporting
+    def figures(self, now_ns: int) -> dict[str, float | int | str]:
+        def ms(window: Window, q: float) -> float:
+            value = window.percentile(q)
+            return float("nan") if value is None else round(value * 1000.0, 2)
+
+        figures: dict[str, float | int | str] = {
+            "mode": self.scheduler.mode,
+            "instruction": self.instruction,
+            "chunks": self.counters.chunks,
+            "chunks_per_s": round(self.chunk_rate.rate(now_ns), 3),
+            "inference_ms_p50": ms(self.inference_time, 50),
+            "inference_ms_p99": ms(self.inference_time, 99),
+            "observation_age_at_publish_ms_p50": ms(self.publish_age, 50),
+            "observation_age_at_publish_ms_p99": ms(self.publish_age, 99),
+            "delay_estimate_ms_p90": ms(self.delay_latency, DELAY_PERCENTILE),
+            "rtc_chunks": self.counters.rtc_chunks,
+            "last_delay_steps": self.last_delay_steps,
+            "last_chunk_stamp_ns": self.last_chunk_stamp_ns if self.last_chunk_stamp_ns is not None else -1,
+            "prefix_builds": self.counters.prefix_builds,
+            "warmups": self.counters.warmups,
+            "discarded": self.counters.discarded,
+            "skipped": sum(self.counters.skipped.values()),
+        }
+        figures.update({f"skipped.{reason}": count for reason, count in sorted(self.counters.skipped.items())})
+        return figures

@@ -1,0 +1,60 @@
+"""Heartbeats between hosts on /qwen_vla/heartbeat, and the clock-offset warning they feed.
+
+Any node adds ``Heartbeat(node, runtime.clock_check)``: it publishes its own clock every
+``1 / heartbeat_hz`` as ``sensor_msgs/TimeReference`` (``header.stamp`` = the sender's ROS
+time, ``source`` = host/node) and estimates every other sender's clock offset
+(``qwen_vla_ros.clock_check``), warning when one exceeds ``max_offset_s``.
+"""
+from __future__ import annotations
+
+import socket
+
+from rclpy.callback_groups import CallbackGroup
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import TimeReference
+
+from qwen_vla_ros.clock_check import ClockOffsetEstimator
+from qwen_vla_ros.config.runtime import ClockCheck
+from qwen_vla_ros.nodes.common import ns_to_time, time_to_ns
+
+HEARTBEAT_TOPIC = "/qwen_vla/heartbeat"
+WARNING_PERIOD_S = 10.0
+
+
+class Heartbeat:
+    def __init__(self, node: Node, settings: ClockCheck, callback_group: CallbackGroup | None = None) -> None:
+        self.node = node
+        self.source = f"{socket.gethostname()}/{node.get_fully_qualified_name().lstrip('/')}"
+        self.estimator = ClockOffsetEstimator(settings.window, settings.max_offset_s)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.publisher = node.create_publisher(TimeReference, HEARTBEAT_TOPIC, qos)
+        node.create_subscription(TimeReference, HEARTBEAT_TOPIC, self._on_heartbeat, qos, callback_group=callback_group)
+        if settings.heartbeat_hz > 0:
+            node.create_timer(1.0 / settings.heartbeat_hz, self._beat, callback_group=callback_group)
+
+    def _now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def _beat(self) -> None:
+        message = TimeReference(source=self.source)
+        message.header.stamp = ns_to_time(self._now_ns())
+        message.time_ref = message.header.stamp
+        self.publisher.publish(message)
+
+    def _on_heartbeat(self, message: TimeReference) -> None:
+        if message.source != self.source:
+            self.estimator.add(message.source, time_to_ns(message.header.stamp), self._now_ns())
+
+    def figures(self) -> dict[str, float]:
+        """Per peer offset in ms for /diagnostics; warns (throttled) about peers over the threshold."""
+        now_ns = self._now_ns()
+        excessive = self.estimator.excessive(now_ns)
+        if excessive:
+            offsets = ", ".join(f"{p.peer} {p.offset_s * 1000:+.1f} ms" for p in excessive)
+            self.node.get_logger().warning(
+                f"clock offset over {self.estimator.max_offset_s * 1000:g} ms: {offsets}. Chunks are stamped with "
+                "observation times, so sync the hosts' clocks (chrony or PTP, see README 'Multi-machine')",
+                throttle_duration_sec=WARNING_PERIOD_S,
+            )
+        return {f"clock_offset_ms.{p.peer}": round(p.offset_s * 1000.0, 3) for p in self.estimator.offsets(now_ns)}

@@ -1,0 +1,306 @@
+"""The policy node's decisions without ROS: scheduling, the committed history for real-time
+chunking, running statistics, the clock-offset estimator, and the runner on the tiny model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers.readings import aloha_joints
+
+from qwen_vla_ros.clock_check import FORGET_AFTER_S, ClockOffsetEstimator
+from qwen_vla_ros.config import load_embodiment, load_runtime
+from qwen_vla_ros.config.runtime import InferenceSchedule
+from qwen_vla_ros.inference.committed import CommittedHistory
+from qwen_vla_ros.inference.scheduler import IDLE_WAIT_S, InferenceScheduler
+from qwen_vla_ros.inference.stats import KeyedThrottle, RateMeter, Window, steps_covering
+
+S = 1_000_000_000
+MS = 1_000_000
+T0 = 1_700_000_000 * S
+
+
+# ---------------------------------------------------------------------------- scheduler
+def test_rate_trigger_infers_at_the_replan_rate() -> None:
+    scheduler = InferenceScheduler(InferenceSchedule(trigger="rate", replan_hz=4.0))
+    assert scheduler.decide(T0) == "infer"
+    scheduler.started(T0, "infer")
+    assert scheduler.decide(T0 + 100 * MS) == "wait"
+    assert scheduler.wait_s(T0 + 240 * MS) == pytest.approx(0.010)
+    assert scheduler.decide(T0 + 250 * MS) == "infer"
+
+
+def test_remaining_trigger_waits_for_the_chunk_to_run_low() -> None:
+    scheduler = InferenceScheduler(InferenceSchedule(trigger="remaining", remaining_threshold_s=0.3))
+    assert scheduler.decide(T0) == "infer", "the first chunk is due at once"
+    scheduler.started(T0, "infer")
+    scheduler.published(T0 + 1 * S)  # last action due 1 s from now
+    assert scheduler.decide(T0 + 600 * MS) == "wait"
+    assert scheduler.wait_s(T0 + 600 * MS) == IDLE_WAIT_S
+    assert scheduler.decide(T0 + 700 * MS) == "infer"
+
+
+def test_other_modes_keep_the_model_warm_and_policy_mode_asks_for_a_chunk_at_once() -> None:
+    scheduler = InferenceScheduler(InferenceSchedule(trigger="rate", replan_hz=1.0, keep_warm_s=2.0))
+    scheduler.started(T0, "infer")
+    assert scheduler.set_mode("teleop") and not scheduler.set_mode("teleop")
+    assert scheduler.decide(T0 + 1 * S) == "wait"
+    assert scheduler.decide(T0 + 2 * S) == "warm"
+    scheduler.started(T0 + 2 * S, "warm")
+    assert scheduler.decide(T0 + 3 * S) == "wait"
+    scheduler.set_mode("policy")
+    assert scheduler.decide(T0 + 3 * S) == "infer", "back in policy mode the next chunk is due at once"
+    never = InferenceScheduler(InferenceSchedule(keep_warm_s=0.0))
+    never.set_mode("hold")
+    assert never.decide(T0) == "wait" and never.decide(T0 + 100 * S) == "wait"
+    with pytest.raises(ValueError, match="unknown mode 'auto'"):
+        never.set_mode("auto")
+
+
+# ---------------------------------------------------------------------------- committed history
+NAMES = ("a", "b")
+PERIOD = 0.02
+
+
+def committed_message(history: CommittedHistory, stamp_ns: int, value, steps: int = 10) -> None:
+    """Points k = 0.. due at stamp + (k + 1) * period, valued value(t_ns)."""
+    offsets = [(k + 1) * PERIOD for k in range(steps)]
+    history.add(stamp_ns, NAMES, offsets, [value(stamp_ns + round(o * S)) for o in offsets])
+
+
+def ramp(t_ns: int) -> list[float]:
+    seconds = (t_ns - T0) / S
+    return [seconds, 2.0 - 3.0 * seconds]
+
+
+def test_resampling_on_the_control_grid_returns_the_commands() -> None:
+    history = CommittedHistory(NAMES)
+    for k in range(20):  # the controller publishes every period
+        committed_message(history, T0 + k * 20 * MS, ramp)
+    rows = history.resample(T0 + 100 * MS, 0.02, 50)
+    # known up to the newest message's horizon: 380 ms + 10 periods = 580 ms
+    assert rows.shape == (25, 2)
+    np.testing.assert_allclose(rows, [ramp(T0 + 100 * MS + k * 20 * MS) for k in range(25)], atol=1e-12)
+    assert history.resample(T0 + 100 * MS, 0.02, 5).shape == (5, 2)
+
+
+def test_resampling_on_a_coarser_chunk_grid_interpolates() -> None:
+    history = CommittedHistory(NAMES)
+    for k in range(30):
+        committed_message(history, T0 + k * 20 * MS, ramp)
+    rows = history.resample(T0 + 33 * MS, 0.2, 4)
+    np.testing.assert_allclose(rows, [ramp(T0 + 33 * MS + k * 200 * MS) for k in range(4)], atol=1e-12)
+
+
+def test_a_newer_message_supersedes_the_plan_from_its_stamp_on() -> None:
+    history = CommittedHistory(NAMES)
+    committed_message(history, T0, lambda t: [0.0, 0.0])
+    committed_message(history, T0 + 60 * MS, lambda t: [1.0, 1.0])
+    rows = history.resample(T0 + 20 * MS, 0.02, 10)
+    # due at 20, 40, 60 ms: from the first plan; from 80 ms on: the second
+    np.testing.assert_allclose(rows[:, 0], [0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+
+
+def test_nothing_is_known_before_the_history_or_after_its_horizon() -> None:
+    history = CommittedHistory(NAMES)
+    assert history.resample(T0, 0.02, 10) is None
+    committed_message(history, T0, ramp)
+    # the command due at the message's own stamp (one period before its first point) is held
+    np.testing.assert_allclose(history.resample(T0, 0.02, 1), [ramp(T0 + 20 * MS)])
+    assert history.resample(T0 - 1 * MS, 0.02, 10) is None
+    assert history.resample(T0 + 201 * MS, 0.02, 10) is None
+
+
+@pytest.mark.parametrize(
+    "names, offsets, rows, message",
+    [
+        (("b", "a"), [0.02], [[0, 0]], "joint_names"),
+        (NAMES, [0.02], [[0, float("nan")]], "not finite"),
+        (NAMES, [0.02, 0.02], [[0, 0], [0, 0]], "increasing"),
+        (NAMES, [0.0], [[0, 0]], "positive"),
+        (NAMES, [0.02], [[0, 0, 0]], "shape"),
+    ],
+)
+def test_unusable_committed_messages_are_errors(names, offsets, rows, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        CommittedHistory(NAMES).add(T0, names, offsets, rows)
+
+
+def test_an_older_committed_message_is_refused() -> None:
+    history = CommittedHistory(NAMES)
+    committed_message(history, T0, ramp)
+    with pytest.raises(ValueError, match="older"):
+        committed_message(history, T0 - MS, ramp)
+
+
+# ---------------------------------------------------------------------------- statistics
+def test_windows_rates_throttles_and_step_counts() -> None:
+    window = Window(3)
+    assert window.percentile(50) is None
+    for value in (5.0, 1.0, 2.0, 3.0):
+        window.add(value)
+    assert len(window) == 3 and window.percentile(50) == 2.0 and window.percentile(100) == 3.0
+    meter = RateMeter(span_s=10.0)
+    for k in range(20):
+        meter.add(T0 + k * S // 2)
+    assert meter.rate(T0 + 10 * S) == pytest.approx(2.0)
+    assert meter.rate(T0 + 100 * S) == 0.0
+    throttle = KeyedThrottle(2.0)
+    assert throttle.ready("cam_low", T0) and throttle.ready("cam_high", T0)
+    assert not throttle.ready("cam_low", T0 + S) and throttle.ready("cam_low", T0 + 2 * S)
+    assert [steps_covering(s, 0.02) for s in (0.0, 0.001, 0.02, 0.04, 0.041)] == [0, 1, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------- clock offset
+def test_clock_offset_is_the_smallest_stamp_difference() -> None:
+    estimator = ClockOffsetEstimator(window=5, max_offset_s=0.01)
+    delays_ms = [3.0, 0.4, 7.0, 1.5]
+    for k, delay in enumerate(delays_ms):  # the robot computer's clock is 25 ms behind ours
+        sent = T0 + k * S - 25 * MS
+        estimator.add("robot/camera_node", sent, T0 + k * S + round(delay * MS))
+        estimator.add("gpu/other", T0 + k * S, T0 + k * S + round(delay * MS))
+    offsets = {p.peer: p.offset_s for p in estimator.offsets(T0 + 5 * S)}
+    assert offsets == pytest.approx({"robot/camera_node": 0.0254, "gpu/other": 0.0004})
+    assert [p.peer for p in estimator.excessive(T0 + 5 * S)] == ["robot/camera_node"]
+    ahead = ClockOffsetEstimator(window=5, max_offset_s=0.01)
+    ahead.add("fast", T0 + 40 * MS, T0 + MS)
+    assert ahead.excessive(T0)[0].offset_s == pytest.approx(-0.039)
+    assert estimator.offsets(T0 + 4 * S + round(FORGET_AFTER_S * S) + 1) == []
+    with pytest.raises(ValueError):
+        ClockOffsetEstimator(window=0, max_offset_s=0.01)
+
+
+# ---------------------------------------------------------------------------- runner
+class Clock:
+    """Test-controlled ROS time: each reading advances it by ``tick_ns``."""
+
+    def __init__(self, start_ns: int, tick_ns: int = MS) -> None:
+        self.now_ns = start_ns
+        self.tick_ns = tick_ns
+
+    def __call__(self) -> int:
+        self.now_ns += self.tick_ns
+        return self.now_ns
+
+
+class Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(("info", message))
+
+    def warning(self, message: str) -> None:
+        self.lines.append(("warning", message))
+
+    def error(self, message: str) -> None:
+        self.lines.append(("error", message))
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tiny_checkpoint):
+    from qwen_vla_ros.model import load_policy
+
+    return load_policy(tiny_checkpoint)
+
+
+def make_runner(tiny_policy, overrides: dict | None = None):
+    from qwen_vla_ros.inference.runner import PolicyRunner
+    from qwen_vla_ros.perception.state import StateAssembler
+    from qwen_vla_ros.perception.sync import ObservationSync
+
+    config = load_embodiment("aloha")
+    runtime = load_runtime(None, overrides or {})
+    sync = ObservationSync([c.name for c in config.cameras], StateAssembler(config), runtime.sync)
+    clock, log, published = Clock(T0), Log(), []
+    runner = PolicyRunner(tiny_policy, config, runtime, sync, lambda camera, frame: frame, published.append, clock, log,
+                          "pick up the cube", seed=0)
+    return runner, sync, clock, log, published, config
+
+
+def feed_observation(sync, config, stamp_ns: int) -> None:
+    frame = np.full((48, 64, 3), 100, np.uint8)
+    for camera in config.cameras:
+        sync.add_frame(camera.name, stamp_ns, frame, stamp_ns)
+    for arm, positions in aloha_joints(config).items():
+        sync.add_joints(arm, stamp_ns, positions, stamp_ns)
+
+
+def test_runner_publishes_stamped_chunks_and_waits_for_new_observations(tiny_policy) -> None:
+    runner, sync, clock, log, published, config = make_runner(
+        tiny_policy, {"schedule.trigger": "rate", "sync.max_age_s": 2.0})
+    assert runner.step().skip.reason == "camera_missing"
+    assert [level for level, line in log.lines if "no inference" in line] == ["warning"]
+    feed_observation(sync, config, clock.now_ns)
+    observed_ns = clock.now_ns
+    result = runner.step()
+    assert result.outcome == "published" and published[-1] is result.chunk
+    assert result.chunk.stamp_ns == observed_ns and result.chunk.channel_names == tuple(config.action.names)
+    clock.now_ns += S
+    assert runner.step().outcome == "wait", "the same observation is not used twice"
+    assert runner.counters.chunks == 1 and runner.counters.prefix_builds == 1
+    figures = runner.figures(clock.now_ns)
+    assert figures["chunks"] == 1 and figures["skipped.camera_missing"] == 1
+
+
+def test_runner_delay_covers_elapsed_time_and_measured_latency(tiny_policy) -> None:
+    runner, sync, clock, log, published, config = make_runner(tiny_policy, {"schedule.trigger": "rate"})
+    hold = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
+
+    def controller_publishes(stamp_ns: int) -> None:
+        runner.committed.add(stamp_ns, config.action.names, [(j + 1) * 0.02 for j in range(10)], [hold] * 10)
+
+    for k in range(10):
+        controller_publishes(clock.now_ns + k * 20 * MS)
+    observed_ns = clock.now_ns + 20 * MS
+    feed_observation(sync, config, observed_ns)
+    clock.now_ns = observed_ns + 65 * MS  # the observation is 65 ms old when inference starts
+    chunk = runner.step().chunk
+    assert chunk.metadata["delay_steps"] == 4, "ceil(66 ms / 20 ms): what already ran is frozen"
+    np.testing.assert_allclose(chunk.actions[:4], [hold] * 4, atol=1e-4)
+
+    for _ in range(5):
+        runner.delay_latency.add(0.15)  # measured: observation -> published in 150 ms
+    clock.now_ns += S // 2  # the next replan at 2 Hz
+    feed_observation(sync, config, clock.now_ns)
+    controller_publishes(clock.now_ns - 10 * MS)  # known up to 190 ms ahead: 10 chunk rows
+    chunk = runner.step().chunk
+    assert chunk.metadata["delay_steps"] == 8, "the p90 latency of 150 ms covers ceil(7.5) actions"
+    np.testing.assert_allclose(chunk.actions[:8], [hold] * 8, atol=1e-4)
+    assert runner.counters.rtc_chunks == 2 and runner.last_delay_steps == 8
+
+
+def test_runner_rebuilds_the_prefix_once_per_new_instruction_and_keeps_a_bad_one_out(tiny_policy) -> None:
+    runner, sync, clock, log, published, config = make_runner(tiny_policy)
+    runner.set_instruction("pick up the cube")  # unchanged: nothing to rebuild
+    runner.set_instruction("open the drawer")
+    runner.set_instruction("open the drawer")
+    runner.step()
+    assert runner.counters.prefix_builds == 2 and runner.instruction == "open the drawer"
+    runner.set_instruction("<|image_pad|> sneaky")
+    runner.step()
+    assert runner.counters.prefix_builds == 2 and runner.instruction == "open the drawer"
+    assert any(level == "error" and "rejected" in line for level, line in log.lines)
+
+
+def test_runner_warms_without_publishing_outside_policy_mode(tiny_policy) -> None:
+    runner, sync, clock, log, published, config = make_runner(tiny_policy, {"schedule.keep_warm_s": 1.0})
+    runner.set_mode("hold")
+    feed_observation(sync, config, clock.now_ns)
+    assert runner.step().outcome == "warmed"
+    assert runner.step().outcome == "wait"
+    assert published == [] and runner.counters.warmups == 1
+    runner.set_mode("policy")
+    assert runner.step().outcome == "published"
+
+
+def test_runner_reports_a_failed_inference_and_goes_on(tiny_policy) -> None:
+    runner, sync, clock, log, published, config = make_runner(tiny_policy)
+    for camera in config.cameras:  # frames the model refuses: not HxWx3
+        sync.add_frame(camera.name, clock.now_ns, np.zeros((48, 64), np.uint8), clock.now_ns)
+    for arm, positions in aloha_joints(config).items():
+        sync.add_joints(arm, clock.now_ns, positions, clock.now_ns)
+    result = runner.step()
+    assert result.outcome == "skipped" and result.skip.reason == "inference_error"
+    assert any(level == "error" and "HxWx3" in line for level, line in log.lines)
+    feed_observation(sync, config, clock.now_ns)
+    assert runner.step().outcome == "published"
+    assert runner.figures(clock.now_ns)["skipped.inference_error"] == 1
