@@ -98,6 +98,7 @@ class Controller:
         self.arbiter = Arbiter(config.teleop)
         self.joy_rejected = 0
         self._zero_twist_sent = False
+        self._transitions: list[Transition] = []
         self.safety = SafetyFilter(self.layout, self.period_s, config.safety.startup_ramp_s)
         self.counts = SafetyCounts()
         self.mode: Mode = "waiting"
@@ -212,7 +213,13 @@ class Controller:
             self.bad_feedback += 1
             raise
 
+    def take_transitions(self) -> list[Transition]:
+        """Mode changes since the last call (from Joy or from a timeout in :meth:`step`), oldest first."""
+        transitions, self._transitions = self._transitions, []
+        return transitions
+
     def _apply(self, transition: Transition) -> None:
+        self._transitions.append(transition)
         if transition.mode == "teleop":
             self.teleop.engage()
             self.select_source(self.teleop.name)  # the ramp is cancelled in step(): teleop starts from the command
