@@ -99,6 +99,7 @@ setup(
             "aloha_controller = qwen_vla_ros.nodes.controller:main",
             "widowx_controller = qwen_vla_ros.nodes.controller:widowx_main",
             "base_controller = qwen_vla_ros.nodes.controller:base_main",
+            "joystick_node = qwen_vla_ros.nodes.joystick_node:main",
         ],
     },
 )
