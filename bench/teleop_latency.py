@@ -210,6 +210,38 @@ def run(embodiment: str, trials: int, domain: int) -> dict:
     }
 
 
+def core_jog_cost(embodiment: str, periods: int = 1000) -> dict[str, float]:
+    """Controller.step while the operator jogs to and fro (Cartesian: an IK solve per period), in-process without ROS."""
+    from qwen_vla_ros.config import load_embodiment, load_runtime
+    from qwen_vla_ros.control import Controller
+
+    controller = Controller(load_embodiment(embodiment), load_runtime())
+    layout = controller.layout
+    positions = np.zeros(len(layout))
+    for arm in layout.arms:
+        positions[arm.joint_index] = [0.0, -0.5, 0.5, 0.0, 1.0, 0.0]
+    buttons = [0] * 11
+    buttons[controller.config.teleop.buttons.deadman] = 1
+    step_us = []
+    now = 10**12
+    for period in range(periods):
+        now += controller.period_ns
+        for arm in layout.arms:
+            gripper = arm.gripper
+            controller.update_joint_state(arm.name, [*arm.arm.joint_names, gripper.finger_joint],
+                                          [*positions[arm.joint_index], gripper.finger_open], now, now)
+        if layout.base is not None:
+            controller.update_odometry((0.0, 0.0, 0.0), tuple(positions[layout.base.command_index]), now, now)
+        axes = [0.0] * 8
+        axes[STICK] = axes[4] = 1.0 if (period // 50) % 2 == 0 else -1.0  # x and z, reversed every second: in reach
+        controller.update_joy(axes, buttons, now)
+        start = time.perf_counter()
+        output = controller.step(now)
+        step_us.append((time.perf_counter() - start) * 1e6)
+        positions = output.positions
+    return {"step_p50_us": round(float(np.percentile(step_us, 50)), 1), "step_p99_us": round(float(np.percentile(step_us, 99)), 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embodiment", default="mobile_base")
@@ -222,6 +254,7 @@ def main() -> int:
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_average_before": load,
         **result,
+        "core_step_while_jogging": core_jog_cost(args.embodiment),
     }, indent=2))
     return 0
 

@@ -100,6 +100,7 @@ BROKEN = {
         _set(["teleop", "base"], {"axis_linear": 1, "axis_angular": 5, "scale_linear": 0.5, "scale_angular": 0.5}),
         ["teleop", "joy axes [1] drive both the base and the arm"],
     ),
+    "gripper buttons without arm jog": (_del(["teleop", "arm"]), ["gripper_open", "need a teleop.arm section"]),
     "leader without gripper constants": (
         lambda data: data["teleop"]["leader_follow"].update(enabled=True, gripper_open=None),
         ["teleop.leader_follow", "needs gripper_open and gripper_close"],

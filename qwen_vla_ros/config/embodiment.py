@@ -545,7 +545,11 @@ class Teleop(StrictModel):
     leader_follow: LeaderFollow = Field(default_factory=LeaderFollow)
 
     @model_validator(mode="after")
-    def _axes_not_shared(self) -> "Teleop":
+    def _consistent(self) -> "Teleop":
+        jog_buttons = {"gripper_open", "gripper_close", "arm_select", "jog_mode"}
+        unused = sorted(k for k, v in self.buttons.model_dump().items() if v is not None and k in jog_buttons)
+        if unused and self.arm is None:
+            raise ValueError(f"buttons {unused} need a teleop.arm section (arm jog) to act on")
         if self.base is not None and self.arm is not None:
             shared = sorted(set(self.base.axes) & set(self.arm.axes))
             if shared:

@@ -39,6 +39,9 @@ from qwen_vla_ros.embodiments.gripper import unlerp
 from qwen_vla_ros.embodiments.ik import ArmIK, apply_ee_delta
 
 JogMode = Literal["cartesian", "joint"]
+# A jog step is a few millimetres from the last command, which Gauss-Newton closes in one or two
+# iterations; needing more means the step leaves the workspace, and every iteration costs control time.
+JOG_IK_ITERATIONS = 4
 
 
 @dataclass(frozen=True)
@@ -98,13 +101,19 @@ class TeleopSource:
         jogged = [arm for arm in layout.arms if arm.name not in self.leaders.arms]
         self.jog: TeleopArm | None = config.teleop.arm if jogged else None
         self.jog_arms: tuple[ArmLayout, ...] = tuple(jogged) if self.jog else ()
-        self.iks = {arm.name: ArmIK.from_config(arm.arm) for arm in self.jog_arms}
+        self.iks = {arm.name: self._jog_ik(arm) for arm in self.jog_arms}
         self.selected = 0
         self.mode: JogMode = self.jog.mode if self.jog else "cartesian"
         self.joy: Joy | None = None
         self.ik_unreachable = 0
         self._following: dict[str, tuple[int, np.ndarray]] = {}  # arm -> (start_ns, command at start)
         self._target: np.ndarray | None = None
+
+    @staticmethod
+    def _jog_ik(arm: ArmLayout) -> ArmIK:
+        ik = ArmIK.from_config(arm.arm)
+        ik.settings = ik.settings.model_copy(update={"ik_max_iterations": JOG_IK_ITERATIONS})
+        return ik
 
     # -- operator controls ----------------------------------------------------------------
     @property
