@@ -8,7 +8,6 @@ odometry, and an arm whose joint states are its last command.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-
 
 import rclpy  # noqa: E402
 from geometry_msgs.msg import Twist  # noqa: E402
-from nav_msgs.msg import Odometry  # noqa: E402
+from helpers.dds_robots import TwistBase  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Joy, JointState  # noqa: E402
@@ -32,15 +31,6 @@ from qwen_vla_ros.embodiments.kinematics import ArmKinematics  # noqa: E402
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def stop(child) -> str:
-    child.terminate()
-    try:
-        return child.communicate(timeout=10)[0]
-    except Exception:
-        child.kill()
-        return child.communicate()[0]
 
 
 class Operator:
@@ -72,37 +62,20 @@ def test_base_teleop_over_dds_modes_twists_estop_and_trial_buttons(ros_domain) -
     node = rclpy.create_node("operator_and_base", context=ros_domain.context)
     executor = SingleThreadedExecutor(context=ros_domain.context)
     executor.add_node(node)
-    base = {"x": 0.0, "y": 0.0, "yaw": 0.0, "v": 0.0, "w": 0.0}
-    twists: list[tuple[float, Twist]] = []
+    base = TwistBase(node, "/mobile_base/cmd_vel", config.base.odom_topic)
+    twists = base.twists
     modes: list[tuple[float, str]] = []
     estops: list[bool] = []
     trial_calls: list[float] = []
-
-    def on_twist(message: Twist) -> None:
-        twists.append((time.monotonic(), message))
-        base["v"], base["w"] = message.linear.x, message.angular.z
-
-    def integrate() -> None:
-        base["x"] += base["v"] * math.cos(base["yaw"]) * 0.02
-        base["yaw"] += base["w"] * 0.02
-        message = Odometry()
-        message.header.stamp = node.get_clock().now().to_msg()
-        message.pose.pose.position.x = base["x"]
-        message.pose.pose.orientation.z, message.pose.pose.orientation.w = math.sin(base["yaw"] / 2), math.cos(base["yaw"] / 2)
-        message.twist.twist.linear.x, message.twist.twist.angular.z = base["v"], base["w"]
-        odometry.publish(message)
 
     def on_trial_start(_request, response):
         trial_calls.append(time.monotonic())
         response.success, response.message = True, "trial_0001 started"
         return response
 
-    node.create_subscription(Twist, "/mobile_base/cmd_vel", on_twist, RELIABLE)
     node.create_subscription(String, "/qwen_vla/mode", lambda m: modes.append((time.monotonic(), m.data)), LATCHED)
     node.create_subscription(Bool, "/qwen_vla/estop", lambda m: estops.append(m.data), LATCHED)
     node.create_service(Trigger, "/qwen_vla/trial/start", on_trial_start)
-    odometry = node.create_publisher(Odometry, config.base.odom_topic, 10)
-    node.create_timer(0.02, integrate)
     operator = Operator(node, config)
 
     def spin(seconds: float) -> None:
@@ -122,7 +95,7 @@ def test_base_teleop_over_dds_modes_twists_estop_and_trial_buttons(ros_domain) -
         spin(1.5)
         assert modes[-1][1] == "teleop" and modes[-1][0] - pressed < 0.2
         assert max(m.linear.x for m in after(pressed)) == pytest.approx(config.teleop.base.scale_linear)
-        assert base["x"] > 0.3, "the base drove forwards"
+        assert base.x > 0.3, "the base drove forwards"
 
         operator.hold("deadman", "trial_start", a1=1.0)
         assert ros_domain.spin_until(executor, lambda: len(trial_calls) == 1, timeout=5.0)
@@ -164,7 +137,7 @@ def test_base_teleop_over_dds_modes_twists_estop_and_trial_buttons(ros_domain) -
         future = reset.call_async(Trigger.Request())
         assert ros_domain.spin_until(executor, lambda: future.done() and estops == [True, False], timeout=5.0)
     finally:
-        output = stop(child)
+        output = ros_domain.stop_process(child)
         node.destroy_node()
     assert "Traceback" not in output, output
     assert "mode teleop -> hold: deadman released" in output
@@ -220,7 +193,7 @@ def test_arm_jog_over_dds_commands_follow_the_stick(ros_domain) -> None:
         count = len(commands)
         ros_domain.spin_until(executor, lambda: False, timeout=0.5)
     finally:
-        output = stop(child)
+        output = ros_domain.stop_process(child)
         node.destroy_node()
     assert modes == ["policy", "teleop", "hold"], output
     assert stopped - start == pytest.approx(config.teleop.arm.linear_speed * 1.5, rel=0.25), "moved forwards while held"
