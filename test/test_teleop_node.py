@@ -17,11 +17,11 @@ pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-
 
 import rclpy  # noqa: E402
 from geometry_msgs.msg import Twist  # noqa: E402
-from helpers.dds_robots import TwistBase  # noqa: E402
+from helpers.dds_robots import ForwardCommandArms, TwistBase  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Joy, JointState  # noqa: E402
-from std_msgs.msg import Bool, Float64MultiArray, String  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
@@ -152,24 +152,9 @@ def test_arm_jog_over_dds_commands_follow_the_stick(ros_domain) -> None:
     node = rclpy.create_node("operator_and_arm", context=ros_domain.context)
     executor = SingleThreadedExecutor(context=ros_domain.context)
     executor.add_node(node)
-    robot = {"joints": [0.0, -0.5, 0.5, 0.0, 1.0, 0.0], "gripper": 1.0}
+    ForwardCommandArms(node, config.arms, [0.0, -0.5, 0.5, 0.0, 1.0, 0.0])
     commands: list[JointState] = []
     modes: list[str] = []
-
-    def on_forward(message: Float64MultiArray) -> None:
-        robot["joints"], robot["gripper"] = list(message.data[:6]), message.data[6]
-
-    def publish_state() -> None:
-        finger = arm.gripper.finger_close + (robot["gripper"] - arm.gripper.joint_close) / (
-            arm.gripper.joint_open - arm.gripper.joint_close) * (arm.gripper.finger_open - arm.gripper.finger_close)
-        message = JointState(name=[*arm.joint_names, "gripper", "left_finger", "right_finger"],
-                             position=[*robot["joints"], robot["gripper"], finger, -finger])
-        message.header.stamp = node.get_clock().now().to_msg()
-        states.publish(message)
-
-    states = node.create_publisher(JointState, arm.joint_state_topic, 10)
-    node.create_timer(0.02, publish_state)
-    node.create_subscription(Float64MultiArray, f"/{arm.namespace}/forward_position_controller/commands", on_forward, RELIABLE)
     node.create_subscription(JointState, "/qwen_vla/controller/command", commands.append, RELIABLE)
     node.create_subscription(String, "/qwen_vla/mode", lambda m: modes.append(m.data), LATCHED)
     operator = Operator(node, config)
@@ -199,3 +184,40 @@ def test_arm_jog_over_dds_commands_follow_the_stick(ros_domain) -> None:
     assert stopped - start == pytest.approx(config.teleop.arm.linear_speed * 1.5, rel=0.25), "moved forwards while held"
     assert ee_x() == pytest.approx(stopped, abs=1e-9), "holds after the release"
     assert len(commands) > count + 15, "arms keep being commanded while holding"
+
+
+def test_aloha_followers_track_the_leader_arms_over_dds(ros_domain) -> None:
+    """leader_follow: /leader_{left,right}/joint_states drive the followers while the deadman is held."""
+    config = load_embodiment("aloha", {"teleop.leader_follow.enabled": True})
+    leader = config.teleop.leader_follow
+    node = rclpy.create_node("operator_leaders_followers", context=ros_domain.context)
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(node)
+    start = [0.0, -0.96, 1.16, 0.0, -0.3, 0.0]
+    followers = ForwardCommandArms(node, config.arms, start)
+    leader_pose = [0.3, -0.8, 1.0, 0.1, -0.2, 0.2]
+    leaders = {name: node.create_publisher(JointState, topic, 10) for name, topic in leader.topics.items()}
+
+    def publish_leaders() -> None:
+        for name, publisher in leaders.items():
+            closed = leader.gripper_close  # the operator squeezes both leader grippers shut
+            publisher.publish(JointState(name=[*config.arm(name).joint_names, leader.gripper_joint], position=[*leader_pose, closed]))
+
+    node.create_timer(0.02, publish_leaders)
+    operator = Operator(node, config)
+    child = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=aloha",
+        "-p", "config_overrides:=['outputs=[{adapter: forward_command, arms: [left, right]}]', 'teleop.leader_follow.enabled=true']",
+    )
+    try:
+        assert ros_domain.spin_until(executor, lambda: followers.commands > 40 or child.poll() is not None, timeout=30)
+        assert followers.joints["left"] == pytest.approx(start, abs=1e-6), "the policy (no chunk) holds the start pose"
+        operator.hold("deadman")
+        ros_domain.spin_until(executor, lambda: False, timeout=3.0)  # 1 s fade-in, then following
+    finally:
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+    assert "Traceback" not in output, output
+    for arm in config.arms:
+        assert followers.joints[arm.name] == pytest.approx(leader_pose, abs=1e-6), output
+        assert followers.motor[arm.name] == pytest.approx(arm.gripper.joint_close, abs=1e-6), "leader closed -> follower closed"
