@@ -44,6 +44,16 @@ class RosDomain:
             text=True, **kwargs,
         )
 
+    @staticmethod
+    def stop_process(child: subprocess.Popen) -> str:
+        """SIGTERM (a clean shutdown), SIGKILL if that hangs; the child's output."""
+        child.terminate()
+        try:
+            return child.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:
+            child.kill()
+            return child.communicate()[0]
+
 
 @pytest.fixture
 def ros_domain(monkeypatch: pytest.MonkeyPatch) -> Iterator[RosDomain]:

@@ -87,6 +87,28 @@ BROKEN = {
         ["left_waist", "unknown arm 'middle'"],
     ),
     "button bound twice": (_set(["teleop", "buttons", "estop"], 4), ["teleop.buttons", "deadman", "estop"]),
+    "jog axes per joint": (
+        _set(["teleop", "arm", "joint_axes"], [0, 1, 4]),
+        ["teleop.arm.joint_axes has 3 entries", "'left': 6"],
+    ),
+    "three cartesian axes": (_set(["teleop", "arm", "linear_axes"], [1, 0]), ["teleop.arm.linear_axes", "at least 3"]),
+    "teleop base without a base": (
+        _set(["teleop", "base"], {"axis_linear": 2, "axis_angular": 5, "scale_linear": 0.5, "scale_angular": 0.5}),
+        ["teleop.base is set but the embodiment has no base"],
+    ),
+    "axis shared by base and arm": (
+        _set(["teleop", "base"], {"axis_linear": 1, "axis_angular": 5, "scale_linear": 0.5, "scale_angular": 0.5}),
+        ["teleop", "joy axes [1] drive both the base and the arm"],
+    ),
+    "gripper buttons without arm jog": (_del(["teleop", "arm"]), ["gripper_open", "need a teleop.arm section"]),
+    "leader without gripper constants": (
+        lambda data: data["teleop"]["leader_follow"].update(enabled=True, gripper_open=None),
+        ["teleop.leader_follow", "needs gripper_open and gripper_close"],
+    ),
+    "leader for an unknown arm": (
+        lambda data: data["teleop"]["leader_follow"].update(enabled=True, topics={"middle": "/leader/joint_states"}),
+        ["teleop.leader_follow names unknown arms ['middle']"],
+    ),
     "negative std": (_set(["normalization", "state", "std", 0], -1.0), ["std must be > 0", "-1.0"]),
 }
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from helpers.robots import ALOHA_START, T0_NS, FollowingRobot, aloha_action, make_controller, run
+from helpers.robots import ALOHA_START, T0_NS, FollowingRobot, aloha_action, assert_within_limits, make_controller, run, started
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.control import Controller
@@ -21,40 +21,6 @@ LATEST = {"blending.method": "latest"}  # the plan is the newest chunk itself, s
 def aloha_chunk(stamp_ns: int, rows: np.ndarray, dt: float = 0.02) -> ActionChunk:
     controller_names = make_controller("aloha").policy.names
     return ActionChunk(np.asarray(rows, dtype=float), controller_names, dt, stamp_ns)
-
-
-def started(embodiment: str = "aloha", **runtime) -> tuple[Controller, FollowingRobot, int]:
-    """A controller past its start-up ramp: it has held the start pose under a chunk that asks for it."""
-    controller = make_controller(embodiment, **runtime)
-    start = np.zeros(len(controller.layout))
-    if embodiment in ("aloha", "aloha_mobile"):
-        start[:14] = aloha_action()
-    elif embodiment == "widowx":
-        start = np.array([0.0, -0.5, 0.5, 0.0, 1.0, 0.0, 0.5])
-    robot = FollowingRobot(controller, start)
-    dt = controller.config.control.action_dt
-    warm_up_s = controller.config.safety.startup_ramp_s + 0.2
-    rows = np.zeros((math.ceil(warm_up_s / dt) + 2, len(controller.policy.names)))
-    if embodiment in ("aloha", "aloha_mobile"):
-        rows[:] = start
-    elif embodiment == "widowx":
-        rows[:, 6] = start[6]
-    hold = ActionChunk(rows, controller.policy.names, dt, T0_NS)
-    _, now = run(controller, robot, T0_NS, round(warm_up_s / controller.period_s), chunks={0: hold})
-    assert not controller.safety.ramping
-    return controller, robot, now + controller.period_ns
-
-
-def assert_within_limits(controller: Controller, outputs, skip_velocity_channels: bool = False) -> None:
-    layout, period = controller.layout, controller.period_s
-    positions = np.array([o.positions for o in outputs])
-    assert np.all(np.isfinite(positions))
-    assert np.all(positions >= layout.lower - 1e-12) and np.all(positions <= layout.upper + 1e-12)
-    channels = ~layout.velocity_channel if skip_velocity_channels else np.ones(len(layout), bool)
-    velocity = np.diff(positions, axis=0) / period
-    assert np.all(np.abs(velocity[:, channels]) <= layout.velocity[channels] * (1 + 1e-9) + 1e-12)
-    acceleration = np.diff(velocity, axis=0) / period
-    assert np.all(np.abs(acceleration[:, channels]) <= layout.acceleration[channels] * (1 + 1e-9) + 1e-9)
 
 
 def test_nothing_is_commanded_before_joint_states_arrive() -> None:
@@ -304,7 +270,7 @@ class Scripted:
     def target(self, now_ns, feedback):
         return self.value
 
-    def tick(self, now_ns):
+    def tick(self, now_ns, command):
         pass
 
 

@@ -7,7 +7,6 @@ publishes joint states equal to the last Interbotix command it received (real
 """
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 import time
@@ -20,8 +19,7 @@ pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from geometry_msgs.msg import Twist  # noqa: E402
-from nav_msgs.msg import Odometry  # noqa: E402
+from helpers.dds_robots import TwistBase  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
@@ -42,15 +40,6 @@ RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 def start_controller(ros_domain, embodiment: str, env: dict[str, str] | None = None):
     return ros_domain.start_process("-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", f"config:={embodiment}", env=env)
-
-
-def stop(child) -> str:
-    child.terminate()
-    try:
-        return child.communicate(timeout=10)[0]
-    except Exception:
-        child.kill()
-        return child.communicate()[0]
 
 
 def spin_for(ros_domain, executor, seconds: float) -> None:
@@ -127,13 +116,13 @@ def test_aloha_controller_over_dds(ros_domain, interbotix_msgs) -> None:
     child = start_controller(ros_domain, "aloha", env=interbotix_msgs.environment(ros_domain.env))
     try:
         assert ros_domain.spin_until(executor, lambda: len(commands) > 10 or child.poll() is not None, timeout=30)
-        assert child.poll() is None, stop(child)
+        assert child.poll() is None, ros_domain.stop_process(child)
         spin_for(ros_domain, executor, 3.0)
         running = len(commands)
         sending["on"] = False
         spin_for(ros_domain, executor, 2.5)
     finally:
-        output = stop(child)
+        output = ros_domain.stop_process(child)
         node.destroy_node()
 
     assert "Traceback" not in output, output  # SIGTERM shuts down cleanly
@@ -181,29 +170,8 @@ def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
     node = rclpy.create_node("base_rig", context=ros_domain.context)
     executor = SingleThreadedExecutor(context=ros_domain.context)
     executor.add_node(node)
-    base = {"x": 0.0, "y": 0.0, "yaw": 0.0, "v": 0.0, "w": 0.0}
-    twists: list[tuple[float, Twist]] = []
-
-    def on_twist(message: Twist) -> None:
-        twists.append((time.monotonic(), message))
-        base["v"], base["w"] = message.linear.x, message.angular.z
-
-    node.create_subscription(Twist, "/mobile_base/cmd_vel", on_twist, RELIABLE)
-    odometry = node.create_publisher(Odometry, config.base.odom_topic, 10)
-
-    def integrate():
-        dt = 0.02
-        base["x"] += base["v"] * math.cos(base["yaw"]) * dt
-        base["y"] += base["v"] * math.sin(base["yaw"]) * dt
-        base["yaw"] += base["w"] * dt
-        message = Odometry()
-        message.header.stamp = node.get_clock().now().to_msg()
-        message.pose.pose.position.x, message.pose.pose.position.y = base["x"], base["y"]
-        message.pose.pose.orientation.z, message.pose.pose.orientation.w = math.sin(base["yaw"] / 2), math.cos(base["yaw"] / 2)
-        message.twist.twist.linear.x, message.twist.twist.angular.z = base["v"], base["w"]
-        odometry.publish(message)
-
-    node.create_timer(0.02, integrate)
+    base = TwistBase(node, "/mobile_base/cmd_vel", config.base.odom_topic)
+    twists = base.twists
     chunk_publisher = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", RELIABLE)
 
     def send_chunk():
@@ -234,15 +202,15 @@ def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
         assert reset.wait_for_service(timeout_sec=5.0)
         future = reset.call_async(Trigger.Request())
         assert ros_domain.spin_until(executor, future.done, timeout=5.0) and future.result().success
-        x_before = base["x"]
+        x_before = base.x
         for _ in range(4):
             send_chunk()
             spin_for(ros_domain, executor, 0.4)
-        assert base["x"] > x_before + 0.05, "moves again after the reset"
+        assert base.x > x_before + 0.05, "moves again after the reset"
         spin_for(ros_domain, executor, 3.0)  # chunks stopped: the base holds at zero
         assert all(m.linear.x == 0.0 and m.angular.z == 0.0 for _, m in twists[-20:])
     finally:
-        output = stop(child)
+        output = ros_domain.stop_process(child)
         node.destroy_node()
     assert "e-stop engaged" in output
 

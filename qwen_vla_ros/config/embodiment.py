@@ -438,12 +438,21 @@ OutputAdapter = Annotated[
 
 
 class TeleopButtons(StrictModel):
+    """Joy button indices (joy_node / Linux joydev numbering, see README "Teleoperation").
+
+    ``deadman`` is held to drive; ``resume_policy`` hands control back to the policy;
+    ``estop`` latches the e-stop. ``arm_select`` cycles the jogged arm and ``jog_mode``
+    toggles Cartesian / joint jog. Trial buttons call the trial recorder's services.
+    """
+
     deadman: int = Field(ge=0)
     resume_policy: int = Field(ge=0)
     estop: int = Field(ge=0)
     turbo: int | None = Field(default=None, ge=0)
     gripper_open: int | None = Field(default=None, ge=0)
     gripper_close: int | None = Field(default=None, ge=0)
+    arm_select: int | None = Field(default=None, ge=0)
+    jog_mode: int | None = Field(default=None, ge=0)
     trial_start: int | None = Field(default=None, ge=0)
     trial_success: int | None = Field(default=None, ge=0)
     trial_failure: int | None = Field(default=None, ge=0)
@@ -459,38 +468,103 @@ class TeleopButtons(StrictModel):
         return self
 
 
+JogAxes = list[Annotated[int, Field(ge=0)] | None]
+
+
 class TeleopBase(StrictModel):
+    """teleop_twist_joy's mapping: linear.x = scale_linear * axis, angular.z = scale_angular * axis."""
+
     axis_linear: int = Field(ge=0)
     axis_angular: int = Field(ge=0)
-    scale_linear: float = Field(gt=0)
-    scale_angular: float = Field(gt=0)
-    turbo_scale: float = Field(default=1.0, ge=1.0)
+    scale_linear: float = Field(gt=0, description="m/s at full deflection")
+    scale_angular: float = Field(gt=0, description="rad/s at full deflection")
+    turbo_scale: float = Field(default=1.0, ge=1.0, description="multiplies both scales while turbo is held")
+
+    @property
+    def axes(self) -> list[int]:
+        return [self.axis_linear, self.axis_angular]
 
 
 class TeleopArm(StrictModel):
-    """Jog one arm at a time: Cartesian velocity through IK, or one joint at a time."""
+    """Jog one arm at a time (``arm_select`` cycles): end-effector velocity through IK, or joint velocity.
 
-    mode: Literal["cartesian", "joint"] = "cartesian"
-    axes: list[int] = Field(min_length=1, description="joy axes driving x, y, z (cartesian) or joints (joint mode)")
+    Cartesian axes are in the arm's base frame: x forward, y left, z up; rotations are about
+    the world (base) axes through the end-effector point, as BridgeData deltas. A null axis
+    is not driven. With joy_node's convention (stick up and stick left are +1) the defaults
+    move the gripper the way the stick points.
+    """
+
+    mode: Literal["cartesian", "joint"] = Field(default="cartesian", description="jog mode at start; jog_mode toggles")
+    linear_axes: JogAxes = Field(min_length=3, max_length=3, description="joy axes for x, y, z")
+    angular_axes: JogAxes = Field(
+        default_factory=lambda: [None, None, None], min_length=3, max_length=3, description="joy axes for roll, pitch, yaw"
+    )
+    joint_axes: JogAxes = Field(min_length=1, description="joy axis per arm joint, driver order (joint mode)")
     linear_speed: float = Field(default=0.05, gt=0, description="m/s at full deflection")
+    angular_speed: float = Field(default=0.5, gt=0, description="rad/s at full deflection")
     joint_speed: float = Field(default=0.5, gt=0, description="rad/s at full deflection")
+    gripper_speed: float = Field(default=1.0, gt=0, description="normalised opening per second while a gripper button is held")
+    turbo_scale: float = Field(default=1.0, ge=1.0)
+
+    @property
+    def axes(self) -> list[int]:
+        return [a for a in (*self.linear_axes, *self.angular_axes, *self.joint_axes) if a is not None]
 
 
 class LeaderFollow(StrictModel):
-    """ALOHA's native teleoperation: follower arms track the leader arms' joint states."""
+    """ALOHA's native teleoperation: while the deadman is held, follower arms track the leader arms.
+
+    Leader joints map one to one onto the follower's (same joint names unless
+    ``joint_names`` says otherwise); the leader gripper joint angle is normalised with the
+    leader's open/close constants (Interbotix aloha: 0.8298 / -0.0552 rad; original ALOHA
+    masters: -0.8 / -1.65 rad) and drives the follower's normalised gripper.
+    """
 
     enabled: bool = False
     topics: dict[str, str] = Field(default_factory=dict, description="arm name -> leader joint_states topic")
+    joint_names: list[str] | None = Field(default=None, description="leader joints in follower order; null: the follower's names")
+    gripper_joint: str = "gripper"
+    gripper_open: float | None = Field(default=None, description="leader gripper joint angle when open (rad)")
+    gripper_close: float | None = Field(default=None, description="leader gripper joint angle when closed (rad)")
+
+    @model_validator(mode="after")
+    def _gripper_constants(self) -> "LeaderFollow":
+        if self.enabled and (self.gripper_open is None or self.gripper_close is None):
+            raise ValueError("leader_follow needs gripper_open and gripper_close (the leader gripper's joint angles)")
+        if self.gripper_open is not None and self.gripper_open == self.gripper_close:
+            raise ValueError("leader_follow gripper_open and gripper_close must differ")
+        return self
 
 
 class Teleop(StrictModel):
     joy_topic: str = "/joy"
-    joy_timeout_s: float = Field(default=0.5, gt=0)
-    axis_deadzone: float = Field(default=0.05, ge=0, lt=1)
+    joy_timeout_s: float = Field(default=0.5, gt=0, description="Joy silent this long counts as a released deadman")
+    axis_deadzone: float = Field(default=0.05, ge=0, lt=1, description="applied on top of the joystick driver's")
     buttons: TeleopButtons
     base: TeleopBase | None = None
     arm: TeleopArm | None = None
     leader_follow: LeaderFollow = Field(default_factory=LeaderFollow)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Teleop":
+        jog_buttons = {"gripper_open", "gripper_close", "arm_select", "jog_mode"}
+        unused = sorted(k for k, v in self.buttons.model_dump().items() if v is not None and k in jog_buttons)
+        if unused and self.arm is None:
+            raise ValueError(f"buttons {unused} need a teleop.arm section (arm jog) to act on")
+        if self.base is not None and self.arm is not None:
+            shared = sorted(set(self.base.axes) & set(self.arm.axes))
+            if shared:
+                raise ValueError(f"joy axes {shared} drive both the base and the arm")
+        return self
+
+    @property
+    def max_axis(self) -> int:
+        """Highest axis index the mapping reads (-1: none)."""
+        return max([*(self.base.axes if self.base else []), *(self.arm.axes if self.arm else [])], default=-1)
+
+    @property
+    def max_button(self) -> int:
+        return max(v for v in self.buttons.model_dump().values() if v is not None)
 
 
 class Safety(StrictModel):
@@ -689,10 +763,7 @@ class EmbodimentConfig(StrictModel):
         if self.base is not None and not any(isinstance(o, TwistOutput) for o in self.outputs):
             raise ValueError("the base has no 'twist' output adapter")
 
-        if self.teleop.leader_follow.enabled:
-            unknown = sorted(set(self.teleop.leader_follow.topics) - set(arms))
-            if unknown:
-                raise ValueError(f"teleop.leader_follow names unknown arms {unknown}")
+        self._check_teleop(arms)
         if isinstance(self.sim, MujocoAlohaSim):
             unknown = sorted(set(self.sim.camera_map) - {c.name for c in self.cameras})
             if unknown:
@@ -711,6 +782,30 @@ class EmbodimentConfig(StrictModel):
                         f"{len(arms[arm_name].joints)} joints"
                     )
         return self
+
+    def _check_teleop(self, arms: dict[str, Arm]) -> None:
+        teleop = self.teleop
+        if teleop.base is not None and self.base is None:
+            raise ValueError("teleop.base is set but the embodiment has no base")
+        if teleop.arm is not None:
+            if not arms:
+                raise ValueError("teleop.arm is set but the embodiment has no arms")
+            wrong = {a.name: len(a.joints) for a in arms.values() if len(a.joints) != len(teleop.arm.joint_axes)}
+            if wrong:
+                raise ValueError(f"teleop.arm.joint_axes has {len(teleop.arm.joint_axes)} entries but arms have joints {wrong}")
+        leader = teleop.leader_follow
+        if leader.enabled:
+            unknown = sorted(set(leader.topics) - set(arms))
+            if unknown:
+                raise ValueError(f"teleop.leader_follow names unknown arms {unknown}")
+            if not leader.topics:
+                raise ValueError("teleop.leader_follow is enabled but names no leader topics")
+            for name in leader.topics:
+                if leader.joint_names is not None and len(leader.joint_names) != len(arms[name].joints):
+                    raise ValueError(
+                        f"teleop.leader_follow.joint_names has {len(leader.joint_names)} names but arm {name!r} "
+                        f"has {len(arms[name].joints)} joints"
+                    )
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:

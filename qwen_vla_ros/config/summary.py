@@ -52,10 +52,12 @@ def summarize_embodiment(config: EmbodimentConfig) -> str:
             f"|w| <= {base.max_angular:g} rad/s, odom {base.odom_topic}"
         )
     lines += [f"output       {line}" for line in _output_topics(config)]
-    buttons = config.teleop.buttons
+    teleop = config.teleop
+    drives = [name for name, on in (("base", teleop.base), (f"arm jog {teleop.arm.mode if teleop.arm else ''}", teleop.arm),
+                                    ("leader arms", teleop.leader_follow.enabled)) if on]
     lines.append(
-        f"teleop       {config.teleop.joy_topic}: deadman {buttons.deadman}, resume {buttons.resume_policy}, "
-        f"e-stop {buttons.estop}, joy timeout {config.teleop.joy_timeout_s:g} s"
+        f"teleop       {teleop.joy_topic}: deadman {teleop.buttons.deadman}, resume {teleop.buttons.resume_policy}, "
+        f"e-stop {teleop.buttons.estop}, joy timeout {teleop.joy_timeout_s:g} s; drives {', '.join(drives) or 'nothing'}"
     )
     safety = config.safety
     lines.append(

@@ -4,11 +4,26 @@ No ROS and no clock: every method takes ``now_ns``. A node feeds it joint states
 odometry, chunks and e-stop events, calls :meth:`Controller.step` on its timer and
 publishes what comes back.
 
-Command sources. The policy is one :class:`CommandSource`; others (teleoperation) are
-added with :meth:`Controller.add_source` and chosen with :meth:`Controller.select_source`,
-which also decides how the hand-over starts: ramped from the measured position, or from the
-current command (bumpless). ``select_source(None)`` holds. Whatever the source, its target
-passes the same safety stages (:mod:`qwen_vla_ros.control.safety`).
+Command sources. The policy is one :class:`CommandSource`, the operator
+(:class:`~qwen_vla_ros.control.teleop.TeleopSource`) another; more can be added with
+:meth:`Controller.add_source` and chosen with :meth:`Controller.select_source`, which also
+decides how the hand-over starts: ramped from the measured position or from the current
+command (bumpless); teleop needs neither, its targets start from the command.
+``select_source(None)`` holds. Whatever the source, its target passes the same safety
+stages (:mod:`qwen_vla_ros.control.safety`).
+
+Arbitration (:mod:`qwen_vla_ros.control.arbitration`). :meth:`Controller.update_joy` feeds
+the arbiter, whose modes select the source: ``policy``, ``teleop`` (takeover: teleop
+starts from the current command) or ``hold``; ``policy`` again
+(hand-back: the plan from before the takeover is dropped and the next chunk ramps in from
+the current command). Chunks arriving while the
+policy is not in control are rejected (``inactive``).
+
+Base Twist while holding. In ``hold`` a base gets exactly one zero Twist (the period after
+the release; the watchdog's stop takes effect at once, not ramped) and then none
+(``ControlOutput.send_base`` is False), as teleop_twist_joy does on release; the driver's
+own command timeout keeps it stopped. Everywhere else a Twist goes out every period,
+including the zero Twists of the watchdog while the policy or operator is in control.
 
 Watchdog. When the source has nothing to say (its trajectory ran out), when a required
 feedback stream goes stale, or while the e-stop is latched, the controller holds: arms
@@ -27,10 +42,12 @@ import numpy as np
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.config.runtime import RuntimeConfig
+from qwen_vla_ros.control.arbitration import Arbiter, ArbitrationMode, Transition, parse_joy
 from qwen_vla_ros.control.feedback import ChunkContext, Feedback
 from qwen_vla_ros.control.layout import CommandLayout
 from qwen_vla_ros.control.policy import REJECTION_REASONS, ChunkOutcome, PolicySource, PreparedChunk
 from qwen_vla_ros.control.safety import SafetyCounts, SafetyFilter
+from qwen_vla_ros.control.teleop import TeleopSource
 
 Mode = Literal["waiting", "running", "holding", "stale", "estop"]
 PERIOD_WINDOW = 1000  # periods kept for the period-error percentiles
@@ -45,8 +62,8 @@ class CommandSource(Protocol):
         """The wanted command at ``now_ns``; None when it has nothing to say. Must not change state."""
         ...
 
-    def tick(self, now_ns: int) -> None:
-        """Housekeeping once per period, before :meth:`target`."""
+    def tick(self, now_ns: int, command: np.ndarray) -> None:
+        """Once per period while active, before :meth:`target`; ``command`` is what was sent last period."""
         ...
 
 
@@ -57,6 +74,14 @@ class ControlOutput:
     velocities: np.ndarray  # rate of each arm channel; for base channels the commanded v and omega
     mode: Mode
     source: str
+    arbitration: ArbitrationMode = "policy"
+    send_base: bool = True  # False: no Twist this period (holding after the one zero Twist)
+
+
+@dataclass(frozen=True)
+class JoyOutcome:
+    events: list[str]  # button events that fired (arbitration.EVENT_BUTTONS names, resume_ignored)
+    transitions: list[Transition]
 
 
 class Controller:
@@ -67,8 +92,13 @@ class Controller:
         self.period_ns = round(self.period_s * NS_PER_S)
         self.feedback = Feedback(self.layout, config.safety)
         self.policy = PolicySource(config, self.layout, runtime.blending)
-        self.sources: dict[str, CommandSource] = {self.policy.name: self.policy}
+        self.teleop = TeleopSource(config, self.layout)
+        self.sources: dict[str, CommandSource] = {self.policy.name: self.policy, self.teleop.name: self.teleop}
         self.active: str | None = self.policy.name
+        self.arbiter = Arbiter(config.teleop)
+        self.joy_rejected = 0
+        self._zero_twist_sent = False
+        self._transitions: list[Transition] = []
         self.safety = SafetyFilter(self.layout, self.period_s, config.safety.startup_ramp_s)
         self.counts = SafetyCounts()
         self.mode: Mode = "waiting"
@@ -105,6 +135,8 @@ class Controller:
         return self.policy.prepare(chunk, now_ns, context)
 
     def accept(self, prepared: PreparedChunk, now_ns: int) -> ChunkOutcome:
+        if self.active != self.policy.name:
+            return self.policy.reject("inactive", f"mode {self.arbiter.mode!r}: the policy is not in control")
         return self.policy.accept(prepared, now_ns, self._plan_state())
 
     def submit(self, chunk: ActionChunk, now_ns: int) -> ChunkOutcome:
@@ -148,6 +180,56 @@ class Controller:
         elif self.safety.started:
             self.safety.arm_ramp()
 
+    # -- operator -----------------------------------------------------------------------
+    def update_joy(self, axes: Sequence[float], buttons: Sequence[int], now_ns: int) -> JoyOutcome:
+        """A Joy message: mode changes apply at once, e-stop and jog buttons act here; trial events are the caller's.
+
+        Raises ValueError (and counts it) for a message that does not fit the teleop mapping;
+        it is ignored, so a joystick sending only such messages expires like a silent one.
+        """
+        try:
+            joy = parse_joy(axes, buttons, self.config.teleop, now_ns)
+        except ValueError:
+            self.joy_rejected += 1
+            raise
+        events, transitions = self.arbiter.on_joy(joy)
+        self.teleop.joy = joy
+        for event in events:
+            if event == "estop":
+                self.engage_estop()
+            elif event == "arm_select":
+                self.teleop.next_arm()
+            elif event == "jog_mode":
+                self.teleop.toggle_mode()
+        for transition in transitions:
+            self._apply(transition)
+        return JoyOutcome(events, transitions)
+
+    def update_leader(self, arm: str, names: Sequence[str], positions: Sequence[float], now_ns: int) -> None:
+        """A leader arm's joint state (ALOHA); KeyError/ValueError (counted) when it cannot be used."""
+        try:
+            self.teleop.leaders.update(arm, names, positions, now_ns)
+        except (KeyError, ValueError):
+            self.bad_feedback += 1
+            raise
+
+    def take_transitions(self) -> list[Transition]:
+        """Mode changes since the last call (from Joy or from a timeout in :meth:`step`), oldest first."""
+        transitions, self._transitions = self._transitions, []
+        return transitions
+
+    def _apply(self, transition: Transition) -> None:
+        self._transitions.append(transition)
+        if transition.mode == "teleop":
+            self.teleop.engage()
+            self.select_source(self.teleop.name)  # the ramp is cancelled in step(): teleop starts from the command
+        elif transition.mode == "hold":
+            self._zero_twist_sent = False
+            self.select_source(None)
+        else:
+            self.policy.clear()  # what it planned before the takeover must never resume
+            self.select_source(self.policy.name, ramp_from="command")
+
     # -- the loop -----------------------------------------------------------------------
     def _target(self, now_ns: int, fresh: bool) -> tuple[np.ndarray | None, Mode]:
         if self.estop:
@@ -164,6 +246,9 @@ class Controller:
         if self._last_step_ns is not None and now_ns > self._last_step_ns:
             self._period_errors.append(abs((now_ns - self._last_step_ns) - self.period_ns) / NS_PER_S)
         self._last_step_ns = now_ns
+        transition = self.arbiter.tick(now_ns)
+        if transition is not None:
+            self._apply(transition)
         if not self.feedback.ready():
             self.mode = "waiting"
             return None
@@ -175,15 +260,28 @@ class Controller:
         if self._was_fresh and not fresh:
             self.stale_events += 1
         self._was_fresh = fresh
-        for source in self.sources.values():
-            source.tick(now_ns)
+        if self.active == self.teleop.name and self.safety.ramping:
+            self.safety.cancel_ramp()  # teleop targets start from the command: no gap to ramp over, after a takeover or a reset
+        if self.active is not None:
+            self.sources[self.active].tick(now_ns, self.safety.state.position)
         target, mode = self._target(now_ns, fresh)
         if mode == "holding" and self.mode == "running":
             self.holds += 1
         self.mode = mode
         state = self.safety.step(target, now_ns, self.counts)
         velocities = np.where(self.layout.velocity_channel, state.position, state.velocity)
-        return ControlOutput(now_ns, state.position, velocities, mode, self.active or "hold")
+        arbitration = self.arbiter.mode
+        return ControlOutput(now_ns, state.position, velocities, mode, self.active or "hold", arbitration,
+                             self._send_base(arbitration, state.position))
+
+    def _send_base(self, arbitration: ArbitrationMode, command: np.ndarray) -> bool:
+        """One zero Twist after entering hold, then none (see the module docstring)."""
+        if arbitration != "hold" or self.layout.base is None:
+            return True
+        if self._zero_twist_sent and not np.any(command[self.layout.base.command_index]):
+            return False
+        self._zero_twist_sent = True
+        return True
 
     def committed(self, now_ns: int) -> np.ndarray | None:
         """Commands of the next ``committed_steps`` periods if no new chunk arrives (steps x channels)."""
@@ -206,6 +304,7 @@ class Controller:
         newest = stats.newest_stamp_ns
         status: dict[str, str | int | float] = {
             "mode": self.mode,
+            "control_mode": self.arbiter.mode,
             "active_source": self.active or "hold",
             "estop": int(self.estop),
             "ramping": int(self.safety.ramping),
@@ -221,6 +320,10 @@ class Controller:
             "holds": self.holds,
             "stale_events": self.stale_events,
             "bad_feedback": self.bad_feedback,
+            "takeovers": self.arbiter.takeovers,
+            "joy_rejected": self.joy_rejected,
+            "jog": f"{self.teleop.selected_arm or '-'} {self.teleop.mode}",
+            "teleop_ik_unreachable": self.teleop.ik_unreachable,
         }
         for reason in REJECTION_REASONS:
             status[f"rejected_{reason}"] = stats.rejected[reason]

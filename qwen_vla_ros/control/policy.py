@@ -31,7 +31,7 @@ from qwen_vla_ros.embodiments.ik import ArmIK, apply_ee_delta
 
 REJECTION_REASONS = (
     "malformed", "wrong_names", "wrong_shape", "too_long", "non_finite", "bad_dt", "unstamped", "future_stamp", "stale",
-    "duplicate", "out_of_order", "expired", "no_state",
+    "duplicate", "out_of_order", "expired", "no_state", "inactive",
 )
 
 
@@ -195,7 +195,7 @@ class PolicySource:
         self.blender.clear()
 
     # -- command source ------------------------------------------------------------------
-    def tick(self, now_ns: int) -> None:
+    def tick(self, now_ns: int, command: np.ndarray) -> None:
         self.blender.prune(now_ns)
 
     def target(self, now_ns: int, feedback: Feedback) -> np.ndarray | None:

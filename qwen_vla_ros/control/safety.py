@@ -66,6 +66,13 @@ class SafetyFilter:
         self._ramp_pending = True
         self._ramp_start_ns = None
 
+    def cancel_ramp(self) -> None:
+        """The next target continues from the command by construction: no ramp, and no velocity feed-forward
+        from the previous source's targets."""
+        self._ramp_pending = False
+        self._ramp_start_ns = None
+        self._previous_target = None
+
     def copy(self) -> "SafetyFilter":
         """An independent filter for look-ahead; arrays are never mutated in place, so a shallow copy suffices."""
         return copy.copy(self)

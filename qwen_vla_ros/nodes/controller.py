@@ -5,6 +5,13 @@ node with a different default embodiment (Mobile ALOHA: ``aloha_controller`` wit
 ``config:=aloha_mobile``). The control loop runs on its own timer in its own callback group,
 so a chunk needing IK or a burst of joint states never delays it; the core is guarded by
 one lock that no slow work holds (chunk preparation happens outside it).
+
+Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
+core's arbiter; the mode goes out on ``/qwen_vla/mode`` (std_msgs/String, transient local)
+whenever it changes. The e-stop button publishes ``true`` on the latched e-stop topic, and
+a reset through ``/qwen_vla/estop/reset`` publishes ``false``. Trial buttons call the trial
+recorder's Trigger services asynchronously: the callback returns at once and the answer is
+logged when it comes, so no button ever waits on the recorder.
 """
 from __future__ import annotations
 
@@ -19,13 +26,15 @@ from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool
+from rclpy.task import Future
+from sensor_msgs.msg import Joy, JointState
+from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from qwen_vla_ros.control import ControlOutput, Controller
-from qwen_vla_ros.nodes.adapters import make_adapters
+from qwen_vla_ros.control.arbitration import Transition
+from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
 from qwen_vla_ros.nodes.common import (
     YieldingMultiThreadedExecutor,
     declare_configs,
@@ -35,6 +44,7 @@ from qwen_vla_ros.nodes.common import (
     time_to_ns,
     trajectory_to_chunk,
 )
+from qwen_vla_ros.recording.topics import MODE_TOPIC, TRIAL_SERVICES
 
 CHUNK_TOPIC = "/qwen_vla/action_chunk"
 COMMAND_TOPIC = "/qwen_vla/controller/command"
@@ -57,7 +67,9 @@ class ControllerNode(Node):
         self.core = Controller(embodiment, runtime)
         self.names = list(self.core.layout.names)
         self.lock = threading.Lock()
-        self.adapters = make_adapters(self, self.core.layout, embodiment.outputs, self.core.period_s)
+        adapters = make_adapters(self, self.core.layout, embodiment.outputs, self.core.period_s)
+        self.base_adapters = [a for a in adapters if isinstance(a, TwistAdapter)]
+        self.arm_adapters = [a for a in adapters if not isinstance(a, TwistAdapter)]
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -78,6 +90,19 @@ class ControllerNode(Node):
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.create_subscription(Bool, embodiment.safety.estop_topic, self._on_estop, latched, callback_group=inputs)
         self.create_service(Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset, callback_group=inputs)
+
+        # Best effort matches joy_node's reliable publisher as well as best-effort ones.
+        self.create_subscription(Joy, embodiment.teleop.joy_topic, self._on_joy,
+                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT), callback_group=inputs)
+        for arm in self.core.teleop.leaders.arms:  # empty unless leader_follow is enabled
+            self.create_subscription(JointState, embodiment.teleop.leader_follow.topics[arm],
+                                     lambda m, name=arm: self._on_leader(name, m), qos_profile_sensor_data, callback_group=inputs)
+        self.estop_pub = self.create_publisher(Bool, embodiment.safety.estop_topic, latched)
+        self.mode_pub = self.create_publisher(String, MODE_TOPIC, latched)
+        self.trial_clients = {event: self.create_client(Trigger, name) for event, name in TRIAL_SERVICES.items()}
+        self.mode_lock = threading.Lock()
+        self.published_mode: str | None = None
+        self._publish_mode([])
 
         self.committed_every = max(1, round(embodiment.control.rate_hz / committed_rate)) if committed_rate > 0 else 0
         self.periods = 0
@@ -131,6 +156,61 @@ class ControllerNode(Node):
         for warning in outcome.warnings:
             self.get_logger().warning(warning, throttle_duration_sec=1.0)
 
+    def _on_joy(self, message: Joy) -> None:
+        try:
+            with self.lock:
+                outcome = self.core.update_joy(message.axes, message.buttons, self._now())
+                transitions = self.core.take_transitions()
+                jog = f"{self.core.teleop.selected_arm} arm, {self.core.teleop.mode} jog"  # for the log
+        except ValueError as exc:
+            self.get_logger().warning(f"ignoring Joy: {exc}", throttle_duration_sec=2.0)
+            return
+        self._publish_mode(transitions)
+        for event in outcome.events:
+            if event == "estop":
+                self.estop_pub.publish(Bool(data=True))
+                self.get_logger().error("e-stop button: e-stop engaged, holding until /qwen_vla/estop/reset is called")
+            elif event in self.trial_clients:
+                self._call_trial_service(event)
+            elif event in ("arm_select", "jog_mode"):
+                self.get_logger().info(f"teleop: {jog}")
+            elif event == "resume_ignored":
+                self.get_logger().warning("resume_policy ignored: release the deadman first", throttle_duration_sec=1.0)
+
+    def _on_leader(self, arm: str, message: JointState) -> None:
+        try:
+            with self.lock:
+                self.core.update_leader(arm, message.name, message.position, self._now())
+        except (KeyError, ValueError) as exc:
+            self.get_logger().warning(f"ignoring leader joint state: {exc}", throttle_duration_sec=2.0)
+
+    def _call_trial_service(self, event: str) -> None:
+        client = self.trial_clients[event]
+        if not client.service_is_ready():
+            self.get_logger().warning(f"{event} button: {client.srv_name} is not available (is trial_recorder running?)")
+            return
+        self.get_logger().info(f"{event} button: calling {client.srv_name}")
+        client.call_async(Trigger.Request()).add_done_callback(partial(self._trial_answer, client.srv_name))
+
+    def _trial_answer(self, service: str, future: Future) -> None:
+        response = future.result()
+        if response is None:
+            self.get_logger().warning(f"{service} failed: {future.exception()}")
+        elif response.success:
+            self.get_logger().info(f"{service}: {response.message}")
+        else:
+            self.get_logger().warning(f"{service} refused: {response.message}")
+
+    def _publish_mode(self, transitions: list[Transition]) -> None:
+        """Publish the arbitration mode if it changed; ``transitions`` are logged with their reasons."""
+        for transition in transitions:
+            self.get_logger().warning(f"mode {transition.previous} -> {transition.mode}: {transition.reason}")
+        with self.mode_lock:
+            mode = self.core.arbiter.mode
+            if mode != self.published_mode:
+                self.mode_pub.publish(String(data=mode))
+                self.published_mode = mode
+
     def _on_estop(self, message: Bool) -> None:
         if message.data:
             with self.lock:
@@ -140,6 +220,7 @@ class ControllerNode(Node):
     def _on_estop_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self.lock:
             response.success, response.message = self.core.reset_estop()
+        self.estop_pub.publish(Bool(data=False))  # late joiners of the latched topic see it released
         self.get_logger().warning(response.message)
         return response
 
@@ -148,12 +229,15 @@ class ControllerNode(Node):
         now = self._now()
         with self.lock:
             output = self.core.step(now)
+            transitions = self.core.take_transitions()
             publish_committed = output is not None and self.committed_every and self.periods % self.committed_every == 0
             committed = self.core.committed(now) if publish_committed else None
         self.periods += 1
+        if transitions:
+            self._publish_mode(transitions)
         if output is None:
             return
-        for adapter in self.adapters:
+        for adapter in self.arm_adapters + (self.base_adapters if output.send_base else []):
             adapter.send(output.positions)
         self.command_pub.publish(self._command_message(output))
         if committed is not None:

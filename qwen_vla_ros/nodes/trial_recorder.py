@@ -33,6 +33,7 @@ from qwen_vla_ros.recording.topics import (
     INSTRUCTION_TOPIC,
     MODE_TOPIC,
     SIM_SUCCESS_TOPIC,
+    TRIAL_SERVICES,
     check_types,
     recorded_topics,
     subscription_qos,
@@ -41,10 +42,10 @@ from qwen_vla_ros.recording.trial import Outcome, TrialRecord, TrialStore
 
 NEXT_CONDITION_TOPIC = "/qwen_vla/trial/next_condition"
 SERVICES: dict[str, Outcome | None] = {
-    "/qwen_vla/trial/start": None,
-    "/qwen_vla/trial/stop_success": "success",
-    "/qwen_vla/trial/stop_failure": "failure",
-    "/qwen_vla/trial/abort": "aborted",
+    TRIAL_SERVICES["trial_start"]: None,
+    TRIAL_SERVICES["trial_success"]: "success",
+    TRIAL_SERVICES["trial_failure"]: "failure",
+    TRIAL_SERVICES["trial_abort"]: "aborted",
 }
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 

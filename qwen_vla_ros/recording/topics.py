@@ -20,6 +20,12 @@ BOOL = "std_msgs/msg/Bool"
 MODE_TOPIC = "/qwen_vla/mode"
 INSTRUCTION_TOPIC = "/qwen_vla/instruction"
 SIM_SUCCESS_TOPIC = "/qwen_vla/sim/success"
+TRIAL_SERVICES = {  # the trial recorder's std_srvs/Trigger services, by the teleop button that calls them
+    "trial_start": "/qwen_vla/trial/start",
+    "trial_success": "/qwen_vla/trial/stop_success",
+    "trial_failure": "/qwen_vla/trial/stop_failure",
+    "trial_abort": "/qwen_vla/trial/abort",
+}
 
 RUNTIME_TOPICS: dict[str, str] = {
     "/qwen_vla/action_chunk": TRAJECTORY,
@@ -63,6 +69,8 @@ def default_topics(config: EmbodimentConfig) -> dict[str, str]:
         topics[config.base.odom_topic] = "nav_msgs/msg/Odometry"
     topics |= RUNTIME_TOPICS
     topics[config.teleop.joy_topic] = "sensor_msgs/msg/Joy"
+    if config.teleop.leader_follow.enabled:
+        topics |= {topic: JOINT_STATE for topic in config.teleop.leader_follow.topics.values()}
     topics[config.safety.estop_topic] = BOOL
     topics |= _output_topics(config)
     return topics

@@ -74,3 +74,37 @@ def run(controller: Controller, robot: FollowingRobot, start_ns: int, periods: i
 
 def aloha_action(left: np.ndarray = ALOHA_START, gripper: float = 0.5) -> np.ndarray:
     return np.concatenate([left, [gripper], ALOHA_START, [gripper]])
+
+
+def started(embodiment: str = "aloha", **runtime) -> tuple[Controller, FollowingRobot, int]:
+    """A controller past its start-up ramp: it has held the start pose under a chunk that asks for it."""
+    controller = make_controller(embodiment, **runtime)
+    start = np.zeros(len(controller.layout))
+    if embodiment in ("aloha", "aloha_mobile"):
+        start[:14] = aloha_action()
+    elif embodiment == "widowx":
+        start = np.array([0.0, -0.5, 0.5, 0.0, 1.0, 0.0, 0.5])
+    robot = FollowingRobot(controller, start)
+    dt = controller.config.control.action_dt
+    warm_up_s = controller.config.safety.startup_ramp_s + 0.2
+    rows = np.zeros((math.ceil(warm_up_s / dt) + 2, len(controller.policy.names)))
+    if embodiment in ("aloha", "aloha_mobile"):
+        rows[:] = start
+    elif embodiment == "widowx":
+        rows[:, 6] = start[6]
+    hold = ActionChunk(rows, controller.policy.names, dt, T0_NS)
+    _, now = run(controller, robot, T0_NS, round(warm_up_s / controller.period_s), chunks={0: hold})
+    assert not controller.safety.ramping
+    return controller, robot, now + controller.period_ns
+
+
+def assert_within_limits(controller: Controller, outputs, skip_velocity_channels: bool = False) -> None:
+    layout, period = controller.layout, controller.period_s
+    positions = np.array([o.positions for o in outputs])
+    assert np.all(np.isfinite(positions))
+    assert np.all(positions >= layout.lower - 1e-12) and np.all(positions <= layout.upper + 1e-12)
+    channels = ~layout.velocity_channel if skip_velocity_channels else np.ones(len(layout), bool)
+    velocity = np.diff(positions, axis=0) / period
+    assert np.all(np.abs(velocity[:, channels]) <= layout.velocity[channels] * (1 + 1e-9) + 1e-12)
+    acceleration = np.diff(velocity, axis=0) / period
+    assert np.all(np.abs(acceleration[:, channels]) <= layout.acceleration[channels] * (1 + 1e-9) + 1e-9)

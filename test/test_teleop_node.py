@@ -1,0 +1,223 @@
+"""Teleoperation through the controller node over real DDS: Joy in; Twist / joint commands, mode
+messages, the e-stop and trial service calls out.
+
+The controller runs as a child process. This process plays the operator's joy_node (reliable
+Joy, as joy_node publishes it), the trial recorder's services (a real Trigger server) and the
+robot's drivers, which cannot exist here: a base that integrates the Twist it receives into
+odometry, and an arm whose joint states are its last command.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-wheels]' or source ROS 2")
+
+import rclpy  # noqa: E402
+from geometry_msgs.msg import Twist  # noqa: E402
+from helpers.dds_robots import ForwardCommandArms, TwistBase  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Joy, JointState  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from qwen_vla_ros.config import load_embodiment  # noqa: E402
+from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy  # noqa: E402
+from qwen_vla_ros.embodiments.kinematics import ArmKinematics  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class Operator:
+    """A joy_node stand-in: publishes the held buttons and axes at 20 Hz (its autorepeat rate) while on."""
+
+    def __init__(self, node, config) -> None:
+        self.buttons_config = config.teleop.buttons
+        self.publisher = node.create_publisher(Joy, config.teleop.joy_topic, 10)
+        self.on = False
+        self.pressed: tuple[str, ...] = ()
+        self.axes: dict[int, float] = {}
+        node.create_timer(0.05, self.publish)
+
+    def hold(self, *pressed: str, **axes: float) -> None:
+        self.on, self.pressed, self.axes = True, pressed, {int(k[1:]): v for k, v in axes.items()}
+        self.publish()
+
+    def publish(self) -> None:
+        if not self.on:
+            return
+        message = Joy(axes=[self.axes.get(i, 0.0) for i in range(8)], buttons=[0] * 11)
+        for name in self.pressed:
+            message.buttons[getattr(self.buttons_config, name)] = 1
+        self.publisher.publish(message)
+
+
+def test_base_teleop_over_dds_modes_twists_estop_and_trial_buttons(ros_domain) -> None:
+    config = load_embodiment("mobile_base")
+    node = rclpy.create_node("operator_and_base", context=ros_domain.context)
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(node)
+    base = TwistBase(node, "/mobile_base/cmd_vel", config.base.odom_topic)
+    twists = base.twists
+    modes: list[tuple[float, str]] = []
+    estops: list[bool] = []
+    trial_calls: list[float] = []
+
+    def on_trial_start(_request, response):
+        trial_calls.append(time.monotonic())
+        response.success, response.message = True, "trial_0001 started"
+        return response
+
+    node.create_subscription(String, "/qwen_vla/mode", lambda m: modes.append((time.monotonic(), m.data)), LATCHED)
+    node.create_subscription(Bool, "/qwen_vla/estop", lambda m: estops.append(m.data), LATCHED)
+    node.create_service(Trigger, "/qwen_vla/trial/start", on_trial_start)
+    operator = Operator(node, config)
+
+    def spin(seconds: float) -> None:
+        ros_domain.spin_until(executor, lambda: False, timeout=seconds)
+
+    def after(t: float) -> list[Twist]:
+        return [m for s, m in twists if s > t]
+
+    child = ros_domain.start_process("-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=mobile_base")
+    try:
+        assert ros_domain.spin_until(executor, lambda: len(twists) > 10 or child.poll() is not None, timeout=30)
+        assert [m for _, m in modes] == ["policy"], "the initial mode is latched"
+        assert all(m.linear.x == 0.0 for _, m in twists), "the policy has no chunk: zero Twist every period"
+
+        operator.hold("deadman", a1=1.0)
+        pressed = time.monotonic()
+        spin(1.5)
+        assert modes[-1][1] == "teleop" and modes[-1][0] - pressed < 0.2
+        assert max(m.linear.x for m in after(pressed)) == pytest.approx(config.teleop.base.scale_linear)
+        assert base.x > 0.3, "the base drove forwards"
+
+        operator.hold("deadman", "trial_start", a1=1.0)
+        assert ros_domain.spin_until(executor, lambda: len(trial_calls) == 1, timeout=5.0)
+        operator.hold("deadman", a1=1.0)
+        spin(0.3)
+
+        operator.hold()  # deadman released
+        released = time.monotonic()
+        spin(1.0)
+        assert modes[-1][1] == "hold"
+        tail = after(released)
+        assert tail[-1].linear.x == 0.0 and [m.linear.x == 0.0 for m in tail].count(True) == 1, (
+            "exactly one zero Twist after the release, then silence"
+        )
+        assert len(after(released + 0.2)) == 0
+
+        operator.hold("resume_policy")
+        spin(0.5)
+        assert modes[-1][1] == "policy"
+        assert len(after(modes[-1][0])) > 5, "Twists flow again under the policy (zero: no chunk)"
+        operator.hold()
+        spin(0.2)
+
+        operator.hold("deadman", a1=1.0)
+        spin(1.0)
+        operator.on = False  # the joystick goes silent mid-drive
+        silent = time.monotonic()
+        spin(1.2)
+        assert [m for _, m in modes[-2:]] == ["teleop", "hold"]
+        timeout = config.teleop.joy_timeout_s
+        assert modes[-1][0] - silent == pytest.approx(timeout, abs=0.15)
+        moving_tail = after(silent)
+        assert [m.linear.x == 0.0 for m in moving_tail].count(True) == 1 and moving_tail[-1].linear.x == 0.0
+
+        operator.hold("estop")
+        assert ros_domain.spin_until(executor, lambda: estops == [True], timeout=5.0)
+        reset = node.create_client(Trigger, "/qwen_vla/estop/reset")
+        assert reset.wait_for_service(timeout_sec=5.0)
+        future = reset.call_async(Trigger.Request())
+        assert ros_domain.spin_until(executor, lambda: future.done() and estops == [True, False], timeout=5.0)
+    finally:
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+    assert "Traceback" not in output, output
+    assert "mode teleop -> hold: deadman released" in output
+    assert "mode teleop -> hold: no Joy for" in output
+    assert "/qwen_vla/trial/start: trial_0001 started" in output
+
+
+def test_arm_jog_over_dds_commands_follow_the_stick(ros_domain) -> None:
+    """WidowX Cartesian jog through the IK in the node: the end effector moves forwards, only while the deadman is held."""
+    config = load_embodiment("widowx")
+    arm = config.arms[0]
+    node = rclpy.create_node("operator_and_arm", context=ros_domain.context)
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(node)
+    ForwardCommandArms(node, config.arms, [0.0, -0.5, 0.5, 0.0, 1.0, 0.0])
+    commands: list[JointState] = []
+    modes: list[str] = []
+    node.create_subscription(JointState, "/qwen_vla/controller/command", commands.append, RELIABLE)
+    node.create_subscription(String, "/qwen_vla/mode", lambda m: modes.append(m.data), LATCHED)
+    operator = Operator(node, config)
+    kinematics = ArmKinematics.from_config(arm)
+
+    def ee_x() -> float:
+        return float(pose_to_xyzrpy(kinematics.forward(np.array(commands[-1].position[:6])))[0])
+
+    child = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=widowx",
+        "-p", "config_overrides:=['outputs=[{adapter: forward_command, arms: [arm]}]']",
+    )
+    try:
+        assert ros_domain.spin_until(executor, lambda: len(commands) > 10 or child.poll() is not None, timeout=30)
+        start = ee_x()
+        operator.hold("deadman", a1=1.0)
+        ros_domain.spin_until(executor, lambda: False, timeout=1.5)
+        operator.hold()
+        ros_domain.spin_until(executor, lambda: False, timeout=0.5)
+        stopped = ee_x()
+        count = len(commands)
+        ros_domain.spin_until(executor, lambda: False, timeout=0.5)
+    finally:
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+    assert modes == ["policy", "teleop", "hold"], output
+    assert stopped - start == pytest.approx(config.teleop.arm.linear_speed * 1.5, rel=0.25), "moved forwards while held"
+    assert ee_x() == pytest.approx(stopped, abs=1e-9), "holds after the release"
+    assert len(commands) > count + 15, "arms keep being commanded while holding"
+
+
+def test_aloha_followers_track_the_leader_arms_over_dds(ros_domain) -> None:
+    """leader_follow: /leader_{left,right}/joint_states drive the followers while the deadman is held."""
+    config = load_embodiment("aloha", {"teleop.leader_follow.enabled": True})
+    leader = config.teleop.leader_follow
+    node = rclpy.create_node("operator_leaders_followers", context=ros_domain.context)
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(node)
+    start = [0.0, -0.96, 1.16, 0.0, -0.3, 0.0]
+    followers = ForwardCommandArms(node, config.arms, start)
+    leader_pose = [0.3, -0.8, 1.0, 0.1, -0.2, 0.2]
+    leaders = {name: node.create_publisher(JointState, topic, 10) for name, topic in leader.topics.items()}
+
+    def publish_leaders() -> None:
+        for name, publisher in leaders.items():
+            closed = leader.gripper_close  # the operator squeezes both leader grippers shut
+            publisher.publish(JointState(name=[*config.arm(name).joint_names, leader.gripper_joint], position=[*leader_pose, closed]))
+
+    node.create_timer(0.02, publish_leaders)
+    operator = Operator(node, config)
+    child = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=aloha",
+        "-p", "config_overrides:=['outputs=[{adapter: forward_command, arms: [left, right]}]', 'teleop.leader_follow.enabled=true']",
+    )
+    try:
+        assert ros_domain.spin_until(executor, lambda: followers.commands > 40 or child.poll() is not None, timeout=30)
+        assert followers.joints["left"] == pytest.approx(start, abs=1e-6), "the policy (no chunk) holds the start pose"
+        operator.hold("deadman")
+        ros_domain.spin_until(executor, lambda: False, timeout=3.0)  # 1 s fade-in, then following
+    finally:
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+    assert "Traceback" not in output, output
+    for arm in config.arms:
+        assert followers.joints[arm.name] == pytest.approx(leader_pose, abs=1e-6), output
+        assert followers.motor[arm.name] == pytest.approx(arm.gripper.joint_close, abs=1e-6), "leader closed -> follower closed"
