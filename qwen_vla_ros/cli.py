@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from qwen_vla_ros.config import ConfigError, load_any
 from qwen_vla_ros.config.summary import summarize
-from qwen_vla_ros.model.commands import add_bench_parser, add_make_checkpoint_parser
+from qwen_vla_ros.model.commands import add_bench_parser, add_export_parser, add_make_checkpoint_parser
 
 EXIT_BAD_INPUT = 2
 
@@ -42,6 +42,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_check_config,
     add_make_checkpoint_parser,
     add_bench_parser,
+    add_export_parser,
 )
 
 
