@@ -24,10 +24,10 @@ def test_bench_json_has_every_stage_and_the_naive_baseline(tiny_checkpoint: Path
     assert stages["dit_step"]["count"] == 3 * 2
     assert report["cameras"] == 2 and report["denoising_steps"] == 2
     assert report["memory"]["host_peak_rss_mb"] > 0
-    assert report["naive"]["stages"]["total"]["count"] == 3
+    assert report["baseline"]["name"] == "naive" and report["baseline"]["stages"]["total"]["count"] == 3
     assert report["speedup_p50"] > 0
     # the baseline is the same computation: same seed, same actions
-    assert report["naive_max_abs_action_diff"] < 1e-4
+    assert report["baseline"]["max_abs_action_diff"] < 1e-4
 
 
 def test_bench_needs_exactly_one_model_source(capsys) -> None:
