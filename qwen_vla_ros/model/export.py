@@ -49,7 +49,7 @@ from qwen_vla_ros.model.onnx_manifest import (
     write_export_manifest,
 )
 from qwen_vla_ros.model.prompt import step_ids
-from qwen_vla_ros.model.sampler import GuidedVelocity
+from qwen_vla_ros.model.sampler import GuidedVelocity, trace_guided
 
 if TYPE_CHECKING:
     from qwen_vla_ros.model.policy import Policy
@@ -109,20 +109,6 @@ class _Traced(nn.Module):
         *kv: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.traced(actions, t, state, mask, target, weights, *kv)
-
-
-def trace_guided(head: nn.Module, inputs: Sequence[torch.Tensor], symbolic: bool) -> nn.Module:
-    """The guided step (velocity + VJP pull) as a forward-only fx graph, no autograd at run time."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    guided = GuidedVelocity(head)
-    with sdpa_kernel(SDPBackend.MATH):
-        return make_fx(
-            lambda *args: guided(*args),
-            tracing_mode="symbolic" if symbolic else "real",
-            _allow_non_fake_inputs=True,
-        )(*inputs)
 
 
 def _dims_spec(dims: dict[int, str], resolve: dict[str, Any]) -> dict[int, Any] | None:

@@ -12,7 +12,7 @@ run a graph in which the vector-Jacobian product was traced ahead of time.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +71,24 @@ class GuidedVelocity(nn.Module):
         *kv: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return velocity_and_pull(lambda x, tau: self.head(x, tau, state, *kv), actions, t, mask, target, weights)
+
+
+def trace_guided(head: nn.Module, inputs: Sequence[torch.Tensor], symbolic: bool) -> nn.Module:
+    """:class:`GuidedVelocity` traced with ``make_fx`` into a forward-only graph: the
+    vector-Jacobian product becomes explicit backward operators, so running it needs no
+    autograd. Attention is traced on the math kernel, whose backward is matmuls and softmax
+    (the fused kernels' backward operators have no ONNX form). ``symbolic`` keeps shapes
+    dynamic (for export); otherwise the graph is specialised to ``inputs``' shapes."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    guided = GuidedVelocity(head)
+    with sdpa_kernel(SDPBackend.MATH):
+        return make_fx(
+            lambda *args: guided(*args),
+            tracing_mode="symbolic" if symbolic else "real",
+            _allow_non_fake_inputs=True,
+        )(*inputs)
 
 
 def euler_sample(
