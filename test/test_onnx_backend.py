@@ -17,13 +17,13 @@ onnx = pytest.importorskip("onnx", reason="onnx is not installed: pip install '.
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install '.[onnx]'")
 
 from qwen_vla_ros.cli import main as cli_main  # noqa: E402
-from qwen_vla_ros.config import EMBODIMENTS, load_embodiment  # noqa: E402
+from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, load_runtime  # noqa: E402
 from qwen_vla_ros.config.runtime import OnnxRuntimeSettings  # noqa: E402
 from qwen_vla_ros.model import export as export_module  # noqa: E402
 from qwen_vla_ros.model import load_policy  # noqa: E402
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint  # noqa: E402
 from qwen_vla_ros.model.images import check_images, patchify  # noqa: E402
-from qwen_vla_ros.model.loading import BackendOptions  # noqa: E402
+from qwen_vla_ros.model.loading import BackendOptions, load_policy_from_config  # noqa: E402
 from qwen_vla_ros.model.normalization import ChannelNormalizer  # noqa: E402
 from qwen_vla_ros.model.onnx_manifest import STAGES, ExportError, input_shapes, read_export_manifest  # noqa: E402
 from qwen_vla_ros.model.ort_backend import choose_providers, provider_options  # noqa: E402
@@ -179,7 +179,7 @@ def test_real_time_chunking_runs_in_onnxruntime(torch_policy, ort_policy, make_i
     assert np.abs(normalised(ort_policy, got) - normalised(torch_policy, expected)).max() <= 1e-3
     np.testing.assert_allclose(got[:delay], committed[:delay], atol=1e-4)
     calls = []
-    guided = ort_policy.stages.models["dit_guided"]
+    guided = ort_policy.stages.engines["dit_guided"]
     original = guided.__call__
 
     class Spy:
@@ -187,11 +187,11 @@ def test_real_time_chunking_runs_in_onnxruntime(torch_policy, ort_policy, make_i
             calls.append(len(inputs))
             return original(*inputs)
 
-    ort_policy.stages.models["dit_guided"] = Spy()
+    ort_policy.stages.engines["dit_guided"] = Spy()
     try:
         ort_policy.infer(images, state, committed=committed, delay_steps=delay, seed=2)
     finally:
-        ort_policy.stages.models["dit_guided"] = guided
+        ort_policy.stages.engines["dit_guided"] = guided
     assert len(calls) == ort_policy.num_steps, "every guided step runs the exported graph"
 
 
@@ -269,6 +269,18 @@ def test_export_refuses_to_overwrite_a_folder_that_is_not_an_export(tiny_checkpo
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert cli_main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_runtime_config_chooses_backend_settings_steps_and_guidance(tiny_checkpoint: Path, tiny_onnx: Path) -> None:
+    config = load_runtime(None, {
+        "checkpoint": str(tiny_checkpoint), "backend": "onnxruntime", "onnxruntime.model_dir": str(tiny_onnx),
+        "onnxruntime.intra_op_threads": 1, "denoising_steps": 2, "rtc.max_guidance_weight": 3.0,
+    })
+    policy = load_policy_from_config(config)
+    assert policy.stages.name == "onnxruntime fp32 (CPUExecutionProvider)"
+    assert policy.num_steps == 2 and policy.max_guidance_weight == 3.0
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_policy_from_config(load_runtime(None, {}))
 
 
 def test_exported_backends_run_float32(tiny_checkpoint: Path, tiny_onnx: Path) -> None:

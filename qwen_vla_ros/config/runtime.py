@@ -68,6 +68,11 @@ class OnnxRuntimeSettings(StrictModel):
         description="int8: vision and backbone weights dynamically quantised (faster on CPUs with VNNI, approximate)",
     )
     intra_op_threads: int = Field(default=0, ge=0, description="0: onnxruntime's default (one per physical core)")
+    spin_wait: bool = Field(
+        default=False,
+        description="intra-op threads busy-wait between operators: lowest latency on dedicated cores, "
+        "about 2x slower when the cores are shared (measured, docs/benchmarks.md)",
+    )
     tensorrt_cache_dir: str = Field(
         default="~/.cache/qwen_vla_ros/ort_trt", description="engine and timing cache of the TensorRT provider"
     )
@@ -92,7 +97,8 @@ class RuntimeConfig(StrictModel):
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     dtype: Literal["float32", "float16", "bfloat16"] | None = Field(default=None, description="None: backend default")
     cuda_graphs: bool = Field(
-        default=True, description="torch backend on cuda: replay the per-step backbone and the K-step sampler as CUDA graphs"
+        default=True,
+        description="torch backend on cuda: replay vision, the backbone step and the K-step sampler as CUDA graphs",
     )
     denoising_steps: int | None = Field(default=None, ge=1, le=10, description="None: the checkpoint's default")
     instruction: str = ""

@@ -194,7 +194,8 @@ def run_bench(
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [
-        f"{report['checkpoint']}, {report['backend']} on {report['device']} ({report['device_name']}, {report['dtype']}), "
+        f"{report['checkpoint']}, {report['backend']} on {report['device']} "
+        f"({report['device_name']}, {report['dtype']}), "
         f"{report['embodiment']} {report['cameras']} camera(s) -> {report['model_resolution']}, "
         f"{report['prefix_tokens']} prefix + {report['step_tokens']} step tokens, K={report['denoising_steps']}, "
         f"{report['runs']} runs",

@@ -44,7 +44,7 @@ def _backend_options(args: argparse.Namespace) -> object:
 
     onnxruntime = OnnxRuntimeSettings(
         model_dir=args.onnx_dir, intra_op_threads=args.ort_threads, optimization_level=args.ort_optimization,
-        precision=args.ort_precision,
+        precision=args.ort_precision, spin_wait=args.ort_spin_wait,
     )
     tensorrt = TensorRTSettings(onnx_dir=args.onnx_dir, precision=args.trt_precision)
     return BackendOptions(cuda_graphs=not args.no_cuda_graphs, onnxruntime=onnxruntime, tensorrt=tensorrt)
@@ -98,6 +98,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--onnx-dir", default=None, help="exported ONNX folder (default: export on demand)")
     parser.add_argument("--ort-threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     parser.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all")
+    parser.add_argument("--ort-spin-wait", action="store_true", help="onnxruntime threads busy-wait between operators")
     parser.add_argument("--ort-precision", choices=("fp32", "int8"), default="fp32",
                         help="int8: dynamically quantised vision and backbone weights (approximate)")
     parser.add_argument("--trt-precision", choices=("fp32", "fp16", "bf16", "fp8"), default="bf16")

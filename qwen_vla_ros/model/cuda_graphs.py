@@ -21,6 +21,7 @@ runner and these stages on machines without CUDA.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from qwen_vla_ros.model.sampler import Guidance, GuidedVelocity, euler_sample, trace_guided
-from qwen_vla_ros.model.stages import KeyValues, Stages
+from qwen_vla_ros.model.sampler import Guidance, euler_sample, trace_guided
+from qwen_vla_ros.model.stages import TorchStages
 from qwen_vla_ros.model.timing import NullTimer
 
 if TYPE_CHECKING:
@@ -40,14 +41,15 @@ WARMUP_RUNS = 3  # on a side stream before capture: lazy initialisation (cuBLAS 
 
 Function = Callable[..., Sequence[torch.Tensor] | torch.Tensor]
 # (function, static inputs) -> (replay, static outputs): after replay() the outputs hold fn(static inputs)
-Capture = Callable[[Function, tuple[torch.Tensor, ...]], tuple[Callable[[], None], tuple[torch.Tensor, ...]]]
+Tensors = tuple[torch.Tensor, ...]
+Capture = Callable[[Function, Tensors], tuple[Callable[[], None], Tensors]]
 
 
 def _as_tuple(outputs: Sequence[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, ...]:
     return (outputs,) if isinstance(outputs, torch.Tensor) else tuple(outputs)
 
 
-def eager_capture(function: Function, inputs: tuple[torch.Tensor, ...]) -> tuple[Callable[[], None], tuple[torch.Tensor, ...]]:
+def eager_capture(function: Function, inputs: Tensors) -> tuple[Callable[[], None], Tensors]:
     """The static-buffer protocol without CUDA: replay re-runs ``function`` on the static
     inputs and writes the results into the static outputs, as a graph replay would."""
     outputs = _as_tuple(function(*inputs))
@@ -62,7 +64,7 @@ def eager_capture(function: Function, inputs: tuple[torch.Tensor, ...]) -> tuple
 def cuda_graph_capture(pool: Any = None) -> Capture:
     """Capture with ``torch.cuda.CUDAGraph``, all graphs sharing one memory pool."""
 
-    def capture(function: Function, inputs: tuple[torch.Tensor, ...]) -> tuple[Callable[[], None], tuple[torch.Tensor, ...]]:
+    def capture(function: Function, inputs: Tensors) -> tuple[Callable[[], None], Tensors]:
         side = torch.cuda.Stream(inputs[0].device)
         side.wait_stream(torch.cuda.current_stream(inputs[0].device))
         with torch.cuda.stream(side):
@@ -95,6 +97,7 @@ class GraphRunner:
         self.max_graphs = max_graphs
         self.captures = 0
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._lock = threading.Lock()  # static buffers admit one call at a time
 
     @staticmethod
     def signature(inputs: Sequence[torch.Tensor], extra: tuple = ()) -> tuple:
@@ -103,6 +106,11 @@ class GraphRunner:
     def __call__(self, make_function: Callable[[], Function], inputs: Sequence[torch.Tensor],
                  extra: tuple = ()) -> tuple[torch.Tensor, ...]:
         """``make_function`` builds the function for a new signature (it may trace with ``inputs``)."""
+        with self._lock:
+            return self._run(make_function, inputs, extra)
+
+    def _run(self, make_function: Callable[[], Function], inputs: Sequence[torch.Tensor],
+             extra: tuple) -> tuple[torch.Tensor, ...]:
         key = self.signature(inputs, extra)
         captured = self._graphs.get(key)
         if captured is None:
@@ -124,19 +132,16 @@ class GraphRunner:
         return len(self._graphs)
 
 
-class CudaGraphStages(Stages):
-    """Vision, backbone step and the whole K-step sampler as replayed graphs."""
+class CudaGraphStages(TorchStages):
+    """Vision, backbone step and the whole K-step sampler as replayed graphs of the torch modules."""
 
     def __init__(self, policy: "Policy", capture: Capture | None = None, max_graphs: int = 8) -> None:
         if capture is None:
             if policy.device.type != "cuda":
                 raise ValueError(f"CUDA graphs need a cuda device, got {policy.device}")
             capture = cuda_graph_capture(torch.cuda.graph_pool_handle())
+        super().__init__(policy.vision, policy.step_backbone, policy.head)
         self.name = "torch + CUDA graphs" if policy.device.type == "cuda" else "torch + static graphs (eager replay)"
-        self.vision_module = policy.vision
-        self.step_module = policy.step_backbone
-        self.head = policy.head
-        self.guided = GuidedVelocity(policy.head)
         self.runners = {name: GraphRunner(name, capture, max_graphs) for name in ("vision", "step_backbone", "sample")}
 
     def vision(self, pixel_patches: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
@@ -147,18 +152,6 @@ class CudaGraphStages(Stages):
                       cos: torch.Tensor, sin: torch.Tensor, *prefix_state: torch.Tensor) -> torch.Tensor:
         inputs = (image_tokens, template, image_index, cos, sin, *prefix_state)
         return self.runners["step_backbone"](lambda: self.step_module, inputs)[0]
-
-    def context_kv(self, features: torch.Tensor) -> KeyValues:
-        return self.head.context_kv(features)
-
-    def velocity(self, actions: torch.Tensor, t: torch.Tensor, state: torch.Tensor,
-                 *kv: torch.Tensor) -> torch.Tensor:
-        return self.head(actions, t, state, *kv)
-
-    def guided_velocity(self, actions: torch.Tensor, t: torch.Tensor, state: torch.Tensor, mask: torch.Tensor,
-                        target: torch.Tensor, weights: torch.Tensor,
-                        *kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.guided(actions, t, state, mask, target, weights, *kv)
 
     def sample(
         self,

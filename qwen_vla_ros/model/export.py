@@ -26,7 +26,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,11 +93,12 @@ class _ContextKV(nn.Module):
 
 
 class _Traced(nn.Module):
-    """A ``make_fx`` graph behind the guided step's named signature (export needs the names)."""
+    """A ``make_fx`` graph behind the guided step's named signature. Exported bare, its flat
+    inputs take names that clash with the traced nodes' own (``t`` is also ``aten.t``)."""
 
     def __init__(self, graph: nn.Module) -> None:
         super().__init__()
-        self.traced = graph  # not "graph": that name is the fx.Graph of a GraphModule
+        self.traced = graph  # not "graph": that attribute is the fx.Graph of a GraphModule
 
     def forward(
         self,
@@ -171,35 +173,35 @@ def stage_exports(policy: "Policy", max_cameras: int, cameras: int = 2) -> dict[
     ]
 
     def make(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], dims: list[dict[int, str]],
-             outputs: list[str], output_dims: list[dict[int, str]], fixed: int, min_cameras: int,
+             outputs: list[str], output_dims: list[dict[int, str]], named: int, min_cameras: int,
              reference: nn.Module | None = None) -> StageExport:
+        """``named``: how many inputs precede the module's ``*varargs`` (whose specs nest in a tuple)."""
         specs = [_dims_spec(d, resolve) for d in dims]
-        dynamic = (*specs[:fixed], tuple(specs[fixed:])) if fixed < len(specs) else tuple(specs)
+        dynamic = (*specs[:named], tuple(specs[named:])) if named < len(specs) else tuple(specs)
         return StageExport(module, inputs, names, outputs, dims, output_dims, dynamic, min_cameras,
                            reference or module)
 
-    guided_module = _Traced(trace_guided(head, guided_inputs, symbolic=True))
     return {
         "vision": make(
             policy.vision, (pixels, *policy.vision_geometry), ["pixel_patches", "positions", "cos", "sin"],
-            [{0: "cameras"}, {}, {}, {}], ["image_tokens"], [{0: images}], fixed=4, min_cameras=1,
+            [{0: "cameras"}, {}, {}, {}], ["image_tokens"], [{0: images}], named=4, min_cameras=1,
         ),
         "step_backbone": make(
             exported_trunk, step_inputs, ["image_tokens", "template", "image_index", "cos", "sin", *state_names],
             [{0: images}, {1: step}, {0: images}, {1: step}, {1: step}, *state_dims],
-            ["step_features"], [{1: step}], fixed=5, min_cameras=1,
+            ["step_features"], [{1: step}], named=5, min_cameras=1,
         ),
         "context_kv": make(
-            _ContextKV(head), (features,), ["features"], [{1: context}], kv_names, kv_dims, fixed=1, min_cameras=0,
+            _ContextKV(head), (features,), ["features"], [{1: context}], kv_names, kv_dims, named=1, min_cameras=0,
         ),
         "dit_step": make(
             head, (actions, t, state, *kv), ["actions", "t", "state", *kv_names], [{}, {}, {}, *kv_dims],
-            ["velocity"], [{}], fixed=3, min_cameras=0,
+            ["velocity"], [{}], named=3, min_cameras=0,
         ),
         "dit_guided": make(
-            guided_module, guided_inputs, ["actions", "t", "state", "mask", "target", "weights", *kv_names],
-            [{}, {}, {}, {}, {}, {}, *kv_dims], ["velocity", "pull"], [{}, {}], fixed=6, min_cameras=0,
-            reference=GuidedVelocity(head),
+            _Traced(trace_guided(head, guided_inputs, symbolic=True)), guided_inputs,
+            ["actions", "t", "state", "mask", "target", "weights", *kv_names], [{}, {}, {}, {}, {}, {}, *kv_dims],
+            ["velocity", "pull"], [{}, {}], named=6, min_cameras=0, reference=GuidedVelocity(head),
         ),
     }
 
@@ -219,10 +221,25 @@ def _as_tuple(output: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tens
     return (output,) if isinstance(output, torch.Tensor) else tuple(output)
 
 
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs every optimisation pass and the torchvision ops it skips; keep errors only."""
+    names = ("torch.onnx._internal.exporter._registration", "onnx_ir", "onnxscript")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _export_stage(name: str, stage: StageExport, path: Path, opset: int) -> None:
     import onnx
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_exporter():
         warnings.filterwarnings("ignore", message=".*(LeafSpec|axis name|training mode).*")
         program = torch.onnx.export(
             stage.module, stage.inputs, dynamo=True, dynamic_shapes=stage.dynamic_shapes,

@@ -30,7 +30,7 @@ import torch
 from qwen_vla_ros.config.runtime import OnnxRuntimeSettings
 from qwen_vla_ros.model.external_stream import ExternalStream
 from qwen_vla_ros.model.onnx_manifest import ExportManifest
-from qwen_vla_ros.model.stages import KeyValues, Stages
+from qwen_vla_ros.model.stages import EngineStages
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -98,6 +98,7 @@ def session_options(settings: OnnxRuntimeSettings) -> "onnxruntime.SessionOption
         onnxruntime.GraphOptimizationLevel, OPTIMIZATION_LEVELS[settings.optimization_level]
     )
     options.intra_op_num_threads = settings.intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spin_wait else "0")
     options.log_severity_level = 3  # errors only: the provider choice is logged here
     return options
 
@@ -159,7 +160,7 @@ class OrtModel:
         return tuple(torch.from_dlpack(value) for value in binding.get_outputs())
 
 
-class OnnxRuntimeStages(Stages):
+class OnnxRuntimeStages(EngineStages):
     def __init__(self, folder: Path, manifest: ExportManifest, settings: OnnxRuntimeSettings,
                  device: torch.device) -> None:
         import onnxruntime
@@ -167,16 +168,18 @@ class OnnxRuntimeStages(Stages):
         self.manifest = manifest
         self.stream = ExternalStream(device)
         providers = choose_providers(settings.providers, onnxruntime.get_available_providers(), device.type)
-        options = provider_options(providers, device, self.stream.handle, Path(settings.tensorrt_cache_dir).expanduser())
+        options = provider_options(
+            providers, device, self.stream.handle, Path(settings.tensorrt_cache_dir).expanduser()
+        )
+
         def model_file(name: str) -> Path:
             path = folder / manifest.stages[name].file
             return quantised_model(path) if settings.precision == "int8" and name in QUANTISED_STAGES else path
 
-        self.models = {
-            name: OrtModel(model_file(name), providers, options, settings, device, self.stream)
-            for name in manifest.stages
-        }
-        self.session_providers = {name: model.providers[0] for name, model in self.models.items()}
+        models = {name: OrtModel(model_file(name), providers, options, settings, device, self.stream)
+                  for name in manifest.stages}
+        super().__init__(models)
+        self.session_providers = {name: model.providers[0] for name, model in models.items()}
         self.name = f"onnxruntime {settings.precision} ({', '.join(sorted(set(self.session_providers.values())))})"
         LOG.info("onnxruntime %s on %s: requested providers %s; sessions use %s", onnxruntime.__version__, device,
                  list(settings.providers), self.session_providers)
@@ -188,24 +191,3 @@ class OnnxRuntimeStages(Stages):
                 f"embodiment {task.embodiment.name!r} has {cameras} cameras but the ONNX export supports at most "
                 f"{self.manifest.max_cameras}; re-export with `qwen-vla-ros export --max-cameras {cameras}`"
             )
-
-    def vision(self, pixel_patches: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
-               sin: torch.Tensor) -> torch.Tensor:
-        return self.models["vision"](pixel_patches, positions, cos, sin)[0]
-
-    def step_backbone(self, image_tokens: torch.Tensor, template: torch.Tensor, image_index: torch.Tensor,
-                      cos: torch.Tensor, sin: torch.Tensor, *prefix_state: torch.Tensor) -> torch.Tensor:
-        return self.models["step_backbone"](image_tokens, template, image_index, cos, sin, *prefix_state)[0]
-
-    def context_kv(self, features: torch.Tensor) -> KeyValues:
-        return self.models["context_kv"](features)
-
-    def velocity(self, actions: torch.Tensor, t: torch.Tensor, state: torch.Tensor,
-                 *kv: torch.Tensor) -> torch.Tensor:
-        return self.models["dit_step"](actions, t, state, *kv)[0]
-
-    def guided_velocity(self, actions: torch.Tensor, t: torch.Tensor, state: torch.Tensor, mask: torch.Tensor,
-                        target: torch.Tensor, weights: torch.Tensor,
-                        *kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        velocity, pull = self.models["dit_guided"](actions, t, state, mask, target, weights, *kv)
-        return velocity, pull

@@ -19,6 +19,7 @@ whole loop at once.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from qwen_vla_ros.model.policy import Task
 
 KeyValues = tuple[torch.Tensor, ...]
+Engine = Callable[..., tuple[torch.Tensor, ...]]  # tensors in, tuple of tensors out
 
 
 class Stages:
@@ -115,3 +117,32 @@ class TorchStages(Stages):
                         target: torch.Tensor, weights: torch.Tensor,
                         *kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.guided(actions, t, state, mask, target, weights, *kv)
+
+
+class EngineStages(Stages):
+    """Stages run by one compiled engine per exported graph, called with the stage's inputs in
+    order: ``vision``, ``step_backbone``, ``context_kv``, ``dit_step``, ``dit_guided``."""
+
+    def __init__(self, engines: Mapping[str, Engine]) -> None:
+        self.engines = dict(engines)
+
+    def vision(self, pixel_patches: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> torch.Tensor:
+        return self.engines["vision"](pixel_patches, positions, cos, sin)[0]
+
+    def step_backbone(self, image_tokens: torch.Tensor, template: torch.Tensor, image_index: torch.Tensor,
+                      cos: torch.Tensor, sin: torch.Tensor, *prefix_state: torch.Tensor) -> torch.Tensor:
+        return self.engines["step_backbone"](image_tokens, template, image_index, cos, sin, *prefix_state)[0]
+
+    def context_kv(self, features: torch.Tensor) -> KeyValues:
+        return self.engines["context_kv"](features)
+
+    def velocity(self, actions: torch.Tensor, t: torch.Tensor, state: torch.Tensor,
+                 *kv: torch.Tensor) -> torch.Tensor:
+        return self.engines["dit_step"](actions, t, state, *kv)[0]
+
+    def guided_velocity(self, actions: torch.Tensor, t: torch.Tensor, state: torch.Tensor, mask: torch.Tensor,
+                        target: torch.Tensor, weights: torch.Tensor,
+                        *kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        velocity, pull = self.engines["dit_guided"](actions, t, state, mask, target, weights, *kv)
+        return velocity, pull

@@ -16,6 +16,7 @@ install, and this module imports ``tensorrt`` only there.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from qwen_vla_ros.model.engine_cache import (
 )
 from qwen_vla_ros.model.external_stream import ExternalStream
 from qwen_vla_ros.model.onnx_manifest import ExportManifest
-from qwen_vla_ros.model.stages import KeyValues, Stages
+from qwen_vla_ros.model.stages import EngineStages
 
 if TYPE_CHECKING:
     from qwen_vla_ros.model.policy import Task
@@ -128,6 +129,7 @@ class TensorRTEngine:
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.dtypes = {n: self._torch_dtype(self.engine.get_tensor_dtype(n)) for n in names}
+        self._lock = threading.Lock()  # an execution context holds one call's shapes and addresses
 
     def _torch_dtype(self, dtype: Any) -> torch.dtype:
         trt = self.trt
@@ -140,6 +142,10 @@ class TensorRTEngine:
         outside = shapes_fit(self.profile, shapes)
         if outside:
             raise ValueError(f"{self.name} engine: inputs outside its optimisation profile: {outside}")
+        with self._lock:
+            return self._enqueue(tensors)
+
+    def _enqueue(self, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         kept = []  # the bound memory must outlive the enqueue
         for name, tensor in zip(self.inputs, tensors):
             tensor = tensor.to(self.device, self.dtypes[name]).contiguous()
@@ -158,8 +164,9 @@ class TensorRTEngine:
         return tuple(outputs)
 
 
-class TensorRTStages(Stages):
-    def __init__(self, folder: Path, manifest: ExportManifest, settings: TensorRTSettings, device: torch.device) -> None:
+class TensorRTStages(EngineStages):
+    def __init__(self, folder: Path, manifest: ExportManifest, settings: TensorRTSettings,
+                 device: torch.device) -> None:
         trt = require_tensorrt()
         if device.type != "cuda":
             raise ValueError(f"backend 'tensorrt' needs a cuda device, got {device}")
@@ -183,7 +190,7 @@ class TensorRTStages(Stages):
         cache_root = Path(settings.engine_cache_dir).expanduser()
         folder_for_key, timing = engine_dir(cache_root, key), timing_cache_path(cache_root, key)
         self.stream = ExternalStream(device)
-        self.engines = {}
+        engines = {}
         for name, stage in manifest.stages.items():
             profile = profile_shapes(stage, settings.max_cameras, settings.max_prefix_tokens)
             path = folder_for_key / f"{name}.engine"
@@ -194,7 +201,8 @@ class TensorRTStages(Stages):
             else:
                 plan = build_engine(trt, folder / stage.file, precision.name, profile, settings.workspace_mb, timing)
                 write_engine(path, plan, key, name, profile)
-            self.engines[name] = TensorRTEngine(trt, plan, name, profile, self.stream, device)
+            engines[name] = TensorRTEngine(trt, plan, name, profile, self.stream, device)
+        super().__init__(engines)
         self.name = f"tensorrt {trt.__version__} {precision.name}"
 
     def check_task(self, task: "Task") -> None:
@@ -205,24 +213,3 @@ class TensorRTStages(Stages):
         if prefix > self.settings.max_prefix_tokens:
             raise ValueError(f"the task's prefix has {prefix} tokens; the TensorRT profiles cover up to "
                              f"tensorrt.max_prefix_tokens = {self.settings.max_prefix_tokens}")
-
-    def vision(self, pixel_patches: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
-               sin: torch.Tensor) -> torch.Tensor:
-        return self.engines["vision"](pixel_patches, positions, cos, sin)[0]
-
-    def step_backbone(self, image_tokens: torch.Tensor, template: torch.Tensor, image_index: torch.Tensor,
-                      cos: torch.Tensor, sin: torch.Tensor, *prefix_state: torch.Tensor) -> torch.Tensor:
-        return self.engines["step_backbone"](image_tokens, template, image_index, cos, sin, *prefix_state)[0]
-
-    def context_kv(self, features: torch.Tensor) -> KeyValues:
-        return self.engines["context_kv"](features)
-
-    def velocity(self, actions: torch.Tensor, t: torch.Tensor, state: torch.Tensor,
-                 *kv: torch.Tensor) -> torch.Tensor:
-        return self.engines["dit_step"](actions, t, state, *kv)[0]
-
-    def guided_velocity(self, actions: torch.Tensor, t: torch.Tensor, state: torch.Tensor, mask: torch.Tensor,
-                        target: torch.Tensor, weights: torch.Tensor,
-                        *kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        velocity, pull = self.engines["dit_guided"](actions, t, state, mask, target, weights, *kv)
-        return velocity, pull
