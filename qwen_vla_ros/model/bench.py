@@ -21,6 +21,7 @@ import resource
 from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from qwen_vla_ros.model.stages import Stages, TorchStages
 from qwen_vla_ros.model.timing import StageTimer
 
 BASELINES = ("naive", "torch")
-Infer = Callable[[dict[str, np.ndarray], np.ndarray, int, StageTimer], np.ndarray]
+Infer = Callable[["Request", StageTimer], np.ndarray]
 
 
 def bench_embodiment(name: str, cameras: int | None) -> EmbodimentConfig:
@@ -93,25 +94,39 @@ def _swapped(policy: Policy, **attributes: Any) -> Iterator[None]:
             setattr(policy, name, value)
 
 
+@dataclass(frozen=True)
+class Request:
+    """One timed call: the observation, the seed and, for real-time chunking, the committed actions."""
+
+    images: dict[str, np.ndarray]
+    state: np.ndarray
+    seed: int
+    committed: np.ndarray | None = None
+    delay_steps: int = 0
+
+
 def _policy_infer(policy: Policy, stages: Stages | None = None) -> Infer:
     """The policy's own infer, with its backend's stages or the given ones."""
     chosen = stages or policy.stages
 
-    def infer(images: dict[str, np.ndarray], state: np.ndarray, seed: int, timer: StageTimer) -> np.ndarray:
+    def infer(request: Request, timer: StageTimer) -> np.ndarray:
         with _swapped(policy, timer=timer, stages=chosen):
-            return policy.infer(images, state, seed=seed).actions
+            return policy.infer(request.images, request.state, committed=request.committed,
+                                delay_steps=request.delay_steps, seed=request.seed).actions
 
     return infer
 
 
 def _naive_infer(policy: Policy) -> Infer:
-    def infer(images: dict[str, np.ndarray], state: np.ndarray, seed: int, timer: StageTimer) -> np.ndarray:
+    def infer(request: Request, timer: StageTimer) -> np.ndarray:
         task = policy.task
+        committed = None if request.committed is None else np.asarray(request.committed, dtype=np.float64)
         with _swapped(policy, timer=timer), timer.stage("total"), torch.no_grad():
             with timer.stage("backbone_full"):
-                features = naive_features(policy, images)
-            padded = policy.sample(task, features, state, seed, reuse_kv=False)
-        return policy.chunk(task, padded, None, 0).actions
+                features = naive_features(policy, request.images)
+            padded = policy.sample(task, features, request.state, request.seed, committed, request.delay_steps,
+                                   reuse_kv=False)
+        return policy.chunk(task, padded, committed, request.delay_steps).actions
 
     return infer
 
@@ -122,8 +137,7 @@ def _eager_infer(policy: Policy) -> Infer:
 
 
 def _time(
-    runs: Infer, baseline: Infer | None, images: dict[str, np.ndarray], state: np.ndarray,
-    count: int, warmup: int, seed: int, synchronize: Any,
+    runs: Infer, baseline: Infer | None, request: Request, count: int, warmup: int, synchronize: Any,
 ) -> tuple[StageTimer, np.ndarray, StageTimer | None, np.ndarray | None]:
     """Policy and baseline calls alternate, so a noisy shared machine slows both alike."""
     timer, baseline_timer = StageTimer(synchronize), StageTimer(synchronize) if baseline else None
@@ -133,9 +147,9 @@ def _time(
             timer.clear()
             if baseline_timer is not None:
                 baseline_timer.clear()
-        actions = runs(images, state, seed, timer)
+        actions = runs(request, timer)
         if baseline is not None:
-            baseline_actions = baseline(images, state, seed, baseline_timer)
+            baseline_actions = baseline(request, baseline_timer)
     return timer, actions, baseline_timer, baseline_actions
 
 
@@ -147,7 +161,10 @@ def run_bench(
     warmup: int = 3,
     compare: str | None = None,
     seed: int = 0,
+    rtc_delay: int = 0,
 ) -> dict[str, Any]:
+    """``rtc_delay`` > 0 times real-time chunking: a first chunk minus its first ``rtc_delay``
+    actions is committed, and the next ``rtc_delay`` of those execute during inference."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     if compare not in (None, *BASELINES):
@@ -156,9 +173,16 @@ def run_bench(
         torch.cuda.reset_peak_memory_stats(policy.device)
     policy.set_task(embodiment, instruction)
     images, state = random_observation(embodiment, seed)
+    request = Request(images, state, seed)
+    if rtc_delay:
+        horizon = policy.task.entry.chunk_length
+        if not 1 <= rtc_delay <= horizon // 2:
+            raise ValueError(f"--rtc-delay must lie in [1, {horizon // 2}] for {horizon}-action chunks, got {rtc_delay}")
+        previous = policy.infer(images, state, seed=seed + 1).actions
+        request = Request(images, state, seed, previous[rtc_delay:], rtc_delay)
     baseline = {"naive": _naive_infer, "torch": _eager_infer}[compare](policy) if compare else None
     timer, actions, baseline_timer, baseline_actions = _time(
-        _policy_infer(policy), baseline, images, state, runs, warmup, seed, _synchronize(policy.device)
+        _policy_infer(policy), baseline, request, runs, warmup, _synchronize(policy.device)
     )
     stages = timer.summary()
     report: dict[str, Any] = {
@@ -176,6 +200,7 @@ def run_bench(
         "step_tokens": len(policy.task.layout.step_ids),
         "chunk_length": policy.task.entry.chunk_length,
         "denoising_steps": policy.num_steps,
+        "rtc_delay_steps": rtc_delay,
         "runs": runs,
         "warmup": warmup,
         "stages": stages,
@@ -197,7 +222,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['checkpoint']}, {report['backend']} on {report['device']} "
         f"({report['device_name']}, {report['dtype']}), "
         f"{report['embodiment']} {report['cameras']} camera(s) -> {report['model_resolution']}, "
-        f"{report['prefix_tokens']} prefix + {report['step_tokens']} step tokens, K={report['denoising_steps']}, "
+        f"{report['prefix_tokens']} prefix + {report['step_tokens']} step tokens, K={report['denoising_steps']}"
+        f"{', RTC delay ' + str(report['rtc_delay_steps']) if report['rtc_delay_steps'] else ''}, "
         f"{report['runs']} runs",
         f"{'stage':<16}{'p50 ms':>10}{'p99 ms':>10}{'count':>8}",
     ]

@@ -73,7 +73,7 @@ def _bench(args: argparse.Namespace) -> int:
         policy.num_steps = args.steps
     embodiment = bench_embodiment(args.embodiment, args.cameras)
     report = run_bench(policy, embodiment, args.instruction, runs=args.runs, warmup=args.warmup,
-                       compare=args.compare, seed=args.seed)
+                       compare=args.compare, seed=args.seed, rtc_delay=args.rtc_delay)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -103,6 +103,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="int8: dynamically quantised vision and backbone weights (approximate)")
     parser.add_argument("--trt-precision", choices=("fp32", "fp16", "bf16", "fp8"), default="bf16")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="torch on cuda: run eagerly")
+    parser.add_argument("--rtc-delay", type=int, default=0,
+                        help="time real-time chunking: commit a previous chunk, N actions executing during inference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_bench)
