@@ -114,8 +114,8 @@ def build_engine(trt: Any, onnx_path: Path, precision: str, profile: ProfileShap
 class TensorRTEngine:
     """One deserialised engine and its execution context, called with torch CUDA tensors."""
 
-    def __init__(self, trt: Any, plan: bytes, name: str, profile: ProfileShapes, stream: ExternalStream,
-                 device: torch.device) -> None:
+    def __init__(self, trt: Any, plan: bytes, name: str, io_names: tuple[list[str], list[str]],
+                 profile: ProfileShapes, stream: ExternalStream, device: torch.device) -> None:
         self.trt = trt
         self.name = name
         self.profile = profile
@@ -126,8 +126,10 @@ class TensorRTEngine:
             raise RuntimeError(f"TensorRT cannot deserialise the {name} engine")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        engine_inputs = {n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+        self.inputs, self.outputs = io_names  # the stage's call and return order; tensors are bound by name
+        if engine_inputs != set(self.inputs) or set(names) != {*self.inputs, *self.outputs}:
+            raise RuntimeError(f"the {name} engine's tensors {names} differ from the export's {io_names}")
         self.dtypes = {n: self._torch_dtype(self.engine.get_tensor_dtype(n)) for n in names}
         self._lock = threading.Lock()  # an execution context holds one call's shapes and addresses
 
@@ -201,7 +203,8 @@ class TensorRTStages(EngineStages):
             else:
                 plan = build_engine(trt, folder / stage.file, precision.name, profile, settings.workspace_mb, timing)
                 write_engine(path, plan, key, name, profile)
-            engines[name] = TensorRTEngine(trt, plan, name, profile, self.stream, device)
+            io_names = ([spec.name for spec in stage.inputs], [spec.name for spec in stage.outputs])
+            engines[name] = TensorRTEngine(trt, plan, name, io_names, profile, self.stream, device)
         super().__init__(engines)
         self.name = f"tensorrt {trt.__version__} {precision.name}"
 
