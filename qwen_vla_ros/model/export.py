@@ -309,6 +309,7 @@ def export_policy(
             stages=stages,
         )
         write_export_manifest(manifest, staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; an export folder may be shared
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
