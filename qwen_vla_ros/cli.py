@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from qwen_vla_ros.config import ConfigError, load_any
 from qwen_vla_ros.config.summary import summarize
 from qwen_vla_ros.interfaces import build as build_interfaces
-from qwen_vla_ros.model.commands import add_bench_parser, add_make_checkpoint_parser
+from qwen_vla_ros.model.commands import add_bench_parser, add_export_parser, add_make_checkpoint_parser
 from qwen_vla_ros.recording.cli import add_parser as _add_trials
 
 EXIT_BAD_INPUT = 2
@@ -44,6 +44,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_check_config,
     add_make_checkpoint_parser,
     add_bench_parser,
+    add_export_parser,
     _add_trials,
     build_interfaces.add_parser,
 )
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ImportError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

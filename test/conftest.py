@@ -94,6 +94,8 @@ def make_images() -> Callable[..., dict]:
         return {name: rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for name in names}
 
     return make
+
+
 @dataclass
 class MessageTypes:
     """Where non-PyPI message types come from: installed (None) or built from qwen_vla_ros/interfaces."""
@@ -127,3 +129,15 @@ def interbotix_msgs() -> MessageTypes:
         pytest.skip(f"interbotix_xs_msgs is not installed and cannot be built here: {exc}")
     built.activate()
     return MessageTypes(built)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint exported once per session through the real ``qwen-vla-ros export`` command."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install '.[onnx]'")
+    pytest.importorskip("onnxscript", reason="onnxscript (torch.onnx's dynamo exporter) is not installed: pip install '.[onnx]'")
+    from qwen_vla_ros.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny"
+    assert cli_main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    return out

@@ -24,10 +24,10 @@ def test_bench_json_has_every_stage_and_the_naive_baseline(tiny_checkpoint: Path
     assert stages["dit_step"]["count"] == 3 * 2
     assert report["cameras"] == 2 and report["denoising_steps"] == 2
     assert report["memory"]["host_peak_rss_mb"] > 0
-    assert report["naive"]["stages"]["total"]["count"] == 3
+    assert report["baseline"]["name"] == "naive" and report["baseline"]["stages"]["total"]["count"] == 3
     assert report["speedup_p50"] > 0
     # the baseline is the same computation: same seed, same actions
-    assert report["naive_max_abs_action_diff"] < 1e-4
+    assert report["baseline"]["max_abs_action_diff"] < 1e-4
 
 
 def test_bench_needs_exactly_one_model_source(capsys) -> None:
@@ -40,3 +40,15 @@ def test_bench_human_report_on_weights_built_in_memory(capsys) -> None:
     assert cli_main(["bench", "--size", "tiny", "--runs", "1", "--warmup", "0", "--embodiment", "mobile_base"]) == 0
     out = capsys.readouterr().out
     assert "random tiny (in memory)" in out and "mobile_base 1 camera(s)" in out and "backbone_step" in out
+
+
+def test_bench_times_real_time_chunking(tiny_checkpoint: Path, capsys) -> None:
+    """--rtc-delay commits a previous chunk; the guided policy and the guided naive path agree."""
+    args = ["bench", "--checkpoint", str(tiny_checkpoint), "--json", "--runs", "2", "--warmup", "0",
+            "--compare", "naive", "--steps", "2", "--rtc-delay", "5"]
+    assert cli_main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rtc_delay_steps"] == 5 and report["stages"]["dit_step"]["count"] == 2 * 2
+    assert report["baseline"]["max_abs_action_diff"] < 1e-4
+    assert cli_main(["bench", "--checkpoint", str(tiny_checkpoint), "--embodiment", "widowx", "--rtc-delay", "3"]) == 2
+    assert "--rtc-delay must lie in [1, 2]" in capsys.readouterr().err

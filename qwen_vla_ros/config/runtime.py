@@ -76,16 +76,38 @@ class ClockCheck(StrictModel):
 class OnnxRuntimeSettings(StrictModel):
     providers: list[str] = Field(
         default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-        description="tried in order; the first available is used and logged",
+        description="in order of preference; on cuda the available GPU ones are used, on cpu the CPU one; logged",
     )
-    model_dir: str | None = Field(default=None, description="exported ONNX folder; exported on demand when empty")
+    model_dir: str | None = Field(
+        default=None, description="exported ONNX folder; None exports on demand into ~/.cache/qwen_vla_ros/onnx"
+    )
+    optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    precision: Literal["fp32", "int8"] = Field(
+        default="fp32",
+        description="int8: vision and backbone weights dynamically quantised (faster on CPUs with VNNI, approximate)",
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="0: onnxruntime's default (one per physical core)")
+    spin_wait: bool = Field(
+        default=False,
+        description="intra-op threads busy-wait between operators: lowest latency on dedicated cores, "
+        "about 2x slower when the cores are shared (measured, docs/benchmarks.md)",
+    )
+    tensorrt_cache_dir: str = Field(
+        default="~/.cache/qwen_vla_ros/ort_trt", description="engine and timing cache of the TensorRT provider"
+    )
 
 
 class TensorRTSettings(StrictModel):
-    precision: Literal["fp32", "fp16", "bf16", "fp8"] = "bf16"
+    precision: Literal["fp32", "fp16", "bf16", "fp8"] = Field(
+        default="bf16", description="fp8 needs an export with FP8 quantize/dequantize nodes and compute capability 8.9+"
+    )
     engine_cache_dir: str = "~/.cache/qwen_vla_ros/trt"
-    max_cameras: int = Field(default=4, ge=1)
-    max_prefix_tokens: int = Field(default=512, ge=1)
+    onnx_dir: str | None = Field(
+        default=None, description="exported ONNX folder to build from; None exports on demand"
+    )
+    max_cameras: int = Field(default=4, ge=1, description="optimisation profile: cameras 1..max_cameras")
+    max_prefix_tokens: int = Field(default=512, ge=1, description="optimisation profile: prefix 1..max_prefix_tokens")
+    workspace_mb: int = Field(default=4096, ge=64, description="builder workspace memory pool")
 
 
 class RuntimeConfig(StrictModel):
@@ -93,6 +115,10 @@ class RuntimeConfig(StrictModel):
     backend: Backend = "torch"
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     dtype: Literal["float32", "float16", "bfloat16"] | None = Field(default=None, description="None: backend default")
+    cuda_graphs: bool = Field(
+        default=True,
+        description="torch backend on cuda: replay vision, the backbone step and the K-step sampler as CUDA graphs",
+    )
     denoising_steps: int | None = Field(default=None, ge=1, le=10, description="None: the checkpoint's default")
     instruction: str = ""
     blending: Blending = Field(default_factory=Blending)

@@ -17,7 +17,7 @@ transformers' own forward pass.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,14 +27,25 @@ from transformers.models.qwen3_5 import modeling_qwen3_5 as qwen
 from transformers.vision_utils import get_vision_interpolation_indices_and_weights, get_vision_position_ids
 
 State = tuple[torch.Tensor, ...]
+DeltaRule = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 class Trunk(nn.Module):
-    """Decoder layers 1..max(feature_layers) of a ``Qwen3_5TextModel``, sharing its weights."""
+    """Decoder layers 1..max(feature_layers) of a ``Qwen3_5TextModel``, sharing its weights.
 
-    def __init__(self, language_model: qwen.Qwen3_5TextModel, feature_layers: Sequence[int]) -> None:
+    ``delta_rule`` computes the gated-DeltaNet recurrence: transformers' chunked reference by
+    default, :func:`qwen_vla_ros.model.delta_rule.span_gated_delta_rule` for ONNX export.
+    """
+
+    def __init__(
+        self,
+        language_model: qwen.Qwen3_5TextModel,
+        feature_layers: Sequence[int],
+        delta_rule: DeltaRule = qwen.torch_chunk_gated_delta_rule,
+    ) -> None:
         super().__init__()
         config = language_model.config
+        self.delta_rule = delta_rule
         self.feature_layers = tuple(feature_layers)
         self.num_hidden_layers = config.num_hidden_layers
         depth = max(self.feature_layers)
@@ -79,7 +90,7 @@ class Trunk(nn.Module):
             first, second = state[2 * index], state[2 * index + 1]
             mixed_input = layer.input_layernorm(hidden)
             if kind == "linear_attention":
-                mixed, first, second = _gated_delta(layer.linear_attn, mixed_input, first, second)
+                mixed, first, second = _gated_delta(layer.linear_attn, mixed_input, first, second, self.delta_rule)
             else:
                 mixed, first, second = _attention(layer.self_attn, mixed_input, cos, sin, first, second)
             hidden = hidden + mixed
@@ -95,7 +106,11 @@ class Trunk(nn.Module):
 
 
 def _gated_delta(
-    mixer: qwen.Qwen3_5GatedDeltaNet, hidden: torch.Tensor, conv_state: torch.Tensor, recurrent_state: torch.Tensor
+    mixer: qwen.Qwen3_5GatedDeltaNet,
+    hidden: torch.Tensor,
+    conv_state: torch.Tensor,
+    recurrent_state: torch.Tensor,
+    delta_rule: DeltaRule,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``Qwen3_5GatedDeltaNet.forward`` continuing from explicit conv and recurrent state."""
     batch, length, _ = hidden.shape
@@ -116,7 +131,7 @@ def _gated_delta(
 
     beta = b.sigmoid()
     decay = -mixer.A_log.float().exp() * F.softplus(a.float() + mixer.dt_bias)
-    core, new_recurrent_state = qwen.torch_chunk_gated_delta_rule(
+    core, new_recurrent_state = delta_rule(
         query, key, value, g=decay, beta=beta, initial_state=recurrent_state,
         output_final_state=True, use_qk_l2norm_in_kernel=True,
     )

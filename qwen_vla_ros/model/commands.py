@@ -1,4 +1,4 @@
-"""``qwen-vla-ros make-checkpoint`` and ``qwen-vla-ros bench``.
+"""``qwen-vla-ros make-checkpoint``, ``qwen-vla-ros bench`` and ``qwen-vla-ros export``.
 
 Registering the subcommands must not import torch (every ``qwen-vla-ros`` call would pay
 for it), so the handlers import the model modules when they run.
@@ -38,24 +38,42 @@ def add_make_checkpoint_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_make_checkpoint)
 
 
+def _backend_options(args: argparse.Namespace) -> object:
+    from qwen_vla_ros.config.runtime import OnnxRuntimeSettings, TensorRTSettings
+    from qwen_vla_ros.model.loading import BackendOptions
+
+    onnxruntime = OnnxRuntimeSettings(
+        model_dir=args.onnx_dir, intra_op_threads=args.ort_threads, optimization_level=args.ort_optimization,
+        precision=args.ort_precision, spin_wait=args.ort_spin_wait,
+    )
+    tensorrt = TensorRTSettings(onnx_dir=args.onnx_dir, precision=args.trt_precision)
+    return BackendOptions(cuda_graphs=not args.no_cuda_graphs, onnxruntime=onnxruntime, tensorrt=tensorrt)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from qwen_vla_ros.model.bench import bench_embodiment, format_report, run_bench
 
     if bool(args.checkpoint) == bool(args.size):
         raise ValueError("give exactly one of --checkpoint DIR or --size tiny|small|full")
+    options = _backend_options(args)
     if args.checkpoint:
         from qwen_vla_ros.model.loading import load_policy
 
-        policy = load_policy(args.checkpoint, device=args.device, dtype=args.dtype)
+        policy = load_policy(args.checkpoint, backend=args.backend, device=args.device, dtype=args.dtype,
+                             options=options)
     else:
+        if args.backend != "torch":
+            raise ValueError(f"--backend {args.backend} exports a checkpoint: give --checkpoint DIR, not --size")
         from qwen_vla_ros.model.build import build_policy
+        from qwen_vla_ros.model.loading import BACKENDS
 
         policy = build_policy(args.size, device=args.device, dtype=args.dtype)
+        policy.stages = BACKENDS["torch"](policy, None, options)
     if args.steps is not None:
         policy.num_steps = args.steps
     embodiment = bench_embodiment(args.embodiment, args.cameras)
     report = run_bench(policy, embodiment, args.instruction, runs=args.runs, warmup=args.warmup,
-                       compare=args.compare, seed=args.seed)
+                       compare=args.compare, seed=args.seed, rtc_delay=args.rtc_delay)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -65,6 +83,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="checkpoint directory")
     source.add_argument("--size", choices=SIZES, help="random weights built in memory instead of a checkpoint")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch")
     parser.add_argument("--embodiment", default="aloha", help="shipped embodiment name or YAML path")
     parser.add_argument("--instruction", default="pick up the cube and hand it to the other arm")
     parser.add_argument("--cameras", type=int, default=None, help="use only the first N cameras of the embodiment")
@@ -73,8 +92,44 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
-    parser.add_argument("--compare", choices=("naive",), default=None,
-                        help="also time plain transformers + a DiT recomputing cross-attention K/V every step")
+    parser.add_argument("--compare", choices=("naive", "torch"), default=None,
+                        help="also time, alternating call by call: naive = plain transformers + a DiT recomputing "
+                             "cross-attention K/V every step; torch = this policy's modules in torch eager")
+    parser.add_argument("--onnx-dir", default=None, help="exported ONNX folder (default: export on demand)")
+    parser.add_argument("--ort-threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    parser.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all")
+    parser.add_argument("--ort-spin-wait", action="store_true", help="onnxruntime threads busy-wait between operators")
+    parser.add_argument("--ort-precision", choices=("fp32", "int8"), default="fp32",
+                        help="int8: dynamically quantised vision and backbone weights (approximate)")
+    parser.add_argument("--trt-precision", choices=("fp32", "fp16", "bf16", "fp8"), default="bf16")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="torch on cuda: run eagerly")
+    parser.add_argument("--rtc-delay", type=int, default=0,
+                        help="time real-time chunking: commit a previous chunk, N actions executing during inference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_bench)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from qwen_vla_ros.model.export import export_checkpoint
+
+    if args.format != "onnx":
+        raise ValueError(f"--format must be onnx, got {args.format!r}")
+    out = export_checkpoint(args.checkpoint, args.out, max_cameras=args.max_cameras, opset=args.opset,
+                            progress=print)
+    print(f"wrote ONNX models and export.json to {out}")
+    return 0
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export the per-step stages (vision, backbone step, DiT) to ONNX with a manifest"
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    parser.add_argument("--format", default="onnx", choices=("onnx",))
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: the cache the onnxruntime backend reads, "
+                             "~/.cache/qwen_vla_ros/onnx/<fingerprint>)")
+    parser.add_argument("--max-cameras", type=int, default=8, help="largest camera count the graphs accept")
+    parser.add_argument("--opset", type=int, default=20)
+    parser.set_defaults(handler=_export)

@@ -1,11 +1,22 @@
-"""Load a checkpoint directory into a :class:`Policy` (torch backend).
+"""Load a checkpoint directory into a :class:`Policy`, with the backend that runs its stages.
 
 transformers' ``from_pretrained`` random-initialises weights it cannot find and only logs a
 warning; a policy running on random weights would look healthy, so missing or mismatched
 tensors are errors here, naming the file.
+
+Every backend loads the torch modules (the prefix runs in torch once per task) and then
+replaces ``Policy.stages``. ``BACKENDS`` maps each name to the function that does so:
+
+- ``torch``: the modules themselves; on CUDA, CUDA graphs of the per-step backbone and the
+  K-step sampler unless ``cuda_graphs=False``;
+- ``onnxruntime``: the exported stage graphs (exported on demand into the cache);
+- ``tensorrt``: engines built from those graphs, cached per checkpoint, GPU and TensorRT.
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +24,26 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from qwen_vla_ros.config.runtime import OnnxRuntimeSettings, RuntimeConfig, TensorRTSettings
 from qwen_vla_ros.model.action_head import ActionHead
 from qwen_vla_ros.model.checkpoint import CheckpointError, CheckpointFiles, Manifest, read_checkpoint
+from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint
 from qwen_vla_ros.model.images import PatchSpec
+from qwen_vla_ros.model.onnx_manifest import EXPORT_MANIFEST, ExportManifest
 from qwen_vla_ros.model.policy import Policy
+from qwen_vla_ros.model.stages import Stages
 
-BACKENDS = ("torch",)
+LOG = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """The runtime config's backend sections (see ``RuntimeConfig``)."""
+
+    cuda_graphs: bool = True
+    onnxruntime: OnnxRuntimeSettings = field(default_factory=OnnxRuntimeSettings)
+    tensorrt: TensorRTSettings = field(default_factory=TensorRTSettings)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -113,15 +137,88 @@ def _load_tokenizer(files: CheckpointFiles) -> object:
         raise CheckpointError(files.backbone_dir / "tokenizer.json", f"cannot load the tokenizer: {exc}") from exc
 
 
+def _exported(policy: Policy, files: CheckpointFiles | None, model_dir: str | None) -> tuple[Path, ExportManifest]:
+    """The ONNX export of this checkpoint: ``model_dir`` as given, or the cache, exporting on demand."""
+    from qwen_vla_ros.model.export import default_export_dir, export_checkpoint, export_policy, matching_export
+
+    if files is None:
+        raise ValueError("exported backends need a checkpoint directory (its fingerprint keys the export)")
+    fingerprint = checkpoint_fingerprint(files.root)
+    if model_dir is not None:
+        folder = Path(model_dir).expanduser()
+        return folder, matching_export(folder, fingerprint)
+    folder = default_export_dir(fingerprint)
+    if (folder / EXPORT_MANIFEST).is_file():
+        try:
+            return folder, matching_export(folder, fingerprint)
+        except ValueError as exc:
+            LOG.warning("cached ONNX export is unusable (%s); exporting again", exc)
+    LOG.info("exporting %s to ONNX in %s (once per checkpoint)", files.root, folder)
+    if policy.device.type == "cpu" and policy.dtype == torch.float32:
+        export_policy(policy, folder, fingerprint)
+    else:
+        export_checkpoint(files.root, folder)
+    return folder, matching_export(folder, fingerprint)
+
+
+def _torch_stages(policy: Policy, files: CheckpointFiles | None, options: BackendOptions) -> Stages:
+    if policy.device.type == "cuda" and options.cuda_graphs:
+        from qwen_vla_ros.model.cuda_graphs import CudaGraphStages
+
+        return CudaGraphStages(policy)
+    return policy.stages
+
+
+def _onnxruntime_stages(policy: Policy, files: CheckpointFiles | None, options: BackendOptions) -> Stages:
+    from qwen_vla_ros.model.ort_backend import OnnxRuntimeStages
+
+    folder, manifest = _exported(policy, files, options.onnxruntime.model_dir)
+    return OnnxRuntimeStages(folder, manifest, options.onnxruntime, policy.device)
+
+
+def _tensorrt_stages(policy: Policy, files: CheckpointFiles | None, options: BackendOptions) -> Stages:
+    from qwen_vla_ros.model.tensorrt_backend import TensorRTStages, require_tensorrt
+
+    require_tensorrt()  # before any export work
+    folder, manifest = _exported(policy, files, options.tensorrt.onnx_dir)
+    return TensorRTStages(folder, manifest, options.tensorrt, policy.device)
+
+
+# name -> (policy, its checkpoint files or None when built in memory, options) -> the stages that run it
+BACKENDS: dict[str, Callable[[Policy, CheckpointFiles | None, BackendOptions], Stages]] = {
+    "torch": _torch_stages,
+    "onnxruntime": _onnxruntime_stages,
+    "tensorrt": _tensorrt_stages,
+}
+
+
+def _backend_dtype(backend: str, dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Exported graphs are float32 (TensorRT lowers precision itself), so the torch side is too."""
+    if backend == "torch":
+        return resolve_dtype(dtype, device)
+    if dtype is not None and resolve_dtype(dtype, device) != torch.float32:
+        raise ValueError(
+            f"backend {backend!r} runs the float32 ONNX export, so dtype must be None or float32, got {dtype!r}; "
+            "TensorRT's precision is tensorrt.precision"
+        )
+    return torch.float32
+
+
 def load_policy(
-    path: str | Path, backend: str = "torch", device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
+    path: str | Path,
+    backend: str = "torch",
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    options: BackendOptions | None = None,
 ) -> Policy:
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not available; choose one of {list(BACKENDS)}")
+    if backend == "tensorrt" and torch.device(device).type != "cuda":
+        raise ValueError(f"backend 'tensorrt' needs a cuda device, got {device!r}")
     files = read_checkpoint(path)
     resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
-    return Policy(
+    resolved_dtype = _backend_dtype(backend, dtype, resolved_device)
+    policy = Policy(
         manifest=files.manifest,
         backbone_model=_load_backbone(files, resolved_device, resolved_dtype),
         tokenizer=_load_tokenizer(files),
@@ -131,3 +228,23 @@ def load_policy(
         dtype=resolved_dtype,
         source=str(files.root),
     )
+    policy.stages = BACKENDS[backend](policy, files, options or BackendOptions())
+    LOG.info("policy %s: %s stages on %s, %s", files.root, policy.stages.name, resolved_device, resolved_dtype)
+    return policy
+
+
+def load_policy_from_config(config: RuntimeConfig) -> Policy:
+    """The policy a runtime config describes: checkpoint, backend, device, dtype, steps, guidance."""
+    if config.checkpoint is None:
+        raise ValueError("the runtime config names no checkpoint")
+    policy = load_policy(
+        config.checkpoint,
+        backend=config.backend,
+        device=config.device,
+        dtype=config.dtype,
+        options=BackendOptions(config.cuda_graphs, config.onnxruntime, config.tensorrt),
+    )
+    if config.denoising_steps is not None:
+        policy.num_steps = config.denoising_steps
+    policy.max_guidance_weight = config.rtc.max_guidance_weight
+    return policy

@@ -1,12 +1,15 @@
 """The Qwen-VLA policy: checkpoint -> stages -> action chunks in robot units.
 
 A control step runs four stages, each an ``nn.Module`` whose inputs are explicit tensors so
-a later backend (ONNX Runtime, TensorRT, CUDA graphs) can replace it behind this class:
+a backend (ONNX Runtime, TensorRT, CUDA graphs) can replace it behind this class:
 
 1. ``vision``: patches of every camera -> image tokens;
 2. ``step_backbone``: image tokens on top of the cached prefix state -> step features;
 3. ``head.context_kv``: cross-attention keys/values of the features, once per chunk;
 4. ``head``: the DiT velocity, called K times by the Euler sampler.
+
+``Policy.stages`` (:mod:`qwen_vla_ros.model.stages`) runs them: the modules themselves by
+default, a backend's engines after ``load_policy(..., backend=...)``.
 
 The prefix (system text, embodiment prompt, instruction) runs once in :meth:`set_task`; its
 state and features live in an immutable :class:`Task` that ``infer`` only reads, so a new
@@ -33,6 +36,7 @@ from qwen_vla_ros.model.normalization import ChannelNormalizer, from_padded, mas
 from qwen_vla_ros.model.prompt import TokenLayout, VisionTokens, prefix_text, step_ids
 from qwen_vla_ros.model.rtc import handover_weights, prefix_weights
 from qwen_vla_ros.model.sampler import Guidance, euler_sample
+from qwen_vla_ros.model.stages import Stages, TorchStages
 from qwen_vla_ros.model.timing import NullTimer
 
 DEFAULT_MAX_GUIDANCE = 10.0
@@ -84,6 +88,7 @@ class Policy:
             self.vision_geometry = self.vision.geometry(patch_spec.grid, device)
         self.step_backbone = StepBackbone(Trunk(language_model, manifest.backbone.feature_layers))
         self.head = head
+        self.stages: Stages = TorchStages(self.vision, self.step_backbone, head)
         config = backbone_model.config
         self.vision_tokens = VisionTokens(config.image_token_id, config.vision_start_token_id, config.vision_end_token_id)
         self.max_guidance_weight = DEFAULT_MAX_GUIDANCE
@@ -129,6 +134,7 @@ class Policy:
         normalization = entry.normalization or config.normalization
         with torch.no_grad():
             task = self._build_task(config, entry, instruction, cameras, layout, normalization)
+        self.stages.check_task(task)
         self._task = task
 
     def _resolve_embodiment(self, embodiment: str | Path | EmbodimentConfig) -> EmbodimentConfig:
@@ -236,20 +242,18 @@ class Policy:
         settings = self.manifest.action_head
         state_padded = to_padded(task.state_normalizer.normalize(state_vector), task.entry.state_mask, settings.state_dim)
         state_tensor = torch.from_numpy(state_padded).to(self.device).unsqueeze(0)
+        guidance = None if committed is None else self._guidance(task, committed, delay_steps)
+        noise = self._noise(seed)
         if reuse_kv:
-            with self.timer.stage("context_kv"):
-                kv = self.head.context_kv(features)
-
-            def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return self.head(x, t, state_tensor, *kv)
+            sampled = self.stages.sample(
+                features, state_tensor, noise, task.action_mask, self.num_steps, guidance, self.timer
+            )
         else:
 
             def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 return self.head.velocity_recomputing(x, t, state_tensor, features)
 
-        guidance = None if committed is None else self._guidance(task, committed, delay_steps)
-        noise = self._noise(seed)
-        sampled = euler_sample(velocity, noise, task.action_mask, self.num_steps, guidance, self.timer)
+            sampled = euler_sample(velocity, noise, task.action_mask, self.num_steps, guidance, self.timer)
         return sampled[0, : task.entry.chunk_length].float().cpu().numpy()
 
     def chunk(self, task: Task, padded: np.ndarray, committed: np.ndarray | None, delay_steps: int) -> ActionChunk:
@@ -284,9 +288,9 @@ class Policy:
         with timer.stage("preprocess"):
             pixels = torch.from_numpy(patchify(frames, self.patch_spec)).to(self.device, self.dtype)
         with timer.stage("vision"):
-            image_tokens = self.vision(pixels.view(len(frames), -1, pixels.shape[-1]), *self.vision_geometry)
+            image_tokens = self.stages.vision(pixels.view(len(frames), -1, pixels.shape[-1]), *self.vision_geometry)
         with timer.stage("backbone_step"):
-            step = self.step_backbone(
+            step = self.stages.step_backbone(
                 image_tokens, task.step_template, task.image_index, task.step_cos, task.step_sin, *task.prefix_state
             )
         return torch.cat([task.prefix_features, step], dim=1)

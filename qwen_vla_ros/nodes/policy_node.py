@@ -59,18 +59,14 @@ def load_policy_for(checkpoint: str, runtime: RuntimeConfig) -> object:
     """The model, set up as the runtime config says; any checkpoint problem is a ConfigError (exit 2)."""
     if not checkpoint:
         raise ConfigError("policy_node", ["no checkpoint: set the 'checkpoint' parameter or 'checkpoint' in the runtime config"])
-    from qwen_vla_ros.model import load_policy
     from qwen_vla_ros.model.checkpoint import read_checkpoint
+    from qwen_vla_ros.model.loading import load_policy_from_config
 
     try:
         read_checkpoint(checkpoint)  # every file is checked before torch loads: a wrong path fails at once
-        policy = load_policy(checkpoint, backend=runtime.backend, device=runtime.device, dtype=runtime.dtype)
-    except (OSError, ValueError, KeyError) as exc:  # FileNotFoundError, CheckpointError, bad backend/device
+        return load_policy_from_config(runtime.model_copy(update={"checkpoint": checkpoint}))
+    except (OSError, ValueError, KeyError, ImportError) as exc:  # missing files, CheckpointError, bad or absent backend
         raise ConfigError(f"checkpoint {checkpoint}", [str(exc)]) from exc
-    if runtime.denoising_steps is not None:
-        policy.num_steps = runtime.denoising_steps
-    policy.max_guidance_weight = runtime.rtc.max_guidance_weight
-    return policy
 
 
 class PolicyNode(Node):
