@@ -123,7 +123,10 @@ class BuiltInterfaces:
         if str(self.python_path) not in sys.path:
             sys.path.insert(0, str(self.python_path))
         for library in sorted(self.library_path.glob("*.so")):
-            ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)  # rmw finds type support by soname
+            # Preloaded so that rmw's dlopen by soname finds it (LD_LIBRARY_PATH is read at start
+            # only). Not RTLD_GLOBAL: that would put ROS's rcutils/fastcdr ahead of the copies
+            # librealsense vendors, and its recorder then segfaults in the same process.
+            ctypes.CDLL(str(library))
         os.environ.update(self.environment(os.environ))
         importlib.invalidate_caches()
 
