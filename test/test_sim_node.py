@@ -3,8 +3,12 @@ the controller, policy and recorder will."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +27,7 @@ from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
+from qwen_vla_ros.config import load_embodiment  # noqa: E402
 from qwen_vla_ros.nodes.common import msg_to_image, time_to_ns  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -115,7 +120,22 @@ def test_aloha_sim_tracks_forward_commands_publishes_cameras_and_resets(ros_doma
             state = probe.latest["/follower_left/joint_states"]
             return bool(np.abs(np.subtract(state.position[:7], target)).max() < 0.03)
 
+        def diagnostic(key: str) -> str | None:
+            array = probe.latest.get("/diagnostics")
+            values = {k.key: k.value for s in array.status for k in s.values} if array is not None else {}
+            return values.get(key)
+
         assert probe.wait(converged, 20), f"left arm at {probe.latest['/follower_left/joint_states'].position}"
+        # The targets still in flight land before the reset (one arriving after it would move the
+        # arm away again): wait until the sim's count of accepted commands stops changing.
+        counts: list[tuple[float, str | None]] = []
+
+        def settled() -> bool:
+            counts.append((time.monotonic(), diagnostic("commands_accepted")))
+            earlier = [count for stamp, count in counts if stamp < counts[-1][0] - 1.5]
+            return bool(earlier) and earlier[-1] == counts[-1][1]
+
+        assert probe.wait(settled, 10), counts[-1]
         right = probe.latest["/follower_right/joint_states"]
         np.testing.assert_allclose(right.position[:6], [0, -0.96, 1.16, 0, -0.3, 0], atol=0.02)
 
@@ -139,12 +159,7 @@ def test_aloha_sim_tracks_forward_commands_publishes_cameras_and_resets(ros_doma
 
         assert probe.wait(back_at_start, 5), "reset must return the arms to the start pose"
 
-        def diagnosed() -> bool:
-            array = probe.latest.get("/diagnostics")
-            return array is not None and any(k.key == "commands_rejected" and k.value != "0"
-                                             for s in array.status for k in s.values)
-
-        assert probe.wait(diagnosed, 5), "the malformed command must be counted in /diagnostics"
+        assert diagnostic("commands_rejected") == "1", "the malformed command must be counted in /diagnostics"
         values = {k.key: k.value for k in probe.latest["/diagnostics"].status[0].values}
         assert float(values["real_time_factor_total"]) > 0.5
     finally:
@@ -217,14 +232,58 @@ def test_mobile_base_integrates_cmd_vel_and_stops_after_the_timeout(ros_domain) 
     assert code == 0 and "Traceback" not in output, output
 
 
-def test_interbotix_outputs_without_the_messages_exit_with_the_override_to_use(ros_domain) -> None:
+def test_aloha_sim_follows_interbotix_group_and_gripper_commands(ros_domain, interbotix_msgs) -> None:
+    """The shipped ALOHA config commands through Interbotix topics, with the real message types
+    (installed, or built from qwen_vla_ros/interfaces where no Interbotix workspace exists)."""
+    from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+
+    child = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.sim_node", "--ros-args", "-p", "config:=aloha", "-p", "camera_rate_hz:=0.0",
+        env=interbotix_msgs.environment(ros_domain.env),
+    )
+    probe = Probe(ros_domain, "interbotix_probe")
     try:
-        import interbotix_xs_msgs  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("interbotix_xs_msgs is importable here, so the sim subscribes to the Interbotix topics")
-    child = start_sim(ros_domain, "config:=aloha", "camera_rate_hz:=0.0")
+        probe.listen(JointState, "/follower_right/joint_states")
+        group = probe.node.create_publisher(JointGroupCommand, "/follower_right/commands/joint_group", 10)
+        single = probe.node.create_publisher(JointSingleCommand, "/follower_right/commands/joint_single", 10)
+        assert probe.wait(lambda: "/follower_right/joint_states" in probe.latest, 30), "no joint states from sim_node"
+        start_finger = probe.latest["/follower_right/joint_states"].position[7]
+        gripper = load_embodiment("aloha").arm("right").gripper
+        target = [-0.3, -0.6, 0.9, -0.2, 0.1, -0.4]
+        open_motor = gripper.joint_open  # the Interbotix gripper command is the motor angle
+
+        def converged() -> bool:
+            group.publish(JointGroupCommand(name="arm", cmd=target))
+            single.publish(JointSingleCommand(name="gripper", cmd=open_motor))
+            position = probe.latest["/follower_right/joint_states"].position
+            return bool(np.abs(np.subtract(position[:6], target)).max() < 0.03)
+
+        assert probe.wait(converged, 20), f"right arm at {probe.latest['/follower_right/joint_states'].position}"
+        finger = lambda: probe.latest["/follower_right/joint_states"].position[7]  # noqa: E731
+        assert probe.wait(lambda: abs(finger() - gripper.finger_open) < 0.003, 10), \
+            f"the gripper command must open the fingers: from {start_finger} to {finger()}, open is {gripper.finger_open}"
+    finally:
+        probe.close()
+        code, output = stop(child)
+    assert code == 0 and "Traceback" not in output, output
+
+
+def without_built_interfaces(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the folders an earlier test put on PYTHONPATH for built message packages."""
+    result = dict(env)
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and not (Path(p) / "interbotix_xs_msgs").is_dir()]
+    result["PYTHONPATH"] = os.pathsep.join(kept)
+    return result
+
+
+def test_interbotix_outputs_without_the_messages_exit_with_the_override_to_use(ros_domain) -> None:
+    env = without_built_interfaces(ros_domain.env)
+    probe = subprocess.run([sys.executable, "-c", "import interbotix_xs_msgs"], env=env, capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("interbotix_xs_msgs is installed here, so the sim subscribes to the Interbotix topics")
+    child = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.sim_node", "--ros-args", "-p", "config:=aloha", "-p", "camera_rate_hz:=0.0", env=env,
+    )
     child.wait(timeout=60)
     code, output = stop(child)
     assert code == 2, output
