@@ -6,7 +6,7 @@ The real controller node runs as a child process (ALOHA embodiment, forward_comm
 adapter so no extra message package is needed). This process plays the rig: two follower
 arms publishing joint states at 50 Hz that follow the commands, and a policy publishing a
 50-action chunk every 0.2 s. Period error is |interval - period| between consecutive
-``/qwen_vla/controller/command`` stamps, which the node takes on its control timer.
+``/qwen_vla/controller/command`` stamps, which the node takes at each period of its control loop.
 "Loaded" adds one busy-looping process per CPU core. CPU% is the controller process's
 user+system time over wall time (100% = one core). On a shared machine, compare with
 ``baseline_sleep_loop_50hz``: the same statistics for a bare Python sleep loop, no ROS,

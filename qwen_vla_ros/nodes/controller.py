@@ -2,8 +2,10 @@
 
 Executables ``aloha_controller``, ``widowx_controller`` and ``base_controller`` are this
 node with a different default embodiment (Mobile ALOHA: ``aloha_controller`` with
-``config:=aloha_mobile``). The control loop runs on its own timer in its own callback group,
-so a chunk needing IK or a burst of joint states never delays it; the core is guarded by
+``config:=aloha_mobile``). The control loop runs on a thread of its own that sleeps to
+absolute deadlines on the monotonic clock (:mod:`qwen_vla_ros.control.pacing`), optionally
+with a real-time priority, so neither the executor nor a chunk needing IK delays it; under
+``use_sim_time`` it is a ROS timer instead, so it follows ``/clock``. The core is guarded by
 one lock that no slow work holds (chunk preparation happens outside it).
 
 Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
@@ -16,7 +18,10 @@ logged when it comes, so no button ever waits on the recorder.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from functools import partial
 
@@ -34,6 +39,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from qwen_vla_ros.control import ControlOutput, Controller
 from qwen_vla_ros.control.arbitration import Transition
+from qwen_vla_ros.control.pacing import Deadlines
 from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
 from qwen_vla_ros.nodes.common import (
     YieldingMultiThreadedExecutor,
@@ -51,7 +57,9 @@ COMMAND_TOPIC = "/qwen_vla/controller/command"
 COMMITTED_TOPIC = "/qwen_vla/controller/committed"
 STATE_TOPIC = "/qwen_vla/controller/state"
 ESTOP_RESET_SERVICE = "/qwen_vla/estop/reset"
-EXECUTOR_THREADS = 4  # control loop, chunks, feedback, diagnostics: none waits for another
+EXECUTOR_THREADS = 3  # chunks, feedback, diagnostics: none waits for another
+# A thread waking at its deadline waits for the GIL at most this long (Python's default: 5 ms).
+GIL_SWITCH_INTERVAL_S = 0.0002
 
 
 def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
@@ -106,7 +114,15 @@ class ControllerNode(Node):
 
         self.committed_every = max(1, round(embodiment.control.rate_hz / committed_rate)) if committed_rate > 0 else 0
         self.periods = 0
-        self.create_timer(self.core.period_s, self._control_period, callback_group=MutuallyExclusiveCallbackGroup())
+        self.deadlines = Deadlines(self.core.period_ns, time.monotonic_ns())
+        self.stopping = threading.Event()
+        self.loop_thread: threading.Thread | None = None
+        if self.get_parameter("use_sim_time").value:
+            self.create_timer(self.core.period_s, self._control_period, callback_group=MutuallyExclusiveCallbackGroup())
+        else:
+            priority = int(self.declare_parameter("realtime_priority", 0).value)
+            self.loop_thread = threading.Thread(target=self._control_loop, args=(priority,), name="control", daemon=True)
+            self.loop_thread.start()
         self.create_timer(1.0 / state_rate, self._publish_state, callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
             f"{embodiment.name}: {len(self.names)} command channels at {embodiment.control.rate_hz:g} Hz, "
@@ -225,6 +241,27 @@ class ControllerNode(Node):
         return response
 
     # -- outputs ------------------------------------------------------------------------
+    def _control_loop(self, priority: int) -> None:
+        if priority > 0:
+            try:  # the calling thread only (Linux); needs CAP_SYS_NICE or an rtprio limit
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            except (PermissionError, OSError) as exc:
+                self.get_logger().warning(f"control loop keeps normal priority: SCHED_FIFO {priority} refused ({exc})")
+        while not self.stopping.is_set() and self.context.ok():
+            wait_ns = self.deadlines.wait_ns(time.monotonic_ns())
+            if wait_ns:
+                time.sleep(wait_ns / 1e9)
+            try:
+                self._control_period()
+            except Exception as exc:  # noqa: BLE001 - a dead loop would leave the robot on its last command
+                self.get_logger().error(f"control period failed: {exc!r}", throttle_duration_sec=1.0)
+
+    def destroy_node(self) -> None:
+        self.stopping.set()
+        if self.loop_thread is not None:
+            self.loop_thread.join(timeout=1.0)
+        super().destroy_node()
+
     def _control_period(self) -> None:
         now = self._now()
         with self.lock:
@@ -277,6 +314,7 @@ class ControllerNode(Node):
 
 
 def _main(default_embodiment: str, args: Sequence[str] | None) -> int:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return run_node(
         ControllerNode,
         args,
