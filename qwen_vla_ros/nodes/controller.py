@@ -3,9 +3,9 @@
 Executables ``aloha_controller``, ``widowx_controller`` and ``base_controller`` are this
 node with a different default embodiment (Mobile ALOHA: ``aloha_controller`` with
 ``config:=aloha_mobile``). The control loop runs on a thread of its own that sleeps to
-absolute deadlines on the monotonic clock (:mod:`qwen_vla_ros.control.pacing`), optionally
-with a real-time priority, so neither the executor nor a chunk needing IK delays it; under
-``use_sim_time`` it is a ROS timer instead, so it follows ``/clock``. The core is guarded by
+absolute deadlines on the monotonic clock (:mod:`qwen_vla_ros.control.pacing`), so neither
+the executor nor a chunk needing IK delays it; under ``use_sim_time`` it is a ROS timer
+instead, so it follows ``/clock``. The core is guarded by
 one lock that no slow work holds (chunk preparation happens outside it).
 
 Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
@@ -18,7 +18,6 @@ logged when it comes, so no button ever waits on the recorder.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
@@ -120,8 +119,7 @@ class ControllerNode(Node):
         if self.get_parameter("use_sim_time").value:
             self.create_timer(self.core.period_s, self._control_period, callback_group=MutuallyExclusiveCallbackGroup())
         else:
-            priority = int(self.declare_parameter("realtime_priority", 0).value)
-            self.loop_thread = threading.Thread(target=self._control_loop, args=(priority,), name="control", daemon=True)
+            self.loop_thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
             self.loop_thread.start()
         self.create_timer(1.0 / state_rate, self._publish_state, callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
@@ -241,12 +239,7 @@ class ControllerNode(Node):
         return response
 
     # -- outputs ------------------------------------------------------------------------
-    def _control_loop(self, priority: int) -> None:
-        if priority > 0:
-            try:  # the calling thread only (Linux); needs CAP_SYS_NICE or an rtprio limit
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-            except (PermissionError, OSError) as exc:
-                self.get_logger().warning(f"control loop keeps normal priority: SCHED_FIFO {priority} refused ({exc})")
+    def _control_loop(self) -> None:
         while not self.stopping.is_set() and self.context.ok():
             wait_ns = self.deadlines.wait_ns(time.monotonic_ns())
             if wait_ns:
