@@ -59,7 +59,7 @@ def ensure_checkpoint(path: str | None, size: str = "small", say: Callable[[str]
         return root, True
     from qwen_vla_ros.model.build import make_checkpoint
 
-    say(f"building a {size} random checkpoint into {root} (once; about a minute)")
+    say(f"building a {size} random checkpoint into {root} (once; a few seconds)")
     partial = root.with_name(f"{size}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     make_checkpoint(size, partial)
