@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from qwen_vla_ros.bringup.cli import add_parser as _add_up
+from qwen_vla_ros.bringup.demo import add_parser as _add_demo
 from qwen_vla_ros.config import ConfigError, load_any
 from qwen_vla_ros.config.summary import summarize
 from qwen_vla_ros.interfaces import build as build_interfaces
@@ -47,6 +49,8 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_export_parser,
     _add_trials,
     build_interfaces.add_parser,
+    _add_up,
+    _add_demo,
 )
 
 

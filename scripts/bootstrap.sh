@@ -66,6 +66,6 @@ python -m pip install -q "${constraints[@]}" "$ROOT[$extras]"
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 cd "$ROOT"
 case "$JOB" in
-  demo) exec qwen-vla-ros check-config "$ROOT"/config/*.yaml ;;  # until the simulation demo lands
+  demo) exec qwen-vla-ros demo "$@" ;;
   test) exec python -m pytest test "$@" ;;
 esac

@@ -205,6 +205,11 @@ def run_node(
         return EXIT_BAD_CONFIG
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # SIGINT shut the context down while spin was taking a message (rclpy raises RuntimeError
+        # or RCLError from take_message then): that is the requested shutdown, not a failure.
     finally:
         if node is not None:
             close = getattr(node, "close", None)

@@ -1,0 +1,57 @@
+"""``qwen-vla-ros up``: bring an embodiment's node graph up without ``ros2 launch``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qwen_vla_ros.bringup.graph import EMBODIMENTS, LAUNCH_ARGUMENTS, BringupOptions, build_graph, parse_namespaces
+from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, shutdown, supervise
+
+
+def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
+    """The launch files' arguments, as options (shared by ``up`` and ``demo``)."""
+    parser.add_argument("--checkpoint", default="", help=LAUNCH_ARGUMENTS["checkpoint"][1])
+    parser.add_argument("--backend", default="", help=LAUNCH_ARGUMENTS["backend"][1])
+    parser.add_argument("--instruction", default="", help=LAUNCH_ARGUMENTS["instruction"][1])
+    parser.add_argument("--config", default="", help=LAUNCH_ARGUMENTS["config"][1])
+    parser.add_argument("--runtime-config", default="", help=LAUNCH_ARGUMENTS["runtime_config"][1])
+    parser.add_argument("--config-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="embodiment config override for every node (repeatable)")
+    parser.add_argument("--runtime-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="runtime config override for every node (repeatable)")
+
+
+def _up(args: argparse.Namespace) -> int:
+    options = BringupOptions(
+        args.embodiment, args.checkpoint, args.backend, use_sim=args.sim, record=args.record, joystick=args.joystick,
+        config=args.config, instruction=args.instruction, runtime_config=args.runtime_config,
+        output_dir=args.output_dir, namespaces=parse_namespaces(args.namespaces),
+        config_overrides=args.config_override, runtime_overrides=args.runtime_override,
+    )
+    graph = build_graph(options)
+    with StopSignals() as signals:
+        group = ProcessGroup(graph.processes, echo=lambda line: print(line, flush=True))
+        try:
+            group.start()
+            code = supervise(group, signals.event, report=lambda text: print(text, file=sys.stderr, flush=True))
+        finally:
+            print("stopping " + ", ".join(p.name for p in graph.processes), flush=True)
+            shutdown(group, report=lambda text: print(text, file=sys.stderr, flush=True))
+    print("all processes stopped", flush=True)
+    return code
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "up", help="start an embodiment's nodes as subprocesses (ros2 launch without ROS tooling)",
+        description="Start the same processes as launch/EMBODIMENT.launch.py; Ctrl-C stops them in order. "
+        "Exits 1 if a required process dies.",
+    )
+    parser.add_argument("embodiment", choices=EMBODIMENTS)
+    parser.add_argument("--sim", action="store_true", help=LAUNCH_ARGUMENTS["use_sim"][1])
+    parser.add_argument("--record", action="store_true", help=LAUNCH_ARGUMENTS["record"][1])
+    parser.add_argument("--joystick", action="store_true", help=LAUNCH_ARGUMENTS["joystick"][1])
+    parser.add_argument("--output-dir", default="", help=LAUNCH_ARGUMENTS["output_dir"][1])
+    parser.add_argument("--namespaces", default="", help=LAUNCH_ARGUMENTS["namespaces"][1])
+    add_graph_arguments(parser)
+    parser.set_defaults(handler=_up)

@@ -1,0 +1,261 @@
+"""The node graph of each embodiment, as data: which processes run, with which parameters.
+
+The ``ros2 launch`` files (``launch/*.launch.py``) and the ``qwen-vla-ros up`` runner both
+turn this description into processes, so a robot computer and a bare machine start the same
+graph. No ROS import here: the graph is decided (and tested) without rclpy or launch.
+
+Topic names follow the Interbotix ALOHA bringup: follower arms under ``follower_left`` and
+``follower_right``, leader arms under ``leader_left`` and ``leader_right``, cameras under
+``cam_*``. The embodiment config names every topic absolutely, so the nodes run in the root
+namespace (one controller serves both arms); ``namespaces`` remaps a whole driver namespace
+(e.g. the older ``follower_left=puppet_left``) for every node.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, parse_override
+from qwen_vla_ros.config.embodiment import EmbodimentConfig, InterbotixOutput, TwistOutput
+from qwen_vla_ros.ros_env import DDS_PROFILE_ENV, dds_profile_path
+
+PACKAGE = "qwen_vla_ros"
+RMW_ENV = "RMW_IMPLEMENTATION"
+RMW = "rmw_fastrtps_cpp"  # the shipped profile is a FastDDS profile
+
+# Launch arguments of every launch file and their defaults, as launch strings.
+LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "checkpoint": ("", "checkpoint directory (empty: the runtime config's)"),
+    "backend": ("", "torch | onnxruntime | tensorrt (empty: the runtime config's)"),
+    "use_sim": ("false", "simulate the robot and cameras (sim_node) instead of camera_node and the drivers"),
+    "record": ("false", "start the trial recorder"),
+    "joystick": ("false", "start joystick_node (a gamepad or foot pedal read through evdev)"),
+    "config": ("", "embodiment config name or YAML file (empty: the launch file's embodiment)"),
+    "instruction": ("", "task instruction (empty: the runtime config's)"),
+    "runtime_config": ("", "runtime YAML file (empty: the shipped runtime.yaml)"),
+    "output_dir": ("", "where the recorder writes trials (empty: ~/qwen_vla_trials)"),
+    "namespaces": ("", "driver namespace remaps, e.g. follower_left=puppet_left,follower_right=puppet_right"),
+}
+
+CONTROLLERS = {  # embodiment -> console script; all are qwen_vla_ros.nodes.controller with `config` set
+    "aloha": "aloha_controller",
+    "aloha_mobile": "aloha_controller",
+    "widowx": "widowx_controller",
+    "mobile_base": "base_controller",
+}
+
+
+@dataclass(frozen=True)
+class BringupOptions:
+    """What a user chooses when bringing an embodiment up (the launch arguments, typed)."""
+
+    embodiment: str
+    checkpoint: str = ""
+    backend: str = ""
+    use_sim: bool = False
+    record: bool = False
+    joystick: bool = False
+    config: str = ""
+    instruction: str = ""
+    runtime_config: str = ""
+    output_dir: str = ""
+    namespaces: Mapping[str, str] = field(default_factory=dict)
+    config_overrides: Sequence[str] = ()
+    runtime_overrides: Sequence[str] = ()
+    node_parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # process name -> extra parameters
+
+    def __post_init__(self) -> None:
+        if self.embodiment not in EMBODIMENTS:
+            raise ValueError(f"unknown embodiment {self.embodiment!r}; choose one of {', '.join(EMBODIMENTS)}")
+
+    @classmethod
+    def from_launch_arguments(cls, embodiment: str, values: Mapping[str, str]) -> BringupOptions:
+        """Options from launch-argument strings (``use_sim:=true``); unknown names are an error."""
+        unknown = sorted(set(values) - set(LAUNCH_ARGUMENTS))
+        if unknown:
+            raise ValueError(f"unknown launch arguments {unknown}; known: {sorted(LAUNCH_ARGUMENTS)}")
+        text = {name: values.get(name, default) for name, (default, _) in LAUNCH_ARGUMENTS.items()}
+        flags = {name: parse_bool(name, text[name]) for name in ("use_sim", "record", "joystick")}
+        return cls(
+            embodiment, text["checkpoint"], text["backend"], config=text["config"], instruction=text["instruction"],
+            runtime_config=text["runtime_config"], output_dir=text["output_dir"],
+            namespaces=parse_namespaces(text["namespaces"]), **flags,
+        )
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One node process: a console script for ``ros2 launch``, a module for ``python -m``."""
+
+    name: str
+    executable: str
+    module: str
+    parameters: dict[str, Any]
+    namespace: str = ""
+    remappings: tuple[tuple[str, str], ...] = ()
+    environment: dict[str, str] = field(default_factory=dict)  # defaults: a variable already set wins
+    required: bool = True
+    package: str = PACKAGE
+
+    def ros_arguments(self, params_file: str) -> list[str]:
+        """``--ros-args`` for ``python -m module``: node name, namespace, parameters file, remaps."""
+        args = ["--ros-args", "-r", f"__node:={self.name}"]
+        if self.namespace:
+            args += ["-r", f"__ns:=/{self.namespace.strip('/')}"]
+        args += ["--params-file", params_file]
+        for source, target in self.remappings:
+            args += ["-r", f"{source}:={target}"]
+        return args
+
+    def parameters_yaml(self) -> dict[str, Any]:
+        """The ROS 2 parameters-file content for this process (applies to any node name)."""
+        return {"/**": {"ros__parameters": dict(self.parameters)}}
+
+
+@dataclass(frozen=True)
+class Graph:
+    embodiment: EmbodimentConfig
+    processes: tuple[ProcessSpec, ...]
+    environment: dict[str, str]  # for every process; a variable already set wins
+
+    def process(self, name: str) -> ProcessSpec:
+        for spec in self.processes:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no process {name!r} in the graph; have {[p.name for p in self.processes]}")
+
+
+def parse_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"{name} must be true or false, got {text!r}")
+
+
+def parse_namespaces(text: str) -> dict[str, str]:
+    """``follower_left=puppet_left,follower_right=puppet_right`` -> mapping."""
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        source, sep, target = item.partition("=")
+        if not sep or not source.strip("/ ") or not target.strip("/ "):
+            raise ValueError(f"namespace remap must look like old=new, got {item!r}")
+        mapping[source.strip("/ ")] = target.strip("/ ")
+    return mapping
+
+
+def graph_environment() -> dict[str, str]:
+    """The shipped FastDDS profile (shared memory for camera frames) and the RMW it is written for."""
+    return {DDS_PROFILE_ENV: str(dds_profile_path()), RMW_ENV: RMW}
+
+
+def sim_overrides(config: EmbodimentConfig) -> list[str]:
+    """Config overrides every node gets in simulation.
+
+    The Interbotix messages do not exist on a bare machine, so the controller commands the sim
+    (and the recorder records) ``forward_command`` instead; the cameras are declared at the
+    sim's render size, so the policy gets frames of the size it expects.
+    """
+    overrides = []
+    if any(isinstance(o, InterbotixOutput) for o in config.outputs):
+        outputs = [
+            {"adapter": "forward_command", "arms": list(o.arms)} if isinstance(o, InterbotixOutput)
+            else o.model_dump(mode="json")
+            for o in config.outputs
+        ]
+        overrides.append(f"outputs={json.dumps(outputs)}")
+    if config.sim is not None:
+        mapped = getattr(config.sim, "camera_map", None)  # MuJoCo renders mapped cameras, mock sims all
+        for index, camera in enumerate(config.cameras):
+            if mapped is None or camera.name in mapped:
+                overrides += [f"cameras.{index}.width={config.sim.render_width}",
+                              f"cameras.{index}.height={config.sim.render_height}"]
+    return overrides
+
+
+def config_topics(config: EmbodimentConfig) -> list[str]:
+    """Every absolute topic the config names: cameras, joint states, odometry, commands, teleop."""
+    topics = [c.topic for c in config.cameras] + [a.joint_state_topic for a in config.arms]
+    if config.base is not None:
+        topics.append(config.base.odom_topic)
+    for output in config.outputs:
+        if isinstance(output, TwistOutput):
+            topics.append(output.topic)
+            continue
+        templates = [output.group_topic, output.single_topic] if isinstance(output, InterbotixOutput) else [output.topic]
+        topics += [t.format(namespace=config.arm(a).namespace) for t in templates for a in output.arms]
+    topics += list(config.teleop.leader_follow.topics.values())
+    return topics
+
+
+def namespace_remaps(config: EmbodimentConfig, namespaces: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Remap each config topic under ``/<old>/`` to ``/<new>/`` (e.g. ALOHA's older puppet names)."""
+    remaps = []
+    for topic in dict.fromkeys(config_topics(config)):
+        for old, new in namespaces.items():
+            if topic.startswith(f"/{old}/"):
+                remaps.append((topic, f"/{new}/{topic[len(old) + 2:]}"))
+    return tuple(remaps)
+
+
+def _string(value: str) -> str:
+    """A YAML-safe override value (instructions may contain ':' or '#')."""
+    return json.dumps(value)
+
+
+def build_graph(options: BringupOptions) -> Graph:
+    """The processes that bring ``options.embodiment`` up, in start order."""
+    config_source = options.config or options.embodiment
+    config = load_embodiment(config_source, _parsed(options.config_overrides))
+    if options.use_sim and config.sim is None:
+        raise ValueError(f"{config_source} has no sim section, so it cannot run with use_sim")
+    config_overrides = (sim_overrides(config) if options.use_sim else []) + list(options.config_overrides)
+    runtime_overrides = list(options.runtime_overrides)
+    if options.checkpoint:
+        runtime_overrides.append(f"checkpoint={_string(options.checkpoint)}")
+    if options.backend:
+        runtime_overrides.append(f"backend={_string(options.backend)}")
+    if options.instruction:
+        runtime_overrides.append(f"instruction={_string(options.instruction)}")
+
+    common: dict[str, Any] = {"config": config_source}
+    if options.runtime_config:
+        common["runtime_config"] = options.runtime_config
+    if config_overrides:  # an empty list has no type in a parameters file
+        common["config_overrides"] = config_overrides
+    if runtime_overrides:
+        common["runtime_overrides"] = runtime_overrides
+    remaps = namespace_remaps(config, options.namespaces)
+    base_env = graph_environment()
+
+    def spec(name: str, executable: str, module: str, extra: Mapping[str, Any] | None = None, *,
+             required: bool = True, environment: Mapping[str, str] | None = None,
+             more_remaps: tuple[tuple[str, str], ...] = ()) -> ProcessSpec:
+        parameters = {**common, **(extra or {}), **options.node_parameters.get(name, {})}
+        return ProcessSpec(name, executable, f"{PACKAGE}.nodes.{module}", parameters, remappings=remaps + more_remaps,
+                           environment={**base_env, **(environment or {})}, required=required)
+
+    processes = []
+    if options.use_sim:
+        processes.append(spec("sim_node", "sim_node", "sim_node", environment={"MUJOCO_GL": "egl"}))
+    elif any(camera.source.type != "topic" for camera in config.cameras):
+        processes.append(spec("camera_node", "camera_node", "camera_node"))
+    if options.record:
+        recorder = {"output_dir": options.output_dir} if options.output_dir else {}
+        processes.append(spec("trial_recorder", "trial_recorder", "trial_recorder", recorder))
+    processes.append(spec("policy_node", "policy_node", "policy_node"))
+    processes.append(spec(CONTROLLERS[options.embodiment], CONTROLLERS[options.embodiment], "controller"))
+    if options.joystick:  # a missing gamepad is retried, so it never takes the graph down
+        processes.append(spec("joystick_node", "joystick_node", "joystick_node", required=False,
+                              more_remaps=(("joy", config.teleop.joy_topic),)))
+    unknown = set(options.node_parameters) - {p.name for p in processes}
+    if unknown:
+        raise ValueError(f"parameters given for processes not in the graph: {sorted(unknown)}")
+    return Graph(config, tuple(processes), base_env)
+
+
+def _parsed(overrides: Sequence[str]) -> dict[str, Any]:
+    return dict(parse_override(text) for text in overrides)

@@ -1,0 +1,134 @@
+"""The node graph description (no ROS): which processes each embodiment starts, with what."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from qwen_vla_ros.bringup.graph import (
+    EMBODIMENTS,
+    LAUNCH_ARGUMENTS,
+    BringupOptions,
+    build_graph,
+    namespace_remaps,
+    parse_namespaces,
+)
+from qwen_vla_ros.config import load_embodiment, parse_override
+from qwen_vla_ros.ros_env import DDS_PROFILE_ENV, dds_profile_path
+
+
+def overrides_of(spec) -> dict:
+    return dict(parse_override(text) for text in spec.parameters.get("config_overrides", []))
+
+
+@pytest.mark.parametrize("embodiment", EMBODIMENTS)
+def test_every_embodiment_starts_policy_controller_and_optional_nodes(embodiment: str) -> None:
+    bare = build_graph(BringupOptions(embodiment))
+    names = [p.name for p in bare.processes]
+    assert "policy_node" in names and any(n.endswith("_controller") for n in names)
+    assert "sim_node" not in names and "trial_recorder" not in names and "joystick_node" not in names
+    # shipped configs take frames from realsense2_camera topics, so camera_node has nothing to serve
+    assert "camera_node" not in names
+
+    full = build_graph(BringupOptions(embodiment, use_sim=True, record=True, joystick=True))
+    names = [p.name for p in full.processes]
+    assert names[0] == "sim_node" and "trial_recorder" in names and "joystick_node" in names
+    assert names.index("trial_recorder") < names.index("policy_node"), "the recorder must see the first chunk"
+    required = {p.name: p.required for p in full.processes}
+    assert required.pop("joystick_node") is False and all(required.values())
+    for spec in full.processes:
+        assert spec.parameters["config"] == embodiment
+        assert spec.module.startswith("qwen_vla_ros.nodes.")
+        assert spec.environment[DDS_PROFILE_ENV] == str(dds_profile_path()) and dds_profile_path().is_file()
+        assert spec.environment["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp"
+
+
+def test_controller_executable_matches_the_console_scripts() -> None:
+    controllers = {e: build_graph(BringupOptions(e)).processes[-1] for e in EMBODIMENTS}
+    assert {e: s.executable for e, s in controllers.items()} == {
+        "aloha": "aloha_controller", "aloha_mobile": "aloha_controller",
+        "widowx": "widowx_controller", "mobile_base": "base_controller",
+    }
+    from pathlib import Path
+
+    setup = (Path(__file__).resolve().parent.parent / "setup.py").read_text()
+    for spec in build_graph(BringupOptions("aloha", use_sim=True, record=True, joystick=True)).processes:
+        assert f'"{spec.executable} = {spec.module}:' in setup, f"{spec.executable} is no console script of {spec.module}"
+
+
+@pytest.mark.parametrize("embodiment", ["aloha", "aloha_mobile", "widowx"])
+def test_sim_replaces_interbotix_outputs_for_every_node_and_the_config_still_validates(embodiment: str) -> None:
+    graph = build_graph(BringupOptions(embodiment, use_sim=True, record=True))
+    shipped = load_embodiment(embodiment)
+    for spec in graph.processes:
+        config = load_embodiment(embodiment, overrides_of(spec))
+        adapters = [o.adapter for o in config.outputs]
+        assert "interbotix" not in adapters and "forward_command" in adapters
+        assert len(config.outputs) == len(shipped.outputs), "other outputs (the base Twist) are kept"
+        for camera in config.cameras:
+            assert (camera.width, camera.height) == (shipped.sim.render_width, shipped.sim.render_height)
+
+
+def test_real_robot_keeps_interbotix_and_passes_runtime_choices_quoted() -> None:
+    instruction = "pick: the red # cube"
+    graph = build_graph(BringupOptions("aloha", checkpoint="/ckpt/qwen vla", backend="onnxruntime",
+                                       instruction=instruction))
+    for spec in graph.processes:
+        assert "config_overrides" not in spec.parameters, "no overrides on the robot: an empty list has no type"
+        runtime = dict(parse_override(t) for t in spec.parameters["runtime_overrides"])
+        assert runtime == {"checkpoint": "/ckpt/qwen vla", "backend": "onnxruntime", "instruction": instruction}
+
+
+def test_parameters_file_is_valid_ros_yaml() -> None:
+    spec = build_graph(BringupOptions("aloha", use_sim=True, record=True, output_dir="/tmp/t")).process("trial_recorder")
+    data = yaml.safe_load(yaml.safe_dump(spec.parameters_yaml()))
+    assert data["/**"]["ros__parameters"]["output_dir"] == "/tmp/t"
+    args = spec.ros_arguments("/p.yaml")
+    assert args[:3] == ["--ros-args", "-r", "__node:=trial_recorder"] and ["--params-file", "/p.yaml"] == args[3:5]
+
+
+def test_namespace_remaps_follow_the_older_puppet_names() -> None:
+    config = load_embodiment("aloha")
+    remaps = dict(namespace_remaps(config, parse_namespaces("follower_left=puppet_left, follower_right=/puppet_right/")))
+    assert remaps["/follower_left/joint_states"] == "/puppet_left/joint_states"
+    assert remaps["/follower_right/commands/joint_group"] == "/puppet_right/commands/joint_group"
+    assert remaps["/follower_right/commands/joint_single"] == "/puppet_right/commands/joint_single"
+    assert not any(k.startswith("/cam_") for k in remaps)
+    spec = build_graph(BringupOptions("aloha", namespaces={"follower_left": "puppet_left"})).process("policy_node")
+    assert ("/follower_left/joint_states", "/puppet_left/joint_states") in spec.remappings
+    joystick = build_graph(BringupOptions("aloha", joystick=True)).process("joystick_node")
+    assert ("joy", "/joy") in joystick.remappings, "joystick_node publishes relative 'joy'; the config names the topic"
+
+
+def test_launch_argument_strings_parse_and_bad_ones_are_named() -> None:
+    options = BringupOptions.from_launch_arguments(
+        "widowx", {"use_sim": "true", "record": "False", "joystick": "1", "checkpoint": "/c"})
+    assert (options.use_sim, options.record, options.joystick, options.checkpoint) == (True, False, True, "/c")
+    with pytest.raises(ValueError, match="use_sim must be true or false"):
+        BringupOptions.from_launch_arguments("aloha", {"use_sim": "maybe"})
+    with pytest.raises(ValueError, match="unknown launch arguments"):
+        BringupOptions.from_launch_arguments("aloha", {"use_simm": "true"})
+    with pytest.raises(ValueError, match="unknown embodiment"):
+        BringupOptions("spot")
+    with pytest.raises(ValueError, match="old=new"):
+        parse_namespaces("follower_left")
+    assert {"checkpoint", "backend", "use_sim", "record", "joystick", "config", "instruction"} <= set(LAUNCH_ARGUMENTS)
+
+
+def test_node_parameters_reach_only_their_process_and_unknown_ones_are_refused() -> None:
+    graph = build_graph(BringupOptions("aloha", use_sim=True, node_parameters={"sim_node": {"seed": 7}}))
+    assert graph.process("sim_node").parameters["seed"] == 7
+    assert "seed" not in graph.process("policy_node").parameters
+    with pytest.raises(ValueError, match="trial_recorder"):
+        build_graph(BringupOptions("aloha", node_parameters={"trial_recorder": {"operator": "a"}}))
+
+
+def test_a_config_without_sim_section_cannot_run_in_sim(tmp_path) -> None:
+    from qwen_vla_ros.paths import config_dir
+
+    data = yaml.safe_load((config_dir() / "widowx.yaml").read_text())
+    del data["sim"]
+    path = tmp_path / "lab_widowx.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert build_graph(BringupOptions("widowx", config=str(path))).process("policy_node").parameters["config"] == str(path)
+    with pytest.raises(ValueError, match="no sim section"):
+        build_graph(BringupOptions("widowx", config=str(path), use_sim=True))
