@@ -22,7 +22,7 @@ def overrides_of(spec) -> dict:
 
 @pytest.mark.parametrize("embodiment", EMBODIMENTS)
 def test_every_embodiment_starts_policy_controller_and_optional_nodes(embodiment: str) -> None:
-    bare = build_graph(BringupOptions(embodiment))
+    bare = build_graph(BringupOptions(embodiment, record=False, joystick=False))
     names = [p.name for p in bare.processes]
     assert "policy_node" in names and any(n.endswith("_controller") for n in names)
     assert "sim_node" not in names and "trial_recorder" not in names and "joystick_node" not in names
@@ -43,7 +43,7 @@ def test_every_embodiment_starts_policy_controller_and_optional_nodes(embodiment
 
 
 def test_controller_executable_matches_the_console_scripts() -> None:
-    controllers = {e: build_graph(BringupOptions(e)).processes[-1] for e in EMBODIMENTS}
+    controllers = {e: build_graph(BringupOptions(e, joystick=False)).processes[-1] for e in EMBODIMENTS}
     assert {e: s.executable for e, s in controllers.items()} == {
         "aloha": "aloha_controller", "aloha_mobile": "aloha_controller",
         "widowx": "widowx_controller", "mobile_base": "base_controller",
@@ -119,7 +119,7 @@ def test_node_parameters_reach_only_their_process_and_unknown_ones_are_refused()
     assert graph.process("sim_node").parameters["seed"] == 7
     assert "seed" not in graph.process("policy_node").parameters
     with pytest.raises(ValueError, match="trial_recorder"):
-        build_graph(BringupOptions("aloha", node_parameters={"trial_recorder": {"operator": "a"}}))
+        build_graph(BringupOptions("aloha", record=False, node_parameters={"trial_recorder": {"operator": "a"}}))
 
 
 def test_a_config_without_sim_section_cannot_run_in_sim(tmp_path) -> None:

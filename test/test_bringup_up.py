@@ -67,7 +67,7 @@ def alive(pid: int) -> bool:
 
 
 def test_up_brings_the_sim_graph_up_reports_a_death_and_stops_everything_on_ctrl_c(ros_domain, tiny_checkpoint) -> None:
-    runner = Runner(ros_domain, "aloha", "--sim", "--joystick", "--checkpoint", str(tiny_checkpoint))
+    runner = Runner(ros_domain, "aloha", "--sim", "--no-record", "--checkpoint", str(tiny_checkpoint))
     node = rclpy.create_node("up_probe", context=ros_domain.context)
     executor = SingleThreadedExecutor(context=ros_domain.context)
     executor.add_node(node)

@@ -114,7 +114,7 @@ def test_launch_file_declares_the_graph_arguments_and_starts_its_processes(fake_
 def test_real_robot_launch_without_sim_has_no_sim_node(fake_launch) -> None:
     description = load_launch_file("aloha").generate_launch_description()
     names = [n.kwargs["name"] for n in run_opaque(description, {}, {})]
-    assert names == ["policy_node", "aloha_controller"]
+    assert names == ["trial_recorder", "policy_node", "aloha_controller", "joystick_node"], "defaults: recorder and joystick on"
 
 
 def test_launch_files_with_real_launch_ros() -> None:

@@ -277,7 +277,7 @@ def run_demo(args: argparse.Namespace) -> Summary:
     if random_weights:
         say(RANDOM_WEIGHTS_NOTICE)
     output = Path(args.output).expanduser().resolve()
-    options = BringupOptions(EMBODIMENT, str(checkpoint), args.backend, use_sim=True, record=True,
+    options = BringupOptions(EMBODIMENT, str(checkpoint), args.backend, use_sim=True, record=True, joystick=False,
                              instruction=args.instruction, output_dir=str(output),
                              node_parameters={"sim_node": {"seed": args.seed}})
     graph = build_graph(options)

@@ -30,8 +30,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "checkpoint": ("", "checkpoint directory (empty: the runtime config's)"),
     "backend": ("", "torch | onnxruntime | tensorrt (empty: the runtime config's)"),
     "use_sim": ("false", "simulate the robot and cameras (sim_node) instead of camera_node and the drivers"),
-    "record": ("false", "start the trial recorder"),
-    "joystick": ("false", "start joystick_node (a gamepad or foot pedal read through evdev)"),
+    "record": ("true", "start the trial recorder (it records only while a trial runs)"),
+    "joystick": ("true", "start joystick_node (a gamepad or foot pedal read through evdev; false when joy_node runs instead)"),
     "config": ("", "embodiment config name or YAML file (empty: the launch file's embodiment)"),
     "instruction": ("", "task instruction (empty: the runtime config's)"),
     "runtime_config": ("", "runtime YAML file (empty: the shipped runtime.yaml)"),
@@ -55,8 +55,8 @@ class BringupOptions:
     checkpoint: str = ""
     backend: str = ""
     use_sim: bool = False
-    record: bool = False
-    joystick: bool = False
+    record: bool = True
+    joystick: bool = True
     config: str = ""
     instruction: str = ""
     runtime_config: str = ""
