@@ -47,6 +47,9 @@ class JoystickNode(Node):
         except ValueError as exc:
             raise ConfigError("joystick_node parameters", [str(exc)]) from exc
         self._stop = threading.Event()
+        # SIGINT/SIGTERM shut the context down before run_node closes the node: stop the reader
+        # first, or its next retry logs through a shut-down context.
+        self.context.on_shutdown(self._stop.set)
         self._thread = threading.Thread(target=self.reader.run, args=(self._stop,), name="joystick", daemon=True)
         self._thread.start()
         source = path or (f"the device named {name!r}" if name else "the first joystick")
