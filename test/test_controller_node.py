@@ -7,6 +7,7 @@ publishes joint states equal to the last Interbotix command it received (real
 """
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from helpers.dds_robots import TwistBase  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
+from sensor_msgs.msg import JointState, TimeReference  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -31,7 +32,7 @@ from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
 from qwen_vla_ros.control.layout import CommandLayout  # noqa: E402
 from qwen_vla_ros.embodiments.gripper import joint_to_normalized  # noqa: E402
-from qwen_vla_ros.nodes.common import chunk_to_trajectory, time_to_ns  # noqa: E402
+from qwen_vla_ros.nodes.common import chunk_to_trajectory, ns_to_time, time_to_ns  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 ALOHA_START = [0.0, -0.96, 1.16, 0.0, -0.3, 0.0]
@@ -165,11 +166,24 @@ def test_aloha_controller_over_dds(ros_domain, interbotix_msgs) -> None:
 
 
 def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
-    """A waypoint base drives, stops on e-stop within a period or two, ignores chunks until reset."""
+    """A waypoint base drives, stops on e-stop within a period or two, ignores chunks until reset;
+    a policy host whose heartbeat clock runs 200 ms behind is reported on the controller's state."""
     config = load_embodiment("mobile_base")
     node = rclpy.create_node("base_rig", context=ros_domain.context)
     executor = SingleThreadedExecutor(context=ros_domain.context)
     executor.add_node(node)
+    heartbeat = node.create_publisher(TimeReference, "/qwen_vla/heartbeat", 10)
+    slow_peer = f"{socket.gethostname()}/slow_policy_host"
+
+    def beat() -> None:
+        message = TimeReference(source=slow_peer)
+        message.header.stamp = ns_to_time(node.get_clock().now().nanoseconds - 200_000_000)
+        heartbeat.publish(message)
+
+    node.create_timer(0.2, beat)
+    states: dict[str, str] = {}
+    node.create_subscription(DiagnosticArray, "/qwen_vla/controller/state",
+                             lambda m: states.update({v.key: v.value for s in m.status for v in s.values}), 10)
     base = TwistBase(node, "/mobile_base/cmd_vel", config.base.odom_topic)
     twists = base.twists
     chunk_publisher = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", RELIABLE)
@@ -213,6 +227,9 @@ def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
         output = ros_domain.stop_process(child)
         node.destroy_node()
     assert "e-stop engaged" in output
+    offset = float(states[f"clock_offset_ms.{slow_peer}"])
+    assert 195 < offset < 400, states
+    assert "clock offset over 10 ms" in output and slow_peer in output
 
 
 def test_interbotix_adapter_refuses_to_start_without_its_messages(ros_domain) -> None:

@@ -49,6 +49,7 @@ from qwen_vla_ros.nodes.common import (
     time_to_ns,
     trajectory_to_chunk,
 )
+from qwen_vla_ros.nodes.heartbeat import Heartbeat
 from qwen_vla_ros.recording.topics import MODE_TOPIC, TRIAL_SERVICES
 
 CHUNK_TOPIC = "/qwen_vla/action_chunk"
@@ -97,6 +98,8 @@ class ControllerNode(Node):
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.create_subscription(Bool, embodiment.safety.estop_topic, self._on_estop, latched, callback_group=inputs)
         self.create_service(Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset, callback_group=inputs)
+        # Chunks carry the policy host's observation stamps: this is where a clock offset bites.
+        self.heartbeat = Heartbeat(self, runtime.clock_check, callback_group=inputs)
 
         # Best effort matches joy_node's reliable publisher as well as best-effort ones.
         self.create_subscription(Joy, embodiment.teleop.joy_topic, self._on_joy,
@@ -292,6 +295,7 @@ class ControllerNode(Node):
         now = self._now()
         with self.lock:
             status = self.core.status(now)
+        status.update(self.heartbeat.figures())
         level = {"estop": DiagnosticStatus.ERROR, "stale": DiagnosticStatus.WARN, "waiting": DiagnosticStatus.WARN}
         diagnostic = DiagnosticStatus(
             level=level.get(str(status["mode"]), DiagnosticStatus.OK),
