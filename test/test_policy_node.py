@@ -142,6 +142,12 @@ def test_instruction_change_rebuilds_the_prefix_once(start_policy) -> None:
     assert harness.figure("prefix_builds") == "2"
     assert len(harness.logged(Log.INFO, "task prefix built", "stack the red block")) == 1
 
+    # the 'instruction' parameter, set at run time (as `ros2 param set` does), is the other way in
+    assert harness.node.set_parameters([Parameter("instruction", value="open the drawer")])[0].successful
+    harness.wait(lambda: harness.figure("instruction") == "open the drawer", 30, "the parameter's instruction")
+    time.sleep(1.5)
+    assert harness.figure("prefix_builds") == "3"
+
 
 def test_camera_stops_then_returns(start_policy) -> None:
     harness = start_policy(["schedule.trigger=rate", "schedule.replan_hz=5", "sync.max_age_s=0.3"])

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry as OdometryMsg
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -108,6 +110,8 @@ class PolicyNode(Node):
         self.create_subscription(String, MODE_TOPIC, self._on_mode, LATCHED)
         self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, RELIABLE)
         self.heartbeat = Heartbeat(self, runtime.clock_check)
+        self.default_instruction = runtime.instruction
+        self.add_on_set_parameters_callback(self._on_parameters)
         self.create_timer(1.0, self._report)
         self.worker = threading.Thread(target=self._run, name="policy_inference", daemon=True)
         self.worker.start()
@@ -173,6 +177,14 @@ class PolicyNode(Node):
     def _on_instruction(self, msg: String) -> None:
         self.runner.set_instruction(msg.data)
         self._wake.set()
+
+    def _on_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """``ros2 param set /policy_node instruction ...`` acts like the topic; empty: the runtime config's."""
+        for parameter in parameters:
+            if parameter.name == "instruction":
+                self.runner.set_instruction(str(parameter.value) or self.default_instruction)
+                self._wake.set()
+        return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ inference thread
     def _run(self) -> None:
