@@ -23,11 +23,13 @@ def overrides_of(spec) -> dict:
 @pytest.mark.parametrize("embodiment", EMBODIMENTS)
 def test_every_embodiment_starts_policy_controller_and_optional_nodes(embodiment: str) -> None:
     bare = build_graph(BringupOptions(embodiment, record=False, joystick=False))
-    names = [p.name for p in bare.processes]
+    names = [p.name for p in bare.processes if p.package == "qwen_vla_ros"]
     assert "policy_node" in names and any(n.endswith("_controller") for n in names)
     assert "sim_node" not in names and "trial_recorder" not in names and "joystick_node" not in names
     # shipped configs take frames from realsense2_camera topics, so camera_node has nothing to serve
     assert "camera_node" not in names
+    drivers = [p for p in bare.processes if p.package == "realsense2_camera"]
+    assert [p.namespace for p in drivers] == [c.name for c in bare.embodiment.cameras], "one driver per camera"
 
     full = build_graph(BringupOptions(embodiment, use_sim=True, record=True, joystick=True))
     names = [p.name for p in full.processes]
@@ -73,9 +75,33 @@ def test_real_robot_keeps_interbotix_and_passes_runtime_choices_quoted() -> None
     graph = build_graph(BringupOptions("aloha", checkpoint="/ckpt/qwen vla", backend="onnxruntime",
                                        instruction=instruction))
     for spec in graph.processes:
+        if spec.package != "qwen_vla_ros":
+            continue  # the camera drivers take their own parameters
         assert "config_overrides" not in spec.parameters, "no overrides on the robot: an empty list has no type"
         runtime = dict(parse_override(t) for t in spec.parameters["runtime_overrides"])
         assert runtime == {"checkpoint": "/ckpt/qwen vla", "backend": "onnxruntime", "instruction": instruction}
+
+
+def test_realsense_drivers_publish_on_the_configured_topics() -> None:
+    """As the Interbotix ALOHA bringup: node 'camera' in each camera's namespace, colour only, not required."""
+    config = load_embodiment("aloha")
+    graph = build_graph(BringupOptions("aloha", config_overrides=[
+        "cameras.0.source={type: topic, serial: '130322270123'}", "cameras.1.source={type: topic, driver: none}"]))
+    drivers = {p.namespace: p for p in graph.processes if p.package == "realsense2_camera"}
+    assert set(drivers) == {"cam_high", "cam_left_wrist", "cam_right_wrist"}, "driver: none starts nothing"
+    high = drivers["cam_high"]
+    assert (high.name, high.ros_name, high.executable, high.module) == (
+        "cam_high_driver", "camera", "realsense2_camera_node", "")
+    assert not high.required and high.environment == graph.environment
+    assert high.parameters["serial_no"] == "_130322270123", "ROS would read a bare serial as a number"
+    assert "serial_no" not in drivers["cam_left_wrist"].parameters, "no serial: the first camera found"
+    camera = config.cameras[0]
+    assert high.parameters["rgb_camera.color_profile"] == f"{camera.width}x{camera.height}x{int(camera.fps)}"
+    assert high.parameters["enable_depth"] is False and high.parameters["rgb_camera.color_format"] == "RGB8"
+    assert high.remappings == (("/cam_high/camera/color/image_raw", camera.topic),)
+    assert high.ros_arguments("/p.yaml")[:5] == ["--ros-args", "-r", "__node:=camera", "-r", "__ns:=/cam_high"]
+    assert not [p for p in build_graph(BringupOptions("aloha", use_sim=True)).processes
+                if p.package != "qwen_vla_ros"], "the sim renders the cameras"
 
 
 def test_parameters_file_is_valid_ros_yaml() -> None:

@@ -90,3 +90,32 @@ def test_stop_event_ends_supervision_without_failure(env) -> None:
     finally:
         exits = group.stop()
     assert [e.returncode for e in exits] == [0]
+
+
+def test_another_packages_node_runs_from_the_ros_install_or_is_left_out(env, tmp_path) -> None:
+    """A camera driver (realsense2_camera cannot be installed here, so a stand-in script sits
+    where a ROS install puts it: ``<prefix>/lib/<package>/<executable>``) runs with its node
+    name, namespace and parameters file; with no such install it is reported and left out."""
+    driver = ProcessSpec("cam_high_driver", "realsense2_camera_node", "", {"camera_name": "camera"},
+                         namespace="cam_high", node_name="camera", required=False, package="realsense2_camera")
+    lines: list[str] = []
+    group = ProcessGroup([driver, child("steady")], env={**env, "AMENT_PREFIX_PATH": str(tmp_path / "none")},
+                         echo=lines.append)
+    group.start()
+    group.stop(sigint_timeout_s=5.0)
+    assert list(group.pids()) == ["steady"]
+    assert any("not starting cam_high_driver" in line and "realsense2_camera_node is not installed" in line
+               for line in lines), lines
+
+    prefix = tmp_path / "install"
+    script = prefix / "lib" / "realsense2_camera" / "realsense2_camera_node"
+    script.parent.mkdir(parents=True)
+    record = tmp_path / "argv.txt"
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {record}\ncat \"$(echo \"$@\" | sed 's/.*--params-file \\([^ ]*\\).*/\\1/')\" >> {record}\n")
+    script.chmod(0o755)
+    group = ProcessGroup([driver], env={**env, "AMENT_PREFIX_PATH": f"{tmp_path / 'none'}:{prefix}"}, echo=None)
+    group.start()
+    assert wait_for(lambda: record.exists() and "camera_name" in record.read_text())
+    group.stop(sigint_timeout_s=5.0)
+    text = record.read_text()
+    assert "__node:=camera" in text and "__ns:=/cam_high" in text and "camera_name: camera" in text

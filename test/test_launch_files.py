@@ -100,9 +100,10 @@ def test_launch_file_declares_the_graph_arguments_and_starts_its_processes(fake_
     values = {"use_sim": "true", "record": "true", "joystick": "true", "checkpoint": "/ckpt", "instruction": "fold"}
     nodes = run_opaque(description, values, {"MUJOCO_GL": "osmesa"})
     expected = build_graph(BringupOptions.from_launch_arguments(embodiment, values)).processes
-    assert [n.kwargs["name"] for n in nodes] == [p.name for p in expected]
+    assert [n.kwargs["name"] for n in nodes] == [p.ros_name for p in expected]
     for node, spec in zip(nodes, expected):
-        assert node.kwargs["package"] == "qwen_vla_ros" and node.kwargs["executable"] == spec.executable
+        assert node.kwargs["package"] == spec.package and node.kwargs["executable"] == spec.executable
+        assert node.kwargs["namespace"] == spec.namespace
         assert node.kwargs["parameters"] == [spec.parameters]
         assert node.kwargs["remappings"] == list(spec.remappings)
         assert (node.kwargs["on_exit"] is not None) == spec.required
@@ -113,8 +114,12 @@ def test_launch_file_declares_the_graph_arguments_and_starts_its_processes(fake_
 
 def test_real_robot_launch_without_sim_has_no_sim_node(fake_launch) -> None:
     description = load_launch_file("aloha").generate_launch_description()
-    names = [n.kwargs["name"] for n in run_opaque(description, {}, {})]
-    assert names == ["trial_recorder", "policy_node", "aloha_controller", "joystick_node"], "defaults: recorder and joystick on"
+    nodes = run_opaque(description, {}, {})
+    names = [n.kwargs["name"] for n in nodes]
+    assert names == ["camera"] * 4 + ["trial_recorder", "policy_node", "aloha_controller", "joystick_node"], \
+        "the cameras' drivers, then the defaults: recorder and joystick on"
+    assert [n.kwargs["namespace"] for n in nodes[:4]] == ["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"]
+    assert {n.kwargs["package"] for n in nodes[:4]} == {"realsense2_camera"}
 
 
 def test_launch_files_with_real_launch_ros() -> None:

@@ -87,7 +87,11 @@ class BringupOptions:
 
 @dataclass(frozen=True)
 class ProcessSpec:
-    """One node process: a console script for ``ros2 launch``, a module for ``python -m``."""
+    """One node process: a console script for ``ros2 launch``, a module for ``python -m``.
+
+    Another package's node (a camera driver) has no module: ``up`` runs its executable from
+    the sourced ROS installation where there is one.
+    """
 
     name: str
     executable: str
@@ -98,10 +102,15 @@ class ProcessSpec:
     environment: dict[str, str] = field(default_factory=dict)  # defaults: a variable already set wins
     required: bool = True
     package: str = PACKAGE
+    node_name: str = ""  # the ROS node name when it differs from the process name (a driver's 'camera')
+
+    @property
+    def ros_name(self) -> str:
+        return self.node_name or self.name
 
     def ros_arguments(self, params_file: str) -> list[str]:
         """``--ros-args`` for ``python -m module``: node name, namespace, parameters file, remaps."""
-        args = ["--ros-args", "-r", f"__node:={self.name}"]
+        args = ["--ros-args", "-r", f"__node:={self.ros_name}"]
         if self.namespace:
             args += ["-r", f"__ns:=/{self.namespace.strip('/')}"]
         args += ["--params-file", params_file]
@@ -241,8 +250,10 @@ def build_graph(options: BringupOptions) -> Graph:
     processes = []
     if options.use_sim:
         processes.append(spec("sim_node", "sim_node", "sim_node", environment={"MUJOCO_GL": "egl"}))
-    elif any(camera.source.type != "topic" for camera in config.cameras):
-        processes.append(spec("camera_node", "camera_node", "camera_node"))
+    else:
+        if any(camera.source.type != "topic" for camera in config.cameras):
+            processes.append(spec("camera_node", "camera_node", "camera_node"))
+        processes.extend(realsense_drivers(config, base_env))
     if options.record:
         recorder = {"output_dir": options.output_dir} if options.output_dir else {}
         processes.append(spec("trial_recorder", "trial_recorder", "trial_recorder", recorder))
@@ -255,6 +266,38 @@ def build_graph(options: BringupOptions) -> Graph:
     if unknown:
         raise ValueError(f"parameters given for processes not in the graph: {sorted(unknown)}")
     return Graph(config, tuple(processes), base_env)
+
+
+def realsense_drivers(config: EmbodimentConfig, environment: Mapping[str, str]) -> list[ProcessSpec]:
+    """One ``realsense2_camera_node`` per camera taken from its topic with that driver.
+
+    As in the Interbotix ALOHA bringup, the driver runs as node ``camera`` in the camera's
+    namespace (``/cam_high/camera/...``); its colour image is remapped onto the configured
+    topic. Serials get realsense2_camera's ``_`` prefix, which keeps ROS from reading them as
+    numbers. Not required: a camera that fails is reported and the policy waits for frames.
+    """
+    drivers = []
+    for camera in config.cameras:
+        source = camera.source
+        if source.type != "topic" or source.driver != "realsense2_camera":
+            continue
+        image = f"/{camera.name}/camera/color/image_raw"
+        parameters: dict[str, Any] = {
+            "camera_name": "camera",
+            "enable_color": True,
+            "enable_depth": False,
+            "rgb_camera.color_profile": f"{camera.width}x{camera.height}x{camera.fps:g}",
+            "rgb_camera.color_format": camera.encoding.upper(),
+        }
+        if source.serial:
+            parameters["serial_no"] = f"_{source.serial}"
+        remaps = ((image, camera.topic),) if camera.topic != image else ()
+        drivers.append(ProcessSpec(
+            f"{camera.name}_driver", "realsense2_camera_node", "", parameters, namespace=camera.name,
+            remappings=remaps, environment=dict(environment), required=False, package="realsense2_camera",
+            node_name="camera",
+        ))
+    return drivers
 
 
 def _parsed(overrides: Sequence[str]) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def node_action(spec: ProcessSpec, environment: Any = os.environ) -> Any:
     return Node(
         package=spec.package,
         executable=spec.executable,
-        name=spec.name,
+        name=spec.ros_name,
         namespace=spec.namespace,
         parameters=[spec.parameters],
         remappings=list(spec.remappings),

@@ -103,6 +103,15 @@ class _Child:
                     tuple(self.tail))
 
 
+def ros_executable(package: str, executable: str, env: Mapping[str, str]) -> Path | None:
+    """Where ``ros2 run package executable`` would find it: ``<prefix>/lib/<package>/`` of a sourced install."""
+    for prefix in filter(None, env.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        candidate = Path(prefix) / "lib" / package / executable
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 class ProcessGroup:
     """The processes of one graph. Use as a context manager: leaving it always shuts down."""
 
@@ -124,26 +133,39 @@ class ProcessGroup:
         self._logs: list[TextIO] = []
         self._params = tempfile.TemporaryDirectory(prefix="qwen_vla_params_")
 
-    def command(self, spec: ProcessSpec) -> list[str]:
+    def command(self, spec: ProcessSpec) -> list[str] | None:
+        """The command line, or None for another package's executable that is not installed."""
+        if spec.module:
+            program = [self.python, "-m", spec.module]
+        else:
+            found = ros_executable(spec.package, spec.executable, self.env)
+            if found is None:
+                return None
+            program = [str(found)]
         params_file = Path(self._params.name) / f"{spec.name}.yaml"
         params_file.write_text(yaml.safe_dump(spec.parameters_yaml(), sort_keys=False))
-        return [self.python, "-m", spec.module, *spec.ros_arguments(str(params_file))]
+        return [*program, *spec.ros_arguments(str(params_file))]
 
     def start(self) -> None:
         for spec in self.specs:
+            command = self.command(spec)
+            if command is None:
+                self._say(f"not starting {spec.name}: {spec.package}'s {spec.executable} is not installed "
+                          f"(none under AMENT_PREFIX_PATH); install it or set the camera's driver to 'none'")
+                continue
             log = None
             if self.log_dir is not None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 log = open(self.log_dir / f"{spec.name}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
                 self._logs.append(log)
             popen = subprocess.Popen(
-                self.command(spec), env=child_environment(spec, self.env), stdout=subprocess.PIPE,
+                command, env=child_environment(spec, self.env), stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
                 start_new_session=True,  # a terminal's Ctrl-C reaches the runner only; it stops them in order
                 preexec_fn=_die_with_parent,
             )
             self.children.append(_Child(spec, popen, log, self.echo))
-            self._say(f"started {spec.name} (pid {popen.pid}): python -m {spec.module}")
+            self._say(f"started {spec.name} (pid {popen.pid}): {f'python -m {spec.module}' if spec.module else command[0]}")
 
     def pids(self) -> dict[str, int]:
         return {child.spec.name: child.popen.pid for child in self.children}

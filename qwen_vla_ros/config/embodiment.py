@@ -238,9 +238,16 @@ class ControlTiming(StrictModel):
 
 
 class CameraSourceTopic(StrictModel):
-    """Frames come from an existing driver (e.g. realsense2_camera); camera_node is not needed."""
+    """Frames come from a ROS camera driver; camera_node is not needed.
+
+    ``driver: realsense2_camera`` has the launch files (and ``up``, where the driver is
+    installed) start one ``realsense2_camera_node`` per camera, as the Interbotix ALOHA
+    bringup does; ``none`` when something else (the rig's own bringup) already runs it.
+    """
 
     type: Literal["topic"] = "topic"
+    driver: Literal["realsense2_camera", "none"] = "realsense2_camera"
+    serial: str = Field(default="", description="the camera's serial number; empty: the first one found")
 
 
 class CameraSourceRealsense(StrictModel):
