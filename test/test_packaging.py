@@ -81,3 +81,32 @@ def test_installed_copy_imports_outside_the_checkout() -> None:
         pytest.skip("qwen_vla_ros is not installed in this interpreter (running from the checkout only)")
     assert result.returncode == 0, result.stderr
     assert not result.stdout.strip().startswith(str(REPO / "qwen_vla_ros")), "imported the checkout, not an installed copy"
+
+
+# package.xml's rosdep keys and the pip distributions they stand for
+ROSDEP_PIP_NAMES = {"python3-numpy": "numpy", "python3-opencv": "opencv-python-headless", "python3-scipy": "scipy",
+                    "python3-yaml": "pyyaml", "python3-h5py": "h5py", "python3-matplotlib": "matplotlib",
+                    "python3-evdev": "evdev"}
+
+
+def test_robot_computer_requirements_cover_what_rosdep_cannot_install(wheel: zipfile.ZipFile) -> None:
+    """colcon installs no pip requirement: what package.xml's rosdep keys miss must be in the robot list.
+    pydantic is listed although rosdep has python3-pydantic, because Ubuntu's is 1.x."""
+    from packaging.requirements import Requirement
+
+    (metadata,) = [n for n in wheel.namelist() if n.endswith("METADATA")]
+    needed = set()
+    for line in wheel.read(metadata).decode().splitlines():
+        if line.startswith("Requires-Dist:"):
+            requirement = Requirement(line.split(":", 1)[1].strip())
+            marker = str(requirement.marker or "")
+            if not marker or any(f'extra == "{extra}"' in marker for extra in ("model", "recording", "onnx")):
+                needed.add(requirement.name.lower().replace("_", "-"))
+    root = ET.parse(REPO / "package.xml").getroot()
+    from_rosdep = {ROSDEP_PIP_NAMES[e.text] for e in root if e.tag == "exec_depend" and e.text in ROSDEP_PIP_NAMES}
+    listed = {Requirement(line).name.lower().replace("_", "-")
+              for line in (REPO / "requirements" / "robot-computer.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    missing = needed - from_rosdep - listed
+    assert not missing, f"a colcon install would lack {sorted(missing)}"
+    assert "pydantic" in listed
