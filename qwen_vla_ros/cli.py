@@ -37,7 +37,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _add_check_config(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("check-config", help="validate embodiment or runtime YAML files")
+    parser = subparsers.add_parser("check-config", help="validate embodiment, runtime or OOD protocol YAML files")
     parser.add_argument("files", nargs="+", help="YAML files to validate")
     parser.set_defaults(handler=_check_config)
 

@@ -18,6 +18,7 @@ from qwen_vla_ros.config.loader import read_yaml
 from qwen_vla_ros.paths import config_dir
 
 SHIPPED = sorted(p.name for p in config_dir().glob("*.yaml"))
+PROTOCOLS = sorted(config_dir().glob("protocols/*.yaml"))
 
 
 def test_every_embodiment_has_a_shipped_file() -> None:
@@ -30,6 +31,23 @@ def test_shipped_config_passes_check_config(name: str, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "OK" in out
     assert len(out.splitlines()) <= 40, "summary must fit one screen"
+
+
+@pytest.mark.parametrize("path", PROTOCOLS, ids=lambda p: p.name)
+def test_shipped_protocols_pass_check_config(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "OK (Protocol)" in out and "conditions x" in out
+
+
+def test_broken_protocol_is_rejected_by_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = read_yaml(PROTOCOLS[0])
+    data["trials_per_condition"] = 0
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert cli_main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "trials_per_condition" in err and "0" in err
 
 
 def test_check_config_command_line_entry() -> None:

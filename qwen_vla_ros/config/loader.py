@@ -133,7 +133,11 @@ def load_runtime(path: str | Path | None = None, overrides: Mapping[str, Any] | 
 
 
 def detect_kind(data: Mapping[str, Any]) -> type[BaseModel]:
-    """Embodiment files have an action space; runtime files never do."""
+    """Embodiment files have an action space, OOD protocols have factors; runtime files neither."""
+    if "factors" in data:
+        from qwen_vla_ros.recording.protocol import Protocol  # recording builds on config, not the reverse
+
+        return Protocol
     return EmbodimentConfig if "action" in data or "arms" in data or "prompt" in data else RuntimeConfig
 
 
