@@ -56,6 +56,19 @@ def test_config_joint_limits_lie_inside_urdf_limits(embodiment) -> None:
         assert checked >= 6 * len(config.arms)
 
 
+def test_base_speed_limits_fit_the_urdf_wheels(embodiment) -> None:
+    """A differential base at full speed and full turn spins its outer wheel at (v + w * track / 2) / r."""
+    config, urdf = embodiment
+    if config.base is None:
+        pytest.skip(f"{config.name} has no base")
+    wheels = [urdf.joint_map[name] for name in ("left_wheel_joint", "right_wheel_joint")]
+    track = abs(wheels[0].origin[1, 3] - wheels[1].origin[1, 3])
+    radius = urdf.link_map["left_wheel_link"].visuals[0].geometry.cylinder.radius
+    outer_wheel = (config.base.max_linear + config.base.max_angular * track / 2) / radius
+    for wheel in wheels:
+        assert outer_wheel <= wheel.limit.velocity, f"{outer_wheel:.1f} rad/s > URDF {wheel.limit.velocity}"
+
+
 def test_urdf_forward_kinematics_matches_product_of_exponentials(embodiment) -> None:
     config, urdf = embodiment
     rng = np.random.default_rng(7)
