@@ -54,11 +54,15 @@ def test_queue_holds_at_most_its_byte_budget_and_counts_every_drop() -> None:
     accepted = [queue.put(QueuedMessage("/a" if i % 2 else "/b", STRING, i, bytes(30))) for i in range(5)]
     assert accepted == [True, True, True, False, False]
     assert queue.dropped() == {"/a": 1, "/b": 1}
-    assert len(queue.take_all(0.0)) == 3 and queue.peak_bytes == 90
-    assert queue.put(QueuedMessage("/a", STRING, 9, bytes(30))), "space is free again after the writer took it"
+    batch = queue.take_all(0.0)
+    assert len(batch) == 3 and queue.peak_bytes == 90
+    assert not queue.put(QueuedMessage("/a", STRING, 9, bytes(30))), "a taken batch still holds memory until written"
+    for message in batch:
+        queue.release(message)
+    assert queue.put(QueuedMessage("/a", STRING, 9, bytes(30))), "space is free again once the writer wrote it"
     queue.close()
     assert not queue.put(QueuedMessage("/a", STRING, 10, bytes(1)))
-    assert queue.dropped() == {"/a": 1, "/b": 1}, "a message after the end belongs to no trial and is no drop"
+    assert queue.dropped() == {"/a": 2, "/b": 1}, "a message after the end belongs to no trial and is no drop"
 
 
 def test_writer_thread_writes_every_queued_message_in_order(tmp_path: Path) -> None:

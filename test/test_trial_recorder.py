@@ -176,6 +176,8 @@ def test_recorded_trial_matches_what_was_published(harness: Harness, tmp_path: P
     bag = harness.output_dir / "trials" / "trial_0001" / "bag"
     with Reader(bag) as reader:
         counts = {topic: info.msgcount for topic, info in reader.topics.items()}
+    assert yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]["version"] == 8, \
+        "Humble's ros2 bag reads metadata version 8"
     assert counts[LEFT_JOINTS] == 30 and counts[CAMERA] == 10 and counts["/qwen_vla/action_chunk"] == 4
     assert counts["/qwen_vla/mode"] == 4, "the latched mode at the start plus three changes"
     assert "/qwen_vla/instruction" not in counts, "published before the trial, so not part of it"
@@ -199,6 +201,9 @@ def test_recorded_trial_matches_what_was_published(harness: Harness, tmp_path: P
     assert [i["from_mode"] for i in record["interventions"]] == ["policy", "policy"]
     assert 0 < record["duration_s"] < 30 and record["end_ns"] > record["start_ns"]
     assert record["topics"][LEFT_JOINTS] == {"type": "sensor_msgs/msg/JointState", "messages": 30, "dropped": 0}
+    silent_camera = ALOHA.cameras[1].topic  # in the recorded set, never published here
+    assert record["topics"][silent_camera] == {"type": "sensor_msgs/msg/Image", "messages": 0, "dropped": 0}, \
+        "a topic that stayed silent is on record with 0 messages"
     assert record["writer"] == "rosbags"
     index = yaml.safe_load((harness.output_dir / "index.yaml").read_text())
     assert [(t["id"], t["outcome"], t["interventions"]) for t in index["trials"]] == [("trial_0001", "success", 2)]

@@ -84,7 +84,8 @@ class TrialRecorderNode(Node):
             store = TrialStore(output_dir)
         except (ValueError, OSError) as exc:
             raise ConfigError("trial_recorder parameters", [str(exc)]) from exc
-        self.session = TrialSession(store, self._identity(embodiment, runtime), protocol, open_writer, settings)
+        self.session = TrialSession(store, self._identity(embodiment, runtime), protocol, open_writer, settings,
+                                    expected_topics=self._wanted)
         for record in self.session.recover():
             self.get_logger().warning(f"{record.id} was interrupted and is marked incomplete: {record.notes[-1]}")
 

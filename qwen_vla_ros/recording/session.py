@@ -62,8 +62,12 @@ class TrialSession:
         protocol: Protocol | None,
         open_writer: Callable[[Path], BagWriter],
         settings: SessionSettings = SessionSettings(),
+        expected_topics: Mapping[str, str] | None = None,
     ) -> None:
+        """``expected_topics`` (topic -> type, '' if unknown) are listed in every trial.yaml,
+        with 0 messages when nothing came: a camera that never published is on record."""
         self.store = store
+        self.expected_topics = dict(expected_topics or {})
         self.identity = identity
         self.protocol = store.bind_protocol(protocol)
         self.settings = settings
@@ -232,12 +236,12 @@ class TrialSession:
             self._apply(self._record, stats)
             self.store.save(self._record)
 
-    @staticmethod
-    def _apply(record: TrialRecord, stats: WriterStats) -> None:
-        topics = set(stats.types) | set(stats.queue_dropped)
+    def _apply(self, record: TrialRecord, stats: WriterStats) -> None:
+        topics = set(stats.types) | set(stats.queue_dropped) | set(self.expected_topics)
         record.topics = {
             topic: TopicCounts(
-                type=stats.types.get(topic, record.topics[topic].type if topic in record.topics else ""),
+                type=stats.types.get(topic) or (record.topics[topic].type if topic in record.topics else "")
+                or self.expected_topics.get(topic, ""),
                 messages=stats.written[topic],
                 dropped=stats.dropped(topic),
             )

@@ -56,14 +56,22 @@ class MessageQueue:
             return True
 
     def take_all(self, timeout_s: float) -> list[QueuedMessage]:
-        """Everything queued, waiting up to ``timeout_s`` for the first message."""
+        """Everything queued, waiting up to ``timeout_s`` for the first message.
+
+        Taken messages still count against ``max_bytes`` until :meth:`release`: the batch
+        in the writer's hands is memory too, so the bound covers everything not yet written.
+        """
         with self._ready:
             if not self._items and not self._closed:
                 self._ready.wait(timeout_s)
             batch = list(self._items)
             self._items.clear()
-            self._bytes = 0
             return batch
+
+    def release(self, message: QueuedMessage) -> None:
+        """The writer is done with a taken message (written or failed)."""
+        with self._ready:
+            self._bytes -= len(message.data)
 
     def close(self) -> None:
         """Refuse further messages; what is queued stays to be taken."""
@@ -166,6 +174,7 @@ class BagRecorder:
                 began = time.perf_counter()
                 for message in batch:
                     self._write(message)
+                    self._queue.release(message)
                 if time.monotonic() >= next_flush:
                     self._flush()
                     next_flush = time.monotonic() + self._flush_period_s
