@@ -268,6 +268,20 @@ def test_runner_delay_covers_elapsed_time_and_measured_latency(tiny_policy) -> N
     assert runner.counters.rtc_chunks == 2 and runner.last_delay_steps == 8
 
 
+def test_runner_with_rtc_off_ignores_committed_actions(tiny_policy) -> None:
+    runner, sync, clock, log, published, config = make_runner(tiny_policy, {"schedule.trigger": "rate", "rtc.enabled": False})
+    hold = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
+    for k in range(10):
+        runner.committed.add(clock.now_ns + k * 20 * MS, config.action.names, [(j + 1) * 0.02 for j in range(10)],
+                             [hold] * 10)
+    observed_ns = clock.now_ns + 20 * MS
+    feed_observation(sync, config, observed_ns)
+    clock.now_ns = observed_ns + 65 * MS
+    chunk = runner.step().chunk
+    assert chunk.metadata["delay_steps"] == 0 and runner.counters.rtc_chunks == 0
+    assert np.abs(chunk.actions[:4] - hold).max() > 1e-3, "nothing froze the first actions to the committed ones"
+
+
 def test_runner_rebuilds_the_prefix_once_per_new_instruction_and_keeps_a_bad_one_out(tiny_policy) -> None:
     runner, sync, clock, log, published, config = make_runner(tiny_policy)
     runner.set_instruction("pick up the cube")  # unchanged: nothing to rebuild
