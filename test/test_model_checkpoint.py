@@ -114,6 +114,14 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
         lambda root: _edit_json(root / "qwen_vla.json", lambda m: m["vision"].update(image_height=70)),
         "qwen_vla.json", "not a multiple of",
     ),
+    "tokenizer from another model": (
+        lambda root: _edit_json(root / "backbone/config.json", lambda c: c.update(image_token_id=6)),
+        "backbone/tokenizer.json", "<|image_pad|> has id 5 but",
+    ),
+    "vocabulary larger than the embeddings": (
+        lambda root: _edit_json(root / "backbone/config.json", lambda c: c["text_config"].update(vocab_size=100)),
+        "backbone/tokenizer.json", "does not fit text_config.vocab_size = 100",
+    ),
     "processor patch size": (
         lambda root: _edit_json(root / "backbone/preprocessor_config.json", lambda p: p.update(patch_size=14)),
         "preprocessor_config.json", "patch_size is 14",

@@ -256,6 +256,35 @@ def check_consistency(files: CheckpointFiles) -> None:
         raise CheckpointError(preprocessor_path, "image_std must be positive")
 
 
+VISION_TOKENS = {"image_token_id": "<|image_pad|>", "vision_start_token_id": "<|vision_start|>",
+                 "vision_end_token_id": "<|vision_end|>"}
+
+
+def check_tokenizer(backbone_dir: Path, backbone_config: dict) -> None:
+    """The token ids config.json names must be the tokenizer's vision tokens, inside the embedding table.
+
+    A tokenizer from another checkpoint would otherwise place image features on the wrong
+    tokens silently, or index past the embeddings with an error that names no file.
+    """
+    path = backbone_dir / "tokenizer.json"
+    tokenizer = _read_json(path)
+    ids = {token.get("content"): token.get("id") for token in tokenizer.get("added_tokens", [])}
+    vocab = tokenizer.get("model", {}).get("vocab", {})
+    if isinstance(vocab, dict):
+        ids = {**vocab, **ids}
+    config_path = backbone_dir / "config.json"
+    for key, content in VISION_TOKENS.items():
+        if key not in backbone_config:
+            raise CheckpointError(config_path, f"{key} is missing")
+        if ids.get(content) != backbone_config[key]:
+            raise CheckpointError(
+                path, f"{content} has id {ids.get(content)} but {config_path} says {key} = {backbone_config[key]}")
+    vocab_size = backbone_config.get("text_config", {}).get("vocab_size")
+    largest = max((i for i in ids.values() if isinstance(i, int)), default=-1)
+    if isinstance(vocab_size, int) and largest >= vocab_size:
+        raise CheckpointError(path, f"token id {largest} does not fit text_config.vocab_size = {vocab_size} ({config_path})")
+
+
 def read_checkpoint(path: str | Path) -> CheckpointFiles:
     """Check a checkpoint directory without loading weights; raises CheckpointError naming the file."""
     root = Path(path).expanduser().resolve()
@@ -280,6 +309,7 @@ def read_checkpoint(path: str | Path) -> CheckpointFiles:
         preprocessor_config=_read_json(backbone / "preprocessor_config.json"),
     )
     check_consistency(files)
+    check_tokenizer(backbone, files.backbone_config)
     return files
 
 
