@@ -184,6 +184,8 @@ def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
     states: dict[str, str] = {}
     node.create_subscription(DiagnosticArray, "/qwen_vla/controller/state",
                              lambda m: states.update({v.key: v.value for s in m.status for v in s.values}), 10)
+    committed: list[JointTrajectory] = []
+    node.create_subscription(JointTrajectory, "/qwen_vla/controller/committed", committed.append, RELIABLE)
     base = TwistBase(node, "/mobile_base/cmd_vel", config.base.odom_topic)
     twists = base.twists
     chunk_publisher = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", RELIABLE)
@@ -227,6 +229,8 @@ def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
         output = ros_domain.stop_process(child)
         node.destroy_node()
     assert "e-stop engaged" in output
+    assert committed == [] and "no /qwen_vla/controller/committed" in output, \
+        "a waypoint base commands a Twist: no committed actions to hand the policy"
     offset = float(states[f"clock_offset_ms.{slow_peer}"])
     assert 195 < offset < 400, states
     assert "clock offset over 10 ms" in output and slow_peer in output

@@ -202,12 +202,12 @@ def tiny_policy(tiny_checkpoint):
     return load_policy(tiny_checkpoint)
 
 
-def make_runner(tiny_policy, overrides: dict | None = None):
+def make_runner(tiny_policy, overrides: dict | None = None, embodiment: str = "aloha"):
     from qwen_vla_ros.inference.runner import PolicyRunner
     from qwen_vla_ros.perception.state import StateAssembler
     from qwen_vla_ros.perception.sync import ObservationSync
 
-    config = load_embodiment("aloha")
+    config = load_embodiment(embodiment)
     runtime = load_runtime(None, overrides or {})
     sync = ObservationSync([c.name for c in config.cameras], StateAssembler(config), runtime.sync)
     clock, log, published = Clock(T0), Log(), []
@@ -280,6 +280,15 @@ def test_runner_with_rtc_off_ignores_committed_actions(tiny_policy) -> None:
     chunk = runner.step().chunk
     assert chunk.metadata["delay_steps"] == 0 and runner.counters.rtc_chunks == 0
     assert np.abs(chunk.actions[:4] - hold).max() > 1e-3, "nothing froze the first actions to the committed ones"
+
+
+@pytest.mark.parametrize("embodiment", ["widowx", "mobile_base"])
+def test_rtc_is_off_where_commands_are_not_actions(tiny_policy, embodiment: str) -> None:
+    """WidowX commands joints for end-effector deltas, a waypoint base a Twist: nothing committed is an action."""
+    runner, *_, log, _, config = make_runner(tiny_policy, {"rtc.enabled": True}, embodiment)
+    assert not runner.rtc
+    assert any(level == "info" and "real-time chunking is off" in line for level, line in log.lines)
+    assert make_runner(tiny_policy, {"rtc.enabled": True})[0].rtc, "ALOHA commands are its actions"
 
 
 def test_runner_rebuilds_the_prefix_once_per_new_instruction_and_keeps_a_bad_one_out(tiny_policy) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import EmbodimentConfig, RuntimeConfig
+from qwen_vla_ros.control.layout import CommandLayout
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.scheduler import POLICY, Decision, InferenceScheduler
 from qwen_vla_ros.inference.stats import KeyedThrottle, RateMeter, Window, steps_covering
@@ -80,6 +81,10 @@ class PolicyRunner:
         self.seed = seed
         self.scheduler = InferenceScheduler(runtime.schedule)
         self.committed = CommittedHistory(embodiment.action.names)
+        self.rtc = runtime.rtc.enabled and CommandLayout(embodiment).commands_are_actions
+        if runtime.rtc.enabled and not self.rtc:
+            log.info(f"real-time chunking is off for {embodiment.name}: its controller commands are not its action "
+                     "channels, so there are no committed actions to continue")
         self.action_dt = embodiment.control.action_dt
         self.chunk_length = embodiment.control.chunk_length
         self.counters = Counters()
@@ -183,7 +188,7 @@ class PolicyRunner:
         """The committed actions from the observation's stamp on, and how many of them run
         before the new chunk can take over: the p90 of measured observation-to-publish
         latency, and never fewer than have already elapsed."""
-        if not self.runtime.rtc.enabled:
+        if not self.rtc:
             return None, 0
         p90 = self.delay_latency.percentile(DELAY_PERCENTILE) or 0.0
         elapsed_s = (now_ns - observation.stamp_ns) / NS_PER_S

@@ -118,7 +118,7 @@ class PolicyNode(Node):
         self.get_logger().info(
             f"{embodiment.name}: {len(self.cameras)} cameras -> {self.input_size[1]}x{self.input_size[0]}, "
             f"{len(embodiment.action.names)} action channels, trigger {runtime.schedule.trigger}, "
-            f"RTC {'on' if runtime.rtc.enabled else 'off'}, checkpoint {checkpoint}"
+            f"RTC {'on' if self.runner.rtc else 'off'}, checkpoint {checkpoint}"
         )
 
     def _now_ns(self) -> int:
