@@ -182,13 +182,18 @@ def test_estop_latches_until_reset_then_resumes_from_measured_with_a_ramp() -> N
     np.testing.assert_allclose(still[-1].positions, stopped[-1].positions, atol=1e-12)
     assert_within_limits(controller, outputs + stopped + still, skip_velocity_channels=True)
 
+    robot.positions[:14] += 0.1  # the arms were pushed while stopped
+    robot.publish(now)
     assert controller.reset_estop()[0]
-    later = now + 10 * controller.period_ns
+    held, now = run(controller, robot, now + controller.period_ns, 10)
+    assert all(o.mode != "running" for o in held), "the chunk taken in during the e-stop does not run"
+    np.testing.assert_allclose(held[0].positions[:14], robot.positions[:14], atol=1e-9)
+    assert np.abs(held[0].positions[:14] - still[-1].positions[:14]).max() > 0.09, "from measured, not the last command"
+    later = now + controller.period_ns
     controller.submit(aloha_chunk_mobile(controller, later, rows), later)
     resumed, now = run(controller, robot, later, 30)
-    np.testing.assert_allclose(resumed[0].positions[:14], still[-1].positions[:14], atol=0.05)
     assert resumed[-1].mode == "running"
-    assert_within_limits(controller, resumed, skip_velocity_channels=True)
+    assert_within_limits(controller, held + resumed, skip_velocity_channels=True)
 
 
 def test_gripper_is_normalised_in_commands_and_converted_for_the_driver() -> None:

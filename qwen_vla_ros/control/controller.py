@@ -163,9 +163,10 @@ class Controller:
         if not self.estop:
             return True, "e-stop was not engaged"
         self.estop = False
+        self.policy.clear()  # a chunk taken in while stopped was planned for a robot that did not move
         if self.feedback.ready():
             self.safety.reset(self.feedback.measured())
-        return True, "e-stop cleared; motion resumes from the measured position with a ramp"
+        return True, "e-stop cleared; motion resumes with the next chunk, from the measured position with a ramp"
 
     def add_source(self, source: CommandSource) -> None:
         self.sources[source.name] = source
