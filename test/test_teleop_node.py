@@ -66,16 +66,19 @@ def test_base_teleop_over_dds_modes_twists_estop_and_trial_buttons(ros_domain) -
     twists = base.twists
     modes: list[tuple[float, str]] = []
     estops: list[bool] = []
-    trial_calls: list[float] = []
+    trial_calls: dict[str, int] = {}
 
-    def on_trial_start(_request, response):
-        trial_calls.append(time.monotonic())
-        response.success, response.message = True, "trial_0001 started"
-        return response
+    def trial_service(name: str):
+        def answer(_request, response):
+            trial_calls[name] = trial_calls.get(name, 0) + 1
+            response.success, response.message = True, f"{name} done"
+            return response
+        return answer
 
     node.create_subscription(String, "/qwen_vla/mode", lambda m: modes.append((time.monotonic(), m.data)), LATCHED)
     node.create_subscription(Bool, "/qwen_vla/estop", lambda m: estops.append(m.data), LATCHED)
-    node.create_service(Trigger, "/qwen_vla/trial/start", on_trial_start)
+    for service in ("start", "stop_success", "stop_failure", "abort"):
+        node.create_service(Trigger, f"/qwen_vla/trial/{service}", trial_service(service))
     operator = Operator(node, config)
 
     def spin(seconds: float) -> None:
@@ -97,10 +100,13 @@ def test_base_teleop_over_dds_modes_twists_estop_and_trial_buttons(ros_domain) -
         assert max(m.linear.x for m in after(pressed)) == pytest.approx(config.teleop.base.scale_linear)
         assert base.x > 0.3, "the base drove forwards"
 
-        operator.hold("deadman", "trial_start", a1=1.0)
-        assert ros_domain.spin_until(executor, lambda: len(trial_calls) == 1, timeout=5.0)
-        operator.hold("deadman", a1=1.0)
-        spin(0.3)
+        for button, service in (("trial_start", "start"), ("trial_success", "stop_success"),
+                                ("trial_failure", "stop_failure"), ("trial_abort", "abort")):
+            operator.hold("deadman", button, a1=1.0)
+            assert ros_domain.spin_until(executor, lambda s=service: trial_calls.get(s) == 1, timeout=5.0), trial_calls
+            operator.hold("deadman", a1=1.0)
+            spin(0.3)
+        assert trial_calls == {"start": 1, "stop_success": 1, "stop_failure": 1, "abort": 1}, "one call per press"
 
         operator.hold()  # deadman released
         released = time.monotonic()
@@ -142,7 +148,7 @@ def test_base_teleop_over_dds_modes_twists_estop_and_trial_buttons(ros_domain) -
     assert "Traceback" not in output, output
     assert "mode teleop -> hold: deadman released" in output
     assert "mode teleop -> hold: no Joy for" in output
-    assert "/qwen_vla/trial/start: trial_0001 started" in output
+    assert "/qwen_vla/trial/start: start done" in output
 
 
 def test_arm_jog_over_dds_commands_follow_the_stick(ros_domain) -> None:
