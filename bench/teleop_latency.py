@@ -11,8 +11,9 @@ shows the operator in control: for a base the first Twist (a held base sends non
 latency is measured in this process from just before ``publish`` to the receiving callback
 (a dedicated spin thread), so it includes DDS in both directions. Trials start at random
 phases of the control timer. The goal is one control period: the switch happens in the Joy
-callback and takes effect at the next control period, so the latency is at most one period
-plus transport and scheduling. Also reported: the same for the ``teleop`` message on
+callback, which wakes the control loop to run a period at once (off the grid, limited over
+the time it covers), so the latency is transport and scheduling, not a wait for the next
+period. Also reported: the same for the ``teleop`` message on
 ``/qwen_vla/mode`` (published from the Joy callback), and for arms how many held commands
 still arrived after the Joy (0: the very next command was the operator's). Prints one JSON
 object.

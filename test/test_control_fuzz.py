@@ -7,6 +7,10 @@ negative, tiny and huge dt, future, stale and missing stamps, duplicates, reorde
 very long chunks. Feedback drops out now and then and the e-stop is pressed and reset.
 The robot follows the commands (helpers.robots.FollowingRobot).
 
+The control clock can be jittered too: periods late by up to 1.5 periods, early ones and
+extra steps a fraction of a period after the last (a takeover served at once). Limits are
+then checked over each step's real duration, capped at a period as the controller does.
+
 The one exemption from the rate limits is documented behaviour: when the controller stops
 (trajectory ran out, stale feedback, e-stop) a base's (v, omega) goes to zero at once.
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.robots import T0_NS, FollowingRobot, make_controller
+from helpers.robots import T0_NS, FollowingRobot, make_controller, rate_limit_violations
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.control import Controller
@@ -68,14 +72,11 @@ def hostile_chunk(rng: np.random.Generator, controller: Controller, now_ns: int,
     return ActionChunk(actions, names, dt, stamp)
 
 
-def assert_commands_safe(controller: Controller, positions: np.ndarray, modes: list[str]) -> None:
-    layout, period = controller.layout, controller.period_s
+def assert_commands_safe(controller: Controller, positions: np.ndarray, modes: list[str], stamps_ns: np.ndarray) -> None:
+    layout = controller.layout
     assert np.all(np.isfinite(positions)), "non-finite command"
     assert np.all(positions >= layout.lower) and np.all(positions <= layout.upper), "command outside position limits"
-    velocity = np.diff(positions, axis=0) / period
-    acceleration = np.diff(velocity, axis=0) / period
-    too_fast = np.abs(velocity) > layout.velocity * (1 + 1e-9) + 1e-12
-    too_sharp = np.abs(acceleration) > layout.acceleration * (1 + 1e-9) + 1e-9
+    too_fast, too_sharp = rate_limit_violations(layout, positions, stamps_ns, controller.period_s)
     # Exempt: a velocity channel (base) dropping to exactly zero when the controller stops.
     stopping = np.array([mode != "running" for mode in modes])[:, None] & (positions == 0.0) & layout.velocity_channel
     too_fast &= ~stopping[1:]
@@ -84,16 +85,25 @@ def assert_commands_safe(controller: Controller, positions: np.ndarray, modes: l
     assert not too_sharp.any(), f"{int(too_sharp.sum())} acceleration violations, first at {np.argwhere(too_sharp)[0]}"
 
 
-def fuzz(embodiment: str, chunks: int, seed: int, **runtime) -> Controller:
+def next_step_ns(rng: np.random.Generator, now_ns: int, period_ns: int, jitter: bool) -> int:
+    """The next control step: one period on, or with ``jitter`` now and then late, early or almost at once."""
+    if not jitter:
+        return now_ns + period_ns
+    kind = rng.random()
+    scale = 1.0 if kind < 0.7 else rng.uniform(0.05, 1.0) if kind < 0.8 else rng.uniform(1.0, 2.5) if kind < 0.9 else rng.uniform(0.001, 0.05)
+    return now_ns + max(1, round(scale * period_ns))
+
+
+def fuzz(embodiment: str, chunks: int, seed: int, jitter: bool = False, **runtime) -> Controller:
     rng = np.random.default_rng(seed)
     controller = make_controller(embodiment, **runtime)
     robot = FollowingRobot(controller, controller.layout.clamp(np.zeros(len(controller.layout))))
     sent: list[ActionChunk] = []
-    positions, modes = [], []
+    positions, modes, stamps = [], [], []
     silent_until = estop_since = -1
-    period, now, remaining = 0, T0_NS, chunks
+    period, now, remaining = 0, T0_NS - controller.period_ns, chunks
     while remaining > 0:
-        now = T0_NS + period * controller.period_ns
+        now = next_step_ns(rng, now, controller.period_ns, jitter)
         if period > silent_until:
             robot.publish(now)
             if rng.random() < 0.003:
@@ -115,12 +125,13 @@ def fuzz(embodiment: str, chunks: int, seed: int, **runtime) -> Controller:
         if output is not None:
             positions.append(output.positions)
             modes.append(output.mode)
+            stamps.append(output.stamp_ns)
         if period % 10 == 0:
             committed = controller.committed(now)
             assert committed is None or (np.all(np.isfinite(committed)) and np.all(committed >= controller.layout.lower)
                                          and np.all(committed <= controller.layout.upper))
         period += 1
-    assert_commands_safe(controller, np.array(positions), modes)
+    assert_commands_safe(controller, np.array(positions), modes, np.array(stamps))
     status = controller.status(now)
     assert status["chunks_accepted"] > chunks // 20, status
     assert status["chunks_rejected"] > chunks // 3, status
@@ -148,3 +159,8 @@ def test_ten_thousand_hostile_chunks_never_produce_an_unsafe_command() -> None:
 )
 def test_hostile_chunks_other_embodiments_and_blendings(embodiment: str, chunks: int, runtime: dict) -> None:
     fuzz(embodiment, chunks, seed=2, **runtime)
+
+
+@pytest.mark.parametrize("embodiment", ["aloha_mobile", "widowx"])
+def test_hostile_chunks_on_a_jittered_clock_stay_within_limits_over_real_time(embodiment: str) -> None:
+    fuzz(embodiment, 2000 if embodiment == "aloha_mobile" else 400, seed=3, jitter=True)

@@ -216,3 +216,33 @@ def test_limiter_never_breaks_a_limit_whatever_the_target_does(limits, start, mo
     assert np.all(np.abs(positions) <= half_range + 1e-12)
     assert np.all(np.abs(steps) <= velocity * (1 + 1e-9) + 1e-12)
     assert np.all(np.abs(np.diff(np.concatenate([[0.0], steps]))) <= acceleration * 0.02 * (1 + 1e-9) + 1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limits=st.tuples(st.floats(0.1, 5.0), st.floats(0.05, 4.0), st.floats(0.5, 80.0)),
+    start=st.floats(-1.0, 1.0),
+    steps=st.lists(st.tuples(st.floats(-100, 100), st.floats(1e-4, 1.0)), min_size=1, max_size=120),
+)
+def test_limiter_holds_its_limits_over_steps_of_any_length_up_to_a_period(limits, start, steps) -> None:
+    """Steps shorter than the period (a takeover served at once, the period after a late one)
+    move only what their real duration allows, and the bounds still hold with later full periods."""
+    half_range, velocity, acceleration = limits
+    rate = limiter(lower=-half_range, upper=half_range, velocity=velocity, acceleration=acceleration)
+    state = LimiterState(np.clip(np.array([start]), -half_range, half_range), np.zeros(1))
+    positions, durations = [state.position[0]], []
+    for value, fraction in steps:
+        dt = 0.02 * fraction
+        state = rate.step(state, np.clip(np.array([value]), -half_range, half_range), np.zeros(1), dt_s=dt)
+        positions.append(state.position[0])
+        durations.append(dt)
+    dt = np.array(durations)
+    speeds = np.diff(positions) / dt
+    assert np.all(np.abs(positions) <= half_range + 1e-12)
+    assert np.all(np.abs(speeds) <= velocity * (1 + 1e-9) + 1e-9)
+    assert np.all(np.abs(np.diff(np.concatenate([[0.0], speeds]))) <= acceleration * dt * (1 + 1e-9) + 1e-6)
+
+
+def test_limiter_refuses_a_step_longer_than_its_period() -> None:
+    with pytest.raises(ValueError, match="must last"):
+        limiter().step(LimiterState(np.zeros(1), np.zeros(1)), np.ones(1), np.zeros(1), dt_s=0.03)

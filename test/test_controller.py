@@ -275,7 +275,7 @@ class Scripted:
     def target(self, now_ns, feedback):
         return self.value
 
-    def tick(self, now_ns, command):
+    def tick(self, now_ns, command, dt_s):
         pass
 
 

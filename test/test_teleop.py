@@ -92,7 +92,7 @@ def test_deadman_takes_over_mid_motion_from_the_command_without_a_jump() -> None
     controller, robot, now = started()
     policy, now = run(controller, robot, now, 40, chunks={0: moving_chunk(controller, now)})
     assert policy[-1].velocities[0] == pytest.approx(0.5, abs=1e-6), "the policy is turning the waist"
-    teleop, now = drive(controller, robot, now, 60, pressed=("deadman",))
+    teleop, now = drive(controller, robot, now + controller.period_ns, 60, pressed=("deadman",))
     assert teleop[0].arbitration == "teleop" and teleop[0].source == "teleop", "in control from the very next period"
     assert controller.arbiter.takeovers == 1
     # No jump: position and velocity continue, then the waist brakes within its limits and stays.
@@ -107,6 +107,24 @@ def test_deadman_takes_over_mid_motion_from_the_command_without_a_jump() -> None
     controller.update_joy(*joy_message(controller, ("resume_policy",)), now)
     handed_back, now = drive(controller, robot, now, 10, joy_every=0)
     assert all(o.arbitration == "policy" and o.mode == "holding" for o in handed_back)
+
+
+def test_takeover_served_at_once_is_limited_over_its_real_duration() -> None:
+    """The node runs the period at once when the deadman goes down (no wait for the grid): that
+    step covers 3 ms, so the command moves 3 ms worth, and it is not counted as a period error."""
+    controller, robot, now = started()
+    policy, now = run(controller, robot, now, 40, chunks={0: moving_chunk(controller, now)})
+    errors_before = controller.status(now)["period_error_ms_max"]
+    takeover_ns = now + 3 * MS
+    controller.update_joy(*joy_message(controller, ("deadman",), a1=1.0), takeover_ns)
+    first = controller.step(takeover_ns, scheduled=False)
+    assert first is not None and first.arbitration == "teleop" and first.source == "teleop"
+    moved = first.positions - policy[-1].positions
+    assert abs(moved[0]) <= 0.5 * 0.003 * (1 + 1e-9) + 1e-12, "the waist keeps its 0.5 rad/s for 3 ms, no more"
+    assert np.all(np.abs(moved) <= controller.layout.velocity * 0.003 * (1 + 1e-9))
+    later, now = drive(controller, robot, takeover_ns + controller.period_ns, 30, pressed=("deadman",), a1=1.0)
+    assert_within_limits(controller, policy + [first] + later)
+    assert controller.status(now)["period_error_ms_max"] == pytest.approx(errors_before, abs=1e-6)
 
 
 def test_release_mid_motion_holds_and_never_returns_to_the_policy() -> None:

@@ -227,3 +227,47 @@ def test_aloha_followers_track_the_leader_arms_over_dds(ros_domain) -> None:
     for arm in config.arms:
         assert followers.joints[arm.name] == pytest.approx(leader_pose, abs=1e-6), output
         assert followers.motor[arm.name] == pytest.approx(arm.gripper.joint_close, abs=1e-6), "leader closed -> follower closed"
+
+
+def test_takeover_is_served_at_once_not_at_the_next_period(ros_domain) -> None:
+    """The deadman's first command leaves before the period grid would have sent one: at 5 Hz
+    (200 ms periods) it arrives within 100 ms of the Joy, off the grid, and the grid restarts from
+    it. Three takeovers, so a loop that waited for its next period would pass by chance once in 64."""
+    config = load_embodiment("widowx", {"control.rate_hz": 5.0})
+    period = config.control.period_s
+    node = rclpy.create_node("operator_and_slow_arm", context=ros_domain.context)
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(node)
+    ForwardCommandArms(node, config.arms, [0.0, -0.5, 0.5, 0.0, 1.0, 0.0])
+    arrivals: list[tuple[float, int]] = []  # (monotonic arrival, header stamp ns)
+    node.create_subscription(
+        JointState, "/qwen_vla/controller/command",
+        lambda m: arrivals.append((time.monotonic(), m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec)), RELIABLE,
+    )
+    operator = Operator(node, config)
+    child = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=widowx",
+        "-p", "config_overrides:=['outputs=[{adapter: forward_command, arms: [arm]}]', 'control.rate_hz=5.0']",
+    )
+    takeovers = []
+    try:
+        assert ros_domain.spin_until(executor, lambda: len(arrivals) > 5 or child.poll() is not None, timeout=30)
+        for _ in range(3):
+            ros_domain.spin_until(executor, lambda: False, timeout=period * 0.55)  # somewhere inside a period
+            before = len(arrivals)
+            pressed_at = time.monotonic()
+            operator.hold("deadman", a1=1.0)
+            ros_domain.spin_until(executor, lambda: len(arrivals) > before + 1, timeout=3 * period)
+            takeovers.append((pressed_at, before))
+            operator.hold()
+            ros_domain.spin_until(executor, lambda: False, timeout=2 * period)
+    finally:
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+    assert "Traceback" not in output, output
+    for pressed_at, before in takeovers:
+        (first_arrival, first_stamp), (_, next_stamp) = arrivals[before], arrivals[before + 1]
+        previous_stamp = arrivals[before - 1][1]
+        assert first_arrival - pressed_at < 0.5 * period, f"first teleop command {first_arrival - pressed_at:.3f} s after the Joy"
+        assert (first_stamp - previous_stamp) / 1e9 < 0.9 * period, "served off the period grid"
+        assert (next_stamp - first_stamp) / 1e9 == pytest.approx(period, abs=0.05), "the grid restarts at the takeover"

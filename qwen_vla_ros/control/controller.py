@@ -62,8 +62,9 @@ class CommandSource(Protocol):
         """The wanted command at ``now_ns``; None when it has nothing to say. Must not change state."""
         ...
 
-    def tick(self, now_ns: int, command: np.ndarray) -> None:
-        """Once per period while active, before :meth:`target`; ``command`` is what was sent last period."""
+    def tick(self, now_ns: int, command: np.ndarray, dt_s: float) -> None:
+        """Once per period while active, before :meth:`target`; ``command`` is what was sent last period,
+        ``dt_s`` the time this step covers (at most a period)."""
         ...
 
 
@@ -242,9 +243,13 @@ class Controller:
         target = self.sources[self.active].target(now_ns, self.feedback)
         return target, "running" if target is not None else "holding"
 
-    def step(self, now_ns: int) -> ControlOutput | None:
-        """One control period. None until every required feedback stream has arrived (nothing to send)."""
-        if self._last_step_ns is not None and now_ns > self._last_step_ns:
+    def step(self, now_ns: int, scheduled: bool = True) -> ControlOutput | None:
+        """One control period. None until every required feedback stream has arrived (nothing to send).
+
+        ``scheduled=False`` marks a step run off the period grid on purpose (a takeover served at
+        once): it is limited over its real duration and left out of the period-error figures.
+        """
+        if scheduled and self._last_step_ns is not None and now_ns > self._last_step_ns:
             self._period_errors.append(abs((now_ns - self._last_step_ns) - self.period_ns) / NS_PER_S)
         self._last_step_ns = now_ns
         transition = self.arbiter.tick(now_ns)
@@ -264,7 +269,7 @@ class Controller:
         if self.active == self.teleop.name and self.safety.ramping:
             self.safety.cancel_ramp()  # teleop targets start from the command: no gap to ramp over, after a takeover or a reset
         if self.active is not None:
-            self.sources[self.active].tick(now_ns, self.safety.state.position)
+            self.sources[self.active].tick(now_ns, self.safety.state.position, self.safety.elapsed_s(now_ns))
         target, mode = self._target(now_ns, fresh)
         if mode == "holding" and self.mode == "running":
             self.holds += 1

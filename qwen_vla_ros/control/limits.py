@@ -1,8 +1,11 @@
 """Per-channel position, velocity and acceleration limiting of a command stream.
 
-Limits hold per control period of nominal length T: the command moves at most
-``velocity * T`` per period and its per-period velocity changes by at most
-``acceleration * T``. A period that runs late therefore moves the robot less, never more.
+Limits hold per step over the time ``dt`` that really elapsed since the last command: the
+command moves at most ``velocity * dt`` and its velocity changes by at most
+``acceleration * dt``. Callers cap ``dt`` at the nominal period T, so a period that runs
+late moves the robot less, never more, and one that runs early (a takeover served at once,
+the period after a late one) moves it proportionally less. Braking distances assume that
+later steps are at most T long, which the cap makes true.
 
 The limiter follows a target and its feedforward velocity exactly when that is within
 limits. Otherwise it closes the gap as fast as the limits allow while staying able to
@@ -42,7 +45,7 @@ def stopping_point(position: np.ndarray, velocity: np.ndarray, acceleration: np.
 @dataclass
 class LimiterState:
     position: np.ndarray
-    velocity: np.ndarray  # per-period velocity of the last step (position difference / T)
+    velocity: np.ndarray  # velocity of the last step (position difference / its dt)
 
 
 @dataclass
@@ -58,26 +61,36 @@ class RateLimiter:
         self.lower, self.upper = np.asarray(lower, float), np.asarray(upper, float)
         self.max_velocity, self.max_acceleration = np.asarray(velocity, float), np.asarray(acceleration, float)
         self.period_s = float(period_s)
-        self._max_step = self.max_acceleration * self.period_s  # largest velocity change per period
         self._inverse = np.tile(1.0 / self.max_acceleration, 3)  # for the three braking distances at once
 
-    def step(self, state: LimiterState, target: np.ndarray, target_velocity: np.ndarray, counts: LimitCounts | None = None) -> LimiterState:
-        """Advance one period towards ``target`` (already inside the position bounds)."""
-        period, n = self.period_s, len(target)
+    def step(
+        self,
+        state: LimiterState,
+        target: np.ndarray,
+        target_velocity: np.ndarray,
+        counts: LimitCounts | None = None,
+        dt_s: float | None = None,
+    ) -> LimiterState:
+        """Advance ``dt_s`` (default: one nominal period; at most that) towards ``target``, already inside the bounds."""
+        dt = self.period_s if dt_s is None else dt_s
+        if not 0.0 < dt <= self.period_s * (1 + 1e-9):
+            raise ValueError(f"a limiter step must last (0, {self.period_s}] s, got {dt}")
+        n = len(target)
+        max_step = self.max_acceleration * dt  # largest velocity change in this step
         x, v = state.position, state.velocity
-        wanted = (target - x) / period
-        lag = target - x - target_velocity * period
-        brakes = braking_speed(np.concatenate([np.abs(lag), self.upper - x, x - self.lower]), self._inverse, period)
+        wanted = (target - x) / dt
+        lag = target - x - target_velocity * dt
+        brakes = braking_speed(np.concatenate([np.abs(lag), self.upper - x, x - self.lower]), self._inverse, dt)
         catch_up = target_velocity + np.sign(lag) * brakes[:n]
-        # Land on the target only if the next period can match its velocity; else approach braking.
-        exact = (np.abs(wanted - v) <= self._max_step) & (np.abs(wanted - target_velocity) <= self._max_step)
+        # Land on the target only if the next step can match its velocity; else approach braking.
+        exact = (np.abs(wanted - v) <= max_step) & (np.abs(wanted - target_velocity) <= max_step)
         desired = np.where(exact, wanted, catch_up)
         ceiling = np.minimum(self.max_velocity, brakes[n : 2 * n])
         floor = -np.minimum(self.max_velocity, brakes[2 * n :])
         bounded = np.minimum(np.maximum(desired, floor), ceiling)
-        velocity = np.minimum(np.maximum(bounded, v - self._max_step), v + self._max_step)
+        velocity = np.minimum(np.maximum(bounded, v - max_step), v + max_step)
         if counts is not None:
             counts.velocity += int(np.count_nonzero(bounded != desired))
             counts.acceleration += int(np.count_nonzero(velocity != bounded))
-        position = np.minimum(np.maximum(x + velocity * period, self.lower), self.upper)
-        return LimiterState(position, (position - x) / period)
+        position = np.minimum(np.maximum(x + velocity * dt, self.lower), self.upper)
+        return LimiterState(position, (position - x) / dt)

@@ -6,7 +6,8 @@ jitter by milliseconds (docs/benchmarks.md, controller loop). The controller nod
 runs its loop on a thread of its own that sleeps to absolute deadlines. The policy for late
 periods lives here, free of threads and clocks, so it can be tested exactly: a period that
 is late is run at once, and periods missed entirely are dropped rather than run back to
-back, because bunched commands would move the arm in a burst.
+back, because bunched commands would move the arm in a burst. A period served early on
+purpose (a takeover) restarts the grid from that moment, so the next one is a full period on.
 """
 from __future__ import annotations
 
@@ -39,3 +40,7 @@ class Deadlines:
             due += missed * self.period_ns
         self.next_ns = due + self.period_ns
         return max(0, due - now_ns)
+
+    def restart(self, now_ns: int) -> None:
+        """A period ran at ``now`` off the grid: the next is due one period later."""
+        self.next_ns = now_ns + self.period_ns

@@ -195,7 +195,7 @@ class PolicySource:
         self.blender.clear()
 
     # -- command source ------------------------------------------------------------------
-    def tick(self, now_ns: int, command: np.ndarray) -> None:
+    def tick(self, now_ns: int, command: np.ndarray, dt_s: float) -> None:
         self.blender.prune(now_ns)
 
     def target(self, now_ns: int, feedback: Feedback) -> np.ndarray | None:

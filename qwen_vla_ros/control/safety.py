@@ -12,6 +12,11 @@ Every period, a target (or None, meaning hold) becomes a command in this order:
 
 The ramp sits before the rate limiter so that every command, ramped or not, obeys the
 limits; "limits first, then ramp" would let the ramp's own motion exceed them.
+
+Each step is limited over the time since the previous one, capped at the nominal period:
+an extra step served early (a takeover) or the period after a late one moves the command
+only as far as its real duration allows. A second step at the same instant repeats the
+command.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ class SafetyFilter:
         self._ramp_from: np.ndarray | None = None
         self._ramp_start_ns: int | None = None
         self._hold_target: np.ndarray | None = None
+        self._last_step_ns: int | None = None
 
     @property
     def started(self) -> bool:
@@ -77,20 +83,29 @@ class SafetyFilter:
         """An independent filter for look-ahead; arrays are never mutated in place, so a shallow copy suffices."""
         return copy.copy(self)
 
+    def elapsed_s(self, now_ns: int) -> float:
+        """Seconds this step covers: since the last step, at most one period (a full period for the first)."""
+        if self._last_step_ns is None:
+            return self.period_s
+        return min(max(now_ns - self._last_step_ns, 0) / NS_PER_S, self.period_s)
+
     def step(self, target: np.ndarray | None, now_ns: int, counts: SafetyCounts | None = None) -> LimiterState:
         if self.state is None:
             raise RuntimeError("reset() the safety filter with a measured position before stepping it")
+        dt = self.elapsed_s(now_ns)
+        if dt <= 0.0:
+            return self.state
+        self._last_step_ns = now_ns
         if target is None:
-            return self._hold(counts)
+            return self._hold(counts, dt)
         self._hold_target = None
         clamped = self.layout.clamp(target)
         if counts is not None:
             counts.clamped += int(np.count_nonzero(clamped != target))
         target = self._ramp(clamped, now_ns)
-        period = self.period_s
-        target_velocity = np.zeros_like(target) if self._previous_target is None else (target - self._previous_target) / period
+        target_velocity = np.zeros_like(target) if self._previous_target is None else (target - self._previous_target) / dt
         self._previous_target = target
-        self.state = self.limiter.step(self.state, target, target_velocity, counts.limits if counts else None)
+        self.state = self.limiter.step(self.state, target, target_velocity, counts.limits if counts else None, dt)
         return self.state
 
     def _ramp(self, target: np.ndarray, now_ns: int) -> np.ndarray:
@@ -109,7 +124,7 @@ class SafetyFilter:
         weight = mr.QuinticTimeScaling(self.ramp_ns, max(elapsed, 0))
         return self._ramp_from + weight * (target - self._ramp_from)
 
-    def _hold(self, counts: SafetyCounts | None) -> LimiterState:
+    def _hold(self, counts: SafetyCounts | None, dt: float) -> LimiterState:
         assert self.state is not None
         stopping = self.layout.velocity_channel
         position = np.where(stopping, 0.0, self.state.position)
@@ -119,5 +134,5 @@ class SafetyFilter:
             self._hold_target = np.where(stopping, 0.0, self.layout.clamp(brake))
         self._previous_target = None
         limits = counts.limits if counts else None
-        self.state = self.limiter.step(LimiterState(position, velocity), self._hold_target, np.zeros_like(position), limits)
+        self.state = self.limiter.step(LimiterState(position, velocity), self._hold_target, np.zeros_like(position), limits, dt)
         return self.state

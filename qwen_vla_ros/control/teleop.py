@@ -6,11 +6,11 @@ jumps and a jog that the rate limits slow down never winds up:
 - **base**: ``(v, omega) = scale * axis`` (times ``turbo_scale`` while turbo is held), as
   teleop_twist_joy; the controller's acceleration limits shape it;
 - **arm jog** (the selected arm; ``arm_select`` cycles): Cartesian, the end effector moves
-  by ``velocity * period`` (translation in the base frame, rotation about world axes through
+  by ``velocity * dt`` over the step's duration (translation in the base frame, rotation about world axes through
   the end-effector point) and the damped least-squares IK, seeded by the command, gives the
   joints; a step the IK cannot reach is not taken (the arm stops at the edge of its
   workspace, counted in ``ik_unreachable``). Joint mode moves each joint by
-  ``axis * joint_speed * period``;
+  ``axis * joint_speed * dt``;
 - **gripper**: while ``gripper_open``/``gripper_close`` is held the selected arm's opening
   moves at ``gripper_speed`` per second;
 - **leader arms** (ALOHA, ``leader_follow.enabled``): the arm's target is the leader's
@@ -95,7 +95,6 @@ class TeleopSource:
         self.config = config
         self.layout = layout
         self.settings = config.teleop
-        self.period_s = config.control.period_s
         self.ramp_ns = round(config.safety.startup_ramp_s * NS_PER_S)
         self.leaders = LeaderArms(config.teleop.leader_follow, layout, config.safety.joint_state_timeout_s)
         jogged = [arm for arm in layout.arms if arm.name not in self.leaders.arms]
@@ -135,13 +134,13 @@ class TeleopSource:
         self._target = None
 
     # -- command source -------------------------------------------------------------------
-    def tick(self, now_ns: int, command: np.ndarray) -> None:
+    def tick(self, now_ns: int, command: np.ndarray, dt_s: float) -> None:
         target = np.array(command, dtype=float, copy=True)
         joy = self.joy
         if joy is not None:
             self._drive_base(target, joy)
             if self.jog_arms and self.jog is not None:
-                self._jog(target, self.jog_arms[self.selected], self.jog, joy)
+                self._jog(target, self.jog_arms[self.selected], self.jog, joy, dt_s)
         for name, arm in self.leaders.arms.items():
             self._follow(target, arm, now_ns)
         self._target = target
@@ -163,8 +162,8 @@ class TeleopSource:
             turbo * mapping.scale_angular * joy.axis(mapping.axis_angular),
         )
 
-    def _jog(self, target: np.ndarray, arm: ArmLayout, jog: TeleopArm, joy: Joy) -> None:
-        step = self.period_s * self._turbo(joy, jog.turbo_scale)
+    def _jog(self, target: np.ndarray, arm: ArmLayout, jog: TeleopArm, joy: Joy, dt_s: float) -> None:
+        step = dt_s * self._turbo(joy, jog.turbo_scale)
         joints = target[arm.joint_index]
         if self.mode == "joint":
             target[arm.joint_index] = joints + step * jog.joint_speed * np.array([joy.axis(a) for a in jog.joint_axes])

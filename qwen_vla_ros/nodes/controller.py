@@ -10,7 +10,9 @@ one lock that no slow work holds (chunk preparation happens outside it).
 
 Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
 core's arbiter; the mode goes out on ``/qwen_vla/mode`` (std_msgs/String, transient local)
-whenever it changes. The e-stop button publishes ``true`` on the latched e-stop topic, and
+whenever it changes. A takeover does not wait for the next period: the Joy callback wakes
+the loop, which runs a period at once (limited over the time it really covers) and counts
+the following periods from there. The e-stop button publishes ``true`` on the latched e-stop topic, and
 a reset through ``/qwen_vla/estop/reset`` publishes ``false``. Trial buttons call the trial
 recorder's Trigger services asynchronously: the callback returns at once and the answer is
 logged when it comes, so no button ever waits on the recorder.
@@ -122,6 +124,9 @@ class ControllerNode(Node):
         self.periods = 0
         self.deadlines = Deadlines(self.core.period_ns, time.monotonic_ns())
         self.stopping = threading.Event()
+        # Released by the Joy callback at a takeover; the loop sleeps on it instead of time.sleep.
+        self.takeover = threading.Lock()
+        self.takeover.acquire()
         self.loop_thread: threading.Thread | None = None
         if self.get_parameter("use_sim_time").value:
             self.create_timer(self.core.period_s, self._control_period, callback_group=MutuallyExclusiveCallbackGroup())
@@ -187,6 +192,8 @@ class ControllerNode(Node):
             self.get_logger().warning(f"ignoring Joy: {exc}", throttle_duration_sec=2.0)
             return
         self._publish_mode(transitions)
+        if any(transition.mode == "teleop" for transition in outcome.transitions):
+            self._serve_takeover()
         for event in outcome.events:
             if event == "estop":
                 self.estop_pub.publish(Bool(data=True))
@@ -246,26 +253,44 @@ class ControllerNode(Node):
         return response
 
     # -- outputs ------------------------------------------------------------------------
+    def _serve_takeover(self) -> None:
+        """The operator's first command goes out now, not at the next period."""
+        if self.loop_thread is None:  # sim time: the period runs here, on the simulated clock
+            self._control_period(scheduled=False)
+        else:
+            self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        try:
+            self.takeover.release()
+        except RuntimeError:
+            pass  # already woken: one early period serves every takeover before it
+
     def _control_loop(self) -> None:
         while not self.stopping.is_set() and self.context.ok():
             wait_ns = self.deadlines.wait_ns(time.monotonic_ns())
-            if wait_ns:
-                time.sleep(wait_ns / 1e9)
+            scheduled = not (wait_ns and self.takeover.acquire(timeout=wait_ns / 1e9))
+            if self.stopping.is_set():
+                break
+            if not scheduled:
+                self.deadlines.restart(time.monotonic_ns())
+            self.takeover.acquire(blocking=False)  # a takeover this period now serves is not served twice
             try:
-                self._control_period()
+                self._control_period(scheduled)
             except Exception as exc:  # noqa: BLE001 - a dead loop would leave the robot on its last command
                 self.get_logger().error(f"control period failed: {exc!r}", throttle_duration_sec=1.0)
 
     def destroy_node(self) -> None:
         self.stopping.set()
+        self._wake_loop()  # so it sees the stop at once
         if self.loop_thread is not None:
             self.loop_thread.join(timeout=1.0)
         super().destroy_node()
 
-    def _control_period(self) -> None:
+    def _control_period(self, scheduled: bool = True) -> None:
         now = self._now()
         with self.lock:
-            output = self.core.step(now)
+            output = self.core.step(now, scheduled)
             transitions = self.core.take_transitions()
             publish_committed = output is not None and self.committed_every and self.periods % self.committed_every == 0
             committed = self.core.committed(now) if publish_committed else None
