@@ -111,12 +111,24 @@ BROKEN = {
     ),
     "three cartesian axes": (_set(["teleop", "arm", "linear_axes"], [1, 0]), ["teleop.arm.linear_axes", "at least 3"]),
     "teleop base without a base": (
-        _set(["teleop", "base"], {"axis_linear": 2, "axis_angular": 5, "scale_linear": 0.5, "scale_angular": 0.5}),
+        _set(["teleop", "base"], {"axis_linear": 5, "axis_angular": 8, "scale_linear": 0.5, "scale_angular": 0.5}),
         ["teleop.base is set but the embodiment has no base"],
     ),
     "axis shared by base and arm": (
         _set(["teleop", "base"], {"axis_linear": 1, "axis_angular": 5, "scale_linear": 0.5, "scale_angular": 0.5}),
-        ["teleop", "joy axes [1] drive both the base and the arm"],
+        ["teleop", "joy axes [1] are read by both the base and the arm jog"],
+    ),
+    "axis button on a jog axis": (
+        _set(["teleop", "buttons", "jog_mode"], {"axis": 1, "threshold": 0.5}),
+        ["teleop", "joy axes [1] are read by both the arm jog and buttons"],
+    ),
+    "axis button without a side": (
+        _set(["teleop", "buttons", "jog_mode"], {"axis": 2, "threshold": 0.0}),
+        ["teleop.buttons.jog_mode", "threshold must be non-zero"],
+    ),
+    "trigger bound twice": (
+        _set(["teleop", "buttons", "arm_select"], {"axis": 2, "threshold": -0.9}),
+        ["teleop.buttons", "'axis 2-': ['arm_select', 'jog_mode']"],
     ),
     "gripper buttons without arm jog": (_del(["teleop", "arm"]), ["gripper_open", "need a teleop.arm section"]),
     "leader without gripper constants": (

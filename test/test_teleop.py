@@ -12,6 +12,7 @@ from helpers.robots import ALOHA_START, FollowingRobot, aloha_action, assert_wit
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import load_embodiment, load_runtime
+from qwen_vla_ros.config.embodiment import AxisButton
 from qwen_vla_ros.control import Controller
 from qwen_vla_ros.control.arbitration import Arbiter, apply_deadzone, parse_joy
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy
@@ -24,11 +25,15 @@ AXES, BUTTONS = 8, 11
 def joy_message(controller: Controller, pressed: tuple[str, ...] = (), **axes: float) -> tuple[list[float], list[int]]:
     """Axes and buttons of one Joy: ``pressed`` names TeleopButtons fields, ``axes`` maps 'a<index>' to a value."""
     buttons = [0] * BUTTONS
-    for name in pressed:
-        buttons[getattr(controller.config.teleop.buttons, name)] = 1
     values = [0.0] * AXES
     for key, value in axes.items():
         values[int(key[1:])] = value
+    for name in pressed:
+        binding = getattr(controller.config.teleop.buttons, name)
+        if isinstance(binding, AxisButton):
+            values[binding.axis] = float(np.sign(binding.threshold))  # trigger pulled / d-pad pushed all the way
+        else:
+            buttons[binding] = 1
     return values, buttons
 
 
@@ -249,6 +254,23 @@ def test_cartesian_jog_moves_the_end_effector_along_the_stick_through_the_ik() -
     np.testing.assert_allclose(rotated[:3], after[:3], atol=1e-3)
 
 
+@pytest.mark.parametrize("axis, component", [(1, 0), (3, 5)])
+def test_a_slow_jog_moves_although_each_step_is_below_the_ik_tolerance(axis: int, component: int) -> None:
+    """A stick pushed just past the deadzone asks for 0.05 mm (or 0.5 mrad) per period, less than
+    the IK's tolerance: the solver must still step towards it instead of returning the seed."""
+    controller, robot, now = started("widowx")
+    jog, teleop = controller.config.teleop.arm, controller.config.teleop
+    deflection = 0.1
+    rate = (jog.linear_speed if component < 3 else jog.angular_speed) * apply_deadzone(np.array([deflection]), teleop.axis_deadzone)[0]
+    tolerance = controller.config.arms[0].ee_delta.ik_position_tolerance_m if component < 3 else \
+        controller.config.arms[0].ee_delta.ik_rotation_tolerance_rad
+    assert rate * controller.period_s < tolerance, "the per-period step must be below the tolerance for this test"
+    before = ee_pose(controller, robot.positions)
+    outputs, now = drive(controller, robot, now, 50, pressed=("deadman",), **{f"a{axis}": deflection})
+    after = ee_pose(controller, outputs[-1].positions)
+    assert after[component] - before[component] == pytest.approx(rate * 1.0, rel=0.1)
+
+
 def test_joint_jog_toggle_and_gripper_buttons() -> None:
     controller, robot, now = started("widowx")
     jog = controller.config.teleop.arm
@@ -263,6 +285,23 @@ def test_joint_jog_toggle_and_gripper_buttons() -> None:
     assert moved[6] == pytest.approx(-start[6], abs=1e-9), "closed fully (1 s at 1/s from 0.5)"
     opened, now = drive(controller, robot, now, 25, pressed=("deadman", "gripper_open"))
     assert opened[-1].positions[6] == pytest.approx(0.5 * jog.gripper_speed, abs=0.05)
+
+
+def test_aloha_jog_mode_is_the_left_trigger_and_fires_once_per_pull() -> None:
+    """ALOHA's 11 buttons are all bound, so jog_mode is an axis button: the trigger rests at +1
+    (joy_node), reads -1 pulled; holding it through autorepeat toggles once, as a button would."""
+    controller, _, now = started()
+    binding = controller.config.teleop.buttons.jog_mode
+    assert isinstance(binding, AxisButton) and binding.axis == 2
+    released = {f"a{binding.axis}": 1.0}
+    assert controller.update_joy(*joy_message(controller, ("deadman",), **released), now).events == []
+    events = [controller.update_joy(*joy_message(controller, ("deadman", "jog_mode")), now + k * MS).events for k in range(1, 4)]
+    assert events == [["jog_mode"], [], []] and controller.teleop.mode == "joint"
+    controller.update_joy(*joy_message(controller, ("deadman",), **released), now + 5 * MS)
+    half_pulled = controller.update_joy(*joy_message(controller, ("deadman",), a2=-0.4), now + 6 * MS)
+    assert half_pulled.events == [] and controller.teleop.mode == "joint", "short of the threshold (after the deadzone)"
+    controller.update_joy(*joy_message(controller, ("deadman", "jog_mode")), now + 7 * MS)
+    assert controller.teleop.mode == "cartesian"
 
 
 def test_arm_select_jogs_the_other_aloha_arm() -> None:

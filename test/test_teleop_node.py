@@ -8,6 +8,7 @@ odometry, and an arm whose joint states are its last command.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -25,6 +26,7 @@ from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
+from qwen_vla_ros.config.embodiment import AxisButton  # noqa: E402
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy  # noqa: E402
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics  # noqa: E402
 
@@ -53,7 +55,11 @@ class Operator:
             return
         message = Joy(axes=[self.axes.get(i, 0.0) for i in range(8)], buttons=[0] * 11)
         for name in self.pressed:
-            message.buttons[getattr(self.buttons_config, name)] = 1
+            binding = getattr(self.buttons_config, name)
+            if isinstance(binding, AxisButton):
+                message.axes[binding.axis] = math.copysign(1.0, binding.threshold)
+            else:
+                message.buttons[binding] = 1
         self.publisher.publish(message)
 
 

@@ -444,35 +444,77 @@ OutputAdapter = Annotated[
 ]
 
 
+class AxisButton(StrictModel):
+    """An axis read as a button, for the controls a pad reports as axes (an Xbox pad's triggers
+    and d-pad on joydev), once its 11 buttons are all taken.
+
+    Pressed while the axis lies beyond ``threshold``, on the threshold's side of zero:
+    joy_node's triggers rest at +1 and read -1 fully pulled, so ``{axis: 2, threshold: -0.5}``
+    is "left trigger pulled half way"; d-pad up is ``{axis: 7, threshold: 0.5}``.
+    """
+
+    axis: int = Field(ge=0)
+    threshold: float = Field(ge=-1.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sided(self) -> "AxisButton":
+        if self.threshold == 0.0:
+            raise ValueError("an axis button's threshold must be non-zero: its sign says which way is 'pressed'")
+        return self
+
+    def pressed(self, value: float) -> bool:
+        return value <= self.threshold if self.threshold < 0 else value >= self.threshold
+
+
+Button = Annotated[int, Field(ge=0)] | AxisButton
+
+
 class TeleopButtons(StrictModel):
-    """Joy button indices (joy_node / Linux joydev numbering, see README "Teleoperation").
+    """Joy button indices (joy_node / Linux joydev numbering, see README "Teleoperation"), or
+    :class:`AxisButton` for a control the pad reports as an axis.
 
     ``deadman`` is held to drive; ``resume_policy`` hands control back to the policy;
     ``estop`` latches the e-stop. ``arm_select`` cycles the jogged arm and ``jog_mode``
     toggles Cartesian / joint jog. Trial buttons call the trial recorder's services.
     """
 
-    deadman: int = Field(ge=0)
-    resume_policy: int = Field(ge=0)
-    estop: int = Field(ge=0)
-    turbo: int | None = Field(default=None, ge=0)
-    gripper_open: int | None = Field(default=None, ge=0)
-    gripper_close: int | None = Field(default=None, ge=0)
-    arm_select: int | None = Field(default=None, ge=0)
-    jog_mode: int | None = Field(default=None, ge=0)
-    trial_start: int | None = Field(default=None, ge=0)
-    trial_success: int | None = Field(default=None, ge=0)
-    trial_failure: int | None = Field(default=None, ge=0)
-    trial_abort: int | None = Field(default=None, ge=0)
+    deadman: Button
+    resume_policy: Button
+    estop: Button
+    turbo: Button | None = None
+    gripper_open: Button | None = None
+    gripper_close: Button | None = None
+    arm_select: Button | None = None
+    jog_mode: Button | None = None
+    trial_start: Button | None = None
+    trial_success: Button | None = None
+    trial_failure: Button | None = None
+    trial_abort: Button | None = None
+
+    def bound(self) -> dict[str, int | AxisButton]:
+        return {name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) is not None}
 
     @model_validator(mode="after")
     def _distinct(self) -> "TeleopButtons":
-        assigned = {k: v for k, v in self.model_dump().items() if v is not None}
-        clashes = sorted({v for v in assigned.values() if list(assigned.values()).count(v) > 1})
+        def control(binding: int | AxisButton) -> str:  # two axis buttons may share an axis on opposite sides
+            return f"button {binding}" if isinstance(binding, int) else f"axis {binding.axis}{'+' if binding.threshold > 0 else '-'}"
+
+        controls: dict[str, list[str]] = {}
+        for name, binding in self.bound().items():
+            controls.setdefault(control(binding), []).append(name)
+        clashes = {where: names for where, names in controls.items() if len(names) > 1}
         if clashes:
-            names = {b: [k for k, v in assigned.items() if v == b] for b in clashes}
-            raise ValueError(f"buttons bound to more than one function: {names}")
+            raise ValueError(f"buttons bound to more than one function: {clashes}")
         return self
+
+    @property
+    def axes(self) -> list[int]:
+        """Axes read as buttons."""
+        return [b.axis for b in self.bound().values() if isinstance(b, AxisButton)]
+
+    @property
+    def max_button(self) -> int:
+        return max((b for b in self.bound().values() if isinstance(b, int)), default=-1)
 
 
 JogAxes = list[Annotated[int, Field(ge=0)] | None]
@@ -555,23 +597,25 @@ class Teleop(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> "Teleop":
         jog_buttons = {"gripper_open", "gripper_close", "arm_select", "jog_mode"}
-        unused = sorted(k for k, v in self.buttons.model_dump().items() if v is not None and k in jog_buttons)
+        unused = sorted(k for k in self.buttons.bound() if k in jog_buttons)
         if unused and self.arm is None:
             raise ValueError(f"buttons {unused} need a teleop.arm section (arm jog) to act on")
-        if self.base is not None and self.arm is not None:
-            shared = sorted(set(self.base.axes) & set(self.arm.axes))
+        users = {"the base": self.base.axes if self.base else [], "the arm jog": self.arm.axes if self.arm else [],
+                 "buttons": self.buttons.axes}
+        for first, second in (("the base", "the arm jog"), ("the base", "buttons"), ("the arm jog", "buttons")):
+            shared = sorted(set(users[first]) & set(users[second]))
             if shared:
-                raise ValueError(f"joy axes {shared} drive both the base and the arm")
+                raise ValueError(f"joy axes {shared} are read by both {first} and {second}")
         return self
 
     @property
     def max_axis(self) -> int:
         """Highest axis index the mapping reads (-1: none)."""
-        return max([*(self.base.axes if self.base else []), *(self.arm.axes if self.arm else [])], default=-1)
+        return max([*(self.base.axes if self.base else []), *(self.arm.axes if self.arm else []), *self.buttons.axes], default=-1)
 
     @property
     def max_button(self) -> int:
-        return max(v for v in self.buttons.model_dump().values() if v is not None)
+        return self.buttons.max_button
 
 
 class Safety(StrictModel):

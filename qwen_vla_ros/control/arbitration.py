@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
-from qwen_vla_ros.config.embodiment import Teleop, TeleopButtons
+from qwen_vla_ros.config.embodiment import AxisButton, Teleop, TeleopButtons
 
 ArbitrationMode = Literal["policy", "teleop", "hold"]
 # Button functions that fire on a press; the deadman is a level, not an event.
@@ -54,8 +54,12 @@ class Joy:
     buttons: np.ndarray  # bool
     received_ns: int
 
-    def pressed(self, index: int | None) -> bool:
-        return index is not None and bool(self.buttons[index])
+    def pressed(self, binding: int | AxisButton | None) -> bool:
+        if binding is None:
+            return False
+        if isinstance(binding, AxisButton):
+            return binding.pressed(float(self.axes[binding.axis]))
+        return bool(self.buttons[binding])
 
     def axis(self, index: int | None) -> float:
         return 0.0 if index is None else float(self.axes[index])

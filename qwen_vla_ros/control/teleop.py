@@ -173,7 +173,7 @@ class TeleopSource:
             if np.any(linear) or np.any(angular):
                 ik = self.iks[arm.name]
                 goal = apply_ee_delta(ik.kinematics.forward(joints), step * np.concatenate([linear, angular]))
-                result = ik.solve(goal, joints)
+                result = ik.solve(goal, joints, min_iterations=1)
                 if result.converged:
                     target[arm.joint_index] = result.joints
                 else:

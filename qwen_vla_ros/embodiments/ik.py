@@ -85,11 +85,13 @@ class ArmIK:
                 return step
             frozen |= pushing
 
-    def solve(self, target: np.ndarray, seed: np.ndarray) -> IKResult:
+    def solve(self, target: np.ndarray, seed: np.ndarray, min_iterations: int = 0) -> IKResult:
         """Joints reaching ``target`` (4x4), starting from ``seed`` (the previous command).
 
         When the target cannot be reached, returns the closest pose found (``converged`` False)
-        so the caller can move there and warn.
+        so the caller can move there and warn. ``min_iterations=1`` takes a step even towards a
+        target already within tolerance of the seed: a slow jog moves by less than the
+        tolerance per period, and would otherwise never move at all.
         """
         settings = self.settings
         joints = np.clip(np.asarray(seed, dtype=float), self.lower, self.upper)
@@ -103,7 +105,8 @@ class ArmIK:
             stalled = 0 if best is None or norm < best[0] * (1.0 - STALL_IMPROVEMENT) else stalled + 1
             if best is None or norm < best[0]:
                 best = (norm, joints.copy(), error)
-            if position_error < settings.ik_position_tolerance_m and rotation_error < settings.ik_rotation_tolerance_rad:
+            within = position_error < settings.ik_position_tolerance_m and rotation_error < settings.ik_rotation_tolerance_rad
+            if within and iteration >= min_iterations:
                 return IKResult(joints, True, position_error, rotation_error, iteration)
             if iteration == settings.ik_max_iterations or stalled >= STALL_ITERATIONS:
                 break  # out of iterations, or no longer getting closer: the target is out of reach
