@@ -7,10 +7,13 @@ publishes joint states equal to the last Interbotix command it received (real
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,24 @@ RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 def start_controller(ros_domain, embodiment: str, env: dict[str, str] | None = None):
     return ros_domain.start_process("-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", f"config:={embodiment}", env=env)
+
+
+def fifo_allowed(priority: int) -> bool:
+    """Whether this host lets a process give one of its threads SCHED_FIFO (root, CAP_SYS_NICE or an rtprio limit)."""
+    allowed: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        except OSError:
+            allowed.append(False)
+        else:
+            allowed.append(True)
+
+    thread = threading.Thread(target=probe)  # a throwaway thread: the test's own stay as they are
+    thread.start()
+    thread.join()
+    return allowed[0]
 
 
 def spin_for(ros_domain, executor, seconds: float) -> None:
@@ -203,6 +224,8 @@ def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
     child = start_controller(ros_domain, "mobile_base")
     try:
         assert ros_domain.spin_until(executor, lambda: len(twists) > 5 or child.poll() is not None, timeout=30)
+        fifo_threads = sum(os.sched_getscheduler(int(task.name)) == os.SCHED_FIFO
+                           for task in Path(f"/proc/{child.pid}/task").iterdir())
         for _ in range(5):
             send_chunk()
             spin_for(ros_domain, executor, 0.4)
@@ -230,6 +253,13 @@ def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
         output = ros_domain.stop_process(child)
         node.destroy_node()
     assert "e-stop engaged" in output
+    # The loop thread runs at control.realtime_priority where this host allows SCHED_FIFO, and says so where it does not.
+    priority = config.control.realtime_priority
+    assert priority > 0
+    if fifo_allowed(priority):
+        assert fifo_threads == 1 and f"control loop thread at SCHED_FIFO priority {priority}" in output
+    else:
+        assert fifo_threads == 0 and "control loop at normal priority: SCHED_FIFO" in output
     assert committed == [] and "no /qwen_vla/controller/committed" in output, \
         "a waypoint base commands a Twist: no committed actions to hand the policy"
     offset = float(states[f"clock_offset_ms.{slow_peer}"])

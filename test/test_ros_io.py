@@ -1,6 +1,9 @@
 """Message conversions shared by all nodes, and the shipped DDS profile carrying camera frames."""
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +12,17 @@ import pytest
 HELPERS = Path(__file__).parent / "helpers"
 pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-wheels]' or source ROS 2")
 
+import rclpy  # noqa: E402
+from rclpy.executors import ExternalShutdownException  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
 from qwen_vla_ros.nodes.common import (  # noqa: E402
+    EventsSpinner,
     chunk_to_trajectory,
     image_to_msg,
+    low_latency_spinner,
     msg_to_image,
     seconds_to_duration,
     trajectory_to_chunk,
@@ -117,3 +124,31 @@ def test_shipped_dds_profile_delivers_camera_frames_between_processes(ros_domain
         node.destroy_node()
     assert len(received) >= count * 0.95, f"received {len(received)}/{count}; publisher said:\n{output}"
     assert received == sorted(received), "frames arrived out of order"
+
+
+def test_events_spinner_fires_timers_and_subscriptions_and_stops_at_shutdown(ros_domain) -> None:
+    """The controller's spinner: rclpy 9.1.2's EventsExecutor.spin() never fires timers, so
+    EventsSpinner loops spin_once; both kinds of callback must run, and spin() must return
+    once the context shuts down (as SIGTERM does)."""
+    pytest.importorskip("rclpy.experimental", reason="this rclpy has no EventsExecutor (rclpy < 9): the controller "
+                        "uses the yielding multi-threaded executor instead")
+    from std_msgs.msg import String
+
+    context = ros_domain.context
+    node = rclpy.create_node("spinner_probe", context=context)
+    ticks, heard = [], []
+    publisher = node.create_publisher(String, "/spinner_probe", 10)
+    node.create_subscription(String, "/spinner_probe", heard.append, 10)
+    node.create_timer(0.02, lambda: (ticks.append(1), publisher.publish(String(data="tick"))))
+    spinner = low_latency_spinner(threads=2)
+    assert isinstance(spinner, EventsSpinner)
+    spinner = EventsSpinner(context)
+    spinner.add_node(node)
+    threading.Timer(1.0, context.shutdown).start()
+    started = time.monotonic()
+    with contextlib.suppress(ExternalShutdownException):  # what rclpy's own executors raise there too
+        spinner.spin()
+    assert time.monotonic() - started < 3.0, "spin() ended with the shutdown"
+    assert len(ticks) >= 25, f"a 50 Hz timer fired {len(ticks)} times in 1 s"
+    assert len(heard) >= 20, f"{len(heard)} messages heard"
+    node.destroy_node()

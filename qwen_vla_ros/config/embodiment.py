@@ -231,6 +231,10 @@ class ControlTiming(StrictModel):
     committed_steps: int = Field(
         default=10, ge=0, description="control periods published on /qwen_vla/controller/committed"
     )
+    realtime_priority: int = Field(
+        default=0, ge=0, le=99,
+        description="SCHED_FIFO priority of the controller's loop thread (needs CAP_SYS_NICE or an rtprio limit); 0: normal",
+    )
 
     @property
     def period_s(self) -> float:

@@ -11,12 +11,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Duration, Time
-from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
@@ -173,11 +173,48 @@ class YieldingMultiThreadedExecutor(MultiThreadedExecutor):
         os.sched_yield()  # releases the GIL
 
 
+class Spinner(Protocol):
+    def add_node(self, node: Node) -> bool | None: ...
+
+    def spin(self) -> None: ...
+
+
+class EventsSpinner:
+    """rclpy's EventsExecutor (``rclpy.experimental``, rclpy 9 / Kilted on), spun with ``spin_once``.
+
+    It waits and dispatches in C++, so between callbacks the GIL is free: a loop thread of
+    the node's own then wakes on time (docs/benchmarks.md, controller loop). Its ``spin()``
+    in rclpy 9.1.2 never fires timers (a 50 Hz timer: no call in 3 s, where ``spin_once``
+    gives 150), hence the loop here. Callbacks run one at a time, on the spinning thread.
+    """
+
+    def __init__(self, context: rclpy.context.Context | None = None) -> None:
+        from rclpy.experimental import EventsExecutor
+
+        self.context = context or rclpy.get_default_context()
+        self.executor = EventsExecutor(context=self.context)
+
+    def add_node(self, node: Node) -> None:
+        self.executor.add_node(node)
+
+    def spin(self) -> None:
+        while self.context.ok():
+            self.executor.spin_once(timeout_sec=0.1)
+
+
+def low_latency_spinner(threads: int) -> Spinner:
+    """The EventsExecutor where rclpy has it; otherwise (Humble, Jazzy) the yielding multi-threaded one."""
+    try:
+        return EventsSpinner()
+    except ImportError:
+        return YieldingMultiThreadedExecutor(num_threads=threads)
+
+
 def run_node(
     factory: Callable[..., Node],
     args: Sequence[str] | None = None,
     *,
-    executor_factory: Callable[[], Executor] = YieldingMultiThreadedExecutor,
+    executor_factory: Callable[[], Spinner] = YieldingMultiThreadedExecutor,
     **kwargs: Any,
 ) -> int:
     """Init rclpy with the shipped DDS profile, spin a MultiThreadedExecutor, shut down cleanly.

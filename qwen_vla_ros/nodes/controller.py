@@ -5,7 +5,11 @@ node with a different default embodiment (Mobile ALOHA: ``aloha_controller`` wit
 ``config:=aloha_mobile``). The control loop runs on a thread of its own that sleeps to
 absolute deadlines on the monotonic clock (:mod:`qwen_vla_ros.control.pacing`), so neither
 the executor nor a chunk needing IK delays it; under ``use_sim_time`` it is a ROS timer
-instead, so it follows ``/clock``. The core is guarded by
+instead, so it follows ``/clock``. The thread runs at ``control.realtime_priority``
+(SCHED_FIFO) where the host allows it; the executor is rclpy's C++ EventsExecutor where
+rclpy has one, so callbacks hold the GIL only while their Python runs, and Python's switch
+interval is cut to 50 us so that the loop, woken at its deadline, gets the GIL soon
+(docs/benchmarks.md, controller loop). The core is guarded by
 one lock that no slow work holds (chunk preparation happens outside it).
 
 Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
@@ -20,6 +24,7 @@ logged when it comes, so no button ever waits on the recorder.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
@@ -43,8 +48,8 @@ from qwen_vla_ros.control.arbitration import Transition
 from qwen_vla_ros.control.pacing import Deadlines
 from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
 from qwen_vla_ros.nodes.common import (
-    YieldingMultiThreadedExecutor,
     declare_configs,
+    low_latency_spinner,
     ns_to_time,
     run_node,
     seconds_to_duration,
@@ -59,9 +64,9 @@ COMMAND_TOPIC = "/qwen_vla/controller/command"
 COMMITTED_TOPIC = "/qwen_vla/controller/committed"
 STATE_TOPIC = "/qwen_vla/controller/state"
 ESTOP_RESET_SERVICE = "/qwen_vla/estop/reset"
-EXECUTOR_THREADS = 3  # chunks, feedback, diagnostics: none waits for another
-# A thread waking at its deadline waits for the GIL at most this long (Python's default: 5 ms).
-GIL_SWITCH_INTERVAL_S = 0.0002
+EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostics, none waits for another
+# A thread waking at its deadline waits for the GIL about this long (Python's default: 5 ms).
+GIL_SWITCH_INTERVAL_S = 0.00005
 
 
 def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
@@ -266,7 +271,22 @@ class ControllerNode(Node):
         except RuntimeError:
             pass  # already woken: one early period serves every takeover before it
 
+    def _raise_priority(self) -> None:
+        priority = self.core.config.control.realtime_priority
+        if not priority:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # this thread only
+        except (PermissionError, OSError) as exc:
+            self.get_logger().warning(
+                f"control loop at normal priority: SCHED_FIFO {priority} refused ({exc}); allow it with an rtprio "
+                "limit (/etc/security/limits.d) or CAP_SYS_NICE, or set control.realtime_priority: 0"
+            )
+        else:
+            self.get_logger().info(f"control loop thread at SCHED_FIFO priority {priority}")
+
     def _control_loop(self) -> None:
+        self._raise_priority()
         while not self.stopping.is_set() and self.context.ok():
             wait_ns = self.deadlines.wait_ns(time.monotonic_ns())
             scheduled = not (wait_ns and self.takeover.acquire(timeout=wait_ns / 1e9))
@@ -344,7 +364,7 @@ def _main(default_embodiment: str, args: Sequence[str] | None) -> int:
     return run_node(
         ControllerNode,
         args,
-        executor_factory=partial(YieldingMultiThreadedExecutor, num_threads=EXECUTOR_THREADS),
+        executor_factory=partial(low_latency_spinner, EXECUTOR_THREADS),
         default_embodiment=default_embodiment,
     )
 
