@@ -10,7 +10,10 @@ shows the operator in control: for a base the first Twist (a held base sends non
 ``linear.x > 0``; for an arm the first driver command that differs from the held one. The
 latency is measured in this process from just before ``publish`` to the receiving callback
 (a dedicated spin thread), so it includes DDS in both directions. Trials start at random
-phases of the control timer. The goal is one control period: the switch happens in the Joy
+phases of the control timer. Meanwhile a policy publishes action chunks at ``--chunk-hz``
+(5 Hz by default; small random actions): the controller prepares each one (IK for WidowX
+deltas) before refusing it while not in ``policy`` mode, so a takeover competes with that
+work as it does on a robot whose policy keeps running. The goal is one control period: the switch happens in the Joy
 callback, which wakes the control loop to run a period at once (off the grid, limited over
 the time it covers), so the latency is transport and scheduling, not a wait for the next
 period. Also reported: the same for the ``teleop`` message on
@@ -53,7 +56,7 @@ def figures(samples_ms: list[float], period_ms: float) -> dict[str, float]:
     }
 
 
-def run(embodiment: str, trials: int, domain: int) -> dict:
+def run(embodiment: str, trials: int, domain: int, chunk_hz: float) -> dict:
     import rclpy
     from geometry_msgs.msg import Twist
     from nav_msgs.msg import Odometry
@@ -62,7 +65,11 @@ def run(embodiment: str, trials: int, domain: int) -> dict:
     from sensor_msgs.msg import Joy, JointState
     from std_msgs.msg import Float64MultiArray, String
 
+    from trajectory_msgs.msg import JointTrajectory
+
+    from qwen_vla_ros.chunk import ActionChunk
     from qwen_vla_ros.config import load_embodiment
+    from qwen_vla_ros.nodes.common import chunk_to_trajectory
 
     config = load_embodiment(embodiment)
     overrides = []
@@ -142,6 +149,22 @@ def run(embodiment: str, trials: int, domain: int) -> dict:
     node.create_subscription(String, "/qwen_vla/mode", on_mode, latched)
     joy = node.create_publisher(Joy, config.teleop.joy_topic, 10)
     node.create_timer(0.02, publish_feedback)
+    chunks = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", reliable)
+    names = tuple(config.action.names)
+    lower = np.array([c.limits.lower for c in config.action.channels])
+    upper = np.array([c.limits.upper for c in config.action.channels])
+    rng = np.random.default_rng(0)
+
+    def publish_chunk() -> None:
+        with lock:
+            if state["mode"] not in ("hold", "teleop"):  # never while the policy drives: the rig would move
+                return
+        rows = np.clip(rng.uniform(-0.01, 0.01, size=(config.control.chunk_length, len(names))), lower, upper)
+        stamp = node.get_clock().now().nanoseconds
+        chunks.publish(chunk_to_trajectory(ActionChunk(rows, names, config.control.action_dt, stamp)))
+
+    if chunk_hz > 0:
+        node.create_timer(1.0 / chunk_hz, publish_chunk)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -202,6 +225,7 @@ def run(embodiment: str, trials: int, domain: int) -> dict:
         "embodiment": embodiment,
         "control_period_ms": period_ms,
         "trials": trials,
+        "chunk_hz": chunk_hz,
         "joy_to_first_teleop_command": figures(command_latency, period_ms),
         "joy_to_mode_message": figures(mode_latency, period_ms),
         # Arms: periods of hold commands that arrived between the Joy and the first teleop command -> trials.
@@ -247,10 +271,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embodiment", default="mobile_base")
     parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--chunk-hz", type=float, default=5.0, help="action chunks per second from a policy (0: none)")
     args = parser.parse_args()
     apply_dds_profile()
     load = [round(v, 2) for v in os.getloadavg()]
-    result = run(args.embodiment, args.trials, 150 + os.getpid() % 50)
+    result = run(args.embodiment, args.trials, 150 + os.getpid() % 50, args.chunk_hz)
     print(json.dumps({
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_average_before": load,

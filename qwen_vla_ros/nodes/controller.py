@@ -2,15 +2,18 @@
 
 Executables ``aloha_controller``, ``widowx_controller`` and ``base_controller`` are this
 node with a different default embodiment (Mobile ALOHA: ``aloha_controller`` with
-``config:=aloha_mobile``). The control loop runs on a thread of its own that sleeps to
-absolute deadlines on the monotonic clock (:mod:`qwen_vla_ros.control.pacing`), so neither
-the executor nor a chunk needing IK delays it; under ``use_sim_time`` it is a ROS timer
-instead, so it follows ``/clock``. The thread runs at ``control.realtime_priority``
+``config:=aloha_mobile``).
+
+The control loop runs on a thread of its own that sleeps to absolute deadlines on the
+monotonic clock (:mod:`qwen_vla_ros.control.pacing`); under ``use_sim_time`` it is a ROS
+timer instead, so it follows ``/clock``. The thread runs at ``control.realtime_priority``
 (SCHED_FIFO) where the host allows it; the executor is rclpy's C++ EventsExecutor where
-rclpy has one, so callbacks hold the GIL only while their Python runs, and Python's switch
+rclpy has one, so callbacks hold the GIL only while their Python runs; and Python's switch
 interval is cut to 50 us so that the loop, woken at its deadline, gets the GIL soon
-(docs/benchmarks.md, controller loop). The core is guarded by
-one lock that no slow work holds (chunk preparation happens outside it).
+(docs/benchmarks.md, controller loop). Chunks are prepared (converted, interpolated, IK for
+WidowX deltas: 8 ms p50 for a 4-action chunk) on a thread of their own, so that on the
+single-threaded EventsExecutor a chunk never delays a Joy or joint-state callback. The core
+is guarded by one lock that no slow work holds (chunk preparation happens outside it).
 
 Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
 core's arbiter; the mode goes out on ``/qwen_vla/mode`` (std_msgs/String, transient local)
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import sys
 import threading
 import time
@@ -101,8 +105,9 @@ class ControllerNode(Node):
         if self.core.layout.base is not None:
             self.create_subscription(Odometry, embodiment.base.odom_topic, self._on_odometry, qos_profile_sensor_data,
                                      callback_group=inputs)
-        self.create_subscription(JointTrajectory, CHUNK_TOPIC, self._on_chunk, reliable,
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.chunk_queue: queue.SimpleQueue[JointTrajectory | None] = queue.SimpleQueue()
+        self.chunk_thread = threading.Thread(target=self._chunk_worker, name="chunks", daemon=True)
+        self.create_subscription(JointTrajectory, CHUNK_TOPIC, self.chunk_queue.put, reliable, callback_group=inputs)
         self.create_subscription(Bool, embodiment.safety.estop_topic, self._on_estop, latched, callback_group=inputs)
         self.create_service(Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset, callback_group=inputs)
         # Chunks carry the policy host's observation stamps: this is where a clock offset bites.
@@ -127,6 +132,7 @@ class ControllerNode(Node):
             self.get_logger().info(f"{embodiment.name}: no {COMMITTED_TOPIC}, its commands {self.names} are not its "
                                    "action channels (real-time chunking is off for it)")
         self.periods = 0
+        self.chunk_thread.start()
         self.deadlines = Deadlines(self.core.period_ns, time.monotonic_ns())
         self.stopping = threading.Event()
         # Released by the Joy callback at a takeover; the loop sleeps on it instead of time.sleep.
@@ -168,6 +174,14 @@ class ControllerNode(Node):
                                           (twist.linear.x, twist.angular.z), time_to_ns(message.header.stamp) or now, now)
         except ValueError as exc:
             self.get_logger().warning(f"ignoring odometry: {exc}", throttle_duration_sec=2.0)
+
+    def _chunk_worker(self) -> None:
+        """Chunks in arrival order, off the executor; None (from destroy_node) ends it."""
+        while (message := self.chunk_queue.get()) is not None:
+            try:
+                self._on_chunk(message)
+            except Exception as exc:  # noqa: BLE001 - one bad chunk must not stop the chunks after it
+                self.get_logger().error(f"chunk handling failed: {exc!r}", throttle_duration_sec=1.0)
 
     def _on_chunk(self, message: JointTrajectory) -> None:
         now = self._now()
@@ -303,6 +317,8 @@ class ControllerNode(Node):
     def destroy_node(self) -> None:
         self.stopping.set()
         self._wake_loop()  # so it sees the stop at once
+        self.chunk_queue.put(None)
+        self.chunk_thread.join(timeout=1.0)
         if self.loop_thread is not None:
             self.loop_thread.join(timeout=1.0)
         super().destroy_node()
