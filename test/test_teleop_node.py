@@ -29,6 +29,7 @@ from qwen_vla_ros.config import load_embodiment  # noqa: E402
 from qwen_vla_ros.config.embodiment import AxisButton  # noqa: E402
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy  # noqa: E402
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics  # noqa: E402
+from qwen_vla_ros.nodes.common import ns_to_time  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -277,3 +278,52 @@ def test_takeover_is_served_at_once_not_at_the_next_period(ros_domain) -> None:
         assert first_arrival - pressed_at < 0.5 * period, f"first teleop command {first_arrival - pressed_at:.3f} s after the Joy"
         assert (first_stamp - previous_stamp) / 1e9 < 0.9 * period, "served off the period grid"
         assert (next_stamp - first_stamp) / 1e9 == pytest.approx(period, abs=0.05), "the grid restarts at the takeover"
+
+
+def test_takeover_under_sim_time_is_served_at_once_on_the_simulated_clock(ros_domain) -> None:
+    """With use_sim_time the loop is a ROS timer on /clock; a takeover then runs a period from the
+    Joy callback, stamped with simulated time between two timer periods. The clock here runs at
+    a tenth of real time, so a 20 ms period lasts 200 ms of wall time."""
+    from rclpy.parameter import Parameter
+    from rosgraph_msgs.msg import Clock
+
+    config = load_embodiment("widowx")
+    period_ns = round(config.control.period_s * 1e9)
+    node = rclpy.create_node("sim_clock_operator_and_arm", context=ros_domain.context,
+                             parameter_overrides=[Parameter("use_sim_time", Parameter.Type.BOOL, True)])
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(node)
+    clock = node.create_publisher(Clock, "/clock", 10)
+    sim = {"ns": 1_000 * 1_000_000_000}
+
+    def tick() -> None:  # 1 ms of simulated time every 10 ms of wall time
+        sim["ns"] += 1_000_000
+        clock.publish(Clock(clock=ns_to_time(sim["ns"])))
+
+    node.create_timer(0.01, tick, clock=rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME))
+    ForwardCommandArms(node, config.arms, [0.0, -0.5, 0.5, 0.0, 1.0, 0.0])
+    stamps: list[int] = []
+    node.create_subscription(
+        JointState, "/qwen_vla/controller/command",
+        lambda m: stamps.append(m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec), RELIABLE,
+    )
+    operator = Operator(node, config)
+    child = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=widowx", "-p", "use_sim_time:=true",
+        "-p", "config_overrides:=['outputs=[{adapter: forward_command, arms: [arm]}]']",
+    )
+    try:
+        assert ros_domain.spin_until(executor, lambda: len(stamps) > 5 or child.poll() is not None, timeout=30)
+        ros_domain.spin_until(executor, lambda: False, timeout=0.1)  # half a period of wall time
+        before = len(stamps)
+        operator.hold("deadman", a1=1.0)
+        ros_domain.spin_until(executor, lambda: len(stamps) > before + 1, timeout=2.0)
+        operator.hold()
+    finally:
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+    assert "Traceback" not in output, output
+    assert "mode policy -> teleop: deadman pressed" in output or "mode hold -> teleop" in output, output
+    gaps = np.diff(stamps[before - 1:before + 2])
+    assert 0 < gaps[0] < 0.9 * period_ns, f"the takeover period came {gaps[0] / 1e6:.1f} ms of sim time after the last"
+    assert gaps[1] <= period_ns, "the timer's next period follows on the simulated grid"
