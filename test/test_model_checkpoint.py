@@ -80,6 +80,14 @@ def _drop_tensor(path: Path, prefix: str) -> None:
     save_file(tensors, str(path))
 
 
+def _add_layer_copy(path: Path, prefix: str, renamed: str) -> None:
+    """Tensors of a layer config.json does not have: as if the weights came from a deeper model."""
+    tensors = load_file(str(path))
+    layer = prefix.rsplit("layers.", 1)[1]
+    tensors.update({n.replace(f"layers.{layer}", renamed): t.clone() for n, t in tensors.items() if n.startswith(prefix)})
+    save_file(tensors, str(path))
+
+
 BREAKAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "no manifest": (lambda root: (root / "qwen_vla.json").unlink(), "qwen_vla.json", "file is missing"),
     "manifest not json": (lambda root: (root / "qwen_vla.json").write_text("{oops"), "qwen_vla.json", "not valid JSON"),
@@ -139,6 +147,10 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "head tensor missing": (
         lambda root: _drop_tensor(root / "action_head.safetensors", "blocks.1."),
         "action_head.safetensors", "missing",
+    ),
+    "backbone tensor unexpected": (
+        lambda root: _add_layer_copy(root / "backbone/model.safetensors", "model.language_model.layers.2.", "layers.9."),
+        "backbone/model.safetensors", "unexpected_keys",
     ),
     "backbone tensor missing": (
         lambda root: _drop_tensor(root / "backbone/model.safetensors", "model.language_model.layers.2."),

@@ -1,7 +1,7 @@
 """Load a checkpoint directory into a :class:`Policy`, with the backend that runs its stages.
 
 transformers' ``from_pretrained`` random-initialises weights it cannot find and only logs a
-warning; a policy running on random weights would look healthy, so missing or mismatched
+warning; a policy running on random weights would look healthy, so missing, unexpected or mismatched
 tensors are errors here, naming the file.
 
 Every backend loads the torch modules (the prefix runs in torch once per task) and then
@@ -101,7 +101,9 @@ def _load_backbone(files: CheckpointFiles, device: torch.device, dtype: torch.dt
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(files.backbone_dir, f"transformers cannot load the backbone: {exc}") from exc
-    problems = {key: sorted(info.get(key) or []) for key in ("missing_keys", "mismatched_keys")}
+    # Unexpected tensors too: a checkpoint of a deeper model under a shallower config.json would
+    # otherwise load its first layers and run, silently not the model that was trained.
+    problems = {key: sorted(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if any(problems.values()):
         summary = _summarize(problems)
         raise CheckpointError(
