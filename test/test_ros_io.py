@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from pathlib import Path
@@ -140,9 +141,8 @@ def test_events_spinner_fires_timers_and_subscriptions_and_stops_at_shutdown(ros
     publisher = node.create_publisher(String, "/spinner_probe", 10)
     node.create_subscription(String, "/spinner_probe", heard.append, 10)
     node.create_timer(0.02, lambda: (ticks.append(1), publisher.publish(String(data="tick"))))
-    spinner = low_latency_spinner(threads=2)
+    spinner = low_latency_spinner(threads=2, context=context)
     assert isinstance(spinner, EventsSpinner)
-    spinner = EventsSpinner(context)
     spinner.add_node(node)
     threading.Timer(1.0, context.shutdown).start()
     started = time.monotonic()
@@ -152,3 +152,14 @@ def test_events_spinner_fires_timers_and_subscriptions_and_stops_at_shutdown(ros
     assert len(ticks) >= 25, f"a 50 Hz timer fired {len(ticks)} times in 1 s"
     assert len(heard) >= 20, f"{len(heard)} messages heard"
     node.destroy_node()
+
+
+def test_low_latency_spinner_falls_back_where_rclpy_has_no_events_executor(ros_domain, monkeypatch) -> None:
+    """Humble and Jazzy's rclpy have no rclpy.experimental: the controller must still start, on the
+    yielding multi-threaded executor. The missing module is simulated (those distributions cannot be installed here)."""
+    from qwen_vla_ros.nodes.common import YieldingMultiThreadedExecutor
+
+    monkeypatch.setitem(sys.modules, "rclpy.experimental", None)  # makes the import raise ImportError
+    spinner = low_latency_spinner(threads=3, context=ros_domain.context)
+    assert isinstance(spinner, YieldingMultiThreadedExecutor)
+    spinner.shutdown()

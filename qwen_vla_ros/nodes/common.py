@@ -202,12 +202,12 @@ class EventsSpinner:
             self.executor.spin_once(timeout_sec=0.1)
 
 
-def low_latency_spinner(threads: int) -> Spinner:
+def low_latency_spinner(threads: int, context: rclpy.context.Context | None = None) -> Spinner:
     """The EventsExecutor where rclpy has it; otherwise (Humble, Jazzy) the yielding multi-threaded one."""
     try:
-        return EventsSpinner()
+        return EventsSpinner(context)
     except ImportError:
-        return YieldingMultiThreadedExecutor(num_threads=threads)
+        return YieldingMultiThreadedExecutor(num_threads=threads, context=context)
 
 
 def run_node(
