@@ -8,6 +8,7 @@ default.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Annotated, Literal, Union
 
@@ -606,8 +607,8 @@ class Teleop(StrictModel):
             raise ValueError(f"buttons {unused} need a teleop.arm section (arm jog) to act on")
         users = {"the base": self.base.axes if self.base else [], "the arm jog": self.arm.axes if self.arm else [],
                  "buttons": self.buttons.axes}
-        for first, second in (("the base", "the arm jog"), ("the base", "buttons"), ("the arm jog", "buttons")):
-            shared = sorted(set(users[first]) & set(users[second]))
+        for (first, first_axes), (second, second_axes) in itertools.combinations(users.items(), 2):
+            shared = sorted(set(first_axes) & set(second_axes))
             if shared:
                 raise ValueError(f"joy axes {shared} are read by both {first} and {second}")
         return self

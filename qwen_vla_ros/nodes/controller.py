@@ -291,7 +291,7 @@ class ControllerNode(Node):
             return
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # this thread only
-        except (PermissionError, OSError) as exc:
+        except OSError as exc:  # PermissionError without an rtprio limit
             self.get_logger().warning(
                 f"control loop at normal priority: SCHED_FIFO {priority} refused ({exc}); allow it with an rtprio "
                 "limit (/etc/security/limits.d) or CAP_SYS_NICE, or set control.realtime_priority: 0"
