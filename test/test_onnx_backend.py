@@ -23,14 +23,18 @@ from qwen_vla_ros.model import export as export_module  # noqa: E402
 from qwen_vla_ros.model import load_policy  # noqa: E402
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint  # noqa: E402
 from qwen_vla_ros.model.images import check_images, patchify  # noqa: E402
+from qwen_vla_ros.model.denormals import flushed_denormals, flushing  # noqa: E402
 from qwen_vla_ros.model.loading import BackendOptions, load_policy_from_config  # noqa: E402
 from qwen_vla_ros.model.normalization import ChannelNormalizer  # noqa: E402
 from qwen_vla_ros.model.onnx_manifest import STAGES, ExportError, input_shapes, read_export_manifest  # noqa: E402
-from qwen_vla_ros.model.ort_backend import choose_providers, provider_options  # noqa: E402
+from qwen_vla_ros.model.ort_backend import (  # noqa: E402
+    QUANTISED_SUFFIX, choose_providers, provider_options, session_options,
+)
 from qwen_vla_ros.model.sampler import GuidedVelocity  # noqa: E402
 
 INSTRUCTION = "pick up the cube and hand it to the other arm"
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+DENORMAL_BITS = 0x000A_E398  # exponent bits zero: about 1e-39, below float32's smallest normal 1.2e-38
 
 
 def ort_options(folder: Path, **settings: object) -> BackendOptions:
@@ -195,18 +199,85 @@ def test_real_time_chunking_runs_in_onnxruntime(torch_policy, ort_policy, make_i
     assert len(calls) == ort_policy.num_steps, "every guided step runs the exported graph"
 
 
-def test_int8_quantises_vision_and_backbone_only(tiny_checkpoint: Path, tiny_onnx: Path, tmp_path: Path,
-                                                 torch_policy, make_images) -> None:
+def test_int8_quantises_the_matrix_products_of_vision_backbone_and_context_kv(
+        tiny_checkpoint: Path, tiny_onnx: Path, tmp_path: Path, torch_policy, make_images) -> None:
     folder = tmp_path / "onnx"
     shutil.copytree(tiny_onnx, folder)
     policy = load_policy(tiny_checkpoint, backend="onnxruntime", options=ort_options(folder, precision="int8"))
-    assert sorted(p.name for p in folder.glob("*.int8.onnx")) == ["step_backbone.int8.onnx", "vision.int8.onnx"]
+    quantised = sorted(p.name for p in folder.glob(f"*{QUANTISED_SUFFIX}"))
+    assert quantised == [f"{name}{QUANTISED_SUFFIX}" for name in ("context_kv", "step_backbone", "vision")]
+    backbone_operators = {node.op_type for node in onnx.load(folder / quantised[1]).graph.node}
+    assert "MatMulInteger" in backbone_operators, "the weight matrix products run in int8"
+    assert not backbone_operators & {"ConvInteger", "QLinearConv"}, "the causal convolution stays float32"
+    for name in ("dit_step", "dit_guided"):
+        assert not policy.stages.engines[name].path.name.endswith(QUANTISED_SUFFIX), f"{name} stays float32"
     assert policy.stages.name.startswith("onnxruntime int8")
     images, state = observation([torch_policy, policy], "aloha", make_images)
     exact = normalised(torch_policy, torch_policy.infer(images, state, seed=5).actions)
     approximate = normalised(policy, policy.infer(images, state, seed=5).actions)
     difference = np.abs(exact - approximate).max()
     assert 0 < difference < 0.1, "quantised, so close but not identical"
+
+
+@pytest.fixture()
+def denormals_kept():
+    """This thread computing with denormals, whatever ran before; restored afterwards."""
+    before = flushing()
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(before)
+
+
+def test_onnxruntime_flushes_denormals_to_zero_unless_kept(tmp_path: Path, denormals_kept: None) -> None:
+    """A one-operator graph multiplies denormal floats by one: flushed they come back as zero.
+
+    The session option covers onnxruntime's pool threads only; the calling thread's share of
+    the work is flushed by ``flushed_denormals``, as the policy runs it. The floats are
+    compared as bits, since with denormals-are-zero set numpy reads them as zero."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    size = 1 << 20  # enough work to be split across both intra-op threads
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "one"], ["y"])], "denormal",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])],
+    )
+    path = tmp_path / "denormal.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    denormal = np.full(size, DENORMAL_BITS, dtype=np.uint32).view(np.float32)
+
+    def run(flush: bool) -> np.ndarray:
+        options = session_options(OnnxRuntimeSettings(intra_op_threads=2), flush)
+        session = onnxruntime.InferenceSession(str(path), options, providers=[CPU])
+        with flushed_denormals(flush):
+            return session.run(None, {"x": denormal})[0].view(np.uint32)
+
+    assert (run(flush=False) == DENORMAL_BITS).all()
+    assert (run(flush=True) == 0).all()
+    assert not flushing(), "the calling thread is restored afterwards"
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_inference_flushes_denormals_as_configured_and_restores_the_thread(
+        tiny_checkpoint: Path, tiny_onnx: Path, make_images, denormals_kept: None, backend: str) -> None:
+    seen: list[bool] = []
+    for flush in (True, False):
+        options = BackendOptions(flush_denormals=flush, onnxruntime=OnnxRuntimeSettings(model_dir=str(tiny_onnx)))
+        policy = load_policy(tiny_checkpoint, backend=backend, options=options)
+        assert not flushing(), "loading leaves the thread as it found it"
+        vision = policy.stages.vision
+
+        def spy(*inputs, vision=vision):
+            seen.append(flushing())
+            return vision(*inputs)
+
+        policy.stages.vision = spy
+        images, state = observation([policy], "aloha", make_images)
+        policy.infer(images, state, seed=1)
+        assert not flushing(), "numpy and everything else in this thread compute with denormals again"
+    assert seen == [True, False]
 
 
 # ------------------------------------------------------------------ loading, cache and errors

@@ -119,6 +119,11 @@ class RuntimeConfig(StrictModel):
         default=True,
         description="torch backend on cuda: replay vision, the backbone step and the K-step sampler as CUDA graphs",
     )
+    flush_denormals: bool = Field(
+        default=True,
+        description="cpu, torch and onnxruntime: treat denormal floats as zero; the delta rule's decayed state "
+        "underflows into them and CPU arithmetic on denormals is many times slower (measured, docs/benchmarks.md)",
+    )
     denoising_steps: int | None = Field(default=None, ge=1, le=10, description="None: the checkpoint's default")
     instruction: str = ""
     blending: Blending = Field(default_factory=Blending)

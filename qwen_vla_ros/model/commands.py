@@ -47,7 +47,8 @@ def _backend_options(args: argparse.Namespace) -> object:
         precision=args.ort_precision, spin_wait=args.ort_spin_wait,
     )
     tensorrt = TensorRTSettings(onnx_dir=args.onnx_dir, precision=args.trt_precision)
-    return BackendOptions(cuda_graphs=not args.no_cuda_graphs, onnxruntime=onnxruntime, tensorrt=tensorrt)
+    return BackendOptions(cuda_graphs=not args.no_cuda_graphs, flush_denormals=not args.keep_denormals,
+                          onnxruntime=onnxruntime, tensorrt=tensorrt)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -68,6 +69,7 @@ def _bench(args: argparse.Namespace) -> int:
         from qwen_vla_ros.model.loading import BACKENDS
 
         policy = build_policy(args.size, device=args.device, dtype=args.dtype)
+        policy.flush_denormals = policy.flush_denormals and options.flush_denormals
         policy.stages = BACKENDS["torch"](policy, None, options)
     if args.steps is not None:
         policy.num_steps = args.steps
@@ -99,8 +101,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ort-threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     parser.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all")
     parser.add_argument("--ort-spin-wait", action="store_true", help="onnxruntime threads busy-wait between operators")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="cpu: compute with denormal floats instead of flushing them to zero (both backends)")
     parser.add_argument("--ort-precision", choices=("fp32", "int8"), default="fp32",
-                        help="int8: dynamically quantised vision and backbone weights (approximate)")
+                        help="int8: vision, backbone and cross-attention k/v matmul weights quantised (approximate)")
     parser.add_argument("--trt-precision", choices=("fp32", "fp16", "bf16", "fp8"), default="bf16")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="torch on cuda: run eagerly")
     parser.add_argument("--rtc-delay", type=int, default=0,

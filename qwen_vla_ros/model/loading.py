@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from qwen_vla_ros.config.runtime import OnnxRuntimeSettings, RuntimeConfig, TensorRTSettings
 from qwen_vla_ros.model.action_head import ActionHead
 from qwen_vla_ros.model.checkpoint import CheckpointError, CheckpointFiles, Manifest, read_checkpoint
+from qwen_vla_ros.model.denormals import flushed_denormals
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint
 from qwen_vla_ros.model.images import PatchSpec
 from qwen_vla_ros.model.onnx_manifest import EXPORT_MANIFEST, ExportManifest
@@ -42,6 +43,7 @@ class BackendOptions:
     """The runtime config's backend sections (see ``RuntimeConfig``)."""
 
     cuda_graphs: bool = True
+    flush_denormals: bool = True
     onnxruntime: OnnxRuntimeSettings = field(default_factory=OnnxRuntimeSettings)
     tensorrt: TensorRTSettings = field(default_factory=TensorRTSettings)
 
@@ -175,7 +177,7 @@ def _onnxruntime_stages(policy: Policy, files: CheckpointFiles | None, options: 
     from qwen_vla_ros.model.ort_backend import OnnxRuntimeStages
 
     folder, manifest = _exported(policy, files, options.onnxruntime.model_dir)
-    return OnnxRuntimeStages(folder, manifest, options.onnxruntime, policy.device)
+    return OnnxRuntimeStages(folder, manifest, options.onnxruntime, policy.device, options.flush_denormals)
 
 
 def _tensorrt_stages(policy: Policy, files: CheckpointFiles | None, options: BackendOptions) -> Stages:
@@ -219,19 +221,28 @@ def load_policy(
         raise ValueError(f"backend 'tensorrt' needs a cuda device, got {device!r}")
     files = read_checkpoint(path)
     resolved_device = resolve_device(device)
-    resolved_dtype = _backend_dtype(backend, dtype, resolved_device)
+    options = options or BackendOptions()
+    flush = options.flush_denormals and resolved_device.type == "cpu"
+    with flushed_denormals(flush):  # torch's worker threads started while loading inherit it
+        policy = _load(files, backend, resolved_device, _backend_dtype(backend, dtype, resolved_device), options)
+    policy.flush_denormals = flush
+    return policy
+
+
+def _load(files: CheckpointFiles, backend: str, device: torch.device, dtype: torch.dtype,
+          options: BackendOptions) -> Policy:
     policy = Policy(
         manifest=files.manifest,
-        backbone_model=_load_backbone(files, resolved_device, resolved_dtype),
+        backbone_model=_load_backbone(files, device, dtype),
         tokenizer=_load_tokenizer(files),
         patch_spec=patch_spec(files.manifest, files.backbone_config["vision_config"], files.preprocessor_config),
-        head=_load_head(files, resolved_device, resolved_dtype),
-        device=resolved_device,
-        dtype=resolved_dtype,
+        head=_load_head(files, device, dtype),
+        device=device,
+        dtype=dtype,
         source=str(files.root),
     )
-    policy.stages = BACKENDS[backend](policy, files, options or BackendOptions())
-    LOG.info("policy %s: %s stages on %s, %s", files.root, policy.stages.name, resolved_device, resolved_dtype)
+    policy.stages = BACKENDS[backend](policy, files, options)
+    LOG.info("policy %s: %s stages on %s, %s", files.root, policy.stages.name, device, dtype)
     return policy
 
 
@@ -244,7 +255,7 @@ def load_policy_from_config(config: RuntimeConfig) -> Policy:
         backend=config.backend,
         device=config.device,
         dtype=config.dtype,
-        options=BackendOptions(config.cuda_graphs, config.onnxruntime, config.tensorrt),
+        options=BackendOptions(config.cuda_graphs, config.flush_denormals, config.onnxruntime, config.tensorrt),
     )
     if config.denoising_steps is not None:
         policy.num_steps = config.denoising_steps

@@ -12,10 +12,15 @@ back through DLPack, so nothing is copied on CPU or GPU. On CUDA every session r
 Real-time chunking needs the vector-Jacobian product through the DiT; the export traced it
 into ``dit_guided.onnx``, so guided steps run in ONNX Runtime too.
 
-``precision: int8`` runs the vision tower and the backbone step with weights quantised to
-int8 per output channel and activations quantised per call (onnxruntime's dynamic
-quantisation), written once beside the float32 files. It trades accuracy for speed on CPUs
-with VNNI; the DiT stays float32 (at its size int8 was slower, and it integrates K steps).
+``precision: int8`` runs the vision tower, the backbone step and the DiT's cross-attention
+keys and values with matrix-product weights quantised to int8 per output channel and
+activations quantised per call (onnxruntime's dynamic quantisation), written once beside the
+float32 files. It trades accuracy for speed on CPUs with VNNI or AMX; the DiT step stays
+float32: int8 saved 1 to 2 ms a step but moved the actions 40 times further from torch's, and
+its error compounds over the K steps (measured, docs/benchmarks.md).
+
+Unless ``RuntimeConfig.flush_denormals`` is off the session pool threads flush denormal
+floats to zero (see :mod:`qwen_vla_ros.model.denormals`, which covers the calling thread).
 """
 from __future__ import annotations
 
@@ -38,7 +43,9 @@ if TYPE_CHECKING:
     from qwen_vla_ros.model.policy import Task
 
 LOG = logging.getLogger(__name__)
-QUANTISED_STAGES = ("vision", "step_backbone")
+QUANTISED_STAGES = ("vision", "step_backbone", "context_kv")
+QUANTISED_OPERATORS = ("MatMul", "Gemm")
+QUANTISED_SUFFIX = ".int8-matmul.onnx"  # names what is quantised, so files of an earlier choice are not reused
 CPU_PROVIDER = "CPUExecutionProvider"
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 OPTIMIZATION_LEVELS = {
@@ -90,7 +97,7 @@ def provider_options(providers: Sequence[str], device: torch.device, stream: int
     return options
 
 
-def session_options(settings: OnnxRuntimeSettings) -> "onnxruntime.SessionOptions":
+def session_options(settings: OnnxRuntimeSettings, flush_denormals: bool) -> "onnxruntime.SessionOptions":
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -99,16 +106,21 @@ def session_options(settings: OnnxRuntimeSettings) -> "onnxruntime.SessionOption
     )
     options.intra_op_num_threads = settings.intra_op_threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spin_wait else "0")
+    options.add_session_config_entry("session.set_denormal_as_zero", "1" if flush_denormals else "0")
     options.log_severity_level = 3  # errors only: the provider choice is logged here
     return options
 
 
 def quantised_model(path: Path) -> Path:
-    """``NAME.int8.onnx`` beside ``NAME.onnx``: weights int8 per channel, activations per call."""
+    """``NAME.int8-matmul.onnx`` beside ``NAME.onnx``: matrix-product weights int8 per channel, activations per call.
+
+    Only matrix products are quantised: the delta rule's depthwise causal convolution as
+    ``ConvInteger`` took 10 to 12 ms of a 65 ms backbone step against well under 1 ms in float32.
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    target = path.with_suffix(".int8.onnx")
+    target = path.with_suffix(QUANTISED_SUFFIX)
     if target.is_file() and target.stat().st_mtime >= path.stat().st_mtime:
         return target
     LOG.info("quantising %s to int8", path.name)
@@ -117,7 +129,8 @@ def quantised_model(path: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         plain = Path(scratch) / path.name
         onnx.save(model, str(plain))
-        quantize_dynamic(plain, Path(scratch) / target.name, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(plain, Path(scratch) / target.name, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=list(QUANTISED_OPERATORS))
         (Path(scratch) / target.name).replace(target)
     return target
 
@@ -126,12 +139,12 @@ class OrtModel:
     """One ONNX model, called with torch tensors; the outputs are torch tensors on the same device."""
 
     def __init__(self, path: Path, providers: Sequence[str], options: list[dict[str, str]],
-                 settings: OnnxRuntimeSettings, device: torch.device, stream: ExternalStream) -> None:
+                 session: "onnxruntime.SessionOptions", device: torch.device, stream: ExternalStream) -> None:
         import onnxruntime
 
         self.path = path
         self.session = onnxruntime.InferenceSession(
-            str(path), session_options(settings), providers=list(providers), provider_options=options
+            str(path), session, providers=list(providers), provider_options=options
         )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -162,7 +175,7 @@ class OrtModel:
 
 class OnnxRuntimeStages(EngineStages):
     def __init__(self, folder: Path, manifest: ExportManifest, settings: OnnxRuntimeSettings,
-                 device: torch.device) -> None:
+                 device: torch.device, flush_denormals: bool = True) -> None:
         import onnxruntime
 
         self.manifest = manifest
@@ -176,7 +189,8 @@ class OnnxRuntimeStages(EngineStages):
             path = folder / manifest.stages[name].file
             return quantised_model(path) if settings.precision == "int8" and name in QUANTISED_STAGES else path
 
-        models = {name: OrtModel(model_file(name), providers, options, settings, device, self.stream)
+        session = session_options(settings, flush_denormals)
+        models = {name: OrtModel(model_file(name), providers, options, session, device, self.stream)
                   for name in manifest.stages}
         super().__init__(models)
         self.session_providers = {name: model.providers[0] for name, model in models.items()}

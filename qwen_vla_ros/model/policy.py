@@ -31,6 +31,7 @@ from qwen_vla_ros.config.embodiment import Normalization
 from qwen_vla_ros.model.action_head import ActionHead
 from qwen_vla_ros.model.backbone import State, StepBackbone, Trunk, VisionEncoder
 from qwen_vla_ros.model.checkpoint import MAX_STEPS, MIN_STEPS, EmbodimentEntry, Manifest
+from qwen_vla_ros.model.denormals import flushed_denormals
 from qwen_vla_ros.model.images import PatchSpec, check_images, patchify
 from qwen_vla_ros.model.normalization import ChannelNormalizer, from_padded, mask_vector, to_padded
 from qwen_vla_ros.model.prompt import TokenLayout, VisionTokens, prefix_text, step_ids
@@ -93,6 +94,7 @@ class Policy:
         self.vision_tokens = VisionTokens(config.image_token_id, config.vision_start_token_id, config.vision_end_token_id)
         self.max_guidance_weight = DEFAULT_MAX_GUIDANCE
         self.timer: NullTimer = NullTimer()
+        self.flush_denormals = device.type == "cpu"  # see model.denormals; load_policy sets it from its options
         self._num_steps = manifest.sampling.default_steps
         self._task: Task | None = None
 
@@ -132,7 +134,7 @@ class Policy:
         ids, image_positions = step_ids(len(cameras), self.patch_spec.tokens_per_image, self.vision_tokens)
         layout = TokenLayout(prefix_ids, ids, image_positions)
         normalization = entry.normalization or config.normalization
-        with torch.no_grad():
+        with torch.no_grad(), flushed_denormals(self.flush_denormals):
             task = self._build_task(config, entry, instruction, cameras, layout, normalization)
         self.stages.check_task(task)
         self._task = task
@@ -199,7 +201,7 @@ class Policy:
         task = self.task
         frames = check_images(images, task.cameras)
         self.check_state(task, state)
-        with torch.no_grad():
+        with torch.no_grad(), flushed_denormals(self.flush_denormals):
             features = self._features(task, frames)
         return features[0].float().cpu().numpy()
 
@@ -219,7 +221,7 @@ class Policy:
         frames = check_images(images, task.cameras)
         state_vector = self.check_state(task, state)
         committed_actions = self._check_committed(task, committed, delay_steps)
-        with self.timer.stage("total"), torch.no_grad():
+        with self.timer.stage("total"), torch.no_grad(), flushed_denormals(self.flush_denormals):
             features = self._features(task, frames)
             padded = self.sample(task, features, state_vector, seed, committed_actions, delay_steps)
         return self.chunk(task, padded, committed_actions, delay_steps)
