@@ -56,6 +56,21 @@ def test_config_joint_limits_lie_inside_urdf_limits(embodiment) -> None:
         assert checked >= 6 * len(config.arms)
 
 
+def test_finger_travel_of_the_config_lies_inside_the_urdf_finger_joints(embodiment) -> None:
+    """The joint_states fingers (open and closed positions) must be poses the URDF can show."""
+    config, urdf = embodiment
+    for arm in config.arms:
+        gripper = arm.gripper
+        if gripper is None:
+            continue
+        joint = urdf.joint_map[arm.urdf_prefix + gripper.finger_joint]
+        for position in (gripper.finger_open, gripper.finger_close):
+            assert joint.limit.lower - 1e-9 <= position <= joint.limit.upper + 1e-9, (
+                f"{arm.name} {gripper.finger_joint} at {position} m is outside the URDF's "
+                f"[{joint.limit.lower}, {joint.limit.upper}]"
+            )
+
+
 def test_base_speed_limits_fit_the_urdf_wheels(embodiment) -> None:
     """A differential base at full speed and full turn spins its outer wheel at (v + w * track / 2) / r."""
     config, urdf = embodiment
