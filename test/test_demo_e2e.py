@@ -160,7 +160,12 @@ def test_commands_respect_limits_and_the_sim_tracks_them(demo) -> None:
         valid = index >= 0
         commanded = values[index[valid]][:, channels]
         error = np.abs(positions[after_start][valid] - commanded)
-        assert len(error) > 0.8 * DURATION_S * config.control.rate_hz
+        # Enough samples to judge: the sim publishes one state per tick, and a tick that catches up
+        # several late periods on a loaded machine publishes once (measured 790 states over 18 s of a
+        # 50 Hz sim under CI load), so: over the window judged, at least 60 % of the control rate.
+        window_s = (state_stamps[after_start][-1] - command_stamps[0]) / 1e9 - 1.0
+        assert window_s >= DURATION_S - 3.0, f"joint states judged over only {window_s:.1f} s"
+        assert len(error) > 0.6 * window_s * config.control.rate_hz, f"{len(error)} states over {window_s:.1f} s"
         assert np.all(np.median(error, axis=0) < 0.05), f"{arm.name} median tracking error {np.median(error, axis=0)}"
         assert np.all(np.percentile(error, 90, axis=0) < 0.5), \
             f"{arm.name} 90th percentile tracking error {np.percentile(error, 90, axis=0).round(3)}"
