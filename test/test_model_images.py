@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qwen_vla_ros.model.images import PatchSpec, check_images, patchify, resize
+from qwen_vla_ros.model.images import PatchSpec, check_images, patchify, resize, resize_all
 
 SPEC = PatchSpec(height=64, width=96, patch_size=16, temporal_patch_size=2, merge_size=2,
                  mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
@@ -29,6 +29,12 @@ def test_any_frame_size_is_resized_to_the_checkpoint_resolution(make_images) -> 
         frame = make_images(["cam"], height=height, width=width)["cam"]
         assert resize(frame, SPEC.height, SPEC.width).shape == (SPEC.height, SPEC.width, 3)
         assert patchify([frame], SPEC).shape == (4 * 6, SPEC.patch_dim)
+
+
+def test_cameras_resized_side_by_side_keep_their_order(make_images) -> None:
+    frames = list(make_images(["a", "b", "c"], seed=5, height=480, width=640).values())
+    for frame, resized in zip(frames, resize_all(frames, SPEC.height, SPEC.width), strict=True):
+        np.testing.assert_array_equal(resized, resize(frame, SPEC.height, SPEC.width))
 
 
 def test_frames_come_back_in_the_embodiment_camera_order(make_images) -> None:
