@@ -2,6 +2,8 @@
 chunking, running statistics, the clock-offset estimator, and the runner on the tiny model."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from helpers.readings import aloha_joints
@@ -239,6 +241,22 @@ def test_runner_publishes_stamped_chunks_and_waits_for_new_observations(tiny_pol
     assert runner.counters.chunks == 1 and runner.counters.prefix_builds == 1
     figures = runner.figures(clock.now_ns)
     assert figures["chunks"] == 1 and figures["skipped.camera_missing"] == 1
+
+
+def test_runner_decodes_the_cameras_side_by_side(tiny_policy) -> None:
+    """Each decode waits at a barrier for every camera's: one after another, the barrier breaks."""
+    runner, sync, clock, log, published, config = make_runner(tiny_policy, {"schedule.trigger": "rate"})
+    all_cameras = threading.Barrier(len(config.cameras), timeout=10.0)
+
+    def decode(camera: str, frame: np.ndarray) -> np.ndarray:
+        all_cameras.wait()
+        return frame
+
+    runner.decode = decode
+    feed_observation(sync, config, clock.now_ns)
+    result = runner.step()
+    assert result.outcome == "published", result
+    runner.close()
 
 
 def test_runner_delay_covers_elapsed_time_and_measured_latency(tiny_policy) -> None:
