@@ -76,6 +76,12 @@ def test_vision_encoder_equals_the_transformers_vision_tower(policy, make_images
     assert (ours - expected).abs().max().item() <= 1e-5
 
 
+# The cached prefix and a full recomputation sum in different orders, so float32 rounding
+# separates them by an amount that depends on the CPU's kernels: at most 1.1e-5 on an AMD EPYC,
+# under 1e-5 on an Intel Xeon. A state leaking between calls moves features by over 1e-2.
+RECOMPUTATION_ATOL = 5e-5
+
+
 def full_recomputation(policy, images) -> np.ndarray:
     """The whole sequence through the same trunk from the empty state: no cache involved."""
     task, trunk = policy.task, policy.step_backbone.trunk
@@ -96,7 +102,7 @@ def full_recomputation(policy, images) -> np.ndarray:
 
 def test_cached_prefix_equals_full_recomputation(policy, make_images) -> None:
     images = make_images(policy.task.cameras, seed=4)
-    assert np.abs(policy.encode(images, STATE) - full_recomputation(policy, images)).max() <= 1e-5
+    assert np.abs(policy.encode(images, STATE) - full_recomputation(policy, images)).max() <= RECOMPUTATION_ATOL
 
 
 def test_different_images_on_one_prefix_leak_no_state(policy, tiny_checkpoint: Path, make_images) -> None:
@@ -111,7 +117,7 @@ def test_different_images_on_one_prefix_leak_no_state(policy, tiny_checkpoint: P
     for images, cached in zip((first, second, first), sequence):
         fresh.set_task("aloha", INSTRUCTION)  # a fresh prefix for every run
         assert np.abs(fresh.encode(images, STATE) - cached).max() <= 1e-5
-        assert np.abs(full_recomputation(fresh, images) - cached).max() <= 1e-5
+        assert np.abs(full_recomputation(fresh, images) - cached).max() <= RECOMPUTATION_ATOL
 
 
 def test_transformers_forward_in_between_does_not_corrupt_the_cached_prefix(policy, reference, make_images) -> None:
