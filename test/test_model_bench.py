@@ -52,3 +52,20 @@ def test_bench_times_real_time_chunking(tiny_checkpoint: Path, capsys) -> None:
     assert report["baseline"]["max_abs_action_diff"] < 1e-4
     assert cli_main(["bench", "--checkpoint", str(tiny_checkpoint), "--embodiment", "widowx", "--rtc-delay", "3"]) == 2
     assert "--rtc-delay must lie in [1, 2]" in capsys.readouterr().err
+
+
+def test_the_gpu_bench_driver_reports_every_case_it_was_written_for() -> None:
+    """``python -m bench.gpu`` is the single device call's benchmark; here it runs tiny on CPU
+    (eager on both sides), which checks the cases and the reports, not the GPU."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--size", "tiny", "--device", "cpu", "--runs", "2",
+                           "--warmup", "1"], cwd=repo, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    reports = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["cameras"], r["rtc_delay_steps"]) for r in reports] == [(1, 0), (3, 0), (3, 10)]
+    for report in reports:
+        assert report["baseline"]["name"] == "torch" and report["stages"]["total"]["count"] == 2
+        assert report["baseline"]["max_abs_action_diff"] < 1e-4

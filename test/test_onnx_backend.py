@@ -384,6 +384,39 @@ def test_gpu_providers_share_the_engine_stream_and_tensorrt_caches(tmp_path: Pat
     assert options[0]["trt_engine_cache_enable"] == "True" and options[0]["trt_timing_cache_enable"] == "True"
 
 
+def gpu_provider_missing(provider: str) -> str:
+    """Why ``provider`` cannot run here, or '' when it can."""
+    import onnxruntime
+
+    if not torch.cuda.is_available():
+        return f"CUDA is not available on this machine, so {provider} cannot run"
+    available = onnxruntime.get_available_providers()
+    if provider not in available:
+        return f"this onnxruntime offers {available}, not {provider}: install onnxruntime-gpu (and TensorRT for its EP)"
+    return ""
+
+
+@pytest.mark.parametrize("provider", [
+    pytest.param(name, marks=pytest.mark.skipif(bool(gpu_provider_missing(name)), reason=gpu_provider_missing(name)))
+    for name in (CUDA, TRT)
+])
+def test_onnxruntime_on_a_gpu_provider_matches_torch(tiny_checkpoint: Path, tiny_onnx: Path, tmp_path: Path,
+                                                     make_images, provider: str) -> None:
+    """Every session really runs on the requested GPU provider (ONNX Runtime would silently fall
+    back to the CPU one), and the actions, unguided and with real-time chunking, equal torch's."""
+    options = ort_options(tiny_onnx, providers=[provider, CPU], tensorrt_cache_dir=str(tmp_path))
+    gpu = load_policy(tiny_checkpoint, backend="onnxruntime", device="cuda", options=options)
+    assert set(gpu.stages.session_providers.values()) == {provider}
+    reference = load_policy(tiny_checkpoint, device="cuda", dtype="float32", options=BackendOptions(cuda_graphs=False))
+    images, state = observation([reference, gpu], "aloha", make_images)
+    expected, got = reference.infer(images, state, seed=3).actions, gpu.infer(images, state, seed=3).actions
+    assert np.abs(normalised(gpu, got) - normalised(reference, expected)).max() <= 1e-3
+    committed = expected[10:30] + 0.05
+    expected = reference.infer(images, state, committed=committed, delay_steps=4, seed=4).actions
+    got = gpu.infer(images, state, committed=committed, delay_steps=4, seed=4).actions
+    assert np.abs(normalised(gpu, got) - normalised(reference, expected)).max() <= 1e-3
+
+
 # ------------------------------------------------------------------ bench
 def test_bench_compares_onnxruntime_with_torch_eager(tiny_checkpoint: Path, tiny_onnx: Path, capsys) -> None:
     args = ["bench", "--checkpoint", str(tiny_checkpoint), "--backend", "onnxruntime", "--onnx-dir", str(tiny_onnx),
