@@ -14,23 +14,21 @@ import argparse
 import json
 
 from qwen_vla_ros.model.bench import bench_embodiment, run_bench
-from qwen_vla_ros.model.build import build_policy
-from qwen_vla_ros.model.loading import BACKENDS, BackendOptions
+from qwen_vla_ros.model.build import INSTRUCTIONS, SIZES, build_policy
 
 CASES = ((1, 0), (3, 0), (3, 10))  # (cameras, real-time-chunking delay steps)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="full", choices=("tiny", "small", "full"))
+    parser.add_argument("--size", default="full", choices=SIZES)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--embodiment", default="aloha")
-    parser.add_argument("--instruction", default="pick up the cube and hand it to the other arm")
+    parser.add_argument("--instruction", default=INSTRUCTIONS[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
     policy = build_policy(args.size, device=args.device)
-    policy.stages = BACKENDS["torch"](policy, None, BackendOptions())
     for cameras, rtc_delay in CASES:
         report = run_bench(policy, bench_embodiment(args.embodiment, cameras), args.instruction, runs=args.runs,
                            warmup=args.warmup, compare="torch", rtc_delay=rtc_delay)

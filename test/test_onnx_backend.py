@@ -397,8 +397,8 @@ def gpu_provider_missing(provider: str) -> str:
 
 
 @pytest.mark.parametrize("provider", [
-    pytest.param(name, marks=pytest.mark.skipif(bool(gpu_provider_missing(name)), reason=gpu_provider_missing(name)))
-    for name in (CUDA, TRT)
+    pytest.param(name, marks=pytest.mark.skipif(bool(why), reason=why))
+    for name, why in ((name, gpu_provider_missing(name)) for name in (CUDA, TRT))
 ])
 def test_onnxruntime_on_a_gpu_provider_matches_torch(tiny_checkpoint: Path, tiny_onnx: Path, tmp_path: Path,
                                                      make_images, provider: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +34,9 @@ from qwen_vla_ros.model.checkpoint import (
     VisionSettings,
     write_manifest,
 )
+
+if TYPE_CHECKING:
+    from qwen_vla_ros.model.loading import BackendOptions
 
 SIZES = ("tiny", "small", "full")
 SPECIAL_TOKENS = (
@@ -285,16 +288,22 @@ def make_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
     return root
 
 
-def build_policy(size: str, device: str = "cpu", dtype: str | torch.dtype | None = None, seed: int = 0) -> Any:
-    """A Policy on random weights built in memory (no checkpoint on disk): how ``full`` is benchmarked."""
-    from qwen_vla_ros.model.loading import patch_spec, resolve_device, resolve_dtype
+def build_policy(size: str, device: str = "cpu", dtype: str | torch.dtype | None = None, seed: int = 0,
+                 options: "BackendOptions | None" = None) -> Any:
+    """A Policy on random weights built in memory (no checkpoint on disk): how ``full`` is benchmarked.
+
+    Its stages are the torch backend's under ``options`` (CUDA graphs on cuda unless turned
+    off), as ``load_policy`` would give for a checkpoint.
+    """
+    from qwen_vla_ros.model.loading import BACKENDS, BackendOptions, patch_spec, resolve_device, resolve_dtype
     from qwen_vla_ros.model.policy import Policy
 
+    options = options or BackendOptions()
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     built = build_model(size, seed=seed, device=resolved_device, dtype=resolved_dtype)
     statistics = {"image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD)}
-    return Policy(
+    policy = Policy(
         manifest=built.manifest,
         backbone_model=built.backbone.requires_grad_(False),
         tokenizer=built.tokenizer,
@@ -304,3 +313,6 @@ def build_policy(size: str, device: str = "cpu", dtype: str | torch.dtype | None
         dtype=resolved_dtype,
         source=f"random {size} (in memory)",
     )
+    policy.flush_denormals = policy.flush_denormals and options.flush_denormals
+    policy.stages = BACKENDS["torch"](policy, None, options)
+    return policy

@@ -66,11 +66,8 @@ def _bench(args: argparse.Namespace) -> int:
         if args.backend != "torch":
             raise ValueError(f"--backend {args.backend} exports a checkpoint: give --checkpoint DIR, not --size")
         from qwen_vla_ros.model.build import build_policy
-        from qwen_vla_ros.model.loading import BACKENDS
 
-        policy = build_policy(args.size, device=args.device, dtype=args.dtype)
-        policy.flush_denormals = policy.flush_denormals and options.flush_denormals
-        policy.stages = BACKENDS["torch"](policy, None, options)
+        policy = build_policy(args.size, device=args.device, dtype=args.dtype, options=options)
     if args.steps is not None:
         policy.num_steps = args.steps
     embodiment = bench_embodiment(args.embodiment, args.cameras)
