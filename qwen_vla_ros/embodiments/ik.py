@@ -117,5 +117,6 @@ class ArmIK:
             if largest > MAX_JOINT_STEP_RAD:
                 step *= MAX_JOINT_STEP_RAD / largest
             joints = np.clip(joints + step, self.lower, self.upper)
+        assert best is not None  # the loop runs at least once
         _, joints, error = best
         return IKResult(joints, False, float(np.linalg.norm(error[3:])), float(np.linalg.norm(error[:3])), iteration)

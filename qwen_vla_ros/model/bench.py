@@ -148,8 +148,9 @@ def _time(
             if baseline_timer is not None:
                 baseline_timer.clear()
         actions = runs(request, timer)
-        if baseline is not None:
+        if baseline is not None and baseline_timer is not None:
             baseline_actions = baseline(request, baseline_timer)
+    assert actions is not None  # warmup + count >= 1 calls
     return timer, actions, baseline_timer, baseline_actions
 
 

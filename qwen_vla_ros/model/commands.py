@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # loading imports torch; see the module docstring
+    from qwen_vla_ros.model.loading import BackendOptions
 
 SIZES = ("tiny", "small", "full")
 
@@ -38,7 +42,7 @@ def add_make_checkpoint_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_make_checkpoint)
 
 
-def _backend_options(args: argparse.Namespace) -> object:
+def _backend_options(args: argparse.Namespace) -> BackendOptions:
     from qwen_vla_ros.config.runtime import OnnxRuntimeSettings, TensorRTSettings
     from qwen_vla_ros.model.loading import BackendOptions
 

@@ -164,7 +164,7 @@ class CudaGraphStages(TorchStages):
         timer: NullTimer | None = None,
     ) -> torch.Tensor:
         timer = timer or NullTimer()
-        inputs = (features, state, noise, mask)
+        inputs: tuple[torch.Tensor, ...] = (features, state, noise, mask)
         if guidance is not None:
             inputs += (guidance.target, guidance.weights)
         extra = (steps, None if guidance is None else guidance.max_weight)
@@ -192,6 +192,7 @@ class CudaGraphStages(TorchStages):
             if guided_step is None:
                 return euler_sample(velocity, noise, mask, steps)
             target, weights = rtc
+            assert max_weight is not None  # traced only with guidance
 
             def pull(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 return guided_step(x, t, state, mask, target, weights, *kv)

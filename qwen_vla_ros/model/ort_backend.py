@@ -84,7 +84,7 @@ def choose_providers(requested: Sequence[str], available: Sequence[str], device_
 def provider_options(providers: Sequence[str], device: torch.device, stream: int,
                      cache_dir: Path | None) -> list[dict[str, str]]:
     """Per-provider options: the device, the shared compute stream, TensorRT's engine cache."""
-    options = []
+    options: list[dict[str, str]] = []
     for name in providers:
         if name == CPU_PROVIDER:
             options.append({})

@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ from qwen_vla_ros.model.rtc import handover_weights, prefix_weights
 from qwen_vla_ros.model.sampler import Guidance, euler_sample
 from qwen_vla_ros.model.stages import Stages, TorchStages
 from qwen_vla_ros.model.timing import NullTimer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DEFAULT_MAX_GUIDANCE = 10.0
 
@@ -69,7 +73,7 @@ class Policy:
         self,
         manifest: Manifest,
         backbone_model: torch.nn.Module,
-        tokenizer: object,
+        tokenizer: PreTrainedTokenizerBase,
         patch_spec: PatchSpec,
         head: ActionHead,
         device: torch.device,

@@ -119,6 +119,7 @@ def euler_sample(
             if guidance is None:
                 v = velocity(x, t) * mask
             else:
+                assert pull is not None  # set above whenever guidance is
                 v, correction = pull(x, t)
                 v = v + guidance_weight(tau, guidance.max_weight, steps) * correction * mask
             x = x + v / steps

@@ -82,6 +82,7 @@ class Stages:
             return self.velocity(x, t, state, *kv)
 
         def pull(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            assert guidance is not None  # euler_sample pulls only with guidance
             return self.guided_velocity(x, t, state, mask, guidance.target, guidance.weights, *kv)
 
         return euler_sample(velocity, noise, mask, steps, guidance, timer, pull if guidance is not None else None)

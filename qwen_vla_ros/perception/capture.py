@@ -102,10 +102,12 @@ class CameraCapture:
                     image, intrinsics = published_image(frame, self.camera)
                     self.publish(self.camera, image, stamp_ns, intrinsics)
             except SourceError as exc:
-                source = self._disconnect(source, str(exc))
+                self._disconnect(source, str(exc))
+                source = None
                 continue
             except Exception as exc:  # noqa: BLE001 - a camera thread must outlive any one bad frame
-                source = self._disconnect(source, f"{type(exc).__name__}: {exc}")
+                self._disconnect(source, f"{type(exc).__name__}: {exc}")
+                source = None
                 continue
             if frame is None:
                 self.counts.lost += 1
@@ -113,7 +115,8 @@ class CameraCapture:
                 if self.lost_throttle.ready("lost", time.monotonic_ns()):
                     self.log.warning(f"{self.label}: no frame within {self.timeout_s:g} s ({self.counts.lost} lost so far)")
                 if lost_in_row >= self.max_lost:
-                    source = self._disconnect(source, f"no frame for {lost_in_row} reads in a row")
+                    self._disconnect(source, f"no frame for {lost_in_row} reads in a row")
+                    source = None
                     continue
             else:
                 self.counts.frames += 1
@@ -142,6 +145,7 @@ class CameraCapture:
         return source
 
     def _disconnect(self, source: FrameSource, reason: str) -> None:
+        """Close ``source`` and count the loss; the caller drops its reference and reconnects."""
         self.counts.disconnects += 1
         self.counts.connected = False
         self.counts.last_error = reason
@@ -150,4 +154,3 @@ class CameraCapture:
             source.close()
         except Exception as exc:  # noqa: BLE001 - closing a dead device may fail too
             self.log.warning(f"{self.label}: close failed: {exc}")
-        return None

@@ -111,10 +111,13 @@ class VideoSource:
         self._capture = capture
 
     def read(self, timeout_s: float) -> Frame | None:
-        ok, image = self._capture.read()
+        capture = self._capture
+        if capture is None:
+            raise SourceError(f"{self.path} is not open")
+        ok, image = capture.read()
         if not ok and not self.device:  # end of file: loop
-            self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, image = self._capture.read()
+            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = capture.read()
             if not ok:
                 raise SourceError(f"{self.path} delivers no frames (empty or unreadable video)")
         if not ok or image is None or image.ndim != 3:
@@ -180,12 +183,14 @@ def start_device(rs: Any, camera: Camera) -> Any:
     appear while holding the GIL, which would stall every other camera thread.
     """
     connected = [device.get_info(rs.camera_info.serial_number) for device in rs.context().query_devices()]
+    if not isinstance(camera.source, CameraSourceRealsense):
+        raise TypeError(f"camera {camera.name!r}: start_device needs a realsense source, not {camera.source.type!r}")
     serial = camera.source.serial
     if not connected or (serial and serial not in connected):
         raise SourceError(f"RealSense {serial or '(any serial)'} is not connected; connected: {connected or 'none'}")
     config = rs.config()
-    if camera.source.serial:
-        config.enable_device(camera.source.serial)
+    if serial:
+        config.enable_device(serial)
     pixel_format = rs.format.rgb8 if camera.encoding == "rgb8" else rs.format.bgr8
     config.enable_stream(rs.stream.color, camera.width, camera.height, pixel_format, round(camera.fps))
     pipeline = rs.pipeline()
@@ -195,6 +200,8 @@ def start_device(rs: Any, camera: Camera) -> Any:
 
 def start_recording(rs: Any, camera: Camera) -> Any:
     """A started pipeline playing back the recording, looped, as fast as it is read."""
+    if not isinstance(camera.source, CameraSourceBag):
+        raise TypeError(f"camera {camera.name!r}: start_recording needs a bag source, not {camera.source.type!r}")
     path = playable_recording(rs, Path(camera.source.path).expanduser())
     config = rs.config()
     config.enable_device_from_file(str(path), True)

@@ -86,8 +86,11 @@ class StateAssembler:
         return values
 
     def _gripper(self, arm_name: str, positions: Mapping[str, float]) -> float:
+        gripper = self.config.arm(arm_name).gripper
+        if gripper is None:
+            raise KeyError(f"arm {arm_name!r} has no gripper to read")
         try:
-            return measured_normalized(positions, self.config.arm(arm_name).gripper)
+            return measured_normalized(positions, gripper)
         except KeyError as exc:
             raise KeyError(f"arm {arm_name!r}: {exc.args[0]}; it has {sorted(positions)}") from None
 
