@@ -13,7 +13,8 @@ from qwen_vla_ros.config import load_embodiment, load_runtime
 from qwen_vla_ros.config.runtime import InferenceSchedule
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.scheduler import IDLE_WAIT_S, InferenceScheduler
-from qwen_vla_ros.inference.stats import KeyedThrottle, RateMeter, Window, steps_covering
+from qwen_vla_ros.inference.stats import RateMeter, Window, steps_covering
+from qwen_vla_ros.log import KeyedThrottle
 
 S = 1_000_000_000
 MS = 1_000_000

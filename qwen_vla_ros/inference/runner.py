@@ -23,8 +23,8 @@ from qwen_vla_ros.config import EmbodimentConfig, RuntimeConfig
 from qwen_vla_ros.control.layout import CommandLayout
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.scheduler import POLICY, Decision, InferenceScheduler
-from qwen_vla_ros.inference.stats import KeyedThrottle, RateMeter, Window, steps_covering
-from qwen_vla_ros.log import Logger
+from qwen_vla_ros.inference.stats import RateMeter, Window, steps_covering
+from qwen_vla_ros.log import KeyedThrottle, Logger
 from qwen_vla_ros.perception.sync import WAITING, Observation, ObservationSync, Skip
 
 WARNING_PERIOD_S = 2.0

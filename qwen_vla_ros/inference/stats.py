@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable
 
 import numpy as np
 
@@ -40,22 +39,6 @@ class RateMeter:
         while self._stamps and now_ns - self._stamps[0] > self.span_ns:
             self._stamps.popleft()
         return len(self._stamps) * NS_PER_S / self.span_ns
-
-
-class KeyedThrottle:
-    """Lets one message per key through every ``period_s``, so a warning that names a camera
-    is not drowned by another camera's, and neither floods the log."""
-
-    def __init__(self, period_s: float) -> None:
-        self.period_ns = round(period_s * NS_PER_S)
-        self._last: dict[Hashable, int] = {}
-
-    def ready(self, key: Hashable, now_ns: int) -> bool:
-        last = self._last.get(key)
-        if last is not None and now_ns - last < self.period_ns:
-            return False
-        self._last[key] = now_ns
-        return True
 
 
 def steps_covering(seconds: float, dt: float) -> int:

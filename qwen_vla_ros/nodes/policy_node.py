@@ -30,7 +30,7 @@ from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.config import ConfigError, RuntimeConfig
 from qwen_vla_ros.inference.runner import PolicyRunner
 from qwen_vla_ros.inference.scheduler import POLICY
-from qwen_vla_ros.inference.stats import KeyedThrottle
+from qwen_vla_ros.log import KeyedThrottle
 from qwen_vla_ros.nodes.common import (
     chunk_to_trajectory,
     declare_configs,

@@ -16,8 +16,7 @@ import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config.embodiment import Camera
-from qwen_vla_ros.inference.stats import KeyedThrottle
-from qwen_vla_ros.log import Logger
+from qwen_vla_ros.log import KeyedThrottle, Logger
 from qwen_vla_ros.perception.sources import (
     FrameSource,
     Intrinsics,
