@@ -204,3 +204,12 @@ def test_a_config_without_sim_section_cannot_run_in_sim(tmp_path) -> None:
     assert build_graph(BringupOptions("widowx", config=str(path))).process("policy_node").parameters["config"] == str(path)
     with pytest.raises(ValueError, match="no sim section"):
         build_graph(BringupOptions("widowx", config=str(path), use_sim=True))
+
+
+def test_up_is_single_host_without_security_unless_asked() -> None:
+    from qwen_vla_ros.cli import build_parser
+
+    default = build_parser().parse_args(["up", "aloha"])
+    assert default.multi_host is False and default.security == ""
+    chosen = build_parser().parse_args(["up", "aloha", "--multi-host", "--security", "/keys"])
+    assert chosen.multi_host is True and chosen.security == "/keys"

@@ -78,16 +78,21 @@ def peer_namespace() -> Iterator[tuple[str, str]]:
         _ip("netns", "del", namespace)
 
 
-def run_peer(namespace: str, host_address: str, domain_id: int, args: list[str]) -> subprocess.Popen:
-    """The peer in ``namespace`` with a private /dev/shm (no shared-memory shortcut a remote machine lacks)."""
+def run_peer(namespace: str, host_address: str, domain_id: int, home: Path, args: list[str]) -> subprocess.Popen:
+    """The peer in ``namespace``, with a private /dev/shm where it may mount one, as a remote machine has.
+
+    Where mounting is not allowed it shares this host's /dev/shm; Fast DDS did not use shared
+    memory across network namespaces even then (measured), and if it ever did, the
+    single-host assertions would fail rather than pass.
+    """
     env = {"PATH": os.environ.get("PATH", ""), "ROS_DOMAIN_ID": str(domain_id), "ROS_STATIC_PEERS": host_address,
-           "PYTHONUNBUFFERED": "1", "HOME": os.environ.get("HOME", "/tmp")}
-    script = 'mount -t tmpfs tmpfs /dev/shm && exec "$0" "$@"'
+           "PYTHONUNBUFFERED": "1", "HOME": str(home), "ROS_LOG_DIR": str(home / "ros_log")}
+    script = 'mount -t tmpfs tmpfs /dev/shm 2>/dev/null; exec "$0" "$@"'
     return subprocess.Popen(["ip", "netns", "exec", namespace, "sh", "-c", script, sys.executable, str(PEER), *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def attack(ros_domain, namespace: str, host_address: str, *, multi_host: bool) -> dict:
+def attack(ros_domain, namespace: str, host_address: str, home: Path, *, multi_host: bool) -> dict:
     """Bring the controller up in the mode, latch the e-stop, let the peer try; what each side saw."""
     graph = build_graph(BringupOptions("mobile_base", record=False, joystick=False, multi_host=multi_host))
     config = graph.embodiment
@@ -111,7 +116,7 @@ def attack(ros_domain, namespace: str, host_address: str, *, multi_host: bool) -
         assert ros_domain.spin_until(executor, lambda: estops == [True], timeout=5)
         ros_domain.spin_until(executor, lambda: False, timeout=1.0)
         before = len(base.twists)
-        peer = run_peer(namespace, host_address, ros_domain.domain_id, [
+        peer = run_peer(namespace, host_address, ros_domain.domain_id, home, [
             "15", config.teleop.joy_topic, str(config.teleop.buttons.deadman), str(config.teleop.base.axis_linear),
             MODE_TOPIC, cmd_vel,
         ])
@@ -133,11 +138,11 @@ def attack(ros_domain, namespace: str, host_address: str, *, multi_host: bool) -
             assert ended.returncode in (0, -2) and not any("Traceback" in line for line in ended.tail), ended.describe()
 
 
-def test_single_host_mode_keeps_another_machine_out_and_multi_host_lets_it_in(ros_domain) -> None:
+def test_single_host_mode_keeps_another_machine_out_and_multi_host_lets_it_in(ros_domain, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("making a network namespace and mounting the peer's /dev/shm needs root (CI runs as root)")
     with peer_namespace() as (namespace, host_address):
-        confined = attack(ros_domain, namespace, host_address, multi_host=False)
+        confined = attack(ros_domain, namespace, host_address, tmp_path, multi_host=False)
         peer = confined["peer"]
         own = {"/joy", "/rosout", "/parameter_events"}  # the peer's own publishers
         assert set(peer["topics"]) <= own, f"the peer discovered the robot's topics: {peer['topics']}"
@@ -148,7 +153,7 @@ def test_single_host_mode_keeps_another_machine_out_and_multi_host_lets_it_in(ro
         assert confined["modes"] == ["policy"], "the deadman press changed nothing"
         assert confined["linear"] and max(map(abs, confined["linear"])) == 0.0, "commands unchanged (still zero)"
 
-        exposed = attack(ros_domain, namespace, host_address, multi_host=True)
+        exposed = attack(ros_domain, namespace, host_address, tmp_path, multi_host=True)
         peer = exposed["peer"]
         assert {MODE_TOPIC, "/qwen_vla/controller/command"} <= set(peer["topics"]), peer
         assert peer["reset"].startswith("answered") and exposed["estops"][-1] is False, "the peer reset the e-stop"

@@ -213,3 +213,34 @@ def test_a_node_asked_to_run_secured_refuses_to_start_when_security_cannot_hold(
     assert "does not start" in output and "Traceback" not in output, output
     if strategy == "Permissive":
         assert "Enforce" in output
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_every_node_bringup_starts_with_security_refuses_when_it_cannot_hold(ros_domain, tmp_path: Path) -> None:
+    """``up --security`` without a secure DDS: each process, started with exactly the runner's
+    environment and enclave, exits 2 with the reason; none runs open (the PyPI Fast DDS has no
+    DDS-Security; on a robot computer the keystore's empty enclaves fail instead)."""
+    import time
+
+    from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
+    from qwen_vla_ros.bringup.runner import ProcessGroup
+
+    keystore = tmp_path / "keystore"
+    names = [p.name for p in build_graph(BringupOptions("aloha", use_sim=True, record=True, joystick=True)).processes]
+    for name in names:
+        (keystore / "enclaves" / "qwen_vla" / name).mkdir(parents=True)
+    graph = build_graph(BringupOptions("aloha", use_sim=True, record=True, joystick=True, security=str(keystore)))
+    group = ProcessGroup(graph.processes, env=ros_domain.env, echo=None)
+    try:
+        group.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(c.popen.poll() is None for c in group.children):
+            time.sleep(0.2)
+    finally:
+        exits = {ended.name: ended for ended in group.stop()}
+    assert sorted(exits) == sorted(names)
+    for name, ended in exits.items():
+        output = "\n".join(ended.tail)
+        assert ended.returncode == 2, f"{name} did not refuse: {ended.describe()}"
+        assert "does not start" in output and "Traceback" not in output, ended.describe()
