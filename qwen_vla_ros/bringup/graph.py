@@ -189,13 +189,13 @@ def required_environment(options: BringupOptions) -> dict[str, str]:
     return environment
 
 
-def check_keystore(keystore: str, processes: Sequence[ProcessSpec]) -> None:
+def check_keystore(keystore: str, processes: Sequence[ProcessSpec], embodiment: str) -> None:
     """Refuse to start when the keystore lacks a process's enclave, naming them and the fix."""
     missing = missing_enclaves(keystore, [p.enclave for p in processes if p.enclave])
     if missing:
         raise ValueError(
             f"security: keystore {keystore} has no enclave for {', '.join(missing)}; create them with "
-            f"'qwen-vla-ros security policy -o policy.xml' and 'ros2 security generate_artifacts -k {keystore} "
+            f"'qwen-vla-ros security policy --embodiment {embodiment} -o policy.xml' and 'ros2 security generate_artifacts -k {keystore} "
             "-p policy.xml' (docs/security.md)"
         )
 
@@ -308,7 +308,7 @@ def build_graph(options: BringupOptions) -> Graph:
     if unknown:
         raise ValueError(f"parameters given for processes not in the graph: {sorted(unknown)}")
     if options.security:
-        check_keystore(options.security, processes)
+        check_keystore(options.security, processes, options.embodiment)
     return Graph(config, tuple(processes), base_env, forced_env)
 
 
