@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from qwen_vla_ros.bringup.cli import add_parser as _add_up
 from qwen_vla_ros.bringup.demo import add_parser as _add_demo
+from qwen_vla_ros.bringup.security import add_parser as _add_security
 from qwen_vla_ros.config import ConfigError, load_any
 from qwen_vla_ros.config.summary import summarize
 from qwen_vla_ros.interfaces import build as build_interfaces
@@ -51,6 +52,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     build_interfaces.add_parser,
     _add_up,
     _add_demo,
+    _add_security,
 )
 
 

@@ -1,36 +1,143 @@
-"""Process environment for ROS: the shipped DDS profile and a guard against shadowed rclpy.
+"""Process environment for ROS: which DDS profile and discovery range a process runs with, the
+SROS2 variables, and a guard against shadowed rclpy.
 
 No rclpy import here, so runners can prepare a child's environment before any DDS
 participant exists (FastDDS reads its profile when the first participant is created).
+
+Single host is the default: the profile restricts DDS to shared memory and loopback UDP, so
+nothing outside this machine reaches the nodes (docs/security.md). Multi-host is chosen with
+``QWEN_VLA_MULTI_HOST=true``, which ``up --multi-host`` and ``multi_host:=true`` set for every
+process; each process resolves the same variable the same way (:func:`dds_environment`).
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Mapping, MutableMapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from qwen_vla_ros.paths import config_dir
 
 DDS_PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+MULTI_HOST_ENV = "QWEN_VLA_MULTI_HOST"
+DISCOVERY_RANGE_ENV = "ROS_AUTOMATIC_DISCOVERY_RANGE"
+SINGLE_HOST_PROFILE = "fastdds_shm.xml"
+MULTI_HOST_PROFILE = "fastdds_multi_host.xml"
+SECURITY_ENABLE_ENV = "ROS_SECURITY_ENABLE"
+SECURITY_STRATEGY_ENV = "ROS_SECURITY_STRATEGY"
+SECURITY_KEYSTORE_ENV = "ROS_SECURITY_KEYSTORE"
+ENCLAVE_ROOT = "/qwen_vla"
+_TRUE = ("true", "1", "yes", "on")
 log = logging.getLogger(__name__)
 
 
-def dds_profile_path() -> Path:
-    return config_dir() / "fastdds_shm.xml"
+def dds_profile_path(multi_host: bool = False) -> Path:
+    """The shipped profile of a mode: loopback and shared memory, or UDP on every interface too."""
+    return config_dir() / (MULTI_HOST_PROFILE if multi_host else SINGLE_HOST_PROFILE)
+
+
+def is_multi_host(env: Mapping[str, str] = os.environ) -> bool:
+    """Only an explicit yes widens DDS beyond this host; anything else (a typo too) stays confined."""
+    return env.get(MULTI_HOST_ENV, "").strip().lower() in _TRUE
+
+
+def own_profile(env: Mapping[str, str]) -> str | None:
+    """The user's FastDDS profile, or None when none is set or it is one of the shipped ones.
+
+    A shipped profile (recognised by its file name, wherever it is installed) is not a choice
+    of the user's: the mode picks between them, so an old ``export`` of the single-host
+    profile does not keep multi-host mode from working, nor the reverse.
+    """
+    profile = env.get(DDS_PROFILE_ENV, "").strip()
+    if not profile or PurePosixPath(profile).name in (SINGLE_HOST_PROFILE, MULTI_HOST_PROFILE):
+        return None
+    return profile
+
+
+def dds_environment(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The DDS variables a process runs with, given the environment it inherits.
+
+    Single host: the confined profile and discovery range LOCALHOST (forced: the range alone
+    confines nothing, the profile does, but a wider range would only announce the nodes to
+    peers that then cannot reach them). Multi-host: the multi-host profile and range SUBNET,
+    unless the user chose a range other than LOCALHOST. A profile of the user's own wins in both.
+    """
+    multi_host = is_multi_host(env)
+    profile = own_profile(env) or str(dds_profile_path(multi_host))
+    discovery_range = env.get(DISCOVERY_RANGE_ENV, "").strip()
+    if not multi_host:
+        discovery_range = "LOCALHOST"
+    elif discovery_range.upper() in ("", "LOCALHOST"):
+        discovery_range = "SUBNET"
+    return {DDS_PROFILE_ENV: profile, DISCOVERY_RANGE_ENV: discovery_range, MULTI_HOST_ENV: str(multi_host).lower()}
+
+
+def dds_notice(env: Mapping[str, str] = os.environ) -> str:
+    """One line saying who may reach the nodes under ``env``: shown by ``up``, ``demo`` and each node."""
+    settings = dds_environment(env)
+    if own_profile(env):
+        return (f"DDS: your own profile {settings[DDS_PROFILE_ENV]} ({DDS_PROFILE_ENV}) decides which networks "
+                "reach these nodes, not qwen_vla_ros's single-host confinement")
+    if is_multi_host(env):
+        return ("DDS: multi-host mode: UDP on every interface, discovery range "
+                f"{settings[DISCOVERY_RANGE_ENV]}; anyone on those networks can reach the robot's nodes "
+                "unless SROS2 is on (docs/security.md)")
+    return "DDS: single-host mode: shared memory and loopback only; no other machine can reach these nodes"
 
 
 def with_dds_profile(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``env`` using the shipped FastDDS profile, unless the user chose their own."""
-    result = dict(env)
-    result.setdefault(DDS_PROFILE_ENV, str(dds_profile_path()))
-    return result
+    """A copy of ``env`` with the DDS variables of its mode (:func:`dds_environment`)."""
+    return {**env, **dds_environment(env)}
 
 
 def apply_dds_profile(env: MutableMapping[str, str] = os.environ) -> str:
-    """Set the profile in this process before rclpy.init; returns the profile in effect."""
-    env.setdefault(DDS_PROFILE_ENV, str(dds_profile_path()))
+    """Set the DDS variables in this process before rclpy.init; returns the profile in effect."""
+    env.update(dds_environment(env))
     return env[DDS_PROFILE_ENV]
+
+
+def enclave_name(process: str) -> str:
+    """The SROS2 enclave of one of the graph's processes (``/qwen_vla/<process>``)."""
+    return f"{ENCLAVE_ROOT}/{process}"
+
+
+def security_environment(keystore: str) -> dict[str, str]:
+    """SROS2 on, enforced: a node whose enclave is missing fails instead of running open."""
+    return {SECURITY_KEYSTORE_ENV: keystore, SECURITY_ENABLE_ENV: "true", SECURITY_STRATEGY_ENV: "Enforce"}
+
+
+def security_requested(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether anything in ``env`` asks for DDS security (a misspelt yes counts: it must not run open)."""
+    return env.get(SECURITY_ENABLE_ENV, "").strip().lower() in _TRUE
+
+
+def security_problem(env: Mapping[str, str] = os.environ) -> str | None:
+    """Why security asked for in ``env`` would not hold, or None (also when none is asked for).
+
+    rcl turns security on only for ``ROS_SECURITY_ENABLE`` exactly ``true``, and with any
+    strategy but ``Enforce`` it starts a node without security when its enclave is missing:
+    both would run open while the user believes otherwise, so both are refused here.
+    """
+    if not security_requested(env):
+        return None
+    value = env[SECURITY_ENABLE_ENV]
+    if value != "true":
+        return f"{SECURITY_ENABLE_ENV}={value!r}: ROS enables security only for exactly 'true'"
+    strategy = env.get(SECURITY_STRATEGY_ENV, "")
+    if strategy != "Enforce":
+        return (f"{SECURITY_STRATEGY_ENV}={strategy!r}: only 'Enforce' keeps a node from running without security "
+                "when its enclave is missing")
+    keystore = env.get(SECURITY_KEYSTORE_ENV, "")
+    if not keystore or not (Path(keystore) / "enclaves").is_dir():
+        return (f"{SECURITY_KEYSTORE_ENV}={keystore!r} is no keystore (no enclaves/ folder): create it with "
+                "'ros2 security create_keystore' (docs/security.md)")
+    return None
+
+
+def missing_enclaves(keystore: str, enclaves: list[str]) -> list[str]:
+    """The enclaves (``/qwen_vla/node``) that have no folder under ``keystore/enclaves``."""
+    root = Path(keystore) / "enclaves"
+    return [name for name in enclaves if not (root / name.strip("/")).is_dir()]
 
 
 def rclpy_origin_problem(rclpy_file: str, env: Mapping[str, str] = os.environ) -> str | None:

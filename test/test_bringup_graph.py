@@ -12,8 +12,12 @@ from qwen_vla_ros.bringup.graph import (
     namespace_remaps,
     parse_namespaces,
 )
+from qwen_vla_ros.bringup.runner import child_environment
 from qwen_vla_ros.config import load_embodiment, parse_override
-from qwen_vla_ros.ros_env import DDS_PROFILE_ENV, dds_profile_path
+from qwen_vla_ros.paths import config_dir
+from qwen_vla_ros.ros_env import DDS_PROFILE_ENV
+
+RANGE = "ROS_AUTOMATIC_DISCOVERY_RANGE"
 
 
 def overrides_of(spec) -> dict:
@@ -40,8 +44,48 @@ def test_every_embodiment_starts_policy_controller_and_optional_nodes(embodiment
     for spec in full.processes:
         assert spec.parameters["config"] == embodiment
         assert spec.module.startswith("qwen_vla_ros.nodes.")
-        assert spec.environment[DDS_PROFILE_ENV] == str(dds_profile_path()) and dds_profile_path().is_file()
-        assert spec.environment["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp"
+        env = child_environment(spec, {})
+        assert env[DDS_PROFILE_ENV] == str(config_dir() / "fastdds_shm.xml"), "single host unless asked otherwise"
+        assert env[RANGE] == "LOCALHOST" and env["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp"
+        assert spec.enclave == "" and "--enclave" not in spec.ros_arguments("/p.yaml")
+
+
+def test_multi_host_is_asked_for_and_a_users_shell_cannot_undo_either_mode(tmp_path) -> None:
+    """Every process, ours and a camera driver alike, gets the mode's profile and range."""
+    single = build_graph(BringupOptions("aloha"))
+    multi = build_graph(BringupOptions("aloha", multi_host=True))
+    stale_shell = {DDS_PROFILE_ENV: "/opt/ros/share/qwen_vla_ros/config/fastdds_shm.xml", RANGE: "LOCALHOST"}
+    for spec in multi.processes:
+        env = child_environment(spec, stale_shell)
+        assert env[DDS_PROFILE_ENV] == str(config_dir() / "fastdds_multi_host.xml") and env[RANGE] == "SUBNET"
+    wide_shell = {DDS_PROFILE_ENV: "/somewhere/fastdds_multi_host.xml", RANGE: "SUBNET", "QWEN_VLA_MULTI_HOST": "true"}
+    for spec in single.processes:
+        env = child_environment(spec, wide_shell)
+        assert env[DDS_PROFILE_ENV] == str(config_dir() / "fastdds_shm.xml") and env[RANGE] == "LOCALHOST"
+    own = tmp_path / "lab_network.xml"
+    env = child_environment(single.process("policy_node"), {DDS_PROFILE_ENV: str(own)})
+    assert env[DDS_PROFILE_ENV] == str(own), "a profile of the user's own is their explicit choice"
+
+
+def test_security_puts_every_process_in_its_enclave_enforced(tmp_path) -> None:
+    keystore = tmp_path / "keystore"
+    options = BringupOptions("aloha", use_sim=True, record=True, joystick=True, security=str(keystore))
+    with pytest.raises(ValueError, match="no enclave for /qwen_vla/sim_node.*generate_artifacts"):
+        build_graph(options)
+    names = [p.name for p in build_graph(BringupOptions("aloha", use_sim=True, record=True, joystick=True)).processes]
+    for name in names:
+        (keystore / "enclaves" / "qwen_vla" / name).mkdir(parents=True)
+    graph = build_graph(options)
+    for spec in graph.processes:
+        assert spec.ros_arguments("/p.yaml")[-2:] == ["--enclave", f"/qwen_vla/{spec.name}"]
+        env = child_environment(spec, {"ROS_SECURITY_STRATEGY": "Permissive", "ROS_SECURITY_ENABLE": "false"})
+        assert (env["ROS_SECURITY_KEYSTORE"], env["ROS_SECURITY_ENABLE"], env["ROS_SECURITY_STRATEGY"]) == (
+            str(keystore), "true", "Enforce"), "the shell cannot weaken security asked for on the command line"
+    robot = BringupOptions.from_launch_arguments("aloha", {"security": str(keystore), "multi_host": "true"})
+    assert robot.security == str(keystore) and robot.multi_host
+    (keystore / "enclaves" / "qwen_vla" / "cam_high_driver").mkdir()
+    with pytest.raises(ValueError, match="cam_low_driver"):
+        build_graph(robot)
 
 
 def test_controller_executable_matches_the_console_scripts() -> None:
@@ -137,7 +181,9 @@ def test_launch_argument_strings_parse_and_bad_ones_are_named() -> None:
         BringupOptions("spot")
     with pytest.raises(ValueError, match="old=new"):
         parse_namespaces("follower_left")
-    assert {"checkpoint", "backend", "use_sim", "record", "joystick", "config", "instruction"} <= set(LAUNCH_ARGUMENTS)
+    assert {"checkpoint", "backend", "use_sim", "record", "joystick", "config", "instruction", "multi_host",
+            "security"} <= set(LAUNCH_ARGUMENTS)
+    assert LAUNCH_ARGUMENTS["multi_host"][0] == "false" and LAUNCH_ARGUMENTS["security"][0] == ""
 
 
 def test_node_parameters_reach_only_their_process_and_unknown_ones_are_refused() -> None:
@@ -158,3 +204,12 @@ def test_a_config_without_sim_section_cannot_run_in_sim(tmp_path) -> None:
     assert build_graph(BringupOptions("widowx", config=str(path))).process("policy_node").parameters["config"] == str(path)
     with pytest.raises(ValueError, match="no sim section"):
         build_graph(BringupOptions("widowx", config=str(path), use_sim=True))
+
+
+def test_up_is_single_host_without_security_unless_asked() -> None:
+    from qwen_vla_ros.cli import build_parser
+
+    default = build_parser().parse_args(["up", "aloha"])
+    assert default.multi_host is False and default.security == ""
+    chosen = build_parser().parse_args(["up", "aloha", "--multi-host", "--security", "/keys"])
+    assert chosen.multi_host is True and chosen.security == "/keys"

@@ -139,3 +139,25 @@ def test_launch_files_with_real_launch_ros() -> None:
         nodes = [a for a in opaque.execute(context) if isinstance(a, Node)]
         expected = build_graph(BringupOptions(embodiment, use_sim=True, record=True)).processes
         assert len(nodes) == len(expected)
+
+
+def test_launch_nodes_run_in_the_mode_and_enclaves_asked_for(fake_launch, tmp_path: Path) -> None:
+    """multi_host:= and security:= reach every Node, whatever the launching shell exported."""
+    description = load_launch_file("aloha").generate_launch_description()
+    shell = {"FASTDDS_DEFAULT_PROFILES_FILE": "/old/fastdds_shm.xml", "ROS_SECURITY_STRATEGY": "Permissive"}
+    single = run_opaque(description, {"use_sim": "true"}, shell)
+    for node in single:
+        assert node.kwargs["additional_env"]["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("config/fastdds_shm.xml")
+        assert node.kwargs["additional_env"]["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+        assert node.kwargs["ros_arguments"] == [] and "ROS_SECURITY_ENABLE" not in node.kwargs["additional_env"]
+    names = [n.kwargs["name"] for n in single]
+    for name in names:
+        (tmp_path / "enclaves" / "qwen_vla" / name).mkdir(parents=True)
+    secure = run_opaque(description, {"use_sim": "true", "multi_host": "true", "security": str(tmp_path)}, shell)
+    for node in secure:
+        env = node.kwargs["additional_env"]
+        assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("config/fastdds_multi_host.xml")
+        assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
+        assert (env["ROS_SECURITY_KEYSTORE"], env["ROS_SECURITY_ENABLE"], env["ROS_SECURITY_STRATEGY"]) == (
+            str(tmp_path), "true", "Enforce")
+        assert node.kwargs["ros_arguments"] == ["--enclave", f"/qwen_vla/{node.kwargs['name']}"]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from qwen_vla_ros.bringup.graph import EMBODIMENTS, LAUNCH_ARGUMENTS, BringupOptions, build_graph, parse_namespaces
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, shutdown, supervise
+from qwen_vla_ros.ros_env import dds_notice
 
 
 def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,10 +27,13 @@ def _up(args: argparse.Namespace) -> int:
     options = BringupOptions(
         args.embodiment, args.checkpoint, args.backend, use_sim=args.sim, record=args.record, joystick=args.joystick,
         config=args.config, instruction=args.instruction, runtime_config=args.runtime_config,
-        output_dir=args.output_dir, namespaces=parse_namespaces(args.namespaces),
-        config_overrides=args.config_override, runtime_overrides=args.runtime_override,
+        output_dir=args.output_dir, namespaces=parse_namespaces(args.namespaces), multi_host=args.multi_host,
+        security=args.security, config_overrides=args.config_override, runtime_overrides=args.runtime_override,
     )
     graph = build_graph(options)
+    print(dds_notice({**os.environ, **graph.required_environment}), flush=True)
+    if args.security:
+        print(f"SROS2: enforced, keystore {args.security}, one enclave per node under /qwen_vla", flush=True)
     with StopSignals() as signals:
         group = ProcessGroup(graph.processes, echo=lambda line: print(line, flush=True))
         try:
@@ -53,5 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--joystick", action=argparse.BooleanOptionalAction, default=True, help=LAUNCH_ARGUMENTS["joystick"][1])
     parser.add_argument("--output-dir", default="", help=LAUNCH_ARGUMENTS["output_dir"][1])
     parser.add_argument("--namespaces", default="", help=LAUNCH_ARGUMENTS["namespaces"][1])
+    parser.add_argument("--multi-host", action="store_true", help=LAUNCH_ARGUMENTS["multi_host"][1])
+    parser.add_argument("--security", default="", metavar="KEYSTORE", help=LAUNCH_ARGUMENTS["security"][1])
     add_graph_arguments(parser)
     parser.set_defaults(handler=_up)

@@ -285,6 +285,7 @@ def run_demo(args: argparse.Namespace) -> Summary:
                       control_rate_target_hz=graph.embodiment.control.rate_hz, logs=str(output / "logs"))
     for key, value in graph.environment.items():
         os.environ.setdefault(key, value)  # the monitor joins the same DDS setup as the nodes
+    os.environ.update(graph.required_environment)  # single-host mode: the monitor's apply_dds_profile confines it too
     group = ProcessGroup(graph.processes, echo=None, log_dir=output / "logs")
     monitor = Monitor(graph.embodiment.arms[0].joint_state_topic)
     progress = Progress()

@@ -19,11 +19,11 @@ from typing import Any
 
 from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, parse_override
 from qwen_vla_ros.config.embodiment import EmbodimentConfig, InterbotixOutput, TwistOutput
-from qwen_vla_ros.ros_env import DDS_PROFILE_ENV, dds_profile_path
+from qwen_vla_ros.ros_env import MULTI_HOST_ENV, enclave_name, missing_enclaves, security_environment
 
 PACKAGE = "qwen_vla_ros"
 RMW_ENV = "RMW_IMPLEMENTATION"
-RMW = "rmw_fastrtps_cpp"  # the shipped profile is a FastDDS profile
+RMW = "rmw_fastrtps_cpp"  # the shipped profiles are FastDDS profiles
 
 # Launch arguments of every launch file and their defaults, as launch strings.
 LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
@@ -37,6 +37,10 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "runtime_config": ("", "runtime YAML file (empty: the shipped runtime.yaml)"),
     "output_dir": ("", "where the recorder writes trials (empty: ~/qwen_vla_trials)"),
     "namespaces": ("", "driver namespace remaps, e.g. follower_left=puppet_left,follower_right=puppet_right"),
+    "multi_host": ("false", ("let DDS reach other machines (UDP on every interface); false keeps it on this host "
+                             "(shared memory and loopback); see docs/security.md for what true exposes")),
+    "security": ("", ("SROS2 keystore directory: every node runs enforced in enclave /qwen_vla/<node> "
+                      "(empty: no DDS security); see docs/security.md")),
 }
 
 CONTROLLERS = {  # embodiment -> console script; all are qwen_vla_ros.nodes.controller with `config` set
@@ -62,6 +66,8 @@ class BringupOptions:
     runtime_config: str = ""
     output_dir: str = ""
     namespaces: Mapping[str, str] = field(default_factory=dict)
+    multi_host: bool = False
+    security: str = ""  # SROS2 keystore; empty: no DDS security
     config_overrides: Sequence[str] = ()
     runtime_overrides: Sequence[str] = ()
     node_parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # process name -> extra parameters
@@ -77,11 +83,11 @@ class BringupOptions:
         if unknown:
             raise ValueError(f"unknown launch arguments {unknown}; known: {sorted(LAUNCH_ARGUMENTS)}")
         text = {name: values.get(name, default) for name, (default, _) in LAUNCH_ARGUMENTS.items()}
-        flags = {name: parse_bool(name, text[name]) for name in ("use_sim", "record", "joystick")}
+        flags = {name: parse_bool(name, text[name]) for name in ("use_sim", "record", "joystick", "multi_host")}
         return cls(
             embodiment, text["checkpoint"], text["backend"], config=text["config"], instruction=text["instruction"],
             runtime_config=text["runtime_config"], output_dir=text["output_dir"],
-            namespaces=parse_namespaces(text["namespaces"]), **flags,
+            namespaces=parse_namespaces(text["namespaces"]), security=text["security"].strip(), **flags,
         )
 
 
@@ -100,6 +106,10 @@ class ProcessSpec:
     namespace: str = ""
     remappings: tuple[tuple[str, str], ...] = ()
     environment: dict[str, str] = field(default_factory=dict)  # defaults: a variable already set wins
+    # Always set, whatever the inherited environment says: the DDS mode (each process then
+    # resolves its profile with ros_env.dds_environment) and the SROS2 choice.
+    required_environment: dict[str, str] = field(default_factory=dict)
+    enclave: str = ""  # SROS2 enclave (--enclave), set when security is on
     required: bool = True
     package: str = PACKAGE
     node_name: str = ""  # the ROS node name when it differs from the process name (a driver's 'camera')
@@ -116,7 +126,11 @@ class ProcessSpec:
         args += ["--params-file", params_file]
         for source, target in self.remappings:
             args += ["-r", f"{source}:={target}"]
-        return args
+        return args + self.security_arguments()
+
+    def security_arguments(self) -> list[str]:
+        """The ``--ros-args`` that put the node in its enclave (none without security)."""
+        return ["--enclave", self.enclave] if self.enclave else []
 
     def parameters_yaml(self) -> dict[str, Any]:
         """The ROS 2 parameters-file content for this process (applies to any node name)."""
@@ -128,6 +142,7 @@ class Graph:
     embodiment: EmbodimentConfig
     processes: tuple[ProcessSpec, ...]
     environment: dict[str, str]  # for every process; a variable already set wins
+    required_environment: dict[str, str] = field(default_factory=dict)  # for every process, always
 
     def process(self, name: str) -> ProcessSpec:
         for spec in self.processes:
@@ -157,8 +172,32 @@ def parse_namespaces(text: str) -> dict[str, str]:
 
 
 def graph_environment() -> dict[str, str]:
-    """The shipped FastDDS profile (shared memory for camera frames) and the RMW it is written for."""
-    return {DDS_PROFILE_ENV: str(dds_profile_path()), RMW_ENV: RMW}
+    """The RMW the shipped FastDDS profiles are written for (a variable already set wins)."""
+    return {RMW_ENV: RMW}
+
+
+def required_environment(options: BringupOptions) -> dict[str, str]:
+    """What every process runs with whatever the user's shell says: the DDS mode and SROS2.
+
+    The mode travels as one variable; each process (ours through ``run_node``, the runner and
+    launch for every child) turns it into a profile and discovery range with
+    ``ros_env.dds_environment``, so a node started by hand resolves it the same way.
+    """
+    environment = {MULTI_HOST_ENV: str(options.multi_host).lower()}
+    if options.security:
+        environment |= security_environment(options.security)
+    return environment
+
+
+def check_keystore(keystore: str, processes: Sequence[ProcessSpec], embodiment: str) -> None:
+    """Refuse to start when the keystore lacks a process's enclave, naming them and the fix."""
+    missing = missing_enclaves(keystore, [p.enclave for p in processes if p.enclave])
+    if missing:
+        raise ValueError(
+            f"security: keystore {keystore} has no enclave for {', '.join(missing)}; create them with "
+            f"'qwen-vla-ros security policy --embodiment {embodiment} -o policy.xml' and 'ros2 security generate_artifacts -k {keystore} "
+            "-p policy.xml' (docs/security.md)"
+        )
 
 
 def sim_overrides(config: EmbodimentConfig) -> list[str]:
@@ -239,13 +278,16 @@ def build_graph(options: BringupOptions) -> Graph:
         common["runtime_overrides"] = runtime_overrides
     remaps = namespace_remaps(config, options.namespaces)
     base_env = graph_environment()
+    forced_env = required_environment(options)
 
     def spec(name: str, executable: str, module: str, extra: Mapping[str, Any] | None = None, *,
              required: bool = True, environment: Mapping[str, str] | None = None,
              more_remaps: tuple[tuple[str, str], ...] = ()) -> ProcessSpec:
         parameters = {**common, **(extra or {}), **options.node_parameters.get(name, {})}
         return ProcessSpec(name, executable, f"{PACKAGE}.nodes.{module}", parameters, remappings=remaps + more_remaps,
-                           environment={**base_env, **(environment or {})}, required=required)
+                           environment={**base_env, **(environment or {})}, required=required,
+                           required_environment=dict(forced_env),
+                           enclave=enclave_name(name) if options.security else "")
 
     processes = []
     if options.use_sim:
@@ -253,7 +295,7 @@ def build_graph(options: BringupOptions) -> Graph:
     else:
         if any(camera.source.type != "topic" for camera in config.cameras):
             processes.append(spec("camera_node", "camera_node", "camera_node"))
-        processes.extend(realsense_drivers(config, base_env))
+        processes.extend(realsense_drivers(config, base_env, forced_env, secure=bool(options.security)))
     if options.record:
         recorder = {"output_dir": options.output_dir} if options.output_dir else {}
         processes.append(spec("trial_recorder", "trial_recorder", "trial_recorder", recorder))
@@ -265,10 +307,13 @@ def build_graph(options: BringupOptions) -> Graph:
     unknown = set(options.node_parameters) - {p.name for p in processes}
     if unknown:
         raise ValueError(f"parameters given for processes not in the graph: {sorted(unknown)}")
-    return Graph(config, tuple(processes), base_env)
+    if options.security:
+        check_keystore(options.security, processes, options.embodiment)
+    return Graph(config, tuple(processes), base_env, forced_env)
 
 
-def realsense_drivers(config: EmbodimentConfig, environment: Mapping[str, str]) -> list[ProcessSpec]:
+def realsense_drivers(config: EmbodimentConfig, environment: Mapping[str, str],
+                      required: Mapping[str, str] | None = None, *, secure: bool = False) -> list[ProcessSpec]:
     """One ``realsense2_camera_node`` per camera taken from its topic with that driver.
 
     As in the Interbotix ALOHA bringup, the driver runs as node ``camera`` in the camera's
@@ -292,10 +337,11 @@ def realsense_drivers(config: EmbodimentConfig, environment: Mapping[str, str]) 
         if source.serial:
             parameters["serial_no"] = f"_{source.serial}"
         remaps = ((image, camera.topic),) if camera.topic != image else ()
+        name = f"{camera.name}_driver"
         drivers.append(ProcessSpec(
-            f"{camera.name}_driver", "realsense2_camera_node", "", parameters, namespace=camera.name,
+            name, "realsense2_camera_node", "", parameters, namespace=camera.name,
             remappings=remaps, environment=dict(environment), required=False, package="realsense2_camera",
-            node_name="camera",
+            node_name="camera", required_environment=dict(required or {}), enclave=enclave_name(name) if secure else "",
         ))
     return drivers
 

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from qwen_vla_ros.bringup.graph import LAUNCH_ARGUMENTS, BringupOptions, ProcessSpec, build_graph, graph_environment
+from qwen_vla_ros.ros_env import dds_environment
 
 
 def generate(embodiment: str) -> Any:
@@ -24,7 +25,8 @@ def generate(embodiment: str) -> Any:
         DeclareLaunchArgument(name, default_value=default, description=description)
         for name, (default, description) in LAUNCH_ARGUMENTS.items()
     ]
-    # The shipped FastDDS profile (shared memory for camera frames), unless the user set their own.
+    # The RMW the shipped FastDDS profiles are for, unless the user set their own; each Node
+    # gets its DDS profile and discovery range from the mode (multi_host) in node_action.
     actions += [SetEnvironmentVariable(key, EnvironmentVariable(key, default_value=value))
                 for key, value in graph_environment().items()]
     actions.append(OpaqueFunction(function=nodes, args=[embodiment]))
@@ -42,10 +44,18 @@ def nodes(context: Any, embodiment: str) -> list[Any]:
 
 
 def node_action(spec: ProcessSpec, environment: Any = os.environ) -> Any:
-    """One launch_ros Node; a required process ends the launch when it exits, like the runner."""
+    """One launch_ros Node; a required process ends the launch when it exits, like the runner.
+
+    Its environment is resolved as the runner resolves a child's (``runner.child_environment``):
+    defaults the user did not set, the required DDS mode and SROS2 variables, and the DDS
+    profile and discovery range of that mode.
+    """
     from launch.actions import Shutdown
     from launch_ros.actions import Node
 
+    additional = {key: environment.get(key, value) for key, value in spec.environment.items()}
+    additional |= spec.required_environment
+    additional |= dds_environment({**environment, **additional})
     return Node(
         package=spec.package,
         executable=spec.executable,
@@ -53,7 +63,8 @@ def node_action(spec: ProcessSpec, environment: Any = os.environ) -> Any:
         namespace=spec.namespace,
         parameters=[spec.parameters],
         remappings=list(spec.remappings),
-        additional_env={key: environment.get(key, value) for key, value in spec.environment.items()},
+        ros_arguments=spec.security_arguments(),
+        additional_env=additional,
         output="screen",
         on_exit=Shutdown(reason=f"{spec.name} exited and is required") if spec.required else None,
     )

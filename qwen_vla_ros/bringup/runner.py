@@ -28,6 +28,7 @@ import yaml
 
 import qwen_vla_ros
 from qwen_vla_ros.bringup.graph import ProcessSpec
+from qwen_vla_ros.ros_env import dds_environment
 
 PACKAGE_ROOT = Path(qwen_vla_ros.__file__).resolve().parent.parent
 TAIL_LINES = 30
@@ -56,10 +57,14 @@ class Exit:
 
 
 def child_environment(spec: ProcessSpec, base: Mapping[str, str]) -> dict[str, str]:
-    """``base`` plus the spec's defaults (a variable already set wins), importing this very package."""
+    """``base`` plus the spec's defaults (a variable already set wins), its required variables
+    (the DDS mode and SROS2, always), the DDS profile and discovery range of that mode, and
+    this very package on the import path."""
     env = dict(base)
     for key, value in spec.environment.items():
         env.setdefault(key, value)
+    env.update(spec.required_environment)
+    env.update(dds_environment(env))  # for another package's node too, which never runs apply_dds_profile
     env["PYTHONUNBUFFERED"] = "1"  # output tails must be current when a child dies
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
     return env

@@ -25,7 +25,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import ConfigError, EmbodimentConfig, RuntimeConfig, load_embodiment, load_runtime
 from qwen_vla_ros.config.loader import parse_override
-from qwen_vla_ros.ros_env import apply_dds_profile, rclpy_origin_problem
+from qwen_vla_ros.ros_env import apply_dds_profile, rclpy_origin_problem, security_problem, security_requested
 
 EXIT_BAD_CONFIG = 2
 RCLError = rclpy_implementation.RCLError
@@ -210,6 +210,27 @@ def low_latency_spinner(threads: int, context: rclpy.context.Context | None = No
         return YieldingMultiThreadedExecutor(num_threads=threads, context=context)
 
 
+class SecureStartError(RuntimeError):
+    """Security was asked for but this node cannot have it: it must not start at all."""
+
+
+def _create_node(factory: Callable[..., Node], kwargs: dict[str, Any]) -> Node:
+    """The node, or SecureStartError when security is on and DDS refused it (never a node running open)."""
+    try:
+        return factory(**kwargs)
+    except RCLError as exc:
+        if not security_requested():
+            raise
+        hint = ""
+        if "security libraries" in str(exc):
+            hint = (" The Fast DDS in use has no DDS-Security plugins (the PyPI wheels are built without them): "
+                    "run on a ROS 2 distribution's rmw_fastrtps_cpp, or start without security.")
+        raise SecureStartError(
+            f"DDS security was asked for (ROS_SECURITY_ENABLE=true) but this node cannot run with it, so it does "
+            f"not start: {str(exc).strip()}.{hint} See docs/security.md."
+        ) from exc
+
+
 def run_node(
     factory: Callable[..., Node],
     args: Sequence[str] | None = None,
@@ -225,19 +246,28 @@ def run_node(
     their own and receive camera frames (policy_node, camera_node) pass
     ``SingleThreadedExecutor``: rclpy's multi-threaded executor costs several times the CPU per
     message and drops frames under load (docs/benchmarks.md, camera latency).
+
+    Security fails closed: when it is asked for and cannot hold (a strategy other than
+    Enforce, no keystore, an RMW without DDS-Security), the node exits with code 2 and says
+    why before it ever joins the graph.
     """
     apply_dds_profile()
     problem = rclpy_origin_problem(rclpy.__file__)
     if problem:
         print(f"warning: {problem}", file=sys.stderr)
+    insecure = security_problem()
+    if insecure:
+        print(f"error: DDS security was asked for but would not hold, so this node does not start: {insecure}",
+              file=sys.stderr)
+        return EXIT_BAD_CONFIG
     rclpy.init(args=list(args) if args is not None else None)
     node: Node | None = None
     try:
-        node = factory(**kwargs)
+        node = _create_node(factory, kwargs)
         executor = executor_factory()
         executor.add_node(node)
         executor.spin()
-    except ConfigError as exc:
+    except (ConfigError, SecureStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     except (KeyboardInterrupt, ExternalShutdownException):
