@@ -19,6 +19,7 @@ from builtin_interfaces.msg import Duration, Time
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
+from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -30,6 +31,7 @@ from qwen_vla_ros.ros_env import apply_dds_profile, rclpy_origin_problem
 EXIT_BAD_CONFIG = 2
 RCLError = rclpy_implementation.RCLError
 BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "mono8": 1}
+FRAME_ID_ALLOWANCE = 256  # bytes of header.frame_id a chunk message may carry
 log = logging.getLogger(__name__)
 
 
@@ -90,6 +92,27 @@ def trajectory_to_chunk(msg: JointTrajectory, default_dt: float) -> ActionChunk:
     else:
         dt = default_dt
     return ActionChunk(actions, tuple(msg.joint_names), dt, time_to_ns(msg.header.stamp))
+
+
+def chunk_message_limit(channel_names: Sequence[str], max_actions: int) -> int:
+    """The most bytes a serialized chunk message may have: a chunk of ``max_actions`` points
+    with every per-point field filled for every channel, plus room for a frame id. Anything
+    larger cannot be a chunk the controller would accept, so it is refused before decoding."""
+    width = len(channel_names)
+    point = JointTrajectoryPoint(positions=[0.0] * width, velocities=[0.0] * width, accelerations=[0.0] * width,
+                                 effort=[0.0] * width)
+    largest = JointTrajectory(joint_names=list(channel_names), points=[point] * max_actions)
+    largest.header.frame_id = "f" * FRAME_ID_ALLOWANCE
+    return len(serialize_message(largest))
+
+
+def decode_chunk_message(data: bytes, default_dt: float) -> ActionChunk:
+    """A serialized ``JointTrajectory`` -> chunk; ValueError when it is not one."""
+    try:
+        message = deserialize_message(data, JointTrajectory)
+    except Exception as exc:  # rclpy raises its RMWError, not a ValueError, for bytes that are not CDR
+        raise ValueError(f"not a serialized JointTrajectory ({len(data)} bytes): {exc}") from exc
+    return trajectory_to_chunk(message, default_dt)
 
 
 def image_to_msg(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "") -> Image:
