@@ -282,3 +282,16 @@ def test_interbotix_adapter_refuses_to_start_without_its_messages(ros_domain) ->
         pytest.fail(f"expected a refusal, got exit {child.returncode}:\n{output}")
     assert child.returncode == 2
     assert "qwen-vla-ros build-interfaces" in output and "interbotix_ros_core" in output
+
+
+def test_a_bad_config_exits_2_with_its_message_and_no_error_while_tearing_down(ros_domain) -> None:
+    """``control.rate_hz: 1e10`` is a positive number, but its period rounds to 0 ns: refused at start-up
+    with exit 2 and the field, and the half-built node is torn down without a second error."""
+    child = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=aloha",
+        "-p", 'config_overrides:=["control.rate_hz=1e10", "outputs=[{adapter: forward_command, arms: [left, right]}]"]',
+    )
+    output = child.communicate(timeout=60)[0]
+    assert child.returncode == 2, output
+    assert "rate_hz" in output, output
+    assert "Traceback" not in output and "AttributeError" not in output, output
