@@ -333,3 +333,31 @@ def test_a_flood_of_chunks_leaves_the_controller_blending_at_most_the_configured
             robot.follow(core.step(now))
         assert len(core.policy.blender.layers) <= limit
     assert len(core.policy.blender.layers) == limit
+
+
+def test_the_intake_prepares_at_most_one_chunk_a_period_however_fast_they_come() -> None:
+    """Real clock: chunks submitted without pause for 10 periods. A flood is thinned to its newest
+    chunks rather than keeping a thread busy decoding (whose hold on the GIL the loop would wait for)."""
+    core, fake = accepting_core()
+    decoded: list[int] = []
+
+    def decode(stamp_ns: int) -> ActionChunk:
+        decoded.append(stamp_ns)
+        return ActionChunk(np.tile(aloha_action(), (50, 1)), core.policy.names, 0.02, stamp_ns)
+
+    loop = ControlLoop(core, decode=decode, publish=lambda period: None, log=Log(), max_message_bytes=10_000,
+                       queue_depth=2, clock=LoopClock(now_ns=fake.now_ns))
+    loop.start(paced=False)
+    started = time.monotonic()
+    submitted = 0
+    try:
+        while time.monotonic() - started < 10 * PERIOD_NS / NS_PER_S:
+            loop.submit(fake.now_ns() - 100 * MS + submitted, 100)
+            submitted += 1
+            time.sleep(0)  # let the intake thread run
+    finally:
+        elapsed = time.monotonic() - started
+        loop.stop()
+    periods = elapsed / (PERIOD_NS / NS_PER_S)
+    assert submitted > 3 * (periods + 1), "not a flood: the bound below would not be tested"
+    assert len(decoded) <= periods + 1, (len(decoded), elapsed)

@@ -9,7 +9,9 @@ clock (docs/architecture.md, control loops, for why it is built this way):
   (``rejected_too_large``), before anything decodes it. The rest wait in a
   :class:`ChunkMailbox` of ``queue_depth``, which keeps the newest and counts what it pushes
   out. A thread of its own decodes and prepares them (IK included) outside the lock, so no
-  decode or preparation ever runs on the loop's critical path.
+  decode or preparation ever runs on the loop's critical path, and it takes at most one
+  chunk per control period: a flood is thinned to its newest chunks instead of keeping a
+  thread busy decoding, whose hold on the GIL the loop would wait for.
 - **The lock.** One lock guards the core; only short core calls hold it.
 - **The paced loop.** A thread sleeps to absolute deadlines (:class:`~.pacing.Deadlines`):
   a late period runs at once, wholly missed ones are dropped, never bunched. It raises itself
@@ -187,10 +189,14 @@ class ControlLoop(Generic[Message]):
 
     def _prepare_chunks(self) -> None:
         while (message := self.chunks.get()) is not None:
+            started_ns = self.clock.monotonic_ns()
             try:
                 self._prepare(message)
             except Exception as exc:  # noqa: BLE001 - one bad chunk must not stop the chunks after it
                 self._log_once(self.log.error, "chunk", f"chunk handling failed: {exc!r}")
+            rest_ns = self.core.period_ns - (self.clock.monotonic_ns() - started_ns)
+            if rest_ns > 0:
+                self._stopping.wait(rest_ns / NS_PER_S)  # at most one chunk a period
 
     def _prepare(self, message: Message) -> None:
         now = self.clock.now_ns()
