@@ -153,6 +153,28 @@ def joint_positions(msg: JointState) -> dict[str, float]:
     return dict(zip(msg.name, msg.position))
 
 
+def call_trigger_logged(node: Node, client: Any, label: str, provider: str) -> None:
+    """Call a Trigger service without waiting: the answer (or the failure) is logged when it comes,
+    so a button never blocks the callback that pressed it."""
+    from std_srvs.srv import Trigger
+
+    if not client.service_is_ready():
+        node.get_logger().warning(f"{label}: {client.srv_name} is not available (is {provider} running?)")
+        return
+    node.get_logger().info(f"{label}: calling {client.srv_name}")
+
+    def answered(future: Any) -> None:
+        response = future.result()
+        if response is None:
+            node.get_logger().warning(f"{client.srv_name} failed: {future.exception()}")
+        elif response.success:
+            node.get_logger().info(f"{client.srv_name}: {response.message}")
+        else:
+            node.get_logger().warning(f"{client.srv_name} refused: {response.message}")
+
+    client.call_async(Trigger.Request()).add_done_callback(answered)
+
+
 def string_list_parameter(node: Node, name: str) -> list[str]:
     """Declare a string-array parameter whose empty default still types as a list."""
     from rcl_interfaces.msg import ParameterDescriptor, ParameterType

@@ -23,7 +23,6 @@ logged when it comes, so no button ever waits on the recorder.
 """
 from __future__ import annotations
 
-import math
 import sys
 import threading
 from collections.abc import Sequence
@@ -35,7 +34,6 @@ from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.task import Future
 from sensor_msgs.msg import Joy, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -45,8 +43,10 @@ from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.control import ControlOutput, Controller
 from qwen_vla_ros.control.arbitration import Transition
 from qwen_vla_ros.control.loop import ControlLoop, LoopClock, Period
+from qwen_vla_ros.embodiments.base import yaw_from_quaternion
 from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
 from qwen_vla_ros.nodes.common import (
+    call_trigger_logged,
     chunk_message_limit,
     declare_configs,
     decode_chunk_message,
@@ -67,10 +67,6 @@ ESTOP_RESET_SERVICE = "/qwen_vla/estop/reset"
 EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostics, none waits for another
 # A thread waking at its deadline waits for the GIL about this long (Python's default: 5 ms).
 GIL_SWITCH_INTERVAL_S = 0.00005
-
-
-def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
-    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
 class ControllerNode(Node):
@@ -193,7 +189,7 @@ class ControllerNode(Node):
                 self.estop_pub.publish(Bool(data=True))
                 self.get_logger().error("e-stop button: e-stop engaged, holding until /qwen_vla/estop/reset is called")
             elif event in self.trial_clients:
-                self._call_trial_service(event)
+                call_trigger_logged(self, self.trial_clients[event], f"{event} button", "trial_recorder")
             elif event in ("arm_select", "jog_mode"):
                 self.get_logger().info(f"teleop: {jog}")
             elif event == "resume_ignored":
@@ -205,23 +201,6 @@ class ControllerNode(Node):
                 self.core.update_leader(arm, message.name, message.position, self._now())
         except (KeyError, ValueError) as exc:
             self.get_logger().warning(f"ignoring leader joint state: {exc}", throttle_duration_sec=2.0)
-
-    def _call_trial_service(self, event: str) -> None:
-        client = self.trial_clients[event]
-        if not client.service_is_ready():
-            self.get_logger().warning(f"{event} button: {client.srv_name} is not available (is trial_recorder running?)")
-            return
-        self.get_logger().info(f"{event} button: calling {client.srv_name}")
-        client.call_async(Trigger.Request()).add_done_callback(partial(self._trial_answer, client.srv_name))
-
-    def _trial_answer(self, service: str, future: Future) -> None:
-        response = future.result()
-        if response is None:
-            self.get_logger().warning(f"{service} failed: {future.exception()}")
-        elif response.success:
-            self.get_logger().info(f"{service}: {response.message}")
-        else:
-            self.get_logger().warning(f"{service} refused: {response.message}")
 
     def _publish_mode(self, transitions: list[Transition]) -> None:
         """Publish the arbitration mode if it changed; ``transitions`` are logged with their reasons."""
