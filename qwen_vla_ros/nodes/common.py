@@ -32,6 +32,8 @@ EXIT_BAD_CONFIG = 2
 RCLError = rclpy_implementation.RCLError
 BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 FRAME_ID_ALLOWANCE = 256  # bytes of header.frame_id a chunk message may carry
+LARGE_BUFFER_BYTES = 64 * 1024 * 1024  # heap kept warm for receiving oversized messages
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc <malloc.h>
 log = logging.getLogger(__name__)
 
 
@@ -113,6 +115,30 @@ def decode_chunk_message(data: bytes, default_dt: float) -> ActionChunk:
     except Exception as exc:  # rclpy raises its RMWError, not a ValueError, for bytes that are not CDR
         raise ValueError(f"not a serialized JointTrajectory ({len(data)} bytes): {exc}") from exc
     return trajectory_to_chunk(message, default_dt)
+
+
+def keep_large_buffers(warm_bytes: int = LARGE_BUFFER_BYTES) -> bool:
+    """Let glibc keep large buffers on the heap, warmed, instead of mapping fresh pages for each.
+
+    Receiving a message copies it a few times while rclpy holds the GIL; for a 15 MB one,
+    fresh pages made that 0.2 to 0.45 s on the shared VM, against tens of ms for pages used
+    before (docs/architecture.md, chunk intake). Raising the mmap and trim thresholds keeps
+    freed large blocks for reuse, and touching ``warm_bytes`` once at start-up (on the thread
+    that will receive) faults them in before any message needs them. False where the C
+    library has no ``mallopt`` (not glibc): nothing changes there.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    for option, value in ((M_MMAP_THRESHOLD, warm_bytes), (M_TRIM_THRESHOLD, 2 * warm_bytes), (M_TOP_PAD, warm_bytes // 2)):
+        if not mallopt(option, value):
+            return False
+    bytearray(warm_bytes)  # allocated zeroed (every page touched) and freed back onto the heap
+    return True
 
 
 def image_to_msg(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "") -> Image:

@@ -50,6 +50,7 @@ from qwen_vla_ros.nodes.common import (
     chunk_message_limit,
     declare_configs,
     decode_chunk_message,
+    keep_large_buffers,
     low_latency_spinner,
     ns_to_time,
     run_node,
@@ -279,6 +280,7 @@ class ControllerNode(Node):
 
 def _main(default_embodiment: str, args: Sequence[str] | None) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    keep_large_buffers()  # an oversized chunk is still received (then refused): keep that cheap for the loop
     return run_node(
         ControllerNode,
         args,
