@@ -205,7 +205,11 @@ def run(args: argparse.Namespace, domain: int) -> dict:
         for process in (abuser, controller):
             if process is not None and process.poll() is None:
                 process.terminate()
-        log = controller.communicate(timeout=10)[0]
+        try:
+            log = controller.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:  # still busy with what it received: say so, and stop it
+            controller.kill()
+            log = controller.communicate()[0] + "\n[benchmark: the controller did not stop within 10 s of SIGTERM]"
         if abuser is not None:
             abuser.wait(timeout=10)
         node.destroy_node()
@@ -219,6 +223,7 @@ def run(args: argparse.Namespace, domain: int) -> dict:
                                 **phase_figures(measured, p["start_ns"], p["end_ns"])} for p in phases},
         "controller_counters": {key: counters.get(key) for key in keys},
         "controller_log_tracebacks": log.count("Traceback"),
+        "controller_stopped_on_sigterm": "did not stop within 10 s" not in log,
     }
 
 
