@@ -7,13 +7,13 @@ publishes joint states equal to the last Interbotix command it received (real
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from helpers.dds_robots import TwistBase  # noqa: E402
+from helpers.dds_robots import ForwardCommandArms, TwistBase  # noqa: E402
 from helpers.robots import rate_limit_violations  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -39,6 +39,8 @@ from qwen_vla_ros.embodiments.gripper import joint_to_normalized  # noqa: E402
 from qwen_vla_ros.nodes.common import chunk_to_trajectory, ns_to_time, time_to_ns  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
+REPO = Path(__file__).resolve().parent.parent
+FORWARD_COMMAND = "outputs=[{adapter: forward_command, arms: [left, right]}]"
 ALOHA_START = [0.0, -0.96, 1.16, 0.0, -0.3, 0.0]
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -282,3 +284,67 @@ def test_interbotix_adapter_refuses_to_start_without_its_messages(ros_domain) ->
         pytest.fail(f"expected a refusal, got exit {child.returncode}:\n{output}")
     assert child.returncode == 2
     assert "qwen-vla-ros build-interfaces" in output and "interbotix_ros_core" in output
+
+
+def test_a_bad_config_exits_2_with_its_message_and_no_error_while_tearing_down(ros_domain) -> None:
+    """``control.rate_hz: 1e10`` is a positive number, but its period rounds to 0 ns: refused at start-up
+    with exit 2 and the field, and the half-built node is torn down without a second error."""
+    child = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=aloha",
+        "-p", 'config_overrides:=["control.rate_hz=1e10", "outputs=[{adapter: forward_command, arms: [left, right]}]"]',
+    )
+    output = child.communicate(timeout=60)[0]
+    assert child.returncode == 2, output
+    assert "rate_hz" in output, output
+    assert "Traceback" not in output and "AttributeError" not in output, output
+
+
+def test_chunk_floods_and_oversized_chunks_from_another_process_neither_starve_the_loop_nor_get_decoded(ros_domain) -> None:
+    """The abuser of bench/chunk_abuse.py, in a process of its own: 1000 valid chunks/s, then 1000
+    NaN chunks/s, then two 100k-point (15 MB) chunks. The controller keeps commanding through the
+    floods, thins them to their newest chunks (counted as dropped), and refuses the oversized ones
+    by their size (counted as too_large). The hard timing figure is the benchmark's
+    (docs/benchmarks.md, chunk abuse); here a gap of 10 periods, far above the 3-period goal and far
+    below the 0.8 s such a flood opened when every chunk was decoded, marks a starved loop."""
+    config = load_embodiment("aloha")
+    node = rclpy.create_node("abuse_rig", context=ros_domain.context)
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(node)
+    ForwardCommandArms(node, config.arms, ALOHA_START)
+    stamps: list[int] = []
+    states: dict[str, str] = {}
+    node.create_subscription(JointState, "/qwen_vla/controller/command",
+                             lambda m: stamps.append(time_to_ns(m.header.stamp)), RELIABLE)
+    node.create_subscription(DiagnosticArray, "/qwen_vla/controller/state",
+                             lambda m: states.update({v.key: v.value for s in m.status for v in s.values}), 10)
+    child = ros_domain.start_process("-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=aloha",
+                                     "-p", f'config_overrides:=["{FORWARD_COMMAND}"]')
+    abuser = None
+    try:
+        assert ros_domain.spin_until(executor, lambda: len(stamps) > 10 or child.poll() is not None, timeout=30)
+        assert child.poll() is None, ros_domain.stop_process(child)
+        abuser = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "chunk_abuse.py"), "--abuse", "--domain", str(ros_domain.domain_id),
+             "--flood-s", "2", "--rate", "1000", "--large", "2"],
+            env=ros_domain.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert ros_domain.spin_until(executor, lambda: abuser.poll() is not None, timeout=120)
+        phases = {p["phase"]: p for p in (json.loads(line) for line in abuser.stdout.read().splitlines() if line.startswith("{"))}
+        spin_for(ros_domain, executor, 2.0)  # commands go on after the abuse; the state report catches up
+    finally:
+        if abuser is not None and abuser.poll() is None:
+            abuser.kill()
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+
+    assert set(phases) == {"flood", "nan_flood", "large"}, phases
+    assert phases["flood"]["sent"] > 1000 and phases["nan_flood"]["sent"] > 1000, phases
+    commands = np.array(stamps, dtype=np.int64)
+    during_floods = commands[(commands >= phases["flood"]["start_ns"]) & (commands <= phases["nan_flood"]["end_ns"])]
+    gaps_ms = np.diff(during_floods) / 1e6
+    assert len(during_floods) > 0.5 * (phases["nan_flood"]["end_ns"] - phases["flood"]["start_ns"]) / 20e6
+    assert gaps_ms.max() < 200.0, f"the loop starved: gaps over 60 ms {sorted(gaps_ms[gaps_ms > 60])}"
+    assert commands[-1] > phases["large"]["end_ns"], "still commanding after the oversized chunks"
+    assert int(states["rejected_too_large"]) == 2, states
+    assert int(states["rejected_non_finite"]) > 0 and int(states["chunks_dropped"]) > 1000, states
+    assert "Traceback" not in output, output

@@ -1,8 +1,9 @@
 """The policy node's decisions without ROS: scheduling, the committed history for real-time
-chunking, running statistics, the clock-offset estimator, and the runner on the tiny model."""
+chunking, running statistics, the clock-offset estimator, and the runner and its loop on the tiny model."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from qwen_vla_ros.clock_check import FORGET_AFTER_S, ClockOffsetEstimator
 from qwen_vla_ros.config import load_embodiment, load_runtime
 from qwen_vla_ros.config.runtime import InferenceSchedule
 from qwen_vla_ros.inference.committed import CommittedHistory
+from qwen_vla_ros.inference.runner import FAILURE_RETRY_S, INPUT_WAIT_S
 from qwen_vla_ros.inference.scheduler import IDLE_WAIT_S, InferenceScheduler
 from qwen_vla_ros.inference.stats import RateMeter, Window, steps_covering
 from qwen_vla_ros.log import KeyedThrottle
@@ -346,3 +348,78 @@ def test_runner_reports_a_failed_inference_and_goes_on(tiny_policy) -> None:
     feed_observation(sync, config, clock.now_ns)
     assert runner.step().outcome == "published"
     assert runner.figures(clock.now_ns)["skipped.inference_error"] == 1
+
+
+class Signals:
+    """``run``'s stop and wake signals: every wait is recorded (and returns at once), and stop is
+    set after ``waits`` of them, so the loop's decisions are read without real sleeping."""
+
+    def __init__(self, waits: int, on_wait=lambda: None) -> None:
+        self.remaining = waits
+        self.on_wait = on_wait
+        self.log: list[tuple[str, float | None]] = []
+        self.stop, self.wake = self._Signal(self, "stop"), self._Signal(self, "wake")
+
+    class _Signal:
+        def __init__(self, owner: "Signals", name: str) -> None:
+            self.owner, self.name = owner, name
+
+        def is_set(self) -> bool:
+            return self.name == "stop" and self.owner.remaining <= 0
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.owner.log.append((self.name, timeout))
+            self.owner.remaining -= 1
+            self.owner.on_wait()
+            return False
+
+        def clear(self) -> None:
+            pass
+
+
+def test_run_sleeps_until_the_next_inference_can_be_due_and_waits_for_input_when_it_is(tiny_policy) -> None:
+    runner, sync, clock, log, published, config = make_runner(tiny_policy, {"schedule.trigger": "rate",
+                                                                            "schedule.replan_hz": 2.0})
+    feed_observation(sync, config, clock.now_ns)
+
+    def time_passes() -> None:
+        clock.now_ns += 600 * MS
+
+    signals = Signals(waits=2, on_wait=time_passes)
+    runner.run(signals.stop, signals.wake)
+    assert len(published) == 1
+    # After publishing, the next replan is 0.5 s on (2 Hz): nothing can wake it sooner, so the
+    # thread sleeps on stop (for at most the scheduler's idle wait), not on new input.
+    # Then it is due, but the observation was used: it waits for new input, briefly.
+    assert signals.log == [("stop", IDLE_WAIT_S), ("wake", INPUT_WAIT_S)]
+
+
+def test_run_logs_a_failing_step_and_goes_on_after_a_pause(tiny_policy) -> None:
+    runner, sync, clock, log, published, config = make_runner(tiny_policy)
+    calls = []
+
+    def failing_step():
+        calls.append(1)
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    runner.step = failing_step
+    signals = Signals(waits=3)
+    runner.run(signals.stop, signals.wake)
+    assert len(calls) == 3 and signals.log == [("stop", FAILURE_RETRY_S)] * 3
+    errors = [line for level, line in log.lines if level == "error"]
+    assert len(errors) == 1, "three failures within 5 s are logged once"
+    assert "inference step failed" in errors[0] and "illegal memory access" in errors[0]
+
+
+def test_run_ends_promptly_when_stopped(tiny_policy) -> None:
+    """Real events and a real thread: stop ends the loop while it waits for input."""
+    runner, *_ = make_runner(tiny_policy, {"schedule.trigger": "rate"})
+    stop, wake = threading.Event(), threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop, wake))
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    stop.set()
+    wake.set()
+    thread.join(timeout=5.0)
+    assert not thread.is_alive() and time.monotonic() - started < 1.0

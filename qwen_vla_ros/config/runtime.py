@@ -19,12 +19,22 @@ class Blending(StrictModel):
 
     ``crossfade`` blends old into new over ``crossfade_steps`` control periods with smooth
     (cosine) weights; ``temporal_ensemble`` averages every overlapping prediction with ACT's
-    exp(-decay * i) weights, i = 0 for the oldest; ``latest`` switches at once.
+    exp(-decay * i) weights, i = 0 for the oldest; ``latest`` switches at once. ``max_chunks``
+    and ``queue_depth`` bound the controller's work however fast chunks arrive
+    (docs/architecture.md, chunk intake).
     """
 
     method: Literal["crossfade", "temporal_ensemble", "latest"] = "crossfade"
     crossfade_steps: int = Field(default=10, ge=1)
     ensemble_decay: float = Field(default=0.01, ge=0)
+    max_chunks: int = Field(
+        default=16, ge=1, le=64,
+        description="chunks blended at once; one more retires the oldest, so a flood of chunks cannot grow a period's work",
+    )
+    queue_depth: int = Field(
+        default=2, ge=1, le=64,
+        description="received chunks waiting for preparation; one more pushes out the oldest (counted as chunks_dropped)",
+    )
 
 
 class InferenceSchedule(StrictModel):

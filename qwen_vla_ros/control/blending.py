@@ -10,6 +10,11 @@ committed actions; ``prune`` drops layers that can no longer contribute.
   fade). If the plan had run out, the fade starts from the current command instead.
 - ``temporal_ensemble``: ACT's temporal ensembling; every chunk that has a prediction for t
   is averaged with weights exp(-decay * i), i = 0 for the oldest.
+
+At most ``max_chunks`` layers are kept: a chunk beyond that retires the oldest, so the work
+of a period (a sample per layer, and ``committed_steps`` more for the committed actions) is
+bounded however fast chunks arrive. Retiring a layer that still had weight changes the
+target; the safety stages after the blender limit that change like any other.
 """
 from __future__ import annotations
 
@@ -20,8 +25,6 @@ import numpy as np
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config.runtime import Blending
 from qwen_vla_ros.control.interpolation import Trajectory, cosine_weight
-
-MAX_LAYERS = 64  # bounds work per period when chunks arrive far faster than they fade out
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Blender:
         elif method == "crossfade" and self.exhausted(now_ns):
             self.layers = [Layer(Trajectory.constant(current, now_ns), now_ns)]
         self.layers.append(Layer(trajectory, now_ns))
-        del self.layers[:-MAX_LAYERS]
+        del self.layers[: -self.settings.max_chunks]
 
     def clear(self) -> None:
         self.layers = []

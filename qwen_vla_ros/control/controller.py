@@ -91,6 +91,8 @@ class Controller:
         self.layout = CommandLayout(config)
         self.period_s = config.control.period_s
         self.period_ns = round(self.period_s * NS_PER_S)
+        if self.period_ns <= 0:
+            raise ValueError(f"control.rate_hz = {config.control.rate_hz:g} gives a period of {self.period_ns} ns")
         self.feedback = Feedback(self.layout, config.safety)
         self.policy = PolicySource(config, self.layout, runtime.blending)
         self.teleop = TeleopSource(config, self.layout)
@@ -146,6 +148,11 @@ class Controller:
     def reject_malformed(self, detail: str) -> ChunkOutcome:
         """A message that could not be decoded into a chunk at all."""
         return self.policy.reject("malformed", detail)
+
+    def reject_too_large(self, size_bytes: int, limit_bytes: int) -> ChunkOutcome:
+        """A message refused by its size alone, before anything decoded it."""
+        detail = f"{size_bytes} bytes, more than the {limit_bytes} that safety.max_chunk_actions allows"
+        return self.policy.reject("too_large", detail)
 
     def _plan_state(self) -> np.ndarray:
         command = self.safety.state.position if self.safety.state is not None else self.feedback.measured()

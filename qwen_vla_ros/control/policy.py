@@ -30,7 +30,7 @@ from qwen_vla_ros.embodiments.base import PathTracker, local_to_world
 from qwen_vla_ros.embodiments.ik import ArmIK, apply_ee_delta
 
 REJECTION_REASONS = (
-    "malformed", "wrong_names", "wrong_shape", "too_long", "non_finite", "bad_dt", "unstamped", "future_stamp", "stale",
+    "too_large", "malformed", "wrong_names", "wrong_shape", "too_long", "non_finite", "bad_dt", "unstamped", "future_stamp", "stale",
     "duplicate", "out_of_order", "expired", "no_state", "inactive",
 )
 

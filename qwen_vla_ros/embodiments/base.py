@@ -17,6 +17,11 @@ def wrap_angle(angle: float) -> float:
     return (angle + math.pi) % (2.0 * math.pi) - math.pi
 
 
+def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
+    """The heading of a planar pose given as a unit quaternion (odometry)."""
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
 def local_to_world(origin: np.ndarray, local: np.ndarray) -> np.ndarray:
     """Waypoints (N x 3, robot frame at ``origin``) into the frame ``origin`` is expressed in.
 

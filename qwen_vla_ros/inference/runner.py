@@ -1,6 +1,9 @@
-"""One step of the policy node's inference loop, without ROS.
+"""The policy node's inference loop, without ROS.
 
-``PolicyRunner.step`` is called over and over by the node's inference thread: it applies a
+``PolicyRunner.run`` is the node's inference thread: it calls ``step`` over and over and,
+when nothing was inferred, sleeps until the scheduler says something can be due, or until
+new input wakes it (``wake``), or ``stop``. A failing step is logged and retried a second
+later, since the thread must outlive any one failure. ``PolicyRunner.step`` applies a
 pending instruction (one prefix rebuild), asks the scheduler whether an inference is due,
 takes a synchronised observation, adds the committed actions for real-time chunking, runs
 the model and hands the chunk, stamped with the observation's stamp, to ``publish``.
@@ -10,6 +13,7 @@ camera that is gone is named once every few seconds rather than at every attempt
 from __future__ import annotations
 
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +34,17 @@ from qwen_vla_ros.perception.sync import WAITING, Observation, ObservationSync, 
 WARNING_PERIOD_S = 2.0
 REPORT_WINDOW = 200  # latencies kept for the p50/p99 in diagnostics
 DELAY_PERCENTILE = 90.0
+FAILURE_RETRY_S = 1.0  # after a step raised: wait before the next one
+FAILURE_LOG_PERIOD_S = 5.0
+INPUT_WAIT_S = 0.05  # due, but no usable observation yet: the longest wait for new input
+
+
+class Signal(Protocol):
+    """What ``run`` needs of its stop and wake signals (``threading.Event`` fits)."""
+
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+    def clear(self) -> None: ...
 
 
 class InferencePolicy(Protocol):
@@ -97,6 +112,7 @@ class PolicyRunner:
         self.inference_time = Window(REPORT_WINDOW)
         self.chunk_rate = RateMeter()
         self.throttle = KeyedThrottle(WARNING_PERIOD_S)
+        self._failure_throttle = KeyedThrottle(FAILURE_LOG_PERIOD_S)
         self.last_delay_steps = 0
         self.last_chunk_stamp_ns: int | None = None
         self.last_skip: Skip | None = None
@@ -118,7 +134,26 @@ class PolicyRunner:
             self.log.info(f"mode {mode}: " + ("inferring" if mode == POLICY else "not publishing, model kept warm"))
         return changed
 
-    # ------------------------------------------------------------------ the loop body
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop: Signal, wake: Signal) -> None:
+        """Step until ``stop`` is set; ``wake`` is set by the node whenever new input arrives."""
+        while not stop.is_set():
+            wake.clear()
+            try:
+                result = self.step()
+            except Exception:  # noqa: BLE001 - the inference thread must outlive any one failure
+                if self._failure_throttle.ready("step", self.clock()):
+                    self.log.error(f"inference step failed:\n{traceback.format_exc()}")
+                stop.wait(FAILURE_RETRY_S)
+                continue
+            if result.outcome not in ("wait", "skipped"):
+                continue
+            due_in = self.scheduler.wait_s(self.clock())
+            if due_in > 0:
+                stop.wait(due_in)  # nothing can be due before then
+            else:
+                wake.wait(INPUT_WAIT_S)  # due, but no usable observation yet: wait for new input
+
     def step(self) -> StepResult:
         self._apply_instruction()
         now_ns = self.clock()

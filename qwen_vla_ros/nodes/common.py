@@ -19,6 +19,7 @@ from builtin_interfaces.msg import Duration, Time
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
+from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -30,6 +31,9 @@ from qwen_vla_ros.ros_env import apply_dds_profile, rclpy_origin_problem, securi
 EXIT_BAD_CONFIG = 2
 RCLError = rclpy_implementation.RCLError
 BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "mono8": 1}
+FRAME_ID_ALLOWANCE = 256  # bytes of header.frame_id a chunk message may carry
+LARGE_BUFFER_BYTES = 64 * 1024 * 1024  # heap kept warm for receiving oversized messages
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc <malloc.h>
 log = logging.getLogger(__name__)
 
 
@@ -92,6 +96,51 @@ def trajectory_to_chunk(msg: JointTrajectory, default_dt: float) -> ActionChunk:
     return ActionChunk(actions, tuple(msg.joint_names), dt, time_to_ns(msg.header.stamp))
 
 
+def chunk_message_limit(channel_names: Sequence[str], max_actions: int) -> int:
+    """The most bytes a serialized chunk message may have: a chunk of ``max_actions`` points
+    with every per-point field filled for every channel, plus room for a frame id. Anything
+    larger cannot be a chunk the controller would accept, so it is refused before decoding."""
+    width = len(channel_names)
+    point = JointTrajectoryPoint(positions=[0.0] * width, velocities=[0.0] * width, accelerations=[0.0] * width,
+                                 effort=[0.0] * width)
+    largest = JointTrajectory(joint_names=list(channel_names), points=[point] * max_actions)
+    largest.header.frame_id = "f" * FRAME_ID_ALLOWANCE
+    return len(serialize_message(largest))
+
+
+def decode_chunk_message(data: bytes, default_dt: float) -> ActionChunk:
+    """A serialized ``JointTrajectory`` -> chunk; ValueError when it is not one."""
+    try:
+        message = deserialize_message(data, JointTrajectory)
+    except Exception as exc:  # rclpy raises its RMWError, not a ValueError, for bytes that are not CDR
+        raise ValueError(f"not a serialized JointTrajectory ({len(data)} bytes): {exc}") from exc
+    return trajectory_to_chunk(message, default_dt)
+
+
+def keep_large_buffers(warm_bytes: int = LARGE_BUFFER_BYTES) -> bool:
+    """Let glibc keep large buffers on the heap, warmed, instead of mapping fresh pages for each.
+
+    Receiving a message copies it a few times while rclpy holds the GIL; for a 15 MB one,
+    fresh pages made that 0.2 to 0.45 s on the shared VM, against tens of ms for pages used
+    before (docs/architecture.md, chunk intake). Raising the mmap and trim thresholds keeps
+    freed large blocks for reuse, and touching ``warm_bytes`` once at start-up (on the thread
+    that will receive) faults them in before any message needs them. False where the C
+    library has no ``mallopt`` (not glibc): nothing changes there.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    for option, value in ((M_MMAP_THRESHOLD, warm_bytes), (M_TRIM_THRESHOLD, 2 * warm_bytes), (M_TOP_PAD, warm_bytes // 2)):
+        if not mallopt(option, value):
+            return False
+    bytearray(warm_bytes)  # allocated zeroed (every page touched) and freed back onto the heap
+    return True
+
+
 def image_to_msg(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "") -> Image:
     if encoding not in BYTES_PER_PIXEL:
         raise ValueError(f"unsupported encoding {encoding!r}; use one of {sorted(BYTES_PER_PIXEL)}")
@@ -128,6 +177,28 @@ def msg_to_image(msg: Image) -> np.ndarray:
 
 def joint_positions(msg: JointState) -> dict[str, float]:
     return dict(zip(msg.name, msg.position))
+
+
+def call_trigger_logged(node: Node, client: Any, label: str, provider: str) -> None:
+    """Call a Trigger service without waiting: the answer (or the failure) is logged when it comes,
+    so a button never blocks the callback that pressed it."""
+    from std_srvs.srv import Trigger
+
+    if not client.service_is_ready():
+        node.get_logger().warning(f"{label}: {client.srv_name} is not available (is {provider} running?)")
+        return
+    node.get_logger().info(f"{label}: calling {client.srv_name}")
+
+    def answered(future: Any) -> None:
+        response = future.result()
+        if response is None:
+            node.get_logger().warning(f"{client.srv_name} failed: {future.exception()}")
+        elif response.success:
+            node.get_logger().info(f"{client.srv_name}: {response.message}")
+        else:
+            node.get_logger().warning(f"{client.srv_name} refused: {response.message}")
+
+    client.call_async(Trigger.Request()).add_done_callback(answered)
 
 
 def string_list_parameter(node: Node, name: str) -> list[str]:

@@ -4,16 +4,13 @@ Executables ``aloha_controller``, ``widowx_controller`` and ``base_controller`` 
 node with a different default embodiment (Mobile ALOHA: ``aloha_controller`` with
 ``config:=aloha_mobile``).
 
-The control loop runs on a thread of its own that sleeps to absolute deadlines on the
-monotonic clock (:mod:`qwen_vla_ros.control.pacing`); under ``use_sim_time`` it is a ROS
-timer instead, so it follows ``/clock``. The thread runs at ``control.realtime_priority``
-(SCHED_FIFO) where the host allows it; the executor is rclpy's C++ EventsExecutor where
-rclpy has one, so callbacks hold the GIL only while their Python runs; and Python's switch
-interval is cut to 50 us so that the loop, woken at its deadline, gets the GIL soon
-(docs/benchmarks.md, controller loop). Chunks are prepared (converted, interpolated, IK for
-WidowX deltas: 8 ms p50 for a 4-action chunk) on a thread of their own, so that on the
-single-threaded EventsExecutor a chunk never delays a Joy or joint-state callback. The core
-is guarded by one lock that no slow work holds (chunk preparation happens outside it).
+The loop, its lock and the chunk intake are :class:`qwen_vla_ros.control.loop.ControlLoop`
+(no ROS): a thread sleeping to absolute deadlines at ``control.realtime_priority``
+(SCHED_FIFO) where the host allows it, or under ``use_sim_time`` a ROS timer that follows
+``/clock``. Chunks arrive serialized (a raw subscription), are sized before anything decodes
+them, wait in a bounded queue that keeps the newest, and are decoded and prepared on a
+thread of their own. The executor is rclpy's C++ EventsExecutor where rclpy has one and the
+GIL switch interval is cut to 50 us (docs/architecture.md, control loops).
 
 Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
 core's arbiter; the mode goes out on ``/qwen_vla/mode`` (std_msgs/String, transient local)
@@ -26,12 +23,8 @@ logged when it comes, so no button ever waits on the recorder.
 """
 from __future__ import annotations
 
-import math
-import os
-import queue
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from functools import partial
 
@@ -41,24 +34,28 @@ from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.task import Future
 from sensor_msgs.msg import Joy, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.control import ControlOutput, Controller
 from qwen_vla_ros.control.arbitration import Transition
-from qwen_vla_ros.control.pacing import Deadlines
+from qwen_vla_ros.control.loop import ControlLoop, LoopClock, Period
+from qwen_vla_ros.embodiments.base import yaw_from_quaternion
 from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
 from qwen_vla_ros.nodes.common import (
+    call_trigger_logged,
+    chunk_message_limit,
     declare_configs,
+    decode_chunk_message,
+    keep_large_buffers,
     low_latency_spinner,
     ns_to_time,
     run_node,
     seconds_to_duration,
     time_to_ns,
-    trajectory_to_chunk,
 )
 from qwen_vla_ros.nodes.heartbeat import Heartbeat
 from qwen_vla_ros.recording.topics import MODE_TOPIC, TRIAL_SERVICES
@@ -73,22 +70,37 @@ EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostic
 GIL_SWITCH_INTERVAL_S = 0.00005
 
 
-def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
-    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
-
-
 class ControllerNode(Node):
     def __init__(self, default_embodiment: str = "aloha") -> None:
         super().__init__("qwen_vla_controller")
         embodiment, runtime = declare_configs(self, default_embodiment)
         state_rate = float(self.declare_parameter("state_rate_hz", 2.0).value)
         committed_rate = float(self.declare_parameter("committed_rate_hz", 50.0).value)
-        self.core = Controller(embodiment, runtime)
+        try:
+            self.core = Controller(embodiment, runtime)
+        except (KeyError, ValueError) as exc:  # built from config alone: whatever it refuses is bad config
+            raise ConfigError(embodiment.name, [str(exc)]) from exc
         self.names = list(self.core.layout.names)
-        self.lock = threading.Lock()
         adapters = make_adapters(self, self.core.layout, embodiment.outputs, self.core.period_s)
         self.base_adapters = [a for a in adapters if isinstance(a, TwistAdapter)]
         self.arm_adapters = [a for a in adapters if not isinstance(a, TwistAdapter)]
+
+        publish_committed = committed_rate > 0 and self.core.layout.commands_are_actions
+        if committed_rate > 0 and not publish_committed:
+            self.get_logger().info(f"{embodiment.name}: no {COMMITTED_TOPIC}, its commands {self.names} are not its "
+                                   "action channels (real-time chunking is off for it)")
+        self.loop: ControlLoop[bytes] = ControlLoop(
+            self.core,
+            decode=partial(decode_chunk_message, default_dt=embodiment.control.action_dt),
+            publish=self._publish_period,
+            log=self.get_logger(),
+            max_message_bytes=chunk_message_limit(embodiment.action.names, embodiment.safety.max_chunk_actions),
+            queue_depth=runtime.blending.queue_depth,
+            committed_every=max(1, round(embodiment.control.rate_hz / committed_rate)) if publish_committed else 0,
+            clock=LoopClock(now_ns=self._now),
+            alive=self.context.ok,
+        )
+        self.lock = self.loop.lock
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -105,9 +117,9 @@ class ControllerNode(Node):
         if self.core.layout.base is not None:
             self.create_subscription(Odometry, embodiment.base.odom_topic, self._on_odometry, qos_profile_sensor_data,
                                      callback_group=inputs)
-        self.chunk_queue: queue.SimpleQueue[JointTrajectory | None] = queue.SimpleQueue()
-        self.chunk_thread = threading.Thread(target=self._chunk_worker, name="chunks", daemon=True)
-        self.create_subscription(JointTrajectory, CHUNK_TOPIC, self.chunk_queue.put, reliable, callback_group=inputs)
+        # Serialized: the size is judged before anything decodes it, and decoding is the intake thread's.
+        self.create_subscription(JointTrajectory, CHUNK_TOPIC, lambda data: self.loop.submit(data, len(data)), reliable,
+                                 callback_group=inputs, raw=True)
         self.create_subscription(Bool, embodiment.safety.estop_topic, self._on_estop, latched, callback_group=inputs)
         self.create_service(Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset, callback_group=inputs)
         # Chunks carry the policy host's observation stamps: this is where a clock offset bites.
@@ -126,24 +138,10 @@ class ControllerNode(Node):
         self.published_mode: str | None = None
         self._publish_mode([])
 
-        publish_committed = committed_rate > 0 and self.core.layout.commands_are_actions
-        self.committed_every = max(1, round(embodiment.control.rate_hz / committed_rate)) if publish_committed else 0
-        if committed_rate > 0 and not publish_committed:
-            self.get_logger().info(f"{embodiment.name}: no {COMMITTED_TOPIC}, its commands {self.names} are not its "
-                                   "action channels (real-time chunking is off for it)")
-        self.periods = 0
-        self.chunk_thread.start()
-        self.deadlines = Deadlines(self.core.period_ns, time.monotonic_ns())
-        self.stopping = threading.Event()
-        # Released by the Joy callback at a takeover; the loop sleeps on it instead of time.sleep.
-        self.takeover = threading.Lock()
-        self.takeover.acquire()
-        self.loop_thread: threading.Thread | None = None
-        if self.get_parameter("use_sim_time").value:
-            self.create_timer(self.core.period_s, self._control_period, callback_group=MutuallyExclusiveCallbackGroup())
-        else:
-            self.loop_thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
-            self.loop_thread.start()
+        sim_time = bool(self.get_parameter("use_sim_time").value)
+        if sim_time:
+            self.create_timer(self.core.period_s, self.loop.run_period, callback_group=MutuallyExclusiveCallbackGroup())
+        self.loop.start(paced=not sim_time)
         self.create_timer(1.0 / state_rate, self._publish_state, callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
             f"{embodiment.name}: {len(self.names)} command channels at {embodiment.control.rate_hz:g} Hz, "
@@ -175,32 +173,6 @@ class ControllerNode(Node):
         except ValueError as exc:
             self.get_logger().warning(f"ignoring odometry: {exc}", throttle_duration_sec=2.0)
 
-    def _chunk_worker(self) -> None:
-        """Chunks in arrival order, off the executor; None (from destroy_node) ends it."""
-        while (message := self.chunk_queue.get()) is not None:
-            try:
-                self._on_chunk(message)
-            except Exception as exc:  # noqa: BLE001 - one bad chunk must not stop the chunks after it
-                self.get_logger().error(f"chunk handling failed: {exc!r}", throttle_duration_sec=1.0)
-
-    def _on_chunk(self, message: JointTrajectory) -> None:
-        now = self._now()
-        try:
-            chunk = trajectory_to_chunk(message, self.core.config.control.action_dt)
-        except ValueError as exc:
-            with self.lock:
-                outcome = self.core.reject_malformed(str(exc))
-        else:
-            with self.lock:
-                context = self.core.chunk_context(chunk)
-            prepared = self.core.prepare(chunk, now, context)  # IK, outside the lock
-            with self.lock:
-                outcome = self.core.accept(prepared, self._now())
-        if not outcome.accepted:
-            self.get_logger().warning(f"rejected action chunk ({outcome.reason}): {outcome.detail}", throttle_duration_sec=1.0)
-        for warning in outcome.warnings:
-            self.get_logger().warning(warning, throttle_duration_sec=1.0)
-
     def _on_joy(self, message: Joy) -> None:
         try:
             with self.lock:
@@ -212,13 +184,13 @@ class ControllerNode(Node):
             return
         self._publish_mode(transitions)
         if any(transition.mode == "teleop" for transition in outcome.transitions):
-            self._serve_takeover()
+            self.loop.wake()  # the operator's first command goes out now, not at the next period
         for event in outcome.events:
             if event == "estop":
                 self.estop_pub.publish(Bool(data=True))
                 self.get_logger().error("e-stop button: e-stop engaged, holding until /qwen_vla/estop/reset is called")
             elif event in self.trial_clients:
-                self._call_trial_service(event)
+                call_trigger_logged(self, self.trial_clients[event], f"{event} button", "trial_recorder")
             elif event in ("arm_select", "jog_mode"):
                 self.get_logger().info(f"teleop: {jog}")
             elif event == "resume_ignored":
@@ -230,23 +202,6 @@ class ControllerNode(Node):
                 self.core.update_leader(arm, message.name, message.position, self._now())
         except (KeyError, ValueError) as exc:
             self.get_logger().warning(f"ignoring leader joint state: {exc}", throttle_duration_sec=2.0)
-
-    def _call_trial_service(self, event: str) -> None:
-        client = self.trial_clients[event]
-        if not client.service_is_ready():
-            self.get_logger().warning(f"{event} button: {client.srv_name} is not available (is trial_recorder running?)")
-            return
-        self.get_logger().info(f"{event} button: calling {client.srv_name}")
-        client.call_async(Trigger.Request()).add_done_callback(partial(self._trial_answer, client.srv_name))
-
-    def _trial_answer(self, service: str, future: Future) -> None:
-        response = future.result()
-        if response is None:
-            self.get_logger().warning(f"{service} failed: {future.exception()}")
-        elif response.success:
-            self.get_logger().info(f"{service}: {response.message}")
-        else:
-            self.get_logger().warning(f"{service} refused: {response.message}")
 
     def _publish_mode(self, transitions: list[Transition]) -> None:
         """Publish the arbitration mode if it changed; ``transitions`` are logged with their reasons."""
@@ -272,74 +227,23 @@ class ControllerNode(Node):
         return response
 
     # -- outputs ------------------------------------------------------------------------
-    def _serve_takeover(self) -> None:
-        """The operator's first command goes out now, not at the next period."""
-        if self.loop_thread is None:  # sim time: the period runs here, on the simulated clock
-            self._control_period(scheduled=False)
-        else:
-            self._wake_loop()
-
-    def _wake_loop(self) -> None:
-        try:
-            self.takeover.release()
-        except RuntimeError:
-            pass  # already woken: one early period serves every takeover before it
-
-    def _raise_priority(self) -> None:
-        priority = self.core.config.control.realtime_priority
-        if not priority:
-            return
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # this thread only
-        except OSError as exc:  # PermissionError without an rtprio limit
-            self.get_logger().warning(
-                f"control loop at normal priority: SCHED_FIFO {priority} refused ({exc}); allow it with an rtprio "
-                "limit (/etc/security/limits.d) or CAP_SYS_NICE, or set control.realtime_priority: 0"
-            )
-        else:
-            self.get_logger().info(f"control loop thread at SCHED_FIFO priority {priority}")
-
-    def _control_loop(self) -> None:
-        self._raise_priority()
-        while not self.stopping.is_set() and self.context.ok():
-            wait_ns = self.deadlines.wait_ns(time.monotonic_ns())
-            scheduled = not (wait_ns and self.takeover.acquire(timeout=wait_ns / 1e9))
-            if self.stopping.is_set():
-                break
-            if not scheduled:
-                self.deadlines.restart(time.monotonic_ns())
-            self.takeover.acquire(blocking=False)  # a takeover this period now serves is not served twice
-            try:
-                self._control_period(scheduled)
-            except Exception as exc:  # noqa: BLE001 - a dead loop would leave the robot on its last command
-                self.get_logger().error(f"control period failed: {exc!r}", throttle_duration_sec=1.0)
-
     def destroy_node(self) -> None:
-        self.stopping.set()
-        self._wake_loop()  # so it sees the stop at once
-        self.chunk_queue.put(None)
-        self.chunk_thread.join(timeout=1.0)
-        if self.loop_thread is not None:
-            self.loop_thread.join(timeout=1.0)
+        loop = getattr(self, "loop", None)  # None when a bad config stopped the constructor before it
+        if loop is not None:
+            loop.stop()
         super().destroy_node()
 
-    def _control_period(self, scheduled: bool = True) -> None:
-        now = self._now()
-        with self.lock:
-            output = self.core.step(now, scheduled)
-            transitions = self.core.take_transitions()
-            publish_committed = output is not None and self.committed_every and self.periods % self.committed_every == 0
-            committed = self.core.committed(now) if publish_committed else None
-        self.periods += 1
-        if transitions:
-            self._publish_mode(transitions)
+    def _publish_period(self, period: Period) -> None:
+        if period.transitions:
+            self._publish_mode(period.transitions)
+        output = period.output
         if output is None:
             return
         for adapter in self.arm_adapters + (self.base_adapters if output.send_base else []):
             adapter.send(output.positions)
         self.command_pub.publish(self._command_message(output))
-        if committed is not None:
-            self.committed_pub.publish(self._committed_message(now, committed))
+        if period.committed is not None:
+            self.committed_pub.publish(self._committed_message(period.now_ns, period.committed))
 
     def _command_message(self, output: ControlOutput) -> JointState:
         message = JointState(name=self.names, position=output.positions.tolist(), velocity=output.velocities.tolist())
@@ -358,8 +262,7 @@ class ControllerNode(Node):
 
     def _publish_state(self) -> None:
         now = self._now()
-        with self.lock:
-            status = self.core.status(now)
+        status = self.loop.status(now)
         status.update(self.heartbeat.figures())
         level = {"estop": DiagnosticStatus.ERROR, "stale": DiagnosticStatus.WARN, "waiting": DiagnosticStatus.WARN}
         diagnostic = DiagnosticStatus(
@@ -377,6 +280,7 @@ class ControllerNode(Node):
 
 def _main(default_embodiment: str, args: Sequence[str] | None) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    keep_large_buffers()  # an oversized chunk is still received (then refused): keep that cheap for the loop
     return run_node(
         ControllerNode,
         args,

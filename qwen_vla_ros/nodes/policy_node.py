@@ -1,7 +1,7 @@
 """policy_node: cameras and joint states in, action chunks out, on its own inference thread.
 
-Subscription callbacks only check and store messages (``perception.sync``); a dedicated
-thread runs ``inference.runner.PolicyRunner.step`` over and over, which decides when to
+Subscription callbacks only check and store messages (``perception.sync``) and wake the
+inference thread, which runs ``inference.runner.PolicyRunner.run``: it decides when to
 infer, builds the observation, runs the model and publishes the chunk on
 /qwen_vla/action_chunk (stamp = observation stamp). See the README node table for topics
 and parameters.
@@ -11,7 +11,6 @@ and parameters.
 from __future__ import annotations
 
 import threading
-import traceback
 from collections import Counter
 from collections.abc import Sequence
 
@@ -113,7 +112,8 @@ class PolicyNode(Node):
         self.default_instruction = runtime.instruction
         self.add_on_set_parameters_callback(self._on_parameters)
         self.create_timer(1.0, self._report)
-        self.worker = threading.Thread(target=self._run, name="policy_inference", daemon=True)
+        self.worker = threading.Thread(target=self.runner.run, args=(self._stop, self._wake), name="policy_inference",
+                                       daemon=True)
         self.worker.start()
         self.get_logger().info(
             f"{embodiment.name}: {len(self.cameras)} cameras -> {self.input_size[1]}x{self.input_size[0]}, "
@@ -186,24 +186,7 @@ class PolicyNode(Node):
                 self._wake.set()
         return SetParametersResult(successful=True)
 
-    # ------------------------------------------------------------------ inference thread
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                result = self.runner.step()
-            except Exception:  # noqa: BLE001 - the inference thread must outlive any one failure
-                self.get_logger().error(f"inference step failed:\n{traceback.format_exc()}", throttle_duration_sec=5.0)
-                self._stop.wait(1.0)
-                continue
-            if result.outcome not in ("wait", "skipped"):
-                continue
-            due_in = self.runner.scheduler.wait_s(self._now_ns())
-            if due_in > 0:
-                self._stop.wait(due_in)  # nothing can be due before then
-            else:
-                self._wake.wait(0.05)  # due, but no usable observation yet: wait for new input
-
+    # ------------------------------------------------------------------ outputs
     def _publish(self, chunk: ActionChunk) -> None:
         self.chunk_pub.publish(chunk_to_trajectory(chunk))
 
