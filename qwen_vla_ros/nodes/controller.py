@@ -35,39 +35,45 @@ import time
 from collections.abc import Sequence
 from functools import partial
 
-import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.task import Future
 from sensor_msgs.msg import Joy, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import JointTrajectory
 
+from qwen_vla_ros.contract import (
+    ACTION_CHUNK,
+    COMMAND,
+    COMMITTED,
+    CONTROLLER_STATE,
+    DIAGNOSTICS,
+    ESTOP_RESET,
+    MODE,
+    TRIAL_SERVICES,
+    NodeRole,
+    role_view,
+)
 from qwen_vla_ros.control import ControlOutput, Controller
 from qwen_vla_ros.control.arbitration import Transition
 from qwen_vla_ros.control.pacing import Deadlines
 from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
-from qwen_vla_ros.nodes.common import (
-    declare_configs,
-    low_latency_spinner,
-    ns_to_time,
-    run_node,
-    seconds_to_duration,
-    time_to_ns,
+from qwen_vla_ros.nodes.common import declare_configs, low_latency_spinner, ns_to_time, run_node, time_to_ns
+from qwen_vla_ros.nodes.heartbeat import Heartbeat
+from qwen_vla_ros.nodes.ros_contract import (
+    Level,
+    committed_to_trajectory,
+    create_client,
+    create_publisher,
+    create_service,
+    create_subscription,
+    diagnostic_array,
+    diagnostic_status,
     trajectory_to_chunk,
 )
-from qwen_vla_ros.nodes.heartbeat import Heartbeat
-from qwen_vla_ros.recording.topics import MODE_TOPIC, TRIAL_SERVICES
 
-CHUNK_TOPIC = "/qwen_vla/action_chunk"
-COMMAND_TOPIC = "/qwen_vla/controller/command"
-COMMITTED_TOPIC = "/qwen_vla/controller/committed"
-STATE_TOPIC = "/qwen_vla/controller/state"
-ESTOP_RESET_SERVICE = "/qwen_vla/estop/reset"
 EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostics, none waits for another
 # A thread waking at its deadline waits for the GIL about this long (Python's default: 5 ms).
 GIL_SWITCH_INTERVAL_S = 0.00005
@@ -90,38 +96,33 @@ class ControllerNode(Node):
         self.base_adapters = [a for a in adapters if isinstance(a, TwistAdapter)]
         self.arm_adapters = [a for a in adapters if not isinstance(a, TwistAdapter)]
 
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.command_pub = self.create_publisher(JointState, COMMAND_TOPIC, reliable)
-        self.committed_pub = self.create_publisher(JointTrajectory, COMMITTED_TOPIC, reliable)
-        self.state_pubs = [self.create_publisher(DiagnosticArray, topic, 10) for topic in (STATE_TOPIC, "/diagnostics")]
+        inbound = {topic.name: topic for topic in role_view(NodeRole.CONTROLLER, embodiment).subscribes}
+        estop = inbound[embodiment.safety.estop_topic]
+        self.command_pub = create_publisher(self, COMMAND)
+        self.committed_pub = create_publisher(self, COMMITTED)
+        self.state_pubs = [create_publisher(self, topic) for topic in (CONTROLLER_STATE, DIAGNOSTICS)]
 
         inputs = ReentrantCallbackGroup()
         for arm in self.core.layout.arms:
-            self.create_subscription(
-                JointState, arm.arm.joint_state_topic, lambda m, name=arm.name: self._on_joint_state(name, m),
-                qos_profile_sensor_data, callback_group=inputs,
-            )
+            create_subscription(self, inbound[arm.arm.joint_state_topic],
+                                lambda m, name=arm.name: self._on_joint_state(name, m), callback_group=inputs)
         if self.core.layout.base is not None:
-            self.create_subscription(Odometry, embodiment.base.odom_topic, self._on_odometry, qos_profile_sensor_data,
-                                     callback_group=inputs)
+            create_subscription(self, inbound[embodiment.base.odom_topic], self._on_odometry, callback_group=inputs)
         self.chunk_queue: queue.SimpleQueue[JointTrajectory | None] = queue.SimpleQueue()
         self.chunk_thread = threading.Thread(target=self._chunk_worker, name="chunks", daemon=True)
-        self.create_subscription(JointTrajectory, CHUNK_TOPIC, self.chunk_queue.put, reliable, callback_group=inputs)
-        self.create_subscription(Bool, embodiment.safety.estop_topic, self._on_estop, latched, callback_group=inputs)
-        self.create_service(Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset, callback_group=inputs)
+        create_subscription(self, ACTION_CHUNK, self.chunk_queue.put, callback_group=inputs)
+        create_subscription(self, estop, self._on_estop, callback_group=inputs)
+        create_service(self, ESTOP_RESET, self._on_estop_reset, callback_group=inputs)
         # Chunks carry the policy host's observation stamps: this is where a clock offset bites.
         self.heartbeat = Heartbeat(self, runtime.clock_check, callback_group=inputs)
 
-        # Best effort matches joy_node's reliable publisher as well as best-effort ones.
-        self.create_subscription(Joy, embodiment.teleop.joy_topic, self._on_joy,
-                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT), callback_group=inputs)
+        create_subscription(self, inbound[embodiment.teleop.joy_topic], self._on_joy, callback_group=inputs)
         for arm in self.core.teleop.leaders.arms:  # empty unless leader_follow is enabled
-            self.create_subscription(JointState, embodiment.teleop.leader_follow.topics[arm],
-                                     lambda m, name=arm: self._on_leader(name, m), qos_profile_sensor_data, callback_group=inputs)
-        self.estop_pub = self.create_publisher(Bool, embodiment.safety.estop_topic, latched)
-        self.mode_pub = self.create_publisher(String, MODE_TOPIC, latched)
-        self.trial_clients = {event: self.create_client(Trigger, name) for event, name in TRIAL_SERVICES.items()}
+            create_subscription(self, inbound[embodiment.teleop.leader_follow.topics[arm]],
+                                lambda m, name=arm: self._on_leader(name, m), callback_group=inputs)
+        self.estop_pub = create_publisher(self, estop)
+        self.mode_pub = create_publisher(self, MODE)
+        self.trial_clients = {event: create_client(self, service) for event, service in TRIAL_SERVICES.items()}
         self.mode_lock = threading.Lock()
         self.published_mode: str | None = None
         self._publish_mode([])
@@ -129,7 +130,7 @@ class ControllerNode(Node):
         publish_committed = committed_rate > 0 and self.core.layout.commands_are_actions
         self.committed_every = max(1, round(embodiment.control.rate_hz / committed_rate)) if publish_committed else 0
         if committed_rate > 0 and not publish_committed:
-            self.get_logger().info(f"{embodiment.name}: no {COMMITTED_TOPIC}, its commands {self.names} are not its "
+            self.get_logger().info(f"{embodiment.name}: no {COMMITTED.name}, its commands {self.names} are not its "
                                    "action channels (real-time chunking is off for it)")
         self.periods = 0
         self.chunk_thread.start()
@@ -216,7 +217,7 @@ class ControllerNode(Node):
         for event in outcome.events:
             if event == "estop":
                 self.estop_pub.publish(Bool(data=True))
-                self.get_logger().error("e-stop button: e-stop engaged, holding until /qwen_vla/estop/reset is called")
+                self.get_logger().error(f"e-stop button: e-stop engaged, holding until {ESTOP_RESET.name} is called")
             elif event in self.trial_clients:
                 self._call_trial_service(event)
             elif event in ("arm_select", "jog_mode"):
@@ -262,7 +263,7 @@ class ControllerNode(Node):
         if message.data:
             with self.lock:
                 self.core.engage_estop()
-            self.get_logger().error("e-stop engaged: holding until /qwen_vla/estop/reset is called")
+            self.get_logger().error(f"e-stop engaged: holding until {ESTOP_RESET.name} is called")
 
     def _on_estop_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self.lock:
@@ -339,21 +340,11 @@ class ControllerNode(Node):
             adapter.send(output.positions)
         self.command_pub.publish(self._command_message(output))
         if committed is not None:
-            self.committed_pub.publish(self._committed_message(now, committed))
+            self.committed_pub.publish(committed_to_trajectory(now, self.names, committed, self.core.period_s))
 
     def _command_message(self, output: ControlOutput) -> JointState:
         message = JointState(name=self.names, position=output.positions.tolist(), velocity=output.velocities.tolist())
         message.header.stamp = ns_to_time(output.stamp_ns)
-        return message
-
-    def _committed_message(self, now: int, rows: np.ndarray) -> JointTrajectory:
-        message = JointTrajectory(joint_names=self.names)
-        message.header.stamp = ns_to_time(now)
-        period = self.core.period_s
-        message.points = [
-            JointTrajectoryPoint(positions=row.tolist(), time_from_start=seconds_to_duration((k + 1) * period))
-            for k, row in enumerate(rows)
-        ]
         return message
 
     def _publish_state(self) -> None:
@@ -361,16 +352,10 @@ class ControllerNode(Node):
         with self.lock:
             status = self.core.status(now)
         status.update(self.heartbeat.figures())
-        level = {"estop": DiagnosticStatus.ERROR, "stale": DiagnosticStatus.WARN, "waiting": DiagnosticStatus.WARN}
-        diagnostic = DiagnosticStatus(
-            level=level.get(str(status["mode"]), DiagnosticStatus.OK),
-            name="qwen_vla/controller",
-            message=str(status["mode"]),
-            hardware_id=self.core.config.name,
-            values=[KeyValue(key=key, value=str(value)) for key, value in status.items()],
-        )
-        message = DiagnosticArray(status=[diagnostic])
-        message.header.stamp = ns_to_time(now)
+        level = {"estop": Level.ERROR, "stale": Level.WARN, "waiting": Level.WARN}
+        diagnostic = diagnostic_status("qwen_vla/controller", str(status["mode"]), status,
+                                       level.get(str(status["mode"]), Level.OK), self.core.config.name)
+        message = diagnostic_array([diagnostic], now)
         for publisher in self.state_pubs:
             publisher.publish(message)
 
