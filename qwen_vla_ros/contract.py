@@ -112,7 +112,8 @@ HEARTBEAT = Topic(
 )
 MODE = Topic(
     "/qwen_vla/mode", "std_msgs/msg/String", QosKind.LATCHED, _roles(C), _roles(P, R, M),
-    "arbitration mode at each change: policy | teleop | hold",
+    "arbitration mode at each change: policy | teleop | hold; the policy infers only in policy, the recorder counts "
+    "takeovers",
 )
 INSTRUCTION = Topic(
     "/qwen_vla/instruction", "std_msgs/msg/String", QosKind.RELIABLE, _roles(OP), _roles(P, R),
@@ -124,7 +125,8 @@ SIM_SUCCESS = Topic(
 )
 NEXT_CONDITION = Topic(
     "/qwen_vla/trial/next_condition", "std_msgs/msg/String", QosKind.LATCHED, _roles(R), _roles(OP),
-    "JSON of the protocol's next condition for the operator",
+    "JSON {protocol, condition, instruction, slot, total, completed, remaining, done, source} of the protocol's next "
+    "condition, for the operator",
 )
 CLOCK = Topic(
     "/clock", "rosgraph_msgs/msg/Clock", QosKind.RELIABLE, _roles(S), _roles(C, P, R),
@@ -138,7 +140,7 @@ RUNTIME_TOPICS: tuple[Topic, ...] = (
 
 ESTOP_RESET = Service(
     "/qwen_vla/estop/reset", "std_srvs/srv/Trigger", _roles(C), _roles(OP),
-    "clears a latched e-stop; motion resumes with a ramp from the measured state",
+    "clears a latched e-stop (and publishes false on the e-stop topic); motion resumes with a ramp from the measured state",
 )
 TRIAL_START = Service("/qwen_vla/trial/start", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP, M), "starts a trial")
 TRIAL_SUCCESS = Service(
@@ -152,7 +154,8 @@ TRIAL_ABORT = Service(
 )
 SIM_RESET = Service(
     "/qwen_vla/sim/reset", "std_srvs/srv/Trigger", _roles(S), _roles(OP, M),
-    "resets the sim with task randomisation; message = JSON of the conditions drawn",
+    "resets the sim with task randomisation; message = JSON of the conditions drawn (seed, reset, object_pose "
+    "[x, y, z, yaw], optional light_scale, table_rgb)",
 )
 
 SERVICES: tuple[Service, ...] = (ESTOP_RESET, TRIAL_START, TRIAL_SUCCESS, TRIAL_FAILURE, TRIAL_ABORT, SIM_RESET)

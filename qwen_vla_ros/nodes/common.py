@@ -73,13 +73,8 @@ def declare_configs(node: Node, default_embodiment: str) -> tuple[EmbodimentConf
 
 
 class YieldingMultiThreadedExecutor(MultiThreadedExecutor):
-    """MultiThreadedExecutor that releases the GIL after handing each callback to its pool.
-
-    rclpy before 10.0.4 (ros2/rclpy#1452, fixed by #1547) re-yields callbacks that are
-    queued but not yet started, so with subscriptions present its spin thread busy-loops,
-    holding the GIL: measured here, 79% CPU and a 50 Hz timer firing at 15-20 Hz. Yielding
-    after each hand-off lets the workers start: 9% CPU and the full 50 Hz.
-    """
+    """MultiThreadedExecutor that releases the GIL after handing each callback to its pool,
+    against rclpy's busy loop (ros2/rclpy#1452; docs/architecture.md, "Executors and timing")."""
 
     def _spin_once_impl(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -101,8 +96,7 @@ class Spinner(Protocol):
 class EventsSpinner:
     """rclpy's EventsExecutor (``rclpy.experimental``, rclpy 9 / Kilted on), spun with ``spin_once``.
 
-    It waits and dispatches in C++, so between callbacks the GIL is free: a loop thread of
-    the node's own then wakes on time (docs/benchmarks.md, controller loop). Its ``spin()``
+    Why the controllers use it: docs/architecture.md, "Executors and timing". Its ``spin()``
     in rclpy 9.1.2 never fires timers (a 50 Hz timer: no call in 3 s, where ``spin_once``
     gives 150), hence the loop here. Callbacks run one at a time, on the spinning thread.
     """
@@ -136,14 +130,11 @@ def run_node(
     executor_factory: Callable[[], Spinner] = YieldingMultiThreadedExecutor,
     **kwargs: Any,
 ) -> int:
-    """Init rclpy with the shipped DDS profile, spin a MultiThreadedExecutor, shut down cleanly.
+    """Init rclpy with the shipped DDS profile, spin ``executor_factory()``, shut down cleanly.
 
-    Nodes put their control loops in their own callback groups; the multi-threaded executor
-    then keeps a slow callback (inference, disk) from delaying them; its thread count should
-    cover every group that may be busy at once. Nodes that do their heavy work on threads of
-    their own and receive camera frames (policy_node, camera_node) pass
-    ``SingleThreadedExecutor``: rclpy's multi-threaded executor costs several times the CPU per
-    message and drops frames under load (docs/benchmarks.md, camera latency).
+    Slow callbacks get their own callback groups, so the multi-threaded executor keeps them
+    from delaying the others; which node spins which executor, and why: docs/architecture.md,
+    "Executors and timing".
     """
     apply_dds_profile()
     problem = rclpy_origin_problem(rclpy.__file__)

@@ -6,14 +6,10 @@ node with a different default embodiment (Mobile ALOHA: ``aloha_controller`` wit
 
 The control loop runs on a thread of its own that sleeps to absolute deadlines on the
 monotonic clock (:mod:`qwen_vla_ros.control.pacing`); under ``use_sim_time`` it is a ROS
-timer instead, so it follows ``/clock``. The thread runs at ``control.realtime_priority``
-(SCHED_FIFO) where the host allows it; the executor is rclpy's C++ EventsExecutor where
-rclpy has one, so callbacks hold the GIL only while their Python runs; and Python's switch
-interval is cut to 50 us so that the loop, woken at its deadline, gets the GIL soon
-(docs/benchmarks.md, controller loop). Chunks are prepared (converted, interpolated, IK for
-WidowX deltas: 8 ms p50 for a 4-action chunk) on a thread of their own, so that on the
-single-threaded EventsExecutor a chunk never delays a Joy or joint-state callback. The core
-is guarded by one lock that no slow work holds (chunk preparation happens outside it).
+timer instead, so it follows ``/clock``. Why the EventsExecutor, SCHED_FIFO on the loop
+thread, the 50 us GIL switch interval and the chunk thread: docs/architecture.md,
+"Executors and timing". The core is guarded by one lock that no slow work holds (chunk
+preparation happens outside it).
 
 Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
 core's arbiter; the mode goes out on ``/qwen_vla/mode`` (std_msgs/String, transient local)
@@ -75,7 +71,7 @@ from qwen_vla_ros.nodes.ros_contract import (
 )
 
 EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostics, none waits for another
-# A thread waking at its deadline waits for the GIL about this long (Python's default: 5 ms).
+# Python's default is 5 ms; why 50 us: docs/architecture.md, "Executors and timing".
 GIL_SWITCH_INTERVAL_S = 0.00005
 
 

@@ -220,8 +220,7 @@ class PolicyNode(Node):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    # Callbacks only store messages and inference has its own thread: one executor thread is
-    # enough and costs far less per camera frame than rclpy's multi-threaded executor.
+    # Callbacks only store messages, inference has its own thread (docs/architecture.md, "Executors and timing").
     return run_node(PolicyNode, args, executor_factory=SingleThreadedExecutor)
 
 

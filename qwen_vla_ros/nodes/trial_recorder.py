@@ -241,8 +241,7 @@ class TrialRecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    # Callbacks only enqueue, so one thread suffices; rclpy's MultiThreadedExecutor costs
-    # enough per callback that, GIL-bound, it lost 4-7% of the 4-camera benchmark stream.
+    # Callbacks only enqueue: one thread (docs/architecture.md, "Executors and timing").
     return run_node(TrialRecorderNode, args, executor_factory=SingleThreadedExecutor)
 
 
