@@ -178,6 +178,7 @@ def test_running_nodes_have_exactly_their_contract_endpoints(ros_domain, tiny_ch
 
     from qwen_vla_ros.nodes.camera_node import CameraNode
     from qwen_vla_ros.nodes.policy_node import PolicyNode
+    from qwen_vla_ros.nodes.ros_contract import PUBLISHER_QOS, SUBSCRIPTION_QOS
 
     aloha = load_embodiment("aloha", dict([parse_override(FORWARD)]))
     camera_overrides = [f"cameras.0.source={{type: video, path: {write_folder(tmp_path / 'frames', 3, 64, 48)}}}",
@@ -217,7 +218,9 @@ def test_running_nodes_have_exactly_their_contract_endpoints(ros_domain, tiny_ch
         while time.monotonic() < deadline:
             dead = {name: child for name, child in children.items() if child.poll() is not None}
             assert not dead, {name: child.communicate()[0][-3000:] for name, child in dead.items()}
-            actual = {name: _graph(probe, name) for name in [*expected, "trial_recorder"]}
+            running = {name for name, namespace in probe.get_node_names_and_namespaces() if namespace == "/"}
+            actual = {name: _graph(probe, name) if name in running else (set(), set(), set(), set())
+                      for name in [*expected, "trial_recorder"]}
             published = {topic for topic, _ in probe.get_topic_names_and_types() if probe.count_publishers(topic)}
             recorder_expected = (recorder_contract[0], {s for s in recorder_contract[1] if s[0] in published},
                                  *recorder_contract[2:])
@@ -229,6 +232,17 @@ def test_running_nodes_have_exactly_their_contract_endpoints(ros_domain, tiny_ch
                 assert got == contract, f"{name} {kind}: extra {sorted(got - contract)}, missing {sorted(contract - got)}"
         assert ("/qwen_vla/instruction", "std_msgs/msg/String") not in actual["trial_recorder"][1], \
             "nobody publishes the instruction here, so the recorder must not have subscribed to it"
+        # Each endpoint's reliability and durability are its QoS kind's (the recorder matches publishers instead).
+        for name, config in (("qwen_vla_controller", aloha), ("policy_node", aloha), ("sim_node", aloha),
+                             ("camera_node", camera_config), ("joystick_node", aloha)):
+            view = role_view(NodeRole(name), config)
+            for topics, offered, find in ((view.publishes, PUBLISHER_QOS, probe.get_publishers_info_by_topic),
+                                          (view.subscribes, SUBSCRIPTION_QOS, probe.get_subscriptions_info_by_topic)):
+                for topic in topics:
+                    [endpoint] = [e for e in find(topic.name) if e.node_name == name]
+                    want = offered[topic.qos]
+                    assert (endpoint.qos_profile.reliability, endpoint.qos_profile.durability) == \
+                        (want.reliability, want.durability), f"{name} {topic.name}: not {topic.qos.value} QoS"
     finally:
         for node in local:
             node.close()
