@@ -25,13 +25,14 @@ from qwen_vla_ros.config.embodiment import (
 
 
 class QosKind(str, Enum):
-    """How a topic is delivered; ``nodes.ros_contract.qos_profile`` maps each kind to rclpy."""
+    """How a topic is delivered; ``nodes.ros_contract.PUBLISHER_QOS`` and ``SUBSCRIPTION_QOS`` map each
+    kind to the rclpy profiles of its two ends."""
 
     RELIABLE = "reliable"  # reliable, volatile, depth 10: chunks, commands, diagnostics
-    LATCHED = "latched"  # reliable, transient local, depth 1: state late joiners must see (mode)
-    SENSOR = "sensor"  # best effort, volatile, small depth: joint states, odometry, Joy
-    CAMERA = "camera"  # images: see nodes.ros_contract for the depth and reliability
-    ANY = "any"  # a subscription that must match every publisher whatever its QoS (the e-stop)
+    LATCHED = "latched"  # reliable, transient local, depth 1: state late joiners must see (mode, e-stop)
+    SENSOR = "sensor"  # read best effort, so reliable and best-effort drivers both match: joint states, odometry, Joy
+    CAMERA = "camera"  # as sensor, with camera depths: images and camera info
+    ANY = "any"  # a subscription that must match every publisher whatever its QoS (for the e-stop)
 
 
 class NodeRole(str, Enum):

@@ -12,11 +12,11 @@ thread, the 50 us GIL switch interval and the chunk thread: docs/architecture.md
 preparation happens outside it).
 
 Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
-core's arbiter; the mode goes out on ``/qwen_vla/mode`` (std_msgs/String, transient local)
+core's arbiter; the mode goes out on ``contract.MODE`` (std_msgs/String, latched)
 whenever it changes. A takeover does not wait for the next period: the Joy callback wakes
 the loop, which runs a period at once (limited over the time it really covers) and counts
 the following periods from there. The e-stop button publishes ``true`` on the latched e-stop topic, and
-a reset through ``/qwen_vla/estop/reset`` publishes ``false``. Trial buttons call the trial
+a reset through ``contract.ESTOP_RESET`` publishes ``false``. Trial buttons call the trial
 recorder's Trigger services asynchronously: the callback returns at once and the answer is
 logged when it comes, so no button ever waits on the recorder.
 """

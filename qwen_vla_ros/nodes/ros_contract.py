@@ -93,7 +93,7 @@ def create_client(node: Node, service: Service, callback_group: CallbackGroup | 
     return node.create_client(_service_class(service.srv_type), service.name, callback_group=callback_group)
 
 
-# -- action chunk (/qwen_vla/action_chunk) ------------------------------------------------
+# -- action chunk (contract.ACTION_CHUNK) ------------------------------------------------
 
 def chunk_to_trajectory(chunk: ActionChunk, frame_id: str = "") -> JointTrajectory:
     """Stamp = observation capture time, point k = action k at time_from_start k * dt."""
@@ -137,7 +137,7 @@ def trajectory_to_chunk(msg: JointTrajectory, default_dt: float) -> ActionChunk:
     return ActionChunk(actions, tuple(msg.joint_names), dt, time_to_ns(msg.header.stamp))
 
 
-# -- committed actions (/qwen_vla/controller/committed) ------------------------------------
+# -- committed actions (contract.COMMITTED) ---------------------------------------------
 # Time convention: header.stamp is the controller's time when it sends the message, and
 # point k is the command due at stamp + (k + 1) * control period: row 0 is the next period's
 # command, since the command due at the stamp has already gone out.
@@ -197,7 +197,7 @@ def msg_to_image(msg: Image) -> np.ndarray:
     return rows.reshape(msg.height, msg.width) if channels == 1 else rows.reshape(msg.height, msg.width, channels)
 
 
-# -- diagnostics (/diagnostics and /qwen_vla/controller/state) ---------------------------------
+# -- diagnostics (contract.DIAGNOSTICS and contract.CONTROLLER_STATE) -----------------------
 
 class Level(IntEnum):
     """diagnostic_msgs/DiagnosticStatus levels (the message stores them as one byte)."""
