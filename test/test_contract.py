@@ -228,7 +228,8 @@ def test_running_nodes_have_exactly_their_contract_endpoints(ros_domain, tiny_ch
                 break
             time.sleep(0.5)
         for name, want in [*expected.items(), ("trial_recorder", recorder_expected)]:
-            for kind, got, contract in zip(("publishers", "subscriptions", "services", "clients"), actual[name], want, strict=True):
+            kinds = ("publishers", "subscriptions", "services", "clients")
+            for kind, got, contract in zip(kinds, actual[name], want, strict=True):
                 assert got == contract, f"{name} {kind}: extra {sorted(got - contract)}, missing {sorted(contract - got)}"
         assert ("/qwen_vla/instruction", "std_msgs/msg/String") not in actual["trial_recorder"][1], \
             "nobody publishes the instruction here, so the recorder must not have subscribed to it"
