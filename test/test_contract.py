@@ -125,6 +125,13 @@ def test_architecture_tables_equal_the_generated_ones() -> None:
     assert documented == markdown(), "docs/architecture.md is stale: paste the output of `qwen-vla-ros contract`"
 
 
+def test_contract_command_prints_the_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    from qwen_vla_ros.cli import main
+
+    assert main(["contract"]) == 0
+    assert capsys.readouterr().out == markdown() + "\n"
+
+
 def test_committed_codec_time_convention() -> None:
     """Row k of a committed message is the command due at stamp + (k + 1) control periods, as the
     policy's CommittedHistory reads it back."""
