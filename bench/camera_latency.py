@@ -98,8 +98,9 @@ def main() -> int:
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from sensor_msgs.msg import Image
 
+    from qwen_vla_ros.contract import QosKind
     from qwen_vla_ros.nodes.common import time_to_ns
-    from qwen_vla_ros.nodes.policy_node import CAMERA_QOS
+    from qwen_vla_ros.nodes.ros_contract import SUBSCRIPTION_QOS
 
     names = CAMERAS[: args.cameras]
     work = Path(tempfile.mkdtemp(prefix="camera_latency_"))
@@ -126,7 +127,7 @@ def main() -> int:
 
     for name in names:
         node.create_subscription(Image, f"/{name}/camera/color/image_rect_raw", lambda m, n=name: on_image(n, m),
-                                 CAMERA_QOS, callback_group=MutuallyExclusiveCallbackGroup())  # each in order
+                                 SUBSCRIPTION_QOS[QosKind.CAMERA], callback_group=MutuallyExclusiveCallbackGroup())  # each in order
     executor = {"multi": MultiThreadedExecutor, "single": SingleThreadedExecutor}[args.executor]()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)

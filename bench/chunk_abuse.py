@@ -35,12 +35,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from qwen_vla_ros.contract import ACTION_CHUNK, COMMAND, CONTROLLER_STATE  # noqa: E402
 from qwen_vla_ros.ros_env import apply_dds_profile, with_dds_profile  # noqa: E402
 
 ARM = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate"]
 HOME = [0, -0.96, 1.16, 0, -0.3, 0, 0.5, 0, -0.96, 1.16, 0, -0.3, 0, 0.5]
 OUTPUT = "outputs=[{adapter: forward_command, arms: [left, right]}]"
-CHUNK_TOPIC = "/qwen_vla/action_chunk"
 PERIOD_MS = 20.0  # config/aloha.yaml: control.rate_hz 50
 QUIET_S = 3.0
 STAMP_OFFSET = 4  # CDR: a 4-byte encapsulation header, then header.stamp (int32 sec, uint32 nanosec)
@@ -63,13 +63,13 @@ def abuse(domain: int, flood_s: float, rate: float, large: int, large_points: in
 
     from qwen_vla_ros.chunk import ActionChunk
     from qwen_vla_ros.config import load_embodiment
-    from qwen_vla_ros.nodes.common import chunk_to_trajectory
+    from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory
 
     names = tuple(load_embodiment("aloha").action.names)
     context = rclpy.context.Context()
     rclpy.init(context=context, domain_id=domain)
     node = rclpy.create_node("chunk_abuser", context=context)
-    publisher = node.create_publisher(JointTrajectory, CHUNK_TOPIC, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    publisher = node.create_publisher(JointTrajectory, ACTION_CHUNK.name, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     valid = bytearray(serialize_message(chunk_to_trajectory(ActionChunk(np.tile(HOME, (50, 1)), names, 0.02, 0))))
     nan = bytearray(serialize_message(chunk_to_trajectory(ActionChunk(np.full((50, 14), np.nan), names, 0.02, 0))))
     huge = bytearray(serialize_message(chunk_to_trajectory(ActionChunk(np.tile(HOME, (large_points, 1)), names, 0.02, 0))))
@@ -152,10 +152,10 @@ def run(args: argparse.Namespace, domain: int) -> dict:
         last["positions"] = np.array(message.position)
 
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    node.create_subscription(JointState, "/qwen_vla/controller/command", on_command, reliable)
-    node.create_subscription(DiagnosticArray, "/qwen_vla/controller/state", states.append, 10)
+    node.create_subscription(JointState, COMMAND.name, on_command, reliable)
+    node.create_subscription(DiagnosticArray, CONTROLLER_STATE.name, states.append, 10)
     arm_publishers = [node.create_publisher(JointState, f"/follower_{side}/joint_states", 10) for side in ("left", "right")]
-    chunk_publisher = node.create_publisher(JointTrajectory, CHUNK_TOPIC, reliable)
+    chunk_publisher = node.create_publisher(JointTrajectory, ACTION_CHUNK.name, reliable)
 
     def publish_joint_states() -> None:
         for offset, publisher in zip((0, 7), arm_publishers, strict=True):

@@ -57,7 +57,9 @@ def measure(rate_hz: float, seconds: float, loaded: bool, domain: int) -> dict:
 
     from qwen_vla_ros.chunk import ActionChunk
     from qwen_vla_ros.config import load_embodiment
-    from qwen_vla_ros.nodes.common import chunk_to_trajectory, time_to_ns
+    from qwen_vla_ros.contract import ACTION_CHUNK, COMMAND
+    from qwen_vla_ros.nodes.common import time_to_ns
+    from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory
 
     env = with_dds_profile(os.environ)
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONPATH=str(REPO))
@@ -70,7 +72,8 @@ def measure(rate_hz: float, seconds: float, loaded: bool, domain: int) -> dict:
     context = rclpy.context.Context()
     rclpy.init(context=context, domain_id=domain)
     node = rclpy.create_node("controller_bench_rig", context=context)
-    names = tuple(load_embodiment("aloha").action.names)
+    aloha = load_embodiment("aloha")
+    names = tuple(aloha.action.names)
     last = {"positions": np.r_[0, -0.96, 1.16, 0, -0.3, 0, 0.5, 0, -0.96, 1.16, 0, -0.3, 0, 0.5]}
     stamps: list[int] = []
 
@@ -79,9 +82,9 @@ def measure(rate_hz: float, seconds: float, loaded: bool, domain: int) -> dict:
         last["positions"] = np.array(message.position)
 
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    node.create_subscription(JointState, "/qwen_vla/controller/command", on_command, reliable)
-    arm_publishers = [node.create_publisher(JointState, f"/follower_{side}/joint_states", 10) for side in ("left", "right")]
-    chunk_publisher = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", reliable)
+    node.create_subscription(JointState, COMMAND.name, on_command, reliable)
+    arm_publishers = [node.create_publisher(JointState, arm.joint_state_topic, 10) for arm in aloha.arms]  # left, right
+    chunk_publisher = node.create_publisher(JointTrajectory, ACTION_CHUNK.name, reliable)
 
     def publish_joint_states() -> None:
         for offset, publisher in zip((0, 7), arm_publishers):

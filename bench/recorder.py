@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
+from qwen_vla_ros.contract import COMMAND, TRIAL_START, TRIAL_SUCCESS  # noqa: E402
 
 GOAL_HEADROOM = 2.0
 
@@ -40,7 +41,7 @@ def stream_plan(args: argparse.Namespace) -> list[tuple[str, str, float]]:
     aloha = load_embodiment("aloha")
     plan = [(c.topic, "sensor_msgs/msg/Image", args.camera_hz) for c in aloha.cameras[: args.cameras]]
     plan += [(a.joint_state_topic, "sensor_msgs/msg/JointState", args.joint_hz) for a in aloha.arms]
-    plan.append(("/qwen_vla/controller/command", "sensor_msgs/msg/JointState", args.command_hz))
+    plan.append((COMMAND.name, COMMAND.msg_type, args.command_hz))
     return plan
 
 
@@ -50,7 +51,7 @@ def serialized_messages(args: argparse.Namespace) -> dict[str, bytes]:
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import JointState
 
-    from qwen_vla_ros.nodes.common import image_to_msg
+    from qwen_vla_ros.nodes.ros_contract import image_to_msg
 
     aloha = load_embodiment("aloha")
     frame = np.random.default_rng(0).integers(0, 255, (args.height, args.width, 3), dtype=np.uint8)
@@ -189,7 +190,8 @@ def measure_ros(args: argparse.Namespace, messages: dict[str, bytes], workdir: P
     )
     rclpy.init()
     node = rclpy.create_node("recorder_bench")
-    clients = {name: node.create_client(Trigger, f"/qwen_vla/trial/{name}") for name in ("start", "stop_success")}
+    clients = {name: node.create_client(Trigger, service.name)
+               for name, service in (("start", TRIAL_START), ("stop_success", TRIAL_SUCCESS))}
 
     def call(name: str) -> str:
         future = clients[name].call_async(Trigger.Request())

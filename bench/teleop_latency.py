@@ -61,7 +61,7 @@ def run(embodiment: str, trials: int, domain: int, chunk_hz: float) -> dict:
     from geometry_msgs.msg import Twist
     from nav_msgs.msg import Odometry
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Joy, JointState
     from std_msgs.msg import Float64MultiArray, String
 
@@ -69,7 +69,8 @@ def run(embodiment: str, trials: int, domain: int, chunk_hz: float) -> dict:
 
     from qwen_vla_ros.chunk import ActionChunk
     from qwen_vla_ros.config import load_embodiment
-    from qwen_vla_ros.nodes.common import chunk_to_trajectory
+    from qwen_vla_ros.contract import ACTION_CHUNK, MODE
+    from qwen_vla_ros.nodes.ros_contract import SUBSCRIPTION_QOS, chunk_to_trajectory
 
     config = load_embodiment(embodiment)
     overrides = []
@@ -85,7 +86,6 @@ def run(embodiment: str, trials: int, domain: int, chunk_hz: float) -> dict:
     rclpy.init(context=context, domain_id=domain)
     node = rclpy.create_node("teleop_latency_rig", context=context)
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     lock = threading.Lock()
     state = {"mode": None, "mode_at": 0.0, "waiting": None, "first_at": None, "held": {}, "commands": 0,
              "sent_at": math.inf, "held_after_joy": 0}
@@ -146,10 +146,10 @@ def run(embodiment: str, trials: int, domain: int, chunk_hz: float) -> dict:
     for arm in config.arms:
         node.create_subscription(Float64MultiArray, f"/{arm.namespace}/forward_position_controller/commands",
                                  lambda m, name=arm.name: on_arm(name, m), reliable)
-    node.create_subscription(String, "/qwen_vla/mode", on_mode, latched)
+    node.create_subscription(String, MODE.name, on_mode, SUBSCRIPTION_QOS[MODE.qos])
     joy = node.create_publisher(Joy, config.teleop.joy_topic, 10)
     node.create_timer(0.02, publish_feedback)
-    chunks = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", reliable)
+    chunks = node.create_publisher(JointTrajectory, ACTION_CHUNK.name, reliable)
     names = tuple(config.action.names)
     lower = np.array([c.limits.lower for c in config.action.channels])
     upper = np.array([c.limits.upper for c in config.action.channels])

@@ -15,6 +15,7 @@ from qwen_vla_ros.bringup.demo import add_parser as _add_demo
 from qwen_vla_ros.bringup.security import add_parser as _add_security
 from qwen_vla_ros.config import ConfigError, load_any
 from qwen_vla_ros.config.summary import summarize
+from qwen_vla_ros.contract_tables import add_parser as _add_contract
 from qwen_vla_ros.interfaces import build as build_interfaces
 from qwen_vla_ros.model.commands import add_bench_parser, add_export_parser, add_make_checkpoint_parser
 from qwen_vla_ros.recording.cli import add_parser as _add_trials
@@ -53,6 +54,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_up,
     _add_demo,
     _add_security,
+    _add_contract,
 )
 
 

@@ -8,18 +8,31 @@ joint states, odometry, driver commands, Joy, leaders, the e-stop) are built fro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+
+from qwen_vla_ros.config.embodiment import (
+    Camera,
+    CameraSourceTopic,
+    EmbodimentConfig,
+    ForwardCommandOutput,
+    InterbotixOutput,
+    JointTrajectoryOutput,
+    MujocoAlohaSim,
+    OdometrySource,
+    TwistOutput,
+)
 
 
 class QosKind(str, Enum):
-    """How a topic is delivered; ``nodes.ros_contract.qos_profile`` maps each kind to rclpy."""
+    """How a topic is delivered; ``nodes.ros_contract.PUBLISHER_QOS`` and ``SUBSCRIPTION_QOS`` map each
+    kind to the rclpy profiles of its two ends."""
 
     RELIABLE = "reliable"  # reliable, volatile, depth 10: chunks, commands, diagnostics
-    LATCHED = "latched"  # reliable, transient local, depth 1: state late joiners must see (mode)
-    SENSOR = "sensor"  # best effort, volatile, small depth: joint states, odometry, Joy
-    CAMERA = "camera"  # images: see nodes.ros_contract for the depth and reliability
-    ANY = "any"  # a subscription that must match every publisher whatever its QoS (the e-stop)
+    LATCHED = "latched"  # reliable, transient local, depth 1: state late joiners must see (mode, e-stop)
+    SENSOR = "sensor"  # read best effort, so reliable and best-effort drivers both match: joint states, odometry, Joy
+    CAMERA = "camera"  # as sensor, with camera depths: images and camera info
+    ANY = "any"  # a subscription that must match every publisher whatever its QoS (for the e-stop)
 
 
 class NodeRole(str, Enum):
@@ -38,7 +51,12 @@ class NodeRole(str, Enum):
 
 @dataclass(frozen=True)
 class Topic:
-    """One topic: ``msg_type`` is ``pkg/msg/Type``."""
+    """One topic: ``msg_type`` is ``pkg/msg/Type``.
+
+    ``config_field`` is empty for the runtime's fixed topics and names the configuration field
+    a topic's name comes from otherwise (``arms[].joint_state_topic``), so the docs can
+    describe every embodiment at once.
+    """
 
     name: str
     msg_type: str
@@ -46,6 +64,7 @@ class Topic:
     publishers: frozenset[NodeRole]
     subscribers: frozenset[NodeRole]
     summary: str
+    config_field: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -63,7 +82,7 @@ def _roles(*roles: NodeRole) -> frozenset[NodeRole]:
     return frozenset(roles)
 
 
-C, P, S, R, CAM, J, D, O, M = (
+C, P, S, R, CAM, J, D, OP, M = (
     NodeRole.CONTROLLER, NodeRole.POLICY, NodeRole.SIM, NodeRole.RECORDER, NodeRole.CAMERA,
     NodeRole.JOYSTICK, NodeRole.DRIVER, NodeRole.OPERATOR, NodeRole.MONITOR,
 )
@@ -85,19 +104,20 @@ CONTROLLER_STATE = Topic(
     "the controller's diagnostics (also on /diagnostics)",
 )
 DIAGNOSTICS = Topic(
-    "/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", QosKind.RELIABLE, _roles(C, P, S, R, CAM), _roles(R, M),
+    "/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", QosKind.RELIABLE, _roles(C, P, S, CAM), _roles(R, M),
     "every node's diagnostics",
 )
 HEARTBEAT = Topic(
-    "/qwen_vla/heartbeat", "sensor_msgs/msg/TimeReference", QosKind.RELIABLE, _roles(C, P, S, R, CAM), _roles(C, P, S, R, CAM),
+    "/qwen_vla/heartbeat", "sensor_msgs/msg/TimeReference", QosKind.RELIABLE, _roles(C, P, CAM), _roles(C, P, CAM),
     "liveness and clock offset between hosts: header.stamp = sender's ROS time, source = host/node",
 )
 MODE = Topic(
     "/qwen_vla/mode", "std_msgs/msg/String", QosKind.LATCHED, _roles(C), _roles(P, R, M),
-    "arbitration mode at each change: policy | teleop | hold",
+    "arbitration mode at each change: policy | teleop | hold; the policy infers only in policy, the recorder counts "
+    "takeovers",
 )
 INSTRUCTION = Topic(
-    "/qwen_vla/instruction", "std_msgs/msg/String", QosKind.RELIABLE, _roles(O), _roles(P, R),
+    "/qwen_vla/instruction", "std_msgs/msg/String", QosKind.RELIABLE, _roles(OP), _roles(P, R),
     "the task instruction the policy follows",
 )
 SIM_SUCCESS = Topic(
@@ -105,8 +125,9 @@ SIM_SUCCESS = Topic(
     "the simulated task's success, every control period",
 )
 NEXT_CONDITION = Topic(
-    "/qwen_vla/trial/next_condition", "std_msgs/msg/String", QosKind.LATCHED, _roles(R), _roles(O),
-    "JSON of the protocol's next condition for the operator",
+    "/qwen_vla/trial/next_condition", "std_msgs/msg/String", QosKind.LATCHED, _roles(R), _roles(OP),
+    "JSON {protocol, condition, instruction, slot, total, completed, remaining, done, source} of the protocol's next "
+    "condition, for the operator",
 )
 CLOCK = Topic(
     "/clock", "rosgraph_msgs/msg/Clock", QosKind.RELIABLE, _roles(S), _roles(C, P, R),
@@ -119,22 +140,23 @@ RUNTIME_TOPICS: tuple[Topic, ...] = (
 )
 
 ESTOP_RESET = Service(
-    "/qwen_vla/estop/reset", "std_srvs/srv/Trigger", _roles(C), _roles(O),
-    "clears a latched e-stop; motion resumes with a ramp from the measured state",
+    "/qwen_vla/estop/reset", "std_srvs/srv/Trigger", _roles(C), _roles(OP),
+    "clears a latched e-stop (and publishes false on the e-stop topic); motion resumes with a ramp from the measured state",
 )
-TRIAL_START = Service("/qwen_vla/trial/start", "std_srvs/srv/Trigger", _roles(R), _roles(C, O), "starts a trial")
+TRIAL_START = Service("/qwen_vla/trial/start", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP, M), "starts a trial")
 TRIAL_SUCCESS = Service(
-    "/qwen_vla/trial/stop_success", "std_srvs/srv/Trigger", _roles(R), _roles(C, O), "ends the trial as a success",
+    "/qwen_vla/trial/stop_success", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP, M), "ends the trial as a success",
 )
 TRIAL_FAILURE = Service(
-    "/qwen_vla/trial/stop_failure", "std_srvs/srv/Trigger", _roles(R), _roles(C, O), "ends the trial as a failure",
+    "/qwen_vla/trial/stop_failure", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP, M), "ends the trial as a failure",
 )
 TRIAL_ABORT = Service(
-    "/qwen_vla/trial/abort", "std_srvs/srv/Trigger", _roles(R), _roles(C, O), "aborts the trial (not counted)",
+    "/qwen_vla/trial/abort", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP, M), "aborts the trial (not counted)",
 )
 SIM_RESET = Service(
-    "/qwen_vla/sim/reset", "std_srvs/srv/Trigger", _roles(S), _roles(O, M),
-    "resets the sim with task randomisation; message = JSON of the conditions drawn",
+    "/qwen_vla/sim/reset", "std_srvs/srv/Trigger", _roles(S), _roles(OP, M),
+    "resets the sim with task randomisation; message = JSON of the conditions drawn (seed, reset, object_pose "
+    "[x, y, z, yaw], optional light_scale, table_rgb)",
 )
 
 SERVICES: tuple[Service, ...] = (ESTOP_RESET, TRIAL_START, TRIAL_SUCCESS, TRIAL_FAILURE, TRIAL_ABORT, SIM_RESET)
@@ -146,3 +168,151 @@ TRIAL_SERVICES: dict[str, Service] = {
     "trial_failure": TRIAL_FAILURE,
     "trial_abort": TRIAL_ABORT,
 }
+
+# joystick_node publishes this relative name, as joy_node does; bringup remaps it onto teleop.joy_topic.
+JOYSTICK_OUTPUT = "joy"
+JOY_QOS = QosKind.SENSOR
+
+IMAGE = "sensor_msgs/msg/Image"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+JOINT_STATE = "sensor_msgs/msg/JointState"
+ODOMETRY = "nav_msgs/msg/Odometry"
+JOY = "sensor_msgs/msg/Joy"
+BOOL = "std_msgs/msg/Bool"
+DRIVER_COMMAND_QOS = QosKind.RELIABLE  # what the command adapters publish with, whatever the driver
+OUTPUT_TYPES = {
+    "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+    "forward_command": "std_msgs/msg/Float64MultiArray",
+    "twist": "geometry_msgs/msg/Twist",
+    "interbotix_group": "interbotix_xs_msgs/msg/JointGroupCommand",
+    "interbotix_single": "interbotix_xs_msgs/msg/JointSingleCommand",
+}
+
+
+def info_topic(camera: Camera) -> str:
+    """``info_topic``, or ``camera_info`` beside the image topic (the realsense2_camera layout)."""
+    return camera.info_topic or camera.topic.rsplit("/", 1)[0] + "/camera_info"
+
+
+def _sim_cameras(config: EmbodimentConfig) -> set[str]:
+    """Cameras sim_node renders: MuJoCo renders the mapped ones, the kinematic sims every camera."""
+    if config.sim is None:
+        return set()
+    if isinstance(config.sim, MujocoAlohaSim):
+        return set(config.sim.camera_map)
+    return {camera.name for camera in config.cameras}
+
+
+def _camera_topics(config: EmbodimentConfig) -> list[Topic]:
+    sim_cameras = _sim_cameras(config)
+    topics = []
+    for camera in config.cameras:
+        # A 'topic' source is a camera driver's; camera_node serves every other source.
+        served_by = D if isinstance(camera.source, CameraSourceTopic) else CAM
+        image_publishers = _roles(served_by, *((S,) if camera.name in sim_cameras else ()))
+        topics.append(Topic(camera.topic, IMAGE, QosKind.CAMERA, image_publishers, _roles(P, R),
+                            "a camera's frames: stamp = capture time", "cameras[].topic"))
+        topics.append(Topic(info_topic(camera), CAMERA_INFO, QosKind.CAMERA, _roles(served_by), _roles(M),
+                            "a camera's size and intrinsics (K all zero when uncalibrated)",
+                            "cameras[].info_topic"))
+    return topics
+
+
+def _state_readings(config: EmbodimentConfig) -> tuple[set[str], bool]:
+    """(arms, base) the policy's state vector reads, hence what policy_node subscribes to."""
+    sources = [channel.source for channel in config.state.channels]
+    arms = {s.arm for s in sources if not isinstance(s, OdometrySource)}
+    return arms, any(isinstance(s, OdometrySource) for s in sources)
+
+
+def _feedback_topics(config: EmbodimentConfig) -> list[Topic]:
+    simulated = (S,) if config.sim is not None else ()
+    state_arms, state_base = _state_readings(config)
+    topics = [
+        Topic(arm.joint_state_topic, JOINT_STATE, QosKind.SENSOR, _roles(D, *simulated),
+              _roles(C, R, M, *((P,) if arm.name in state_arms else ())),
+              "an arm's joint states (Interbotix layout: finger positions in m)", "arms[].joint_state_topic")
+        for arm in config.arms
+    ]
+    if config.base is not None:
+        topics.append(Topic(config.base.odom_topic, ODOMETRY, QosKind.SENSOR, _roles(D, *simulated),
+                            _roles(C, R, *((P,) if state_base else ())), "the base's odometry", "base.odom_topic"))
+    return topics
+
+
+def _output_topics(config: EmbodimentConfig) -> list[Topic]:
+    """What the controller sends the drivers, in the drivers' own messages (one adapter per ``outputs`` entry)."""
+    receivers = _roles(D, R, *((S,) if config.sim is not None else ()))
+
+    def command(name: str, kind: str, summary: str, config_field: str, senders: frozenset[NodeRole] = _roles(C)) -> Topic:
+        return Topic(name, OUTPUT_TYPES[kind], DRIVER_COMMAND_QOS, senders, receivers, summary, config_field)
+
+    topics = []
+    for output in config.outputs:
+        if isinstance(output, TwistOutput):
+            topics.append(command(output.topic, "twist", "the base's (v, ω): linear.x, angular.z", "outputs[twist].topic"))
+            continue
+        for arm in (config.arm(name) for name in output.arms):
+            if isinstance(output, InterbotixOutput):
+                topics.append(command(output.group_topic.format(namespace=arm.namespace), "interbotix_group",
+                                      "an arm's 6 joints (rad), driver order", "outputs[interbotix].group_topic"))
+                topics.append(command(output.single_topic.format(namespace=arm.namespace), "interbotix_single",
+                                      "an arm's gripper motor angle (rad)", "outputs[interbotix].single_topic",
+                                      _roles(C) if arm.gripper is not None else _roles()))
+            elif isinstance(output, JointTrajectoryOutput):
+                topics.append(command(output.topic.format(namespace=arm.namespace), "joint_trajectory",
+                                      "an arm's joints then gripper (rad), one point reached in one control period",
+                                      "outputs[joint_trajectory].topic"))
+            elif isinstance(output, ForwardCommandOutput):
+                topics.append(command(output.topic.format(namespace=arm.namespace), "forward_command",
+                                      "an arm's 6 joints then gripper motor angle (rad)", "outputs[forward_command].topic"))
+    return topics
+
+
+def _teleop_topics(config: EmbodimentConfig) -> list[Topic]:
+    topics = [
+        Topic(config.teleop.joy_topic, JOY, JOY_QOS, _roles(J, D), _roles(C, R),
+              "gamepad or pedal (joystick_node or joy_node)", "teleop.joy_topic"),
+        Topic(config.safety.estop_topic, BOOL, QosKind.LATCHED, _roles(C, OP), _roles(C, R),
+              "true latches the e-stop; the controller publishes true from its button, false at a reset",
+              "safety.estop_topic"),
+    ]
+    leader = config.teleop.leader_follow
+    if leader.enabled:
+        topics += [Topic(topic, JOINT_STATE, QosKind.SENSOR, _roles(D), _roles(C, R),
+                         "a leader arm's joint states, followed by its follower arm", "teleop.leader_follow.topics")
+                   for arm, topic in leader.topics.items()]
+    return topics
+
+
+def config_topics(config: EmbodimentConfig) -> tuple[Topic, ...]:
+    """The topics whose names come from ``config``: cameras, feedback, driver commands, teleop, e-stop."""
+    return (*_camera_topics(config), *_feedback_topics(config), *_output_topics(config), *_teleop_topics(config))
+
+
+def graph_topics(config: EmbodimentConfig) -> tuple[Topic, ...]:
+    """Every topic of the graph ``config`` brings up: the runtime's fixed topics, then the config's."""
+    return RUNTIME_TOPICS + config_topics(config)
+
+
+@dataclass(frozen=True)
+class RoleView:
+    """What one node publishes, subscribes to, serves and calls."""
+
+    publishes: tuple[Topic, ...]
+    subscribes: tuple[Topic, ...]
+    serves: tuple[Service, ...]
+    calls: tuple[Service, ...]
+
+
+def role_view(role: NodeRole, config: EmbodimentConfig, *, sim_time: bool = False) -> RoleView:
+    """``role``'s share of the graph. ``/clock`` belongs to it only with ``sim_time`` (sim_node
+    with ``realtime:=false`` publishes it; nodes with ``use_sim_time`` subscribe to it)."""
+    topics = [t for t in graph_topics(config) if sim_time or t is not CLOCK]
+    return RoleView(
+        tuple(t for t in topics if role in t.publishers),
+        tuple(t for t in topics if role in t.subscribers),
+        tuple(s for s in SERVICES if role in s.servers),
+        tuple(s for s in SERVICES if role in s.clients),
+    )
+

@@ -19,7 +19,8 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, TimeReference  # noqa: E402
 
-from qwen_vla_ros.nodes.common import msg_to_image, ns_to_time, time_to_ns  # noqa: E402
+from qwen_vla_ros.nodes.common import ns_to_time, time_to_ns  # noqa: E402
+from qwen_vla_ros.nodes.ros_contract import msg_to_image  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 W, H = 64, 48

@@ -36,7 +36,8 @@ from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
 from qwen_vla_ros.control.layout import CommandLayout  # noqa: E402
 from qwen_vla_ros.embodiments.gripper import joint_to_normalized  # noqa: E402
-from qwen_vla_ros.nodes.common import chunk_to_trajectory, ns_to_time, time_to_ns  # noqa: E402
+from qwen_vla_ros.nodes.common import ns_to_time, time_to_ns  # noqa: E402
+from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from qwen_vla_ros import contract  # noqa: E402
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
 from qwen_vla_ros.embodiments.gripper import joint_to_normalized  # noqa: E402
-from qwen_vla_ros.nodes.common import image_to_msg  # noqa: E402
+from qwen_vla_ros.nodes.ros_contract import image_to_msg  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

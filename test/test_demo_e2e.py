@@ -27,7 +27,8 @@ from rosbags.highlevel import AnyReader  # noqa: E402
 from qwen_vla_ros.bringup.graph import sim_overrides  # noqa: E402
 from qwen_vla_ros.config import load_embodiment, parse_override  # noqa: E402
 from qwen_vla_ros.control.layout import CommandLayout  # noqa: E402
-from qwen_vla_ros.recording.topics import INSTRUCTION_TOPIC, default_topics  # noqa: E402
+from qwen_vla_ros.contract import INSTRUCTION  # noqa: E402
+from qwen_vla_ros.recording.topics import default_topics  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 DURATION_S = 20.0
@@ -95,7 +96,7 @@ def test_bag_holds_every_recorded_topic_with_the_counts_of_trial_yaml(demo) -> N
     # Every topic of the recorded set that a node of the demo graph publishes: all but the
     # operator's (no joystick, no instruction or e-stop sent, no leader arms in the sim).
     config = load_embodiment("aloha", dict(parse_override(o) for o in sim_overrides(load_embodiment("aloha"))))
-    silent = {config.teleop.joy_topic, INSTRUCTION_TOPIC, config.safety.estop_topic}
+    silent = {config.teleop.joy_topic, INSTRUCTION.name, config.safety.estop_topic}
     expected = set(default_topics(config)) - silent
     assert "/follower_right/forward_position_controller/commands" in expected and len(expected) >= 14
     missing = sorted(t for t in expected if not topics.get(t))

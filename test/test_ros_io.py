@@ -19,13 +19,11 @@ from sensor_msgs.msg import Image  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
-from qwen_vla_ros.nodes.common import (  # noqa: E402
-    EventsSpinner,
+from qwen_vla_ros.nodes.common import EventsSpinner, low_latency_spinner, seconds_to_duration  # noqa: E402
+from qwen_vla_ros.nodes.ros_contract import (  # noqa: E402
     chunk_to_trajectory,
     image_to_msg,
-    low_latency_spinner,
     msg_to_image,
-    seconds_to_duration,
     trajectory_to_chunk,
 )
 

@@ -28,7 +28,8 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
-from qwen_vla_ros.nodes.common import msg_to_image, time_to_ns  # noqa: E402
+from qwen_vla_ros.nodes.common import time_to_ns  # noqa: E402
+from qwen_vla_ros.nodes.ros_contract import msg_to_image  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 FORWARD = "outputs=[{adapter: forward_command, arms: [left, right]}]"

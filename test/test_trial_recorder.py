@@ -28,7 +28,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint  # noqa: E402
-from qwen_vla_ros.nodes.common import chunk_to_trajectory, image_to_msg  # noqa: E402
+from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory, image_to_msg  # noqa: E402
 from qwen_vla_ros.recording.bag import read_messages  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]

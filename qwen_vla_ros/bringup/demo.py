@@ -20,16 +20,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import Exit, ProcessGroup, StopSignals
-from qwen_vla_ros.recording.topics import SIM_SUCCESS_TOPIC, TRIAL_SERVICES
+from qwen_vla_ros.contract import (
+    ACTION_CHUNK,
+    COMMAND,
+    DIAGNOSTICS,
+    SIM_SUCCESS,
+    TRIAL_SERVICES,
+    NodeRole,
+    Service,
+    Topic,
+    role_view,
+)
 from qwen_vla_ros.recording.trial import TrialStore
 
 EMBODIMENT = "aloha"
-CHUNK_TOPIC = "/qwen_vla/action_chunk"
-COMMAND_TOPIC = "/qwen_vla/controller/command"
+COMMAND_QUEUE_DEPTH = 100  # every command is counted for the achieved rate: a deep queue drops none
 RANDOM_WEIGHTS_NOTICE = (
     "This checkpoint has RANDOM weights (Qwen-VLA's weights are not public): the arms move aimlessly "
     "but safely, inside the controller's position, velocity and acceleration limits. To run real weights, "
@@ -126,15 +133,11 @@ class Summary:
 class Monitor:
     """An in-process rclpy node watching the graph: chunks, commands, sim time, success, diagnostics."""
 
-    def __init__(self, joint_state_topic: str) -> None:
+    def __init__(self, joint_states: Topic) -> None:
         import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import JointState
-        from std_msgs.msg import Bool
-        from trajectory_msgs.msg import JointTrajectory
 
+        from qwen_vla_ros.nodes.ros_contract import create_subscription
         from qwen_vla_ros.ros_env import apply_dds_profile
 
         apply_dds_profile()
@@ -149,12 +152,11 @@ class Monitor:
         self.sim_stamp_ns: int | None = None
         self.success = False
         self.diagnostics: dict[str, dict[str, str]] = {}
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(JointTrajectory, CHUNK_TOPIC, self._on_chunk, 10)
-        self.node.create_subscription(JointState, COMMAND_TOPIC, self._on_command, 100)
-        self.node.create_subscription(JointState, joint_state_topic, self._on_joint_state, 10)
-        self.node.create_subscription(Bool, SIM_SUCCESS_TOPIC, self._on_success, latched)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        create_subscription(self.node, ACTION_CHUNK, self._on_chunk)
+        create_subscription(self.node, COMMAND, self._on_command, depth=COMMAND_QUEUE_DEPTH)
+        create_subscription(self.node, joint_states, self._on_joint_state)
+        create_subscription(self.node, SIM_SUCCESS, self._on_success)
+        create_subscription(self.node, DIAGNOSTICS, self._on_diagnostics)
         self.seen_chunk = False
         self.seen_command = False
         self._thread = threading.Thread(target=self._spin, name="demo_monitor", daemon=True)
@@ -199,19 +201,19 @@ class Monitor:
         except (KeyError, ValueError):
             return math.nan
 
-    def trigger(self, service: str, timeout_s: float = 10.0) -> tuple[bool, str]:
-        from std_srvs.srv import Trigger
+    def trigger(self, service: Service, timeout_s: float = 10.0) -> tuple[bool, str]:
+        from qwen_vla_ros.nodes.ros_contract import create_client
 
-        client = self.node.create_client(Trigger, service)
+        client = create_client(self.node, service)
         try:
             if not client.wait_for_service(timeout_sec=timeout_s):
-                return False, f"{service} is not offered"
-            future = client.call_async(Trigger.Request())
+                return False, f"{service.name} is not offered"
+            future = client.call_async(client.srv_type.Request())
             deadline = time.monotonic() + timeout_s
             while not future.done() and time.monotonic() < deadline:
                 time.sleep(0.02)
             if not future.done():
-                return False, f"{service} did not answer within {timeout_s:g} s"
+                return False, f"{service.name} did not answer within {timeout_s:g} s"
             result = future.result()
             return bool(result.success), str(result.message)
         finally:
@@ -287,7 +289,8 @@ def run_demo(args: argparse.Namespace) -> Summary:
         os.environ.setdefault(key, value)  # the monitor joins the same DDS setup as the nodes
     os.environ.update(graph.required_environment)  # single-host mode: the monitor's apply_dds_profile confines it too
     group = ProcessGroup(graph.processes, echo=None, log_dir=output / "logs")
-    monitor = Monitor(graph.embodiment.arms[0].joint_state_topic)
+    watched = {topic.name: topic for topic in role_view(NodeRole.MONITOR, graph.embodiment).subscribes}
+    monitor = Monitor(watched[graph.embodiment.arms[0].joint_state_topic])
     progress = Progress()
     with StopSignals() as signals:
         try:

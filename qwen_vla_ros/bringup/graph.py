@@ -18,8 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, parse_override
-from qwen_vla_ros.config.embodiment import EmbodimentConfig, InterbotixOutput, TwistOutput
-from qwen_vla_ros.ros_env import MULTI_HOST_ENV, enclave_name, missing_enclaves, security_environment
+from qwen_vla_ros.config.embodiment import EmbodimentConfig, InterbotixOutput
+from qwen_vla_ros.contract import JOYSTICK_OUTPUT, config_topics
+from qwen_vla_ros.ros_env import (
+    MULTI_HOST_ENV,
+    enclave_name,
+    missing_enclaves,
+    security_environment,
+)
 
 PACKAGE = "qwen_vla_ros"
 RMW_ENV = "RMW_IMPLEMENTATION"
@@ -224,25 +230,10 @@ def sim_overrides(config: EmbodimentConfig) -> list[str]:
     return overrides
 
 
-def config_topics(config: EmbodimentConfig) -> list[str]:
-    """Every absolute topic the config names: cameras, joint states, odometry, commands, teleop."""
-    topics = [c.topic for c in config.cameras] + [a.joint_state_topic for a in config.arms]
-    if config.base is not None:
-        topics.append(config.base.odom_topic)
-    for output in config.outputs:
-        if isinstance(output, TwistOutput):
-            topics.append(output.topic)
-            continue
-        templates = [output.group_topic, output.single_topic] if isinstance(output, InterbotixOutput) else [output.topic]
-        topics += [t.format(namespace=config.arm(a).namespace) for t in templates for a in output.arms]
-    topics += list(config.teleop.leader_follow.topics.values())
-    return topics
-
-
 def namespace_remaps(config: EmbodimentConfig, namespaces: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """Remap each config topic under ``/<old>/`` to ``/<new>/`` (e.g. ALOHA's older puppet names)."""
     remaps = []
-    for topic in dict.fromkeys(config_topics(config)):
+    for topic in dict.fromkeys(topic.name for topic in config_topics(config)):
         for old, new in namespaces.items():
             if topic.startswith(f"/{old}/"):
                 remaps.append((topic, f"/{new}/{topic[len(old) + 2:]}"))
@@ -303,7 +294,7 @@ def build_graph(options: BringupOptions) -> Graph:
     processes.append(spec(CONTROLLERS[options.embodiment], CONTROLLERS[options.embodiment], "controller"))
     if options.joystick:  # a missing gamepad is retried, so it never takes the graph down
         processes.append(spec("joystick_node", "joystick_node", "joystick_node", required=False,
-                              more_remaps=(("joy", config.teleop.joy_topic),)))
+                              more_remaps=((JOYSTICK_OUTPUT, config.teleop.joy_topic),)))
     unknown = set(options.node_parameters) - {p.name for p in processes}
     if unknown:
         raise ValueError(f"parameters given for processes not in the graph: {sorted(unknown)}")

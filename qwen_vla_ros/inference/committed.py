@@ -1,8 +1,9 @@
 """What the robot is committed to executing, from the controller's committed messages.
 
-Contract of ``/qwen_vla/controller/committed`` (published by the controller every control
-period): ``header.stamp`` is the controller's time ``now``, point k is the command due at
-``stamp + time_from_start_k`` with ``time_from_start_k = (k + 1) * control_period``,
+Contract of the committed actions (``contract.COMMITTED``, codec in ``nodes.ros_contract``;
+published by the controller every control period): ``header.stamp`` is the controller's time
+``now``, point k is the command due at ``stamp + time_from_start_k`` with
+``time_from_start_k = (k + 1) * control_period``,
 ``joint_names`` are the action channel names and positions are in robot units.
 
 Each message supersedes the plan of the previous ones from its stamp on; what is due before

@@ -23,10 +23,12 @@ from qwen_vla_ros.config.embodiment import (
     OutputAdapter,
     TwistOutput,
 )
+from qwen_vla_ros.contract import DRIVER_COMMAND_QOS
 from qwen_vla_ros.control.layout import ArmLayout, CommandLayout
 from qwen_vla_ros.nodes.common import seconds_to_duration
+from qwen_vla_ros.nodes.ros_contract import PUBLISHER_QOS
 
-COMMAND_QOS_DEPTH = 10
+COMMAND_QOS = PUBLISHER_QOS[DRIVER_COMMAND_QOS]
 
 INTERBOTIX_MISSING = (
     "output adapter 'interbotix' needs the interbotix_xs_msgs Python package, which is not importable ({error}). "
@@ -64,8 +66,8 @@ class InterbotixAdapter:
         self.arms = [
             (
                 arm,
-                node.create_publisher(self.group_type, output.group_topic.format(namespace=arm.arm.namespace), COMMAND_QOS_DEPTH),
-                node.create_publisher(self.single_type, output.single_topic.format(namespace=arm.arm.namespace), COMMAND_QOS_DEPTH)
+                node.create_publisher(self.group_type, output.group_topic.format(namespace=arm.arm.namespace), COMMAND_QOS),
+                node.create_publisher(self.single_type, output.single_topic.format(namespace=arm.arm.namespace), COMMAND_QOS)
                 if arm.gripper_index is not None else None,
             )
             for arm in layout.arms
@@ -91,7 +93,7 @@ class JointTrajectoryAdapter:
             if arm.name not in output.arms:
                 continue
             names = list(arm.arm.joint_names) + ([arm.gripper.joint] if arm.gripper and arm.gripper_index is not None else [])
-            publisher = node.create_publisher(JointTrajectory, output.topic.format(namespace=arm.arm.namespace), COMMAND_QOS_DEPTH)
+            publisher = node.create_publisher(JointTrajectory, output.topic.format(namespace=arm.arm.namespace), COMMAND_QOS)
             self.arms.append((arm, names, publisher))
 
     def send(self, values: np.ndarray) -> None:
@@ -106,7 +108,7 @@ class ForwardCommandAdapter:
     def __init__(self, node: Node, layout: CommandLayout, output: ForwardCommandOutput):
         self.layout = layout
         self.arms = [
-            (arm, node.create_publisher(Float64MultiArray, output.topic.format(namespace=arm.arm.namespace), COMMAND_QOS_DEPTH))
+            (arm, node.create_publisher(Float64MultiArray, output.topic.format(namespace=arm.arm.namespace), COMMAND_QOS))
             for arm in layout.arms
             if arm.name in output.arms
         ]
@@ -119,7 +121,7 @@ class ForwardCommandAdapter:
 class TwistAdapter:
     def __init__(self, node: Node, layout: CommandLayout, output: TwistOutput):
         self.layout = layout
-        self.publisher = node.create_publisher(Twist, output.topic, COMMAND_QOS_DEPTH)
+        self.publisher = node.create_publisher(Twist, output.topic, COMMAND_QOS)
 
     def send(self, values: np.ndarray) -> None:
         linear, angular = self.layout.base_command(values)

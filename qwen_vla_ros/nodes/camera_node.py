@@ -14,29 +14,19 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo
 
 from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.config.embodiment import Camera, CameraSourceTopic
-from qwen_vla_ros.nodes.common import declare_configs, image_to_msg, ns_to_time, run_node
+from qwen_vla_ros.contract import DIAGNOSTICS, NodeRole, info_topic, role_view
+from qwen_vla_ros.nodes.common import declare_configs, ns_to_time, run_node
 from qwen_vla_ros.nodes.heartbeat import Heartbeat
+from qwen_vla_ros.nodes.ros_contract import Level, create_publisher, diagnostic_array, diagnostic_status, image_to_msg
 from qwen_vla_ros.perception.capture import Backoff, CameraCapture
 from qwen_vla_ros.perception.sources import Intrinsics, open_source
-
-# Reliable, newest two: realsense2_camera's default, so recorders and best-effort readers
-# (the policy) both match.
-IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def info_topic(camera: Camera) -> str:
-    """``info_topic``, or ``camera_info`` beside the image topic (the realsense2_camera layout)."""
-    return camera.info_topic or camera.topic.rsplit("/", 1)[0] + "/camera_info"
-
 
 def camera_info(camera: Camera, stamp_ns: int, frame_id: str, intrinsics: Intrinsics | None) -> CameraInfo:
     """Calibrated when the source knows its intrinsics; otherwise the size only (K all zero,
@@ -82,8 +72,9 @@ class CameraNode(Node):
         self.stop = threading.Event()
         self.captures: list[CameraCapture] = []
         self.threads: list[threading.Thread] = []
+        outbound = {topic.name: topic for topic in role_view(NodeRole.CAMERA, config).publishes}
         self.publishers_ = {
-            c.name: (self.create_publisher(Image, c.topic, IMAGE_QOS), self.create_publisher(CameraInfo, info_topic(c), IMAGE_QOS))
+            c.name: (create_publisher(self, outbound[c.topic]), create_publisher(self, outbound[info_topic(c)]))
             for c in cameras
         }
         for camera in cameras:
@@ -93,7 +84,7 @@ class CameraNode(Node):
             self.captures.append(capture)
             self.threads.append(thread)
         self.heartbeat = Heartbeat(self, runtime.clock_check)
-        self.diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.diagnostics = create_publisher(self, DIAGNOSTICS)
         self.create_timer(1.0, self._report)
         for thread in self.threads:
             thread.start()
@@ -115,20 +106,16 @@ class CameraNode(Node):
         statuses = []
         for capture in self.captures:
             counts = capture.counts
-            level = DiagnosticStatus.OK if counts.connected else DiagnosticStatus.ERROR
+            level = Level.OK if counts.connected else Level.ERROR
             message = "streaming" if counts.connected else f"disconnected: {counts.last_error}"
             values = {"frames": counts.frames, "lost": counts.lost, "disconnects": counts.disconnects,
                       "connect_failures": counts.connect_failures, "connected": int(counts.connected)}
-            statuses.append(DiagnosticStatus(level=level, name=f"camera_node: {capture.camera.name}", message=message,
-                                             hardware_id=capture.camera.source.type,
-                                             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()]))
+            statuses.append(diagnostic_status(f"camera_node: {capture.camera.name}", message, values, level,
+                                              capture.camera.source.type))
         clock = self.heartbeat.figures()
         if clock:
-            statuses.append(DiagnosticStatus(level=DiagnosticStatus.OK, name="camera_node: clock", message="offsets",
-                                             values=[KeyValue(key=k, value=str(v)) for k, v in clock.items()]))
-        array = DiagnosticArray(status=statuses)
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics.publish(array)
+            statuses.append(diagnostic_status("camera_node: clock", "offsets", clock))
+        self.diagnostics.publish(diagnostic_array(statuses, self._now_ns()))
 
     def close(self) -> None:
         self.stop.set()

@@ -1,9 +1,7 @@
-"""What every node shares: message <-> numpy conversion, config parameters, and the main loop.
+"""What every node shares: time conversions, config parameters, executors and the main loop.
 
-Conversions are kept here, once, so the policy, controllers, sim and recorder agree on
-the action-chunk contract and on image layout. Images are filled from bytes
-(``ndarray.tobytes()``, 0.2 ms for 640x480x3) and read with ``np.frombuffer`` (no copy);
-assigning an ndarray to ``msg.data`` costs ~54 ms per frame.
+The message codecs of the graph contract (chunks, committed actions, images, diagnostics)
+live in :mod:`qwen_vla_ros.nodes.ros_contract`.
 """
 from __future__ import annotations
 
@@ -13,25 +11,20 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import numpy as np
 import rclpy
 from builtin_interfaces.msg import Duration, Time
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
-from rclpy.serialization import deserialize_message, serialize_message
-from sensor_msgs.msg import Image, JointState
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from sensor_msgs.msg import JointState
 
-from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
+from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config import ConfigError, EmbodimentConfig, RuntimeConfig, load_embodiment, load_runtime
 from qwen_vla_ros.config.loader import parse_override
 from qwen_vla_ros.ros_env import apply_dds_profile, rclpy_origin_problem, security_problem, security_requested
 
 EXIT_BAD_CONFIG = 2
 RCLError = rclpy_implementation.RCLError
-BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "mono8": 1}
-FRAME_ID_ALLOWANCE = 256  # bytes of header.frame_id a chunk message may carry
 LARGE_BUFFER_BYTES = 64 * 1024 * 1024  # heap kept warm for receiving oversized messages
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc <malloc.h>
 log = logging.getLogger(__name__)
@@ -52,69 +45,6 @@ def seconds_to_duration(seconds: float) -> Duration:
 
 def duration_to_seconds(duration: Duration) -> float:
     return duration.sec + duration.nanosec / NS_PER_S
-
-
-def chunk_to_trajectory(chunk: ActionChunk, frame_id: str = "") -> JointTrajectory:
-    """Stamp = observation capture time, point k = action k at time_from_start k * dt."""
-    if chunk.stamp_ns is None:
-        raise ValueError("an action chunk must be stamped with its observation time before publishing")
-    msg = JointTrajectory()
-    msg.header.stamp = ns_to_time(chunk.stamp_ns)
-    msg.header.frame_id = frame_id
-    msg.joint_names = list(chunk.channel_names)
-    actions = np.asarray(chunk.actions, dtype=np.float64)
-    msg.points = [
-        JointTrajectoryPoint(positions=row.tolist(), time_from_start=seconds_to_duration(k * chunk.dt))
-        for k, row in enumerate(actions)
-    ]
-    return msg
-
-
-def trajectory_to_chunk(msg: JointTrajectory, default_dt: float) -> ActionChunk:
-    """Structural decoding only; the control core judges values, dt and timing.
-
-    Raises ValueError when the message cannot be a chunk at all: no points, rows of
-    different lengths, or points that are not evenly spaced in time. A single-point chunk
-    takes ``default_dt`` since its spacing cannot be read from it.
-    """
-    if not msg.points:
-        raise ValueError("chunk has no points")
-    widths = {len(p.positions) for p in msg.points}
-    if len(widths) != 1:
-        raise ValueError(f"chunk points have different lengths {sorted(widths)}")
-    actions = np.array([p.positions for p in msg.points], dtype=np.float64).reshape(len(msg.points), widths.pop())
-    times = np.array([duration_to_seconds(p.time_from_start) for p in msg.points])
-    if len(times) > 1:
-        steps = np.diff(times)
-        dt = float(steps[0])
-        if not np.allclose(steps, dt, atol=1e-6):
-            raise ValueError(f"chunk points are not evenly spaced in time (steps {steps.min():g}..{steps.max():g} s)")
-        if abs(times[0]) > 1e-6:
-            raise ValueError(f"first point must be at time_from_start 0, got {times[0]:g} s")
-    else:
-        dt = default_dt
-    return ActionChunk(actions, tuple(msg.joint_names), dt, time_to_ns(msg.header.stamp))
-
-
-def chunk_message_limit(channel_names: Sequence[str], max_actions: int) -> int:
-    """The most bytes a serialized chunk message may have: a chunk of ``max_actions`` points
-    with every per-point field filled for every channel, plus room for a frame id. Anything
-    larger cannot be a chunk the controller would accept, so it is refused before decoding."""
-    width = len(channel_names)
-    point = JointTrajectoryPoint(positions=[0.0] * width, velocities=[0.0] * width, accelerations=[0.0] * width,
-                                 effort=[0.0] * width)
-    largest = JointTrajectory(joint_names=list(channel_names), points=[point] * max_actions)
-    largest.header.frame_id = "f" * FRAME_ID_ALLOWANCE
-    return len(serialize_message(largest))
-
-
-def decode_chunk_message(data: bytes, default_dt: float) -> ActionChunk:
-    """A serialized ``JointTrajectory`` -> chunk; ValueError when it is not one."""
-    try:
-        message = deserialize_message(data, JointTrajectory)
-    except Exception as exc:  # rclpy raises its RMWError, not a ValueError, for bytes that are not CDR
-        raise ValueError(f"not a serialized JointTrajectory ({len(data)} bytes): {exc}") from exc
-    return trajectory_to_chunk(message, default_dt)
 
 
 def keep_large_buffers(warm_bytes: int = LARGE_BUFFER_BYTES) -> bool:
@@ -139,40 +69,6 @@ def keep_large_buffers(warm_bytes: int = LARGE_BUFFER_BYTES) -> bool:
             return False
     bytearray(warm_bytes)  # allocated zeroed (every page touched) and freed back onto the heap
     return True
-
-
-def image_to_msg(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "") -> Image:
-    if encoding not in BYTES_PER_PIXEL:
-        raise ValueError(f"unsupported encoding {encoding!r}; use one of {sorted(BYTES_PER_PIXEL)}")
-    channels = BYTES_PER_PIXEL[encoding]
-    expected_ndim = 2 if channels == 1 else 3
-    if image.dtype != np.uint8 or image.ndim != expected_ndim or (channels == 3 and image.shape[2] != 3):
-        raise ValueError(f"{encoding} needs a uint8 array of {'HxW' if channels == 1 else 'HxWx3'}, got {image.dtype} {image.shape}")
-    msg = Image()
-    msg.header.stamp = ns_to_time(stamp_ns)
-    msg.header.frame_id = frame_id
-    msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = msg.width * channels
-    msg.data = np.ascontiguousarray(image).tobytes()
-    return msg
-
-
-def msg_to_image(msg: Image) -> np.ndarray:
-    """A read-only HxWxC (or HxW for mono8) view on the message buffer, honouring ``step``."""
-    if msg.encoding not in BYTES_PER_PIXEL:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r}; expected one of {sorted(BYTES_PER_PIXEL)}")
-    channels = BYTES_PER_PIXEL[msg.encoding]
-    row_bytes = msg.width * channels
-    if msg.step < row_bytes or len(msg.data) < msg.step * msg.height:
-        raise ValueError(
-            f"image buffer too small: {len(msg.data)} bytes for {msg.height} rows of step {msg.step} "
-            f"({msg.width}x{msg.height} {msg.encoding})"
-        )
-    flat = np.frombuffer(msg.data, dtype=np.uint8, count=msg.step * msg.height)
-    rows = flat.reshape(msg.height, msg.step)[:, :row_bytes]
-    return rows.reshape(msg.height, msg.width) if channels == 1 else rows.reshape(msg.height, msg.width, channels)
 
 
 def joint_positions(msg: JointState) -> dict[str, float]:
@@ -225,13 +121,8 @@ def declare_configs(node: Node, default_embodiment: str) -> tuple[EmbodimentConf
 
 
 class YieldingMultiThreadedExecutor(MultiThreadedExecutor):
-    """MultiThreadedExecutor that releases the GIL after handing each callback to its pool.
-
-    rclpy before 10.0.4 (ros2/rclpy#1452, fixed by #1547) re-yields callbacks that are
-    queued but not yet started, so with subscriptions present its spin thread busy-loops,
-    holding the GIL: measured here, 79% CPU and a 50 Hz timer firing at 15-20 Hz. Yielding
-    after each hand-off lets the workers start: 9% CPU and the full 50 Hz.
-    """
+    """MultiThreadedExecutor that releases the GIL after handing each callback to its pool,
+    against rclpy's busy loop (ros2/rclpy#1452; docs/architecture.md, "Executors and timing")."""
 
     def _spin_once_impl(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -253,8 +144,7 @@ class Spinner(Protocol):
 class EventsSpinner:
     """rclpy's EventsExecutor (``rclpy.experimental``, rclpy 9 / Kilted on), spun with ``spin_once``.
 
-    It waits and dispatches in C++, so between callbacks the GIL is free: a loop thread of
-    the node's own then wakes on time (docs/benchmarks.md, controller loop). Its ``spin()``
+    Why the controllers use it: docs/architecture.md, "Executors and timing". Its ``spin()``
     in rclpy 9.1.2 never fires timers (a 50 Hz timer: no call in 3 s, where ``spin_once``
     gives 150), hence the loop here. Callbacks run one at a time, on the spinning thread.
     """
@@ -309,14 +199,11 @@ def run_node(
     executor_factory: Callable[[], Spinner] = YieldingMultiThreadedExecutor,
     **kwargs: Any,
 ) -> int:
-    """Init rclpy with the shipped DDS profile, spin a MultiThreadedExecutor, shut down cleanly.
+    """Init rclpy with the shipped DDS profile, spin ``executor_factory()``, shut down cleanly.
 
-    Nodes put their control loops in their own callback groups; the multi-threaded executor
-    then keeps a slow callback (inference, disk) from delaying them; its thread count should
-    cover every group that may be busy at once. Nodes that do their heavy work on threads of
-    their own and receive camera frames (policy_node, camera_node) pass
-    ``SingleThreadedExecutor``: rclpy's multi-threaded executor costs several times the CPU per
-    message and drops frames under load (docs/benchmarks.md, camera latency).
+    Slow callbacks get their own callback groups, so the multi-threaded executor keeps them
+    from delaying the others; which node spins which executor, and why: docs/architecture.md,
+    "Executors and timing".
 
     Security fails closed: when it is asked for and cannot hold (a strategy other than
     Enforce, no keystore, an RMW without DDS-Security), the node exits with code 2 and says

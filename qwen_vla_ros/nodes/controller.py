@@ -9,15 +9,15 @@ The loop, its lock and the chunk intake are :class:`qwen_vla_ros.control.loop.Co
 (SCHED_FIFO) where the host allows it, or under ``use_sim_time`` a ROS timer that follows
 ``/clock``. Chunks arrive serialized (a raw subscription), are sized before anything decodes
 them, wait in a bounded queue that keeps the newest, and are decoded and prepared on a
-thread of their own. The executor is rclpy's C++ EventsExecutor where rclpy has one and the
-GIL switch interval is cut to 50 us (docs/architecture.md, control loops).
+thread of their own. Why the EventsExecutor, SCHED_FIFO on the loop thread and the 50 us GIL
+switch interval: docs/architecture.md, "Executors and timing".
 
 Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
-core's arbiter; the mode goes out on ``/qwen_vla/mode`` (std_msgs/String, transient local)
+core's arbiter; the mode goes out on ``contract.MODE`` (std_msgs/String, latched)
 whenever it changes. A takeover does not wait for the next period: the Joy callback wakes
 the loop, which runs a period at once (limited over the time it really covers) and counts
 the following periods from there. The e-stop button publishes ``true`` on the latched e-stop topic, and
-a reset through ``/qwen_vla/estop/reset`` publishes ``false``. Trial buttons call the trial
+a reset through ``contract.ESTOP_RESET`` publishes ``false``. Trial buttons call the trial
 recorder's Trigger services asynchronously: the callback returns at once and the answer is
 logged when it comes, so no button ever waits on the recorder.
 """
@@ -28,45 +28,56 @@ import threading
 from collections.abc import Sequence
 from functools import partial
 
-import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Joy, JointState
+from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from qwen_vla_ros.config import ConfigError
-from qwen_vla_ros.control import ControlOutput, Controller
+from qwen_vla_ros.contract import (
+    ACTION_CHUNK,
+    COMMAND,
+    COMMITTED,
+    CONTROLLER_STATE,
+    DIAGNOSTICS,
+    ESTOP_RESET,
+    MODE,
+    TRIAL_SERVICES,
+    NodeRole,
+    role_view,
+)
+from qwen_vla_ros.control import Controller, ControlOutput
 from qwen_vla_ros.control.arbitration import Transition
 from qwen_vla_ros.control.loop import ControlLoop, LoopClock, Period
 from qwen_vla_ros.embodiments.base import yaw_from_quaternion
 from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
 from qwen_vla_ros.nodes.common import (
     call_trigger_logged,
-    chunk_message_limit,
     declare_configs,
-    decode_chunk_message,
     keep_large_buffers,
     low_latency_spinner,
     ns_to_time,
     run_node,
-    seconds_to_duration,
     time_to_ns,
 )
 from qwen_vla_ros.nodes.heartbeat import Heartbeat
-from qwen_vla_ros.recording.topics import MODE_TOPIC, TRIAL_SERVICES
+from qwen_vla_ros.nodes.ros_contract import (
+    Level,
+    chunk_message_limit,
+    committed_to_trajectory,
+    create_client,
+    create_publisher,
+    create_service,
+    create_subscription,
+    decode_chunk_message,
+    diagnostic_array,
+    diagnostic_status,
+)
 
-CHUNK_TOPIC = "/qwen_vla/action_chunk"
-COMMAND_TOPIC = "/qwen_vla/controller/command"
-COMMITTED_TOPIC = "/qwen_vla/controller/committed"
-STATE_TOPIC = "/qwen_vla/controller/state"
-ESTOP_RESET_SERVICE = "/qwen_vla/estop/reset"
 EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostics, none waits for another
-# A thread waking at its deadline waits for the GIL about this long (Python's default: 5 ms).
+# Python's default is 5 ms; why 50 us: docs/architecture.md, "Executors and timing".
 GIL_SWITCH_INTERVAL_S = 0.00005
 
 
@@ -87,7 +98,7 @@ class ControllerNode(Node):
 
         publish_committed = committed_rate > 0 and self.core.layout.commands_are_actions
         if committed_rate > 0 and not publish_committed:
-            self.get_logger().info(f"{embodiment.name}: no {COMMITTED_TOPIC}, its commands {self.names} are not its "
+            self.get_logger().info(f"{embodiment.name}: no {COMMITTED.name}, its commands {self.names} are not its "
                                    "action channels (real-time chunking is off for it)")
         self.loop: ControlLoop[bytes] = ControlLoop(
             self.core,
@@ -102,38 +113,33 @@ class ControllerNode(Node):
         )
         self.lock = self.loop.lock
 
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.command_pub = self.create_publisher(JointState, COMMAND_TOPIC, reliable)
-        self.committed_pub = self.create_publisher(JointTrajectory, COMMITTED_TOPIC, reliable)
-        self.state_pubs = [self.create_publisher(DiagnosticArray, topic, 10) for topic in (STATE_TOPIC, "/diagnostics")]
+        inbound = {topic.name: topic for topic in role_view(NodeRole.CONTROLLER, embodiment).subscribes}
+        estop = inbound[embodiment.safety.estop_topic]
+        self.command_pub = create_publisher(self, COMMAND)
+        self.committed_pub = create_publisher(self, COMMITTED)
+        self.state_pubs = [create_publisher(self, topic) for topic in (CONTROLLER_STATE, DIAGNOSTICS)]
 
         inputs = ReentrantCallbackGroup()
         for arm in self.core.layout.arms:
-            self.create_subscription(
-                JointState, arm.arm.joint_state_topic, lambda m, name=arm.name: self._on_joint_state(name, m),
-                qos_profile_sensor_data, callback_group=inputs,
-            )
+            create_subscription(self, inbound[arm.arm.joint_state_topic],
+                                lambda m, name=arm.name: self._on_joint_state(name, m), callback_group=inputs)
         if self.core.layout.base is not None:
-            self.create_subscription(Odometry, embodiment.base.odom_topic, self._on_odometry, qos_profile_sensor_data,
-                                     callback_group=inputs)
+            create_subscription(self, inbound[embodiment.base.odom_topic], self._on_odometry, callback_group=inputs)
         # Serialized: the size is judged before anything decodes it, and decoding is the intake thread's.
-        self.create_subscription(JointTrajectory, CHUNK_TOPIC, lambda data: self.loop.submit(data, len(data)), reliable,
-                                 callback_group=inputs, raw=True)
-        self.create_subscription(Bool, embodiment.safety.estop_topic, self._on_estop, latched, callback_group=inputs)
-        self.create_service(Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset, callback_group=inputs)
+        create_subscription(self, ACTION_CHUNK, lambda data: self.loop.submit(data, len(data)), callback_group=inputs,
+                            raw=True)
+        create_subscription(self, estop, self._on_estop, callback_group=inputs)
+        create_service(self, ESTOP_RESET, self._on_estop_reset, callback_group=inputs)
         # Chunks carry the policy host's observation stamps: this is where a clock offset bites.
         self.heartbeat = Heartbeat(self, runtime.clock_check, callback_group=inputs)
 
-        # Best effort matches joy_node's reliable publisher as well as best-effort ones.
-        self.create_subscription(Joy, embodiment.teleop.joy_topic, self._on_joy,
-                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT), callback_group=inputs)
+        create_subscription(self, inbound[embodiment.teleop.joy_topic], self._on_joy, callback_group=inputs)
         for arm in self.core.teleop.leaders.arms:  # empty unless leader_follow is enabled
-            self.create_subscription(JointState, embodiment.teleop.leader_follow.topics[arm],
-                                     lambda m, name=arm: self._on_leader(name, m), qos_profile_sensor_data, callback_group=inputs)
-        self.estop_pub = self.create_publisher(Bool, embodiment.safety.estop_topic, latched)
-        self.mode_pub = self.create_publisher(String, MODE_TOPIC, latched)
-        self.trial_clients = {event: self.create_client(Trigger, name) for event, name in TRIAL_SERVICES.items()}
+            create_subscription(self, inbound[embodiment.teleop.leader_follow.topics[arm]],
+                                lambda m, name=arm: self._on_leader(name, m), callback_group=inputs)
+        self.estop_pub = create_publisher(self, estop)
+        self.mode_pub = create_publisher(self, MODE)
+        self.trial_clients = {event: create_client(self, service) for event, service in TRIAL_SERVICES.items()}
         self.mode_lock = threading.Lock()
         self.published_mode: str | None = None
         self._publish_mode([])
@@ -188,7 +194,7 @@ class ControllerNode(Node):
         for event in outcome.events:
             if event == "estop":
                 self.estop_pub.publish(Bool(data=True))
-                self.get_logger().error("e-stop button: e-stop engaged, holding until /qwen_vla/estop/reset is called")
+                self.get_logger().error(f"e-stop button: e-stop engaged, holding until {ESTOP_RESET.name} is called")
             elif event in self.trial_clients:
                 call_trigger_logged(self, self.trial_clients[event], f"{event} button", "trial_recorder")
             elif event in ("arm_select", "jog_mode"):
@@ -217,7 +223,7 @@ class ControllerNode(Node):
         if message.data:
             with self.lock:
                 self.core.engage_estop()
-            self.get_logger().error("e-stop engaged: holding until /qwen_vla/estop/reset is called")
+            self.get_logger().error(f"e-stop engaged: holding until {ESTOP_RESET.name} is called")
 
     def _on_estop_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self.lock:
@@ -243,40 +249,24 @@ class ControllerNode(Node):
             adapter.send(output.positions)
         self.command_pub.publish(self._command_message(output))
         if period.committed is not None:
-            self.committed_pub.publish(self._committed_message(period.now_ns, period.committed))
+            self.committed_pub.publish(committed_to_trajectory(period.now_ns, self.names, period.committed,
+                                                               self.core.period_s))
 
     def _command_message(self, output: ControlOutput) -> JointState:
         message = JointState(name=self.names, position=output.positions.tolist(), velocity=output.velocities.tolist())
         message.header.stamp = ns_to_time(output.stamp_ns)
         return message
 
-    def _committed_message(self, now: int, rows: np.ndarray) -> JointTrajectory:
-        message = JointTrajectory(joint_names=self.names)
-        message.header.stamp = ns_to_time(now)
-        period = self.core.period_s
-        message.points = [
-            JointTrajectoryPoint(positions=row.tolist(), time_from_start=seconds_to_duration((k + 1) * period))
-            for k, row in enumerate(rows)
-        ]
-        return message
-
     def _publish_state(self) -> None:
         now = self._now()
         status = self.loop.status(now)
         status.update(self.heartbeat.figures())
-        level = {"estop": DiagnosticStatus.ERROR, "stale": DiagnosticStatus.WARN, "waiting": DiagnosticStatus.WARN}
-        diagnostic = DiagnosticStatus(
-            level=level.get(str(status["mode"]), DiagnosticStatus.OK),
-            name="qwen_vla/controller",
-            message=str(status["mode"]),
-            hardware_id=self.core.config.name,
-            values=[KeyValue(key=key, value=str(value)) for key, value in status.items()],
-        )
-        message = DiagnosticArray(status=[diagnostic])
-        message.header.stamp = ns_to_time(now)
+        level = {"estop": Level.ERROR, "stale": Level.WARN, "waiting": Level.WARN}
+        diagnostic = diagnostic_status("qwen_vla/controller", str(status["mode"]), status,
+                                       level.get(str(status["mode"]), Level.OK), self.core.config.name)
+        message = diagnostic_array([diagnostic], now)
         for publisher in self.state_pubs:
             publisher.publish(message)
-
 
 def _main(default_embodiment: str, args: Sequence[str] | None) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

@@ -1,4 +1,4 @@
-"""Heartbeats between hosts on /qwen_vla/heartbeat, and the clock-offset warning they feed.
+"""Heartbeats between hosts (``contract.HEARTBEAT``), and the clock-offset warning they feed.
 
 Any node adds ``Heartbeat(node, runtime.clock_check)``: it publishes its own clock every
 ``1 / heartbeat_hz`` as ``sensor_msgs/TimeReference`` (``header.stamp`` = the sender's ROS
@@ -11,14 +11,14 @@ import socket
 
 from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import TimeReference
 
 from qwen_vla_ros.clock_check import ClockOffsetEstimator
 from qwen_vla_ros.config.runtime import ClockCheck
+from qwen_vla_ros.contract import HEARTBEAT
 from qwen_vla_ros.nodes.common import ns_to_time, time_to_ns
+from qwen_vla_ros.nodes.ros_contract import create_publisher, create_subscription
 
-HEARTBEAT_TOPIC = "/qwen_vla/heartbeat"
 WARNING_PERIOD_S = 10.0
 
 
@@ -27,9 +27,8 @@ class Heartbeat:
         self.node = node
         self.source = f"{socket.gethostname()}/{node.get_fully_qualified_name().lstrip('/')}"
         self.estimator = ClockOffsetEstimator(settings.window, settings.max_offset_s)
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.publisher = node.create_publisher(TimeReference, HEARTBEAT_TOPIC, qos)
-        node.create_subscription(TimeReference, HEARTBEAT_TOPIC, self._on_heartbeat, qos, callback_group=callback_group)
+        self.publisher = create_publisher(node, HEARTBEAT)
+        create_subscription(node, HEARTBEAT, self._on_heartbeat, callback_group=callback_group)
         if settings.heartbeat_hz > 0:
             node.create_timer(1.0 / settings.heartbeat_hz, self._beat, callback_group=callback_group)
 

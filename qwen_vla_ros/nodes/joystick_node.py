@@ -1,4 +1,4 @@
-"""joystick_node: a Linux joystick as sensor_msgs/Joy on ``joy``, for machines without ROS's ``joy`` package.
+"""joystick_node: a Linux joystick as sensor_msgs/Joy on relative ``joy``, for machines without ROS's ``joy`` package.
 
 Thin shell over :class:`qwen_vla_ros.joystick.JoystickReader`, which follows joy_node's
 conventions (axes in -1..1 with up/left positive, deadzone, autorepeat, joydev button
@@ -21,10 +21,10 @@ from rclpy.node import Node
 from sensor_msgs.msg import Joy
 
 from qwen_vla_ros.config import ConfigError
+from qwen_vla_ros.contract import JOY_QOS, JOYSTICK_OUTPUT
 from qwen_vla_ros.joystick import Device, JoyState, JoystickReader, open_joystick
 from qwen_vla_ros.nodes.common import run_node
-
-JOY_QOS_DEPTH = 10  # joy_node's
+from qwen_vla_ros.nodes.ros_contract import PUBLISHER_QOS
 
 
 class JoystickNode(Node):
@@ -34,7 +34,8 @@ class JoystickNode(Node):
         path = str(self.declare_parameter("device_path", "").value)
         name = str(self.declare_parameter("device_name", "").value)
         self.frame_id = str(self.declare_parameter("frame_id", "joy").value)
-        self.publisher = self.create_publisher(Joy, "joy", JOY_QOS_DEPTH)
+        # Relative, as joy_node's, so bringup remaps it onto the embodiment's teleop.joy_topic.
+        self.publisher = self.create_publisher(Joy, JOYSTICK_OUTPUT, PUBLISHER_QOS[JOY_QOS])
         try:
             self.reader = JoystickReader(
                 open_device or partial(open_joystick, path, name),

@@ -3,7 +3,7 @@
 Subscription callbacks only check and store messages (``perception.sync``) and wake the
 inference thread, which runs ``inference.runner.PolicyRunner.run``: it decides when to
 infer, builds the observation, runs the model and publishes the chunk on
-/qwen_vla/action_chunk (stamp = observation stamp). See the README node table for topics
+the action-chunk topic (``contract.ACTION_CHUNK``; stamp = observation stamp). See the README node table for topics
 and parameters.
 
     python -m qwen_vla_ros.nodes.policy_node --ros-args -p config:=aloha -p checkpoint:=/path/to/ckpt
@@ -14,45 +14,37 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry as OdometryMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.config import ConfigError, RuntimeConfig
+from qwen_vla_ros.contract import ACTION_CHUNK, COMMITTED, DIAGNOSTICS, INSTRUCTION, MODE, NodeRole, role_view
 from qwen_vla_ros.inference.runner import PolicyRunner
 from qwen_vla_ros.inference.scheduler import POLICY
 from qwen_vla_ros.log import KeyedThrottle
-from qwen_vla_ros.nodes.common import (
-    chunk_to_trajectory,
-    declare_configs,
-    duration_to_seconds,
-    joint_positions,
-    msg_to_image,
-    run_node,
-    time_to_ns,
-)
+from qwen_vla_ros.nodes.common import declare_configs, joint_positions, run_node, time_to_ns
 from qwen_vla_ros.nodes.heartbeat import Heartbeat
+from qwen_vla_ros.nodes.ros_contract import (
+    Level,
+    chunk_to_trajectory,
+    create_publisher,
+    create_subscription,
+    diagnostic_array,
+    diagnostic_status,
+    msg_to_image,
+    trajectory_to_committed,
+)
 from qwen_vla_ros.perception.images import ImageHeader, header_problem, model_rgb, size_mismatch
 from qwen_vla_ros.perception.state import Odometry, StateAssembler
 from qwen_vla_ros.perception.sync import FAULTS, ObservationSync
 
-CHUNK_TOPIC = "/qwen_vla/action_chunk"
-COMMITTED_TOPIC = "/qwen_vla/controller/committed"
-MODE_TOPIC = "/qwen_vla/mode"
-INSTRUCTION_TOPIC = "/qwen_vla/instruction"
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Best effort matches reliable and best-effort drivers, and a retransmitted frame would be late;
-# a few frames deep (the sensor-data default) so a busy executor does not lose frames the sync pairs.
-CAMERA_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
 IMAGE_WARNING_PERIOD_S = 5.0
 
 
@@ -82,8 +74,8 @@ class PolicyNode(Node):
         self.cameras = {c.name: c for c in embodiment.cameras}
         self.input_size = (policy.patch_spec.height, policy.patch_spec.width)
         self.sync = ObservationSync(list(self.cameras), StateAssembler(embodiment), runtime.sync)
-        self.chunk_pub = self.create_publisher(JointTrajectory, CHUNK_TOPIC, RELIABLE)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.chunk_pub = create_publisher(self, ACTION_CHUNK)
+        self.diagnostics_pub = create_publisher(self, DIAGNOSTICS)
         try:
             self.runner = PolicyRunner(
                 policy, embodiment, runtime, self.sync, self._decode, self._publish, self._now_ns, self.get_logger(),
@@ -97,17 +89,17 @@ class PolicyNode(Node):
         self._wake = threading.Event()
         self._stop = threading.Event()
 
+        inbound = {topic.name: topic for topic in role_view(NodeRole.POLICY, embodiment).subscribes}
         for name, camera in self.cameras.items():
-            self.create_subscription(Image, camera.topic, lambda m, n=name: self._on_image(n, m), CAMERA_QOS)
+            create_subscription(self, inbound[camera.topic], lambda m, n=name: self._on_image(n, m))
         for arm in embodiment.arms:
             if arm.name in self.sync.assembler.arms:
-                self.create_subscription(JointState, arm.joint_state_topic, lambda m, a=arm.name: self._on_joints(a, m),
-                                         qos_profile_sensor_data)
+                create_subscription(self, inbound[arm.joint_state_topic], lambda m, a=arm.name: self._on_joints(a, m))
         if self.sync.assembler.needs_base:
-            self.create_subscription(OdometryMsg, embodiment.base.odom_topic, self._on_odometry, qos_profile_sensor_data)
-        self.create_subscription(JointTrajectory, COMMITTED_TOPIC, self._on_committed, RELIABLE)
-        self.create_subscription(String, MODE_TOPIC, self._on_mode, LATCHED)
-        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, RELIABLE)
+            create_subscription(self, inbound[embodiment.base.odom_topic], self._on_odometry)
+        create_subscription(self, COMMITTED, self._on_committed)
+        create_subscription(self, MODE, self._on_mode)
+        create_subscription(self, INSTRUCTION, self._on_instruction)
         self.heartbeat = Heartbeat(self, runtime.clock_check)
         self.default_instruction = runtime.instruction
         self.add_on_set_parameters_callback(self._on_parameters)
@@ -159,19 +151,16 @@ class PolicyNode(Node):
 
     def _on_committed(self, msg: JointTrajectory) -> None:
         try:
-            self.runner.committed.add(
-                time_to_ns(msg.header.stamp), msg.joint_names,
-                [duration_to_seconds(p.time_from_start) for p in msg.points], [p.positions for p in msg.points],
-            )
+            self.runner.committed.add(*trajectory_to_committed(msg))
         except ValueError as exc:
             self.committed_rejected += 1
-            self.get_logger().warning(f"{COMMITTED_TOPIC} ignored: {exc}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"{COMMITTED.name} ignored: {exc}", throttle_duration_sec=5.0)
 
     def _on_mode(self, msg: String) -> None:
         try:
             self.runner.set_mode(msg.data)
         except ValueError as exc:
-            self.get_logger().error(f"{MODE_TOPIC}: {exc}; keeping mode {self.runner.scheduler.mode!r}")
+            self.get_logger().error(f"{MODE.name}: {exc}; keeping mode {self.runner.scheduler.mode!r}")
         self._wake.set()
 
     def _on_instruction(self, msg: String) -> None:
@@ -198,17 +187,13 @@ class PolicyNode(Node):
         figures["committed_rejected"] = self.committed_rejected
         for camera, counts in self.image_counts.items():
             figures.update({f"{kind}.{camera}": counts[kind] for kind in ("frames", "rejected", "resized")})
-        level, message = DiagnosticStatus.OK, "inferring" if figures["mode"] == POLICY else f"mode {figures['mode']}"
+        level, message = Level.OK, "inferring" if figures["mode"] == POLICY else f"mode {figures['mode']}"
         skip = self.runner.last_skip
         if figures["mode"] == POLICY and figures["chunks_per_s"] == 0 and skip is not None:
-            level = DiagnosticStatus.ERROR if skip.reason not in FAULTS else DiagnosticStatus.WARN
+            level = Level.ERROR if skip.reason not in FAULTS else Level.WARN
             message = f"no chunks: {skip.message}"
-        status = DiagnosticStatus(level=level, name=f"policy_node: {self.config.name}", message=message,
-                                  hardware_id=self.config.name,
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in figures.items()])
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
+        status = diagnostic_status(f"policy_node: {self.config.name}", message, figures, level, self.config.name)
+        self.diagnostics_pub.publish(diagnostic_array([status], self._now_ns()))
 
     def close(self) -> None:
         self._stop.set()
@@ -218,8 +203,7 @@ class PolicyNode(Node):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    # Callbacks only store messages and inference has its own thread: one executor thread is
-    # enough and costs far less per camera frame than rclpy's multi-threaded executor.
+    # Callbacks only store messages, inference has its own thread (docs/architecture.md, "Executors and timing").
     return run_node(PolicyNode, args, executor_factory=SingleThreadedExecutor)
 
 

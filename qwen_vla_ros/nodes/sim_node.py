@@ -2,7 +2,7 @@
 
 Publishes each arm's joint states (Interbotix layout), base odometry, camera images, task
 success and /diagnostics; accepts the controller's commands on the adapters named in the
-embodiment's ``outputs``; offers ``/qwen_vla/sim/reset``. Physics and rendering run on their
+embodiment's ``outputs``; offers the sim reset service (``contract.SIM_RESET``). Physics and rendering run on their
 own threads (``sim.loop``); this node only converts messages.
 
     python -m qwen_vla_ros.nodes.sim_node --ros-args -p config:=aloha \\
@@ -17,17 +17,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.config.embodiment import (
@@ -37,7 +34,17 @@ from qwen_vla_ros.config.embodiment import (
     JointTrajectoryOutput,
     TwistOutput,
 )
-from qwen_vla_ros.nodes.common import declare_configs, image_to_msg, ns_to_time, run_node
+from qwen_vla_ros.contract import CLOCK, DIAGNOSTICS, SIM_RESET, SIM_SUCCESS, NodeRole, role_view
+from qwen_vla_ros.nodes.common import declare_configs, ns_to_time, run_node
+from qwen_vla_ros.nodes.ros_contract import (
+    Level,
+    create_publisher,
+    create_service,
+    create_subscription,
+    diagnostic_array,
+    diagnostic_status,
+    image_to_msg,
+)
 from qwen_vla_ros.sim.commands import (
     ArmCommand,
     decode_forward_command,
@@ -50,18 +57,15 @@ from qwen_vla_ros.sim.loop import FrameGrabber, SimLoop
 from qwen_vla_ros.sim.pacing import Pacer
 from qwen_vla_ros.sim.world import Simulation
 
-RESET_SERVICE = "/qwen_vla/sim/reset"
-SUCCESS_TOPIC = "/qwen_vla/sim/success"
 FORWARD_COMMAND_OVERRIDE = "outputs=[{adapter: forward_command, arms: [%s]}]"
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def _interbotix_messages() -> tuple[type, type] | None:
+def _interbotix_installed() -> bool:
     try:
-        from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+        import interbotix_xs_msgs.msg  # noqa: F401
     except ImportError:
-        return None
-    return JointGroupCommand, JointSingleCommand
+        return False
+    return True
 
 
 class SimNode(Node):
@@ -85,13 +89,16 @@ class SimNode(Node):
         self.rejected = 0
         self.conditions = self.sim.reset(self.rng)
 
-        self.joint_publishers = {a.name: self.create_publisher(JointState, a.joint_state_topic, 10) for a in config.arms}
-        self.odom_publisher = self.create_publisher(Odometry, config.base.odom_topic, 10) if self.sim.has_base else None
-        self.success_publisher = self.create_publisher(Bool, SUCCESS_TOPIC, LATCHED) if self.sim.has_task else None
-        self.clock_publisher = None if realtime else self.create_publisher(Clock, "/clock", 10)
-        self.diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        view = role_view(NodeRole.SIM, config)
+        self.outbound = {topic.name: topic for topic in view.publishes}
+        self.inbound = {topic.name: topic for topic in view.subscribes}
+        self.joint_publishers = {a.name: create_publisher(self, self.outbound[a.joint_state_topic]) for a in config.arms}
+        self.odom_publisher = create_publisher(self, self.outbound[config.base.odom_topic]) if self.sim.has_base else None
+        self.success_publisher = create_publisher(self, SIM_SUCCESS) if self.sim.has_task else None
+        self.clock_publisher = None if realtime else create_publisher(self, CLOCK)
+        self.diagnostics = create_publisher(self, DIAGNOSTICS)
         self._subscribe_commands()
-        self.create_service(Trigger, RESET_SERVICE, self._reset)
+        create_service(self, SIM_RESET, self._reset)
 
         grabber = self._start_cameras(camera_rate_hz)
         pacer = Pacer(period_ns=round(self.sim.period_s * 1e9), realtime=realtime)
@@ -115,28 +122,27 @@ class SimNode(Node):
     # --- commands -------------------------------------------------------------------------
 
     def _subscribe_commands(self) -> None:
-        interbotix = _interbotix_messages()
+        interbotix = _interbotix_installed()
         commanded: set[str] = set()
         missing_interbotix = []
         for output in self.config.outputs:
             if isinstance(output, TwistOutput):
-                self.create_subscription(Twist, output.topic, self._on_twist, 10)
+                create_subscription(self, self.inbound[output.topic], self._on_twist)
                 continue
             for arm_name in output.arms:
                 arm = self.config.arm(arm_name)
                 if isinstance(output, ForwardCommandOutput):
-                    self._listen(Float64MultiArray, output.topic, arm, lambda m, a=arm: decode_forward_command(m.data, a))
+                    self._listen(output.topic, arm, lambda m, a=arm: decode_forward_command(m.data, a))
                 elif isinstance(output, JointTrajectoryOutput):
-                    self._listen(JointTrajectory, output.topic, arm,
+                    self._listen(output.topic, arm,
                                  lambda m, a=arm: decode_joint_trajectory(m.joint_names, [p.positions for p in m.points], a))
                 elif isinstance(output, InterbotixOutput):
-                    if interbotix is None:
+                    if not interbotix:
                         missing_interbotix.append(arm_name)
                         continue
-                    group_type, single_type = interbotix
-                    self._listen(group_type, output.group_topic, arm,
+                    self._listen(output.group_topic, arm,
                                  lambda m, a=arm, o=output: decode_joint_group(m.name, m.cmd, a, o.group_name))
-                    self._listen(single_type, output.single_topic, arm,
+                    self._listen(output.single_topic, arm,
                                  lambda m, a=arm, o=output: decode_joint_single(m.name, m.cmd, a, o.gripper_name))
                 commanded.add(arm_name)
         uncommanded = [a.name for a in self.config.arms if a.name not in commanded]
@@ -150,20 +156,20 @@ class SimNode(Node):
                 )
             raise ConfigError(f"{self.config.name} outputs", problems)
 
-    def _listen(self, message_type: type, template: str, arm: Arm, decode: Callable[[object], ArmCommand]) -> None:
-        topic = template.format(namespace=arm.namespace)
+    def _listen(self, template: str, arm: Arm, decode: Callable[[object], ArmCommand]) -> None:
+        topic = self.inbound[template.format(namespace=arm.namespace)]
 
         def on_command(msg: object) -> None:
             try:
                 command = decode(msg)
             except ValueError as exc:
                 self.rejected += 1
-                self.get_logger().warning(f"{topic}: ignored command, {exc}", throttle_duration_sec=1.0)
+                self.get_logger().warning(f"{topic.name}: ignored command, {exc}", throttle_duration_sec=1.0)
                 return
             self.sim.command_arm(arm.name, command)
             self.accepted += 1
 
-        self.create_subscription(message_type, topic, on_command, 10)
+        create_subscription(self, topic, on_command)
 
     def _on_twist(self, msg: Twist) -> None:
         try:
@@ -220,7 +226,7 @@ class SimNode(Node):
         if rate_hz <= 0 or not self.sim.camera_names:
             return None
         cameras = {c.name: c for c in self.config.cameras}
-        publishers = {name: self.create_publisher(Image, cameras[name].topic, 2) for name in self.sim.camera_names}
+        publishers = {name: create_publisher(self, self.outbound[cameras[name].topic]) for name in self.sim.camera_names}
 
         def publish(frames: dict[str, np.ndarray], stamp_ns: int) -> None:
             for name, image in frames.items():
@@ -240,18 +246,14 @@ class SimNode(Node):
         figures = self.loop.report()
         values = {k: f"{v:.3f}" if isinstance(v, float) and not v.is_integer() else f"{v:g}" for k, v in figures.items()}
         values.update(commands_accepted=str(self.accepted), commands_rejected=str(self.rejected), resets=str(self.resets))
-        level, message = DiagnosticStatus.OK, "running"
+        level, message = Level.OK, "running"
         if self.loop.error is not None or not self.loop.running:
-            level, message = DiagnosticStatus.ERROR, f"physics stopped: {self.loop.error}"
+            level, message = Level.ERROR, f"physics stopped: {self.loop.error}"
             self.get_logger().error(message, throttle_duration_sec=5.0)
         elif self.loop.pacer.realtime and figures["wall_time_s"] > 2 and figures["real_time_factor"] < 0.9:
-            level, message = DiagnosticStatus.WARN, f"behind real time (factor {figures['real_time_factor']:.2f})"
-        status = DiagnosticStatus(level=level, name=f"sim_node: {self.config.name}", message=message,
-                                  hardware_id=self.sim.settings.type,
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics.publish(array)
+            level, message = Level.WARN, f"behind real time (factor {figures['real_time_factor']:.2f})"
+        status = diagnostic_status(f"sim_node: {self.config.name}", message, values, level, self.sim.settings.type)
+        self.diagnostics.publish(diagnostic_array([status], self.get_clock().now().nanoseconds))
 
     def close(self) -> None:
         self.loop.stop()

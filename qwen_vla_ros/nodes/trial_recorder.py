@@ -8,7 +8,6 @@ Topics are subscribed once a publisher appears, with QoS matched to the publishe
 """
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,38 +23,22 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from qwen_vla_ros.config import EMBODIMENTS, ConfigError, EmbodimentConfig, RuntimeConfig
+from qwen_vla_ros.contract import INSTRUCTION, MODE, NEXT_CONDITION, SIM_SUCCESS, TRIAL_SERVICES
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint
-from qwen_vla_ros.nodes.common import string_list_parameter, declare_configs, run_node
+from qwen_vla_ros.nodes.common import declare_configs, run_node, string_list_parameter
+from qwen_vla_ros.nodes.ros_contract import create_publisher, create_service, message_class
 from qwen_vla_ros.recording.bag import bag_writer_factory
 from qwen_vla_ros.recording.protocol import load_protocol, parse_condition
 from qwen_vla_ros.recording.session import RecorderIdentity, SessionSettings, TrialError, TrialSession
-from qwen_vla_ros.recording.topics import (
-    INSTRUCTION_TOPIC,
-    MODE_TOPIC,
-    SIM_SUCCESS_TOPIC,
-    TRIAL_SERVICES,
-    check_types,
-    recorded_topics,
-    subscription_qos,
-)
+from qwen_vla_ros.recording.topics import check_types, recorded_topics, subscription_qos
 from qwen_vla_ros.recording.trial import Outcome, TrialRecord, TrialStore
 
-NEXT_CONDITION_TOPIC = "/qwen_vla/trial/next_condition"
-SERVICES: dict[str, Outcome | None] = {
-    TRIAL_SERVICES["trial_start"]: None,
-    TRIAL_SERVICES["trial_success"]: "success",
-    TRIAL_SERVICES["trial_failure"]: "failure",
-    TRIAL_SERVICES["trial_abort"]: "aborted",
+OUTCOMES: dict[str, Outcome | None] = {  # by trial service: None starts a trial
+    "trial_start": None,
+    "trial_success": "success",
+    "trial_failure": "failure",
+    "trial_abort": "aborted",
 }
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def import_message(msgtype: str) -> type:
-    package, _, name = msgtype.split("/")
-    try:
-        return getattr(importlib.import_module(f"{package}.msg"), name)
-    except (ImportError, AttributeError) as exc:
-        raise ImportError(f"message type {msgtype} is not installed ({exc})") from exc
 
 
 class TrialRecorderNode(Node):
@@ -92,13 +75,13 @@ class TrialRecorderNode(Node):
         self._subscribed: dict[str, Any] = {}
         self._unrecordable: set[str] = set()
         self._decoders: dict[str, Callable[[bytes, int], None]] = {
-            MODE_TOPIC: lambda data, now: self.session.on_mode(deserialize_message(data, String).data, now),
-            INSTRUCTION_TOPIC: lambda data, now: self.session.on_instruction(deserialize_message(data, String).data, now),
-            SIM_SUCCESS_TOPIC: self._on_sim_success,
+            MODE.name: lambda data, now: self.session.on_mode(deserialize_message(data, String).data, now),
+            INSTRUCTION.name: lambda data, now: self.session.on_instruction(deserialize_message(data, String).data, now),
+            SIM_SUCCESS.name: self._on_sim_success,
         }
-        self._next_condition = self.create_publisher(String, NEXT_CONDITION_TOPIC, LATCHED)
-        for name, outcome in SERVICES.items():
-            self.create_service(Trigger, name, self._service(outcome))
+        self._next_condition = create_publisher(self, NEXT_CONDITION)
+        for event, outcome in OUTCOMES.items():
+            create_service(self, TRIAL_SERVICES[event], self._service(outcome))
         self.create_timer(self._discovery_period_s, self._tick)
         self.add_on_set_parameters_callback(self._check_parameters)
         self.get_logger().info(
@@ -211,7 +194,7 @@ class TrialRecorderNode(Node):
                 continue
             try:
                 msgtype = check_types(self._wanted, topic, advertised[topic])
-                message_class = import_message(msgtype)
+                message_type = message_class(msgtype)
             except (ValueError, ImportError) as exc:
                 self._unrecordable.add(topic)
                 self.get_logger().error(f"not recording {topic}: {exc}")
@@ -230,7 +213,7 @@ class TrialRecorderNode(Node):
                 durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
             )
             self._subscribed[topic] = self.create_subscription(
-                message_class, topic, self._receiver(topic, msgtype, latched), qos, raw=True
+                message_type, topic, self._receiver(topic, msgtype, latched), qos, raw=True
             )
             self.get_logger().info(
                 f"recording {topic} ({msgtype}, {'reliable' if reliable else 'best effort'}"
@@ -258,8 +241,7 @@ class TrialRecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    # Callbacks only enqueue, so one thread suffices; rclpy's MultiThreadedExecutor costs
-    # enough per callback that, GIL-bound, it lost 4-7% of the 4-camera benchmark stream.
+    # Callbacks only enqueue: one thread (docs/architecture.md, "Executors and timing").
     return run_node(TrialRecorderNode, args, executor_factory=SingleThreadedExecutor)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwen_vla_ros.chunk import NS_PER_S
+from qwen_vla_ros.contract import SIM_SUCCESS
 from qwen_vla_ros.recording.bag import BagError, BagSummary, BagWriter, repair_bag
 from qwen_vla_ros.recording.protocol import Condition, NextTrial, Protocol, announce, next_trial
 from qwen_vla_ros.recording.trial import VERDICTS, Intervention, Outcome, TopicCounts, TrialRecord, TrialStore, iso_time
@@ -192,7 +193,7 @@ class TrialSession:
         """With auto-labelling on, the simulator's success ends the trial as a success."""
         if not (success and self.settings.auto_label_success):
             return None
-        return self._stop_if_recording("success", now_ns, "labelled success by /qwen_vla/sim/success")
+        return self._stop_if_recording("success", now_ns, f"labelled success by {SIM_SUCCESS.name}")
 
     def check_timeout(self, now_ns: int) -> TrialRecord | None:
         """A trial longer than ``trial_timeout_s`` ends as a failure (the sim's episode limit)."""

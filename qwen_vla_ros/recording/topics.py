@@ -3,77 +3,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from qwen_vla_ros.config.embodiment import (
-    EmbodimentConfig,
-    ForwardCommandOutput,
-    InterbotixOutput,
-    JointTrajectoryOutput,
-    TwistOutput,
-)
-
-IMAGE = "sensor_msgs/msg/Image"
-JOINT_STATE = "sensor_msgs/msg/JointState"
-TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
-STRING = "std_msgs/msg/String"
-BOOL = "std_msgs/msg/Bool"
-
-MODE_TOPIC = "/qwen_vla/mode"
-INSTRUCTION_TOPIC = "/qwen_vla/instruction"
-SIM_SUCCESS_TOPIC = "/qwen_vla/sim/success"
-TRIAL_SERVICES = {  # the trial recorder's std_srvs/Trigger services, by the teleop button that calls them
-    "trial_start": "/qwen_vla/trial/start",
-    "trial_success": "/qwen_vla/trial/stop_success",
-    "trial_failure": "/qwen_vla/trial/stop_failure",
-    "trial_abort": "/qwen_vla/trial/abort",
-}
-
-RUNTIME_TOPICS: dict[str, str] = {
-    "/qwen_vla/action_chunk": TRAJECTORY,
-    "/qwen_vla/controller/command": JOINT_STATE,
-    "/qwen_vla/controller/committed": TRAJECTORY,
-    MODE_TOPIC: STRING,
-    INSTRUCTION_TOPIC: STRING,
-    "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
-    SIM_SUCCESS_TOPIC: BOOL,
-}
-
-
-def _output_topics(config: EmbodimentConfig) -> dict[str, str]:
-    """What the controller sends the drivers, in the drivers' own messages."""
-    topics: dict[str, str] = {}
-    for output in config.outputs:
-        if isinstance(output, TwistOutput):
-            topics[output.topic] = "geometry_msgs/msg/Twist"
-            continue
-        for arm_name in output.arms:
-            namespace = config.arm(arm_name).namespace
-            if isinstance(output, InterbotixOutput):
-                topics[output.group_topic.format(namespace=namespace)] = "interbotix_xs_msgs/msg/JointGroupCommand"
-                topics[output.single_topic.format(namespace=namespace)] = "interbotix_xs_msgs/msg/JointSingleCommand"
-            elif isinstance(output, JointTrajectoryOutput):
-                topics[output.topic.format(namespace=namespace)] = TRAJECTORY
-            elif isinstance(output, ForwardCommandOutput):
-                topics[output.topic.format(namespace=namespace)] = "std_msgs/msg/Float64MultiArray"
-    return topics
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.contract import NodeRole, role_view
 
 
 def default_topics(config: EmbodimentConfig) -> dict[str, str]:
-    """topic -> message type: cameras, joint states, odometry, runtime topics, driver commands.
+    """topic -> message type: the trial recorder's subscriptions in the graph contract.
 
-    Topics that never get a publisher (``/qwen_vla/sim/success`` on a real robot) are simply
-    never subscribed.
+    Topics that never get a publisher (``sim/success`` on a real robot) are simply never
+    subscribed.
     """
-    topics = {camera.topic: IMAGE for camera in config.cameras}
-    topics |= {arm.joint_state_topic: JOINT_STATE for arm in config.arms}
-    if config.base is not None:
-        topics[config.base.odom_topic] = "nav_msgs/msg/Odometry"
-    topics |= RUNTIME_TOPICS
-    topics[config.teleop.joy_topic] = "sensor_msgs/msg/Joy"
-    if config.teleop.leader_follow.enabled:
-        topics |= {topic: JOINT_STATE for topic in config.teleop.leader_follow.topics.values()}
-    topics[config.safety.estop_topic] = BOOL
-    topics |= _output_topics(config)
-    return topics
+    return {topic.name: topic.msg_type for topic in role_view(NodeRole.RECORDER, config).subscribes}
 
 
 def parse_topic_spec(spec: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@ import rclpy
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from qwen_vla_ros.nodes.common import image_to_msg
+from qwen_vla_ros.nodes.ros_contract import image_to_msg
 from qwen_vla_ros.ros_env import apply_dds_profile
 
 

@@ -19,7 +19,8 @@ from helpers.readings import START_POSE
 
 from qwen_vla_ros.config import EmbodimentConfig
 from qwen_vla_ros.embodiments.gripper import normalized_to_finger
-from qwen_vla_ros.nodes.common import image_to_msg, ns_to_time, seconds_to_duration
+from qwen_vla_ros.nodes.common import ns_to_time, seconds_to_duration
+from qwen_vla_ros.nodes.ros_contract import image_to_msg
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
