@@ -45,8 +45,10 @@ class NodeRole(str, Enum):
     CAMERA = "camera_node"
     JOYSTICK = "joystick_node"
     DRIVER = "driver"  # Interbotix xs_sdk, base driver, camera driver, or the sim in their place
-    OPERATOR = "operator"  # a person or tool: ros2 topic pub, an operator UI
-    MONITOR = "monitor"  # dashboards, the demo's monitor, Foxglove
+    # A person or tool that commands: ros2 topic pub, an operator UI, and the demo's monitor when it
+    # resets the sim and starts or stops trials (services only an operator may call).
+    OPERATOR = "operator"
+    MONITOR = "monitor"  # read only: dashboards, the demo's monitor as it watches, Foxglove
 
 
 @dataclass(frozen=True)
@@ -143,18 +145,18 @@ ESTOP_RESET = Service(
     "/qwen_vla/estop/reset", "std_srvs/srv/Trigger", _roles(C), _roles(OP),
     "clears a latched e-stop (and publishes false on the e-stop topic); motion resumes with a ramp from the measured state",
 )
-TRIAL_START = Service("/qwen_vla/trial/start", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP, M), "starts a trial")
+TRIAL_START = Service("/qwen_vla/trial/start", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP), "starts a trial")
 TRIAL_SUCCESS = Service(
-    "/qwen_vla/trial/stop_success", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP, M), "ends the trial as a success",
+    "/qwen_vla/trial/stop_success", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP), "ends the trial as a success",
 )
 TRIAL_FAILURE = Service(
-    "/qwen_vla/trial/stop_failure", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP, M), "ends the trial as a failure",
+    "/qwen_vla/trial/stop_failure", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP), "ends the trial as a failure",
 )
 TRIAL_ABORT = Service(
-    "/qwen_vla/trial/abort", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP, M), "aborts the trial (not counted)",
+    "/qwen_vla/trial/abort", "std_srvs/srv/Trigger", _roles(R), _roles(C, OP), "aborts the trial (not counted)",
 )
 SIM_RESET = Service(
-    "/qwen_vla/sim/reset", "std_srvs/srv/Trigger", _roles(S), _roles(OP, M),
+    "/qwen_vla/sim/reset", "std_srvs/srv/Trigger", _roles(S), _roles(OP),
     "resets the sim with task randomisation; message = JSON of the conditions drawn (seed, reset, object_pose "
     "[x, y, z, yaw], optional light_scale, table_rgb)",
 )
