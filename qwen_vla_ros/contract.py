@@ -273,8 +273,8 @@ def _output_topics(config: EmbodimentConfig) -> list[Topic]:
 
 def _teleop_topics(config: EmbodimentConfig) -> list[Topic]:
     topics = [
-        Topic(config.teleop.joy_topic, JOY, JOY_QOS, _roles(J, D), _roles(C, R),
-              "gamepad or pedal (joystick_node or joy_node)", "teleop.joy_topic"),
+        Topic(config.teleop.joy_topic, JOY, JOY_QOS, _roles(J), _roles(C, R),
+              "gamepad or pedal: joystick_node, or joy_node in its role (and SROS2 enclave)", "teleop.joy_topic"),
         Topic(config.safety.estop_topic, BOOL, QosKind.LATCHED, _roles(C, OP), _roles(C, R),
               "true latches the e-stop; the controller publishes true from its button, false at a reset",
               "safety.estop_topic"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,20 +26,7 @@ from qwen_vla_ros.bringup.graph import (
     sim_overrides,
 )
 from qwen_vla_ros.config import load_embodiment, parse_override
-from qwen_vla_ros.config.embodiment import (
-    EmbodimentConfig,
-    InterbotixOutput,
-    TwistOutput,
-)
-from qwen_vla_ros.contract import (
-    RUNTIME_TOPICS,
-    SERVICES,
-    NodeRole,
-    QosKind,
-    Service,
-    Topic,
-)
-from qwen_vla_ros.recording.topics import default_topics
+from qwen_vla_ros.contract import RUNTIME_TOPICS, SERVICES, NodeRole, Service, Topic, config_topics
 from qwen_vla_ros.ros_env import enclave_name
 
 POLICY_VERSION = "0.2.0"  # the SROS2 policy schema this writes
@@ -72,52 +58,6 @@ class Grant:
     request: frozenset[str]
 
 
-def config_named_topics(config: EmbodimentConfig) -> list[Topic]:
-    """The topics whose names come from configuration, with who uses them.
-
-    Written here until ``contract.graph_topics(embodiment)`` exists, which will own it.
-    """
-    C, P, S, R, CAM, J, D, O, M = (
-        NodeRole.CONTROLLER, NodeRole.POLICY, NodeRole.SIM, NodeRole.RECORDER, NodeRole.CAMERA,
-        NodeRole.JOYSTICK, NodeRole.DRIVER, NodeRole.OPERATOR, NodeRole.MONITOR,
-    )
-
-    types = default_topics(config)
-
-    def topic(name: str, msg_type: str, qos: QosKind, publishers: Iterable[NodeRole], subscribers: Iterable[NodeRole],
-              summary: str) -> Topic:
-        return Topic(name, msg_type or types.get(name, ""), qos, frozenset(publishers), frozenset(subscribers), summary)
-
-    topics = []
-    for camera in config.cameras:
-        topics.append(topic(camera.topic, "sensor_msgs/msg/Image", QosKind.CAMERA, (D, CAM, S), (P, R, M),
-                            f"camera {camera.name}"))
-        info = camera.info_topic or camera.topic.rsplit("/", 1)[0] + "/camera_info"  # camera_node's rule
-        topics.append(topic(info, "sensor_msgs/msg/CameraInfo", QosKind.CAMERA, (D, CAM), (M,), f"{camera.name} info"))
-    for arm in config.arms:
-        topics.append(topic(arm.joint_state_topic, "sensor_msgs/msg/JointState", QosKind.SENSOR, (D, S), (C, P, R, M),
-                            f"{arm.name} joint states"))
-    if config.base is not None:
-        topics.append(topic(config.base.odom_topic, "nav_msgs/msg/Odometry", QosKind.SENSOR, (D, S), (C, P, R, M),
-                            "base odometry"))
-    for output in config.outputs:
-        if isinstance(output, TwistOutput):
-            names = [output.topic]
-        elif isinstance(output, InterbotixOutput):
-            names = [t.format(namespace=config.arm(a).namespace) for a in output.arms
-                     for t in (output.group_topic, output.single_topic)]
-        else:
-            names = [output.topic.format(namespace=config.arm(a).namespace) for a in output.arms]
-        topics += [topic(name, "", QosKind.RELIABLE, (C,), (D, S, R), f"{output.adapter} commands") for name in names]
-    topics.append(topic(config.teleop.joy_topic, "sensor_msgs/msg/Joy", QosKind.SENSOR, (J,), (C, R, M), "joystick"))
-    if config.teleop.leader_follow.enabled:
-        topics += [topic(name, "sensor_msgs/msg/JointState", QosKind.SENSOR, (D,), (C, R), "leader arm")
-                   for name in config.teleop.leader_follow.topics.values()]
-    topics.append(topic(config.safety.estop_topic, "std_msgs/msg/Bool", QosKind.ANY, (C, O), (C, R, M),
-                        "e-stop: true presses it (an operator's button may); only the reset service releases it"))
-    return topics
-
-
 def graph_contract(embodiment: str, config: str = "") -> tuple[list[Topic], list[Service], list[ProcessSpec]]:
     """Every topic, service and process of an embodiment's graph, on the robot and in simulation."""
     processes: dict[str, ProcessSpec] = {}
@@ -128,7 +68,7 @@ def graph_contract(embodiment: str, config: str = "") -> tuple[list[Topic], list
         overrides = sim_overrides(graph.embodiment) if use_sim else []
         configs.append(load_embodiment(config or embodiment, dict(parse_override(text) for text in overrides)))
     merged: dict[str, Topic] = {t.name: t for t in RUNTIME_TOPICS}
-    for topic in (t for c in configs for t in config_named_topics(c)):
+    for topic in (t for c in configs for t in config_topics(c)):
         known = merged.get(topic.name)
         if known is not None:
             topic = Topic(topic.name, topic.msg_type or known.msg_type, topic.qos, topic.publishers | known.publishers,
