@@ -141,13 +141,6 @@ def test_commands_respect_limits_and_the_sim_tracks_them(demo) -> None:
         states = topics[arm.joint_state_topic]
         state_stamps = np.array([s for s, _ in states])
         positions = np.array([[dict(zip(m.name, m.position))[j] for j in joint_names] for _, m in states])
-        # The commands hold the limits exactly (above); the simulated joints may pass them by what a
-        # commanded limit plus gravity and contacts push into MuJoCo's soft joint-range constraint
-        # (measured up to 0.03 rad on the shoulder): 0.05 rad.
-        for index, joint in enumerate(arm.joints):
-            low, high = positions[:, index].min(), positions[:, index].max()
-            assert joint.limits.lower - 0.05 <= low and high <= joint.limits.upper + 0.05, \
-                f"{arm.name} {joint.name} reached [{low:.3f}, {high:.3f}], limits [{joint.limits.lower}, {joint.limits.upper}]"
         # Tracking: each joint state against the command sent one period before it (the sim applies
         # a command at its next step). A random policy drives the joints near their velocity limit
         # (pi rad/s) and into the cube, the table and the other arm: gym-aloha's position servos lag
@@ -173,6 +166,30 @@ def test_commands_respect_limits_and_the_sim_tracks_them(demo) -> None:
         assert np.all(np.percentile(error, 90, axis=0) < 0.5), \
             f"{arm.name} 90th percentile tracking error {np.percentile(error, 90, axis=0).round(3)}"
         assert np.all(error.max(axis=0) < np.pi), f"{arm.name} worst tracking error {error.max(axis=0).round(3)} rad"
+        # Measured positions, against the YAML/URDF limits. The commands hold them exactly (above);
+        # the simulated joints may pass them where MuJoCo's joint range is a soft constraint. A
+        # tracking joint passes them by at most 0.05 rad (gravity and the servo's lag at a commanded
+        # limit: 0.0008 rad for the shoulder driven into its limit at full rate, up to 0.03 rad seen
+        # here). Further only where a contact held the servo back and let go: gym-aloha's position
+        # servos are undamped springs (shoulder kp 1600, no kv, no joint damping), so a servo error
+        # released at once swings the joint past the commanded limit, the shoulder by 0.02 rad for
+        # an error of 0.1 rad, 0.05 for 0.2, 0.06 for 0.25 and 0.34 for a full-range release
+        # (measured in MujocoAloha: arm at rest, its shoulder command stepped to the limit). The
+        # -1.931 shoulder of a failed run (limit -1.85005) was one. So: no sample passes a limit by
+        # more than 0.35 rad, and one more than 0.05 rad past must follow a tracking error over
+        # 0.2 rad at that joint within the second before.
         samples_per_s = len(state_stamps) / ((state_stamps[-1] - state_stamps[0]) / 1e9)
+        lower, upper = limits.lower[channels], limits.upper[channels]
+        beyond_all = np.maximum(lower - positions, positions - upper)
+        assert np.all(beyond_all <= 0.35), f"{arm.name} joints passed their limits by {beyond_all.max(axis=0).round(3)} rad"
+        beyond = beyond_all[after_start][valid]
+        window = max(1, round(samples_per_s))
+        recent_error = np.array([error[max(0, i - window):i + 1].max(axis=0) for i in range(len(error))])
+        unexplained = np.argwhere((beyond > 0.05) & (recent_error <= 0.2))
+        if len(unexplained):
+            i, j = unexplained[0]
+            pytest.fail(f"{arm.name} {joint_names[j]} reached {positions[after_start][valid][i, j]:.3f}, limits "
+                        f"[{lower[j]}, {upper[j]}], with no tracking error over 0.2 rad in the second before "
+                        f"(largest {recent_error[i, j]:.3f})")
         longest = [longest_run(error[:, j] > 0.5) / samples_per_s for j in range(error.shape[1])]
         assert max(longest) <= 1.0, f"{arm.name} joints stayed over 0.5 rad off their command for {np.round(longest, 2)} s"
