@@ -324,3 +324,24 @@ def test_the_controller_limits_are_no_looser_than_yaml_and_urdf(embodiment: str)
     layout, judged = controller.layout, limits_of(controller)
     assert np.all(layout.lower >= judged.lower) and np.all(layout.upper <= judged.upper)
     assert np.all(layout.velocity <= judged.velocity) and np.all(layout.acceleration <= judged.acceleration)
+
+
+def test_doubling_any_rate_in_the_aloha_yaml_is_caught(tmp_path, monkeypatch) -> None:
+    """The mutation the envelope exists for, run on every velocity and acceleration number of
+    config/aloha.yaml in turn (a copy of the file; the URDF comes along)."""
+    import re
+    import shutil
+
+    import helpers.limits
+
+    text = (helpers.limits.REPO / "config" / "aloha.yaml").read_text()
+    (tmp_path / "config").mkdir()
+    shutil.copytree(helpers.limits.REPO / "urdf", tmp_path / "urdf")
+    monkeypatch.setattr(helpers.limits, "REPO", tmp_path)
+    numbers = list(re.finditer(r"\b(velocity|acceleration): ([0-9.]+)", text))
+    assert len(numbers) >= 16
+    for number in numbers:
+        doubled = text[: number.start(2)] + repr(2 * float(number.group(2))) + text[number.end(2):]
+        (tmp_path / "config" / "aloha.yaml").write_text(doubled)
+        line = text[: number.start()].count("\n") + 1
+        assert envelope_violations("aloha"), f"line {line}: {number.group(0)} doubled went unnoticed"
