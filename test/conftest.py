@@ -14,6 +14,35 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 _domains = itertools.count()
+REAL_HOME = Path.home()
+
+
+def _user_interfaces_cache() -> Path:
+    """The message build cache of the real home, read before the tests get a home of their own."""
+    from qwen_vla_ros.interfaces.build import default_cache_dir
+
+    return default_cache_dir()
+
+
+INTERFACES_CACHE = _user_interfaces_cache()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests never write into the user's home: for the whole session HOME and the XDG
+    directories point at a temporary folder, which child processes inherit (their defaults
+    such as the recorder's ``~/qwen_vla_trials``, ``~/.cache/qwen_vla_ros`` and ROS's
+    ``~/.ros/log`` land there). The one exception is the interbotix message build, which
+    takes minutes: the ``interbotix_msgs`` fixture passes the user's build cache explicitly
+    (INTERFACES_CACHE), as a developer's own earlier build is what it reuses."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        for variable, folder in (("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
+                                 ("XDG_DATA_HOME", ".local/share"), ("ROS_HOME", ".ros")):
+            patch.setenv(variable, str(home / folder))
+        patch.delenv("ROS_LOG_DIR", raising=False)
+        yield home
 
 
 def _next_domain_id() -> int:
@@ -124,7 +153,7 @@ def interbotix_msgs() -> MessageTypes:
     except ImportError:
         pass
     try:
-        built = build_interfaces("interbotix_xs_msgs")
+        built = build_interfaces("interbotix_xs_msgs", cache_dir=INTERFACES_CACHE)
     except BuildUnavailable as exc:
         pytest.skip(f"interbotix_xs_msgs is not installed and cannot be built here: {exc}")
     built.activate()

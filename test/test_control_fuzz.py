@@ -18,7 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.robots import T0_NS, FollowingRobot, make_controller, rate_limit_violations
+from helpers.robots import (
+    T0_NS,
+    FollowingRobot,
+    limits_of,
+    make_controller,
+    rate_limit_violations,
+)
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.control import Controller
@@ -73,12 +79,13 @@ def hostile_chunk(rng: np.random.Generator, controller: Controller, now_ns: int,
 
 
 def assert_commands_safe(controller: Controller, positions: np.ndarray, modes: list[str], stamps_ns: np.ndarray) -> None:
-    layout = controller.layout
+    """Judged against the YAML file, the URDF and the reviewed envelope (helpers.limits)."""
+    limits = limits_of(controller)
     assert np.all(np.isfinite(positions)), "non-finite command"
-    assert np.all(positions >= layout.lower) and np.all(positions <= layout.upper), "command outside position limits"
-    too_fast, too_sharp = rate_limit_violations(layout, positions, stamps_ns, controller.period_s)
+    assert np.all(positions >= limits.lower) and np.all(positions <= limits.upper), "command outside position limits"
+    too_fast, too_sharp = rate_limit_violations(limits, positions, stamps_ns, controller.period_s)
     # Exempt: a velocity channel (base) dropping to exactly zero when the controller stops.
-    stopping = np.array([mode != "running" for mode in modes])[:, None] & (positions == 0.0) & layout.velocity_channel
+    stopping = np.array([mode != "running" for mode in modes])[:, None] & (positions == 0.0) & controller.layout.velocity_channel
     too_fast &= ~stopping[1:]
     too_sharp &= ~(stopping[2:] | stopping[1:-1])
     assert not too_fast.any(), f"{int(too_fast.sum())} velocity violations, first at period {np.argwhere(too_fast)[0]}"
@@ -127,9 +134,9 @@ def fuzz(embodiment: str, chunks: int, seed: int, jitter: bool = False, **runtim
             modes.append(output.mode)
             stamps.append(output.stamp_ns)
         if period % 10 == 0:
-            committed = controller.committed(now)
-            assert committed is None or (np.all(np.isfinite(committed)) and np.all(committed >= controller.layout.lower)
-                                         and np.all(committed <= controller.layout.upper))
+            committed, limits = controller.committed(now), limits_of(controller)
+            assert committed is None or (np.all(np.isfinite(committed)) and np.all(committed >= limits.lower)
+                                         and np.all(committed <= limits.upper))
         period += 1
     assert_commands_safe(controller, np.array(positions), modes, np.array(stamps))
     status = controller.status(now)

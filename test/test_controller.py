@@ -7,7 +7,18 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from helpers.robots import ALOHA_START, T0_NS, FollowingRobot, aloha_action, assert_within_limits, make_controller, run, started
+from helpers.limits import envelope_violations
+from helpers.robots import (
+    ALOHA_START,
+    T0_NS,
+    FollowingRobot,
+    aloha_action,
+    assert_within_limits,
+    limits_of,
+    make_controller,
+    run,
+    started,
+)
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.control import Controller
@@ -294,3 +305,43 @@ def test_switching_sources_is_bumpless_and_none_holds() -> None:
     assert held[-1].mode == "holding" and held[-1].source == "hold"
     with pytest.raises(KeyError, match="unknown command source"):
         controller.select_source("joystick")
+
+
+# --- the limits themselves, read without the product ------------------------------------------
+
+@pytest.mark.parametrize("embodiment", ["aloha", "aloha_mobile", "widowx", "mobile_base"])
+def test_config_rates_lie_inside_the_reviewed_envelope(embodiment: str) -> None:
+    """Every velocity and acceleration in config/<embodiment>.yaml, read with yaml.safe_load, is
+    at most what the robot owner reviewed (helpers.limits.REVIEWED): doubling any one fails here
+    even where another limit happens to be the binding one."""
+    assert envelope_violations(embodiment) == []
+
+
+@pytest.mark.parametrize("embodiment", ["aloha", "aloha_mobile", "widowx", "mobile_base"])
+def test_the_controller_limits_are_no_looser_than_yaml_and_urdf(embodiment: str) -> None:
+    """The command layout may be more careful than the config, never less."""
+    controller = make_controller(embodiment)
+    layout, judged = controller.layout, limits_of(controller)
+    assert np.all(layout.lower >= judged.lower) and np.all(layout.upper <= judged.upper)
+    assert np.all(layout.velocity <= judged.velocity) and np.all(layout.acceleration <= judged.acceleration)
+
+
+def test_doubling_any_rate_in_the_aloha_yaml_is_caught(tmp_path, monkeypatch) -> None:
+    """The mutation the envelope exists for, run on every velocity and acceleration number of
+    config/aloha.yaml in turn (a copy of the file; the URDF comes along)."""
+    import re
+    import shutil
+
+    import helpers.limits
+
+    text = (helpers.limits.REPO / "config" / "aloha.yaml").read_text()
+    (tmp_path / "config").mkdir()
+    shutil.copytree(helpers.limits.REPO / "urdf", tmp_path / "urdf")
+    monkeypatch.setattr(helpers.limits, "REPO", tmp_path)
+    numbers = list(re.finditer(r"\b(velocity|acceleration): ([0-9.]+)", text))
+    assert len(numbers) >= 16
+    for number in numbers:
+        doubled = text[: number.start(2)] + repr(2 * float(number.group(2))) + text[number.end(2):]
+        (tmp_path / "config" / "aloha.yaml").write_text(doubled)
+        line = text[: number.start()].count("\n") + 1
+        assert envelope_violations("aloha"), f"line {line}: {number.group(0)} doubled went unnoticed"

@@ -24,6 +24,7 @@ pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from helpers.dds_robots import ForwardCommandArms, TwistBase  # noqa: E402
+from helpers.limits import judged_limits  # noqa: E402
 from helpers.robots import rate_limit_violations  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -161,8 +162,10 @@ def test_aloha_controller_over_dds(ros_domain, interbotix_msgs) -> None:
     assert np.median(intervals) == pytest.approx(0.02, abs=0.004), output
     assert abs((stamps[-1] - stamps[0]) / (len(stamps) - 1) - 0.02) < 0.004
     # Limits: inside the position bounds, velocity and acceleration within limits over each period's real length.
-    assert np.all(positions >= layout.lower) and np.all(positions <= layout.upper)
-    too_fast, too_sharp = rate_limit_violations(layout, positions, stamps_ns, 0.02)
+    # Judged against the YAML file, the URDF and the reviewed envelope, not the layout's limits.
+    limits = judged_limits("aloha", layout.names)
+    assert np.all(positions >= limits.lower) and np.all(positions <= limits.upper)
+    too_fast, too_sharp = rate_limit_violations(limits, positions, stamps_ns, 0.02)
     assert not too_fast.any() and not too_sharp.any(), (np.argwhere(too_fast)[:5], np.argwhere(too_sharp)[:5])
     moved = positions[:running].max(axis=0) - positions[:running].min(axis=0)
     assert moved[0] > 0.2 and moved[6] > 0.3 and moved[8] > 0.1, "followed the chunks"

@@ -33,6 +33,7 @@ from qwen_vla_ros.recording.session import RecorderIdentity, SessionSettings, Tr
 from qwen_vla_ros.recording.topics import check_types, default_topics, parse_topic_spec, subscription_qos  # noqa: E402
 from qwen_vla_ros.recording.trial import TrialStore  # noqa: E402
 from qwen_vla_ros.recording.writer import BagRecorder, MessageQueue, QueuedMessage  # noqa: E402
+from helpers.trials import make_victim, plant_hostile_trials, tree
 
 TYPESTORE = typestore_for_distro("humble")
 STRING = "std_msgs/msg/String"
@@ -171,23 +172,40 @@ def test_repair_keeps_every_complete_chunk_of_a_killed_recording(tmp_path: Path)
     with Reader(crashed) as reader:
         assert reader.topics["/a"].msgcount == 10 and reader.start_time == S and reader.end_time == S + 10
     assert yaml.safe_load((crashed / "metadata.yaml").read_text())["rosbag2_bagfile_information"]["version"] == 8
-    assert sorted(p.name for p in crashed.parent.iterdir()) == ["bag"], "no scratch directories are left"
+    assert sorted(p.name for p in crashed.parent.iterdir()) == ["bag", "bag.crashed"], "no scratch directories are left"
+    assert (crashed.parent / "bag.crashed" / "bag_0.mcap").read_bytes() == data[:cut], \
+        "the original recording is moved aside untouched, never deleted"
     again = repair_bag(crashed)
     assert not again.repaired and again.summary.message_count == 10
 
 
-def test_repair_finishes_after_being_interrupted_itself(tmp_path: Path) -> None:
+@pytest.mark.parametrize("died", ["while rebuilding", "between the two renames"])
+def test_repair_finishes_after_being_interrupted_itself(tmp_path: Path, died: str) -> None:
     bag = tmp_path / "bag"
     _flushed_batches(bag, [["a", "b"]])
     (bag / "metadata.yaml").unlink(missing_ok=True)
-    # a previous repair died after moving the original aside and before moving the new bag in
+    original = (bag / "bag.mcap").read_bytes()
     scratch = tmp_path / ".bag.repairing"
-    scratch.mkdir()
-    (scratch / "half-written").write_text("")
-    bag.rename(tmp_path / ".bag.crashed")
+    if died == "while rebuilding":  # a half-written copy, the original still in place
+        scratch.mkdir()
+        (scratch / "half-written").write_text("")
+    else:  # the rebuilt bag was complete and the original moved aside; moving the new one in was lost
+        assert repair_bag(bag).repaired
+        scratch.mkdir()
+        bag.rename(scratch / "bag")
     result = repair_bag(bag)
     assert result.repaired and _texts(bag) == ["a", "b"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "bag.crashed"], "one original, no scratch left"
+    assert (tmp_path / "bag.crashed" / "bag.mcap").read_bytes() == original
+
+
+def test_a_bag_directory_without_mcap_is_moved_aside_not_deleted(tmp_path: Path) -> None:
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    (bag / "notes.txt").write_text("kept")
+    result = repair_bag(bag)
+    assert not result.repaired and "moved it aside to bag.crashed" in result.note
+    assert (tmp_path / "bag.crashed" / "notes.txt").read_text() == "kept"
 
 
 def test_repair_of_a_bag_that_was_never_opened(tmp_path: Path) -> None:
@@ -376,6 +394,40 @@ def test_recovery_marks_unfinished_trials_incomplete(tmp_path: Path) -> None:
     assert recovered.end_ns == S + 2, "the trial ends with its last recorded message"
     index = yaml.safe_load((tmp_path / "index.yaml").read_text())
     assert index["trials"][0]["outcome"] == "incomplete"
+
+
+def test_recovery_never_touches_what_a_trial_file_points_outside_its_directory(tmp_path: Path) -> None:
+    """The trial recorder's start-up recovery (TrialSession.recover, what the node calls; the
+    node itself is run in test_trial_recorder.py) with trial files edited to lead elsewhere."""
+    victim = make_victim(tmp_path / "victim")
+    variants = plant_hostile_trials(tmp_path / "out", victim)
+    before = tree(victim)
+    session = _session(tmp_path / "out", protocol=None)
+    recovered = session.recover()
+    assert tree(victim) == before, "nothing outside the trial directories was moved or deleted"
+    assert [r.id for r in recovered] == ["trial_0001"], "the sound interrupted trial is still recovered"
+    damaged = {d.path.name: d.reason for d in session.store.damaged()}
+    assert sorted(damaged) == sorted(t for t, v in variants.items() if v != "sound")
+    for trial_id, reason in damaged.items():
+        assert "outside" in reason or "is not the name of its directory" in reason, (variants[trial_id], reason)
+    index = yaml.safe_load((tmp_path / "out" / "index.yaml").read_text())
+    assert [t["id"] for t in index["trials"]] == ["trial_0001"]
+    assert session.start(S).id == "trial_0100", "a new trial never reuses a damaged trial's directory"
+
+
+def test_trials_recover_cli_reports_damaged_trials_and_leaves_them_alone(tmp_path: Path, capsys) -> None:
+    from qwen_vla_ros.cli import main as cli_main
+
+    victim = make_victim(tmp_path / "victim")
+    variants = plant_hostile_trials(tmp_path / "out", victim)
+    before = tree(victim)
+    assert cli_main(["trials", "recover", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert tree(victim) == before
+    assert "trial_0001: incomplete" in out and "1 interrupted trials recovered" in out
+    for trial_id, variant in variants.items():
+        assert (f"{trial_id}: damaged, left alone" in err) == (variant != "sound"), (variant, err)
+    assert "Traceback" not in err
 
 
 def test_writer_choice_and_settings_are_checked_up_front(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.robots import ALOHA_START, FollowingRobot, aloha_action, assert_within_limits, make_controller, run, started
+from helpers.robots import ALOHA_START, FollowingRobot, aloha_action, assert_within_limits, limits_of, make_controller, run, started
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import load_embodiment, load_runtime
@@ -126,7 +126,7 @@ def test_takeover_served_at_once_is_limited_over_its_real_duration() -> None:
     assert first is not None and first.arbitration == "teleop" and first.source == "teleop"
     moved = first.positions - policy[-1].positions
     assert abs(moved[0]) <= 0.5 * 0.003 * (1 + 1e-9) + 1e-12, "the waist keeps its 0.5 rad/s for 3 ms, no more"
-    assert np.all(np.abs(moved) <= controller.layout.velocity * 0.003 * (1 + 1e-9))
+    assert np.all(np.abs(moved) <= limits_of(controller).velocity * 0.003 * (1 + 1e-9))
     later, now = drive(controller, robot, takeover_ns + controller.period_ns, 30, pressed=("deadman",), a1=1.0)
     assert_within_limits(controller, policy + [first] + later)
     assert controller.status(now)["period_error_ms_max"] == pytest.approx(errors_before, abs=1e-6)
@@ -182,7 +182,7 @@ def test_resume_button_hands_back_and_the_next_chunk_blends_in_from_the_command(
     assert controller.submit(ActionChunk(rows, controller.policy.names, 0.02, now), now).accepted
     resumed, now = run(controller, robot, now, 90)
     assert abs(here[0] - ALOHA_START[0]) > 0.2
-    assert np.all(np.abs(resumed[0].positions - here) <= controller.layout.velocity * controller.period_s + 1e-12)
+    assert np.all(np.abs(resumed[0].positions - here) <= limits_of(controller).velocity * controller.period_s + 1e-12)
     assert_within_limits(controller, jog + held + ignored + waiting + resumed)
     np.testing.assert_allclose(resumed[-1].positions, aloha_action(), atol=1e-6)
 

@@ -30,6 +30,7 @@ from qwen_vla_ros.config import load_embodiment  # noqa: E402
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint  # noqa: E402
 from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory, image_to_msg  # noqa: E402
 from qwen_vla_ros.recording.bag import read_messages  # noqa: E402
+from helpers.trials import make_victim, plant_hostile_trials, tree
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -263,6 +264,20 @@ def test_sigkill_mid_trial_leaves_a_readable_bag_marked_incomplete(harness: Harn
     assert harness.call("abort").success
     index = yaml.safe_load((harness.output_dir / "index.yaml").read_text())
     assert [t["outcome"] for t in index["trials"]] == ["incomplete", "aborted"]
+
+
+def test_startup_recovery_leaves_trials_pointing_outside_their_directory_alone(harness: Harness, tmp_path: Path) -> None:
+    """The recorder's automatic recovery at start-up, on trial files edited to lead elsewhere
+    (absolute, '..', symlinked bag, foreign id, symlinked trial directory)."""
+    victim = make_victim(tmp_path / "victim")
+    variants = plant_hostile_trials(harness.output_dir, victim)
+    before = tree(victim)
+    harness.start_recorder()
+    output = harness.stop_recorder()
+    assert tree(victim) == before, "nothing outside the trial directories was moved or deleted"
+    assert "trial_0001 was interrupted and is marked incomplete" in output
+    for trial_id, variant in variants.items():
+        assert (f"{trial_id} is damaged and left alone" in output) == (variant != "sound"), (variant, output)
 
 
 def test_bad_protocol_stops_the_node_with_a_clear_error(ros_domain, tmp_path: Path) -> None:

@@ -71,6 +71,8 @@ class TrialRecorderNode(Node):
                                     expected_topics=self._wanted)
         for record in self.session.recover():
             self.get_logger().warning(f"{record.id} was interrupted and is marked incomplete: {record.notes[-1]}")
+        for damaged in store.damaged():
+            self.get_logger().error(f"{damaged.path.name} is damaged and left alone: {damaged.reason}")
 
         self._subscribed: dict[str, Any] = {}
         self._unrecordable: set[str] = set()

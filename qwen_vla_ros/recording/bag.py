@@ -7,7 +7,7 @@ the whole pending MCAP chunk (up to 1 MiB) and the file header in memory, and wr
 ``metadata.yaml`` only at close, so a killed recording is an empty file. The recorder
 therefore flushes periodically (closes the pending chunk and pushes it to the OS), and
 :func:`repair_bag` rewrites what a crashed recording left, every complete chunk, into a
-closed bag that ``rosbags`` and ``ros2 bag`` read.
+closed bag that ``rosbags`` and ``ros2 bag`` read, and keeps the original beside it.
 
 Message types missing from the typestore (``interbotix_xs_msgs``, a lab's own packages) are
 registered from their ``.msg`` text: the copies shipped in ``qwen_vla_ros/interfaces`` first,
@@ -298,24 +298,31 @@ def repair_bag(path: Path, typestore: Typestore | None = None) -> RepairResult:
 
     The MCAP a killed writer leaves has no summary, footer or metadata.yaml. Its complete
     records are streamed into a new bag (rosbags, metadata version 8) beside it, which then
-    replaces the original; an interrupted repair is simply redone on the next call.
+    takes its place; the original recording is never deleted but moved aside to
+    ``<bag>.crashed`` (a numbered name when that is taken), so a repair that reads less than
+    a better tool could is never the end of the data. Only the scratch copy this function
+    writes itself is ever removed. An interrupted repair is simply redone on the next call.
     """
     scratch = path.parent / f".{path.name}.repairing"
-    stale = path.parent / f".{path.name}.crashed"
-    if scratch.exists():
+    rebuilt = scratch / path.name
+    if not path.exists() and is_closed(rebuilt):  # died after moving the original aside, before moving this in
+        rebuilt.rename(path)
+        scratch.rmdir()
+        return RepairResult(summarize_bag(path), True, "an interrupted repair had rebuilt the bag; moved it in")
+    if scratch.is_dir() and not scratch.is_symlink():  # a half-written copy of our own
         shutil.rmtree(scratch)
-    if stale.exists() and not path.exists():
-        stale.rename(path)
-    elif stale.exists():
-        shutil.rmtree(stale)
+    asides = _asides(path)
+    if asides and not path.exists():  # died before the rebuilt bag was complete: start again from the original
+        asides[-1].rename(path)
     if not path.exists():
         return RepairResult(BagSummary(), False, "no bag was opened before the recorder stopped")
     if is_closed(path):
         return RepairResult(summarize_bag(path), False, "bag was closed normally")
     sources = sorted(path.glob("*.mcap"))
     if not sources:
-        shutil.rmtree(path)
-        return RepairResult(BagSummary(), False, "the bag directory held no MCAP file; removed it")
+        aside = _aside(path)
+        path.rename(aside)
+        return RepairResult(BagSummary(), False, f"the bag directory held no MCAP file; moved it aside to {aside.name}")
 
     typestore = typestore or typestore_for_distro()
     scratch.mkdir()
@@ -325,14 +332,32 @@ def repair_bag(path: Path, typestore: Typestore | None = None) -> RepairResult:
     for source in sources:
         stop_reasons.append(_copy_complete_records(source, writer, typestore))
     writer.close()
-    path.rename(stale)
+    aside = _aside(path)
+    path.rename(aside)
     (scratch / path.name).rename(path)
-    shutil.rmtree(stale)
-    shutil.rmtree(scratch)
+    scratch.rmdir()
     summary = summarize_bag(path)
     reasons = "; ".join(r for r in stop_reasons if r)
     return RepairResult(summary, True, f"rebuilt from the crashed recording: {summary.message_count} messages kept"
-                        + (f" ({reasons})" if reasons else ""))
+                        + (f" ({reasons})" if reasons else "") + f"; the original is kept in {aside.name}")
+
+
+def _asides(path: Path) -> list[Path]:
+    """Originals moved aside beside ``path``, oldest first: ``bag.crashed``, ``bag.crashed.2``, ..."""
+    found, number = [], 1
+    while (candidate := _aside_name(path, number)).exists() or candidate.is_symlink():
+        found.append(candidate)
+        number += 1
+    return found
+
+
+def _aside_name(path: Path, number: int) -> Path:
+    return path.with_name(f"{path.name}.crashed" + (f".{number}" if number > 1 else ""))
+
+
+def _aside(path: Path) -> Path:
+    """The next free name for an original recording moved aside."""
+    return _aside_name(path, len(_asides(path)) + 1)
 
 
 def _copy_complete_records(source: Path, writer: Writer, typestore: Typestore) -> str:

@@ -52,7 +52,10 @@ def _recover(args: argparse.Namespace) -> int:
     for record in recovered:
         print(f"{record.id}: incomplete; {record.notes[-1]}")
     print(f"{len(recovered)} interrupted trials recovered; index rewritten")
-    return 0
+    damaged = store.damaged()
+    for trial in damaged:
+        print(f"{trial.path.name}: damaged, left alone: {trial.reason}", file=sys.stderr)
+    return EXIT_PARTIAL if damaged else 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -10,7 +10,9 @@ trial files and rebuilt whenever one changes, so the two never disagree for long
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -112,6 +114,32 @@ def write_yaml_atomically(path: Path, data: Any) -> None:
     os.replace(scratch, path)
 
 
+class DamagedTrialError(ValueError):
+    """A trial file names a path that does not stay inside its own trial directory."""
+
+
+@dataclass(frozen=True)
+class DamagedTrial:
+    """A trial directory that recovery, export and the index leave alone, and why."""
+
+    path: Path
+    reason: str
+
+
+def contained_path(directory: Path, relative: str, what: str) -> Path:
+    """``directory / relative``, refused unless it resolves strictly inside ``directory``.
+
+    Paths come from files a person can edit; symlinks and '..' are resolved first, so a
+    ``bag: /some/other/dir`` (or a link to it) can never become something repair renames
+    or removes.
+    """
+    base = directory.resolve()
+    target = (directory / relative).resolve()
+    if target == base or not target.is_relative_to(base):
+        raise DamagedTrialError(f"{what} {relative!r} resolves to {target}, outside its trial directory {base}")
+    return directory / relative
+
+
 def load_index(root: str | Path) -> TrialIndex:
     path = Path(root).expanduser() / TrialStore.INDEX
     if not path.is_file():
@@ -132,10 +160,11 @@ class TrialStore:
         (self.root / self.TRIALS).mkdir(parents=True, exist_ok=True)
 
     def trial_dir(self, trial_id: str) -> Path:
-        return self.root / self.TRIALS / trial_id
+        return contained_path(self.root / self.TRIALS, trial_id, "trial id")
 
     def bag_dir(self, record: TrialRecord) -> Path:
-        return self.trial_dir(record.id) / record.bag
+        """The bag of ``record``; DamagedTrialError when its ``bag`` leaves the trial directory."""
+        return contained_path(self.trial_dir(record.id), record.bag, "bag")
 
     def bind_protocol(self, protocol: Protocol | None) -> Protocol | None:
         """The protocol this directory records: the given one, or the one stored here.
@@ -156,15 +185,38 @@ class TrialStore:
             write_yaml_atomically(path, protocol.model_dump(mode="json", exclude_defaults=True))
         return protocol
 
-    def records(self) -> list[TrialRecord]:
-        found = []
+    def scan(self) -> tuple[list[TrialRecord], list[DamagedTrial]]:
+        """Every trial, split into sound records and damaged directories.
+
+        A trial is damaged when its ``id`` is not its directory's name or a path in it
+        resolves outside its directory; nothing touches a damaged trial, so a hand-edited
+        file can never make recovery rename or delete what is not the trial's own.
+        """
+        found, damaged = [], []
         for path in sorted((self.root / self.TRIALS).glob(f"*/{self.RECORD}")):
-            found.append(validate(TrialRecord, read_yaml(path), str(path)))
-        return sorted(found, key=lambda r: r.index)
+            record = validate(TrialRecord, read_yaml(path), str(path))
+            try:
+                if record.id != path.parent.name:
+                    raise DamagedTrialError(f"id {record.id!r} is not the name of its directory {path.parent.name!r}")
+                self.bag_dir(record)
+            except DamagedTrialError as exc:
+                damaged.append(DamagedTrial(path.parent, str(exc)))
+                continue
+            found.append(record)
+        return sorted(found, key=lambda r: r.index), damaged
+
+    def records(self) -> list[TrialRecord]:
+        return self.scan()[0]
+
+    def damaged(self) -> list[DamagedTrial]:
+        return self.scan()[1]
 
     def create(self, fields: Mapping[str, Any]) -> TrialRecord:
-        """A new trial directory and its first ``trial.yaml``, numbered after the existing ones."""
+        """A new trial directory and its first ``trial.yaml``, numbered after the existing ones
+        (damaged ones included, so a new trial never lands in a damaged trial's directory)."""
         existing = [r.index for r in self.records()]
+        existing += [int(m.group(1)) for p in (self.root / self.TRIALS).iterdir()
+                     if (m := re.fullmatch(r"trial_(\d+)", p.name))]
         index = max(existing, default=0) + 1
         trial_id = f"trial_{index:04d}"
         self.trial_dir(trial_id).mkdir(parents=True)

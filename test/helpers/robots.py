@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from helpers.limits import JudgedLimits, judged_limits
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import load_embodiment, load_runtime
-from qwen_vla_ros.control import ControlOutput, Controller
-from qwen_vla_ros.control.layout import CommandLayout
+from qwen_vla_ros.control import Controller, ControlOutput
 
 ALOHA_START = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0])
 T0_NS = 1_000 * NS_PER_S
@@ -99,31 +99,40 @@ def started(embodiment: str = "aloha", **runtime) -> tuple[Controller, Following
     return controller, robot, now + controller.period_ns
 
 
-def rate_limit_violations(layout: CommandLayout, positions: np.ndarray, stamps_ns: np.ndarray, period_s: float,
+def rate_limit_violations(limits: JudgedLimits, positions: np.ndarray, stamps_ns: np.ndarray, period_s: float,
                           channels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Where the commands move faster or change velocity more sharply than the limits allow.
+    """Where the commands move faster or change velocity more sharply than ``limits`` allow.
 
-    The controller limits each step over the time it really covered, capped at the period (a
-    late period moves less, never more), so the check uses the same durations from the stamps.
-    The tolerances carry the rounding of positions near 1 divided by dt (or dt squared), which
-    matters only for steps of microseconds. Returns boolean (steps x channels) arrays.
+    ``limits`` come from :func:`helpers.limits.judged_limits` (the YAML file, the URDF and the
+    reviewed envelope), never from the controller's own layout, so a limit the product gets
+    wrong is caught rather than reproduced. The controller limits each step over the time it
+    really covered, capped at the period (a late period moves less, never more), so the check
+    uses the same durations from the stamps. The tolerances carry the rounding of positions
+    near 1 divided by dt (or dt squared), which matters only for steps of microseconds.
+    Returns boolean (steps x channels) arrays.
     """
-    channels = np.ones(len(layout), bool) if channels is None else channels
+    channels = np.ones(len(limits.names), bool) if channels is None else channels
     dt = np.minimum(np.diff(np.asarray(stamps_ns, dtype=np.int64)) / NS_PER_S, period_s)[:, None]
     velocity = np.diff(positions, axis=0) / dt
     acceleration = np.diff(velocity, axis=0) / dt[1:]
-    too_fast = np.abs(velocity) > layout.velocity * (1 + 1e-9) + 1e-9 + 1e-14 / dt
-    too_sharp = np.abs(acceleration) > layout.acceleration * (1 + 1e-9) + 1e-6 + 1e-14 / dt[1:] ** 2
+    too_fast = np.abs(velocity) > limits.velocity * (1 + 1e-9) + 1e-9 + 1e-14 / dt
+    too_sharp = np.abs(acceleration) > limits.acceleration * (1 + 1e-9) + 1e-6 + 1e-14 / dt[1:] ** 2
     return too_fast & channels, too_sharp & channels
 
 
+def limits_of(controller: Controller) -> JudgedLimits:
+    """The independent judge's limits for this controller's command channels."""
+    return judged_limits(controller.config.name, controller.layout.names)
+
+
 def assert_within_limits(controller: Controller, outputs, skip_velocity_channels: bool = False) -> None:
-    layout = controller.layout
+    """Finite, inside the position bounds and the rate limits, all judged from YAML/URDF/review."""
+    limits = limits_of(controller)
     positions = np.array([o.positions for o in outputs])
     assert np.all(np.isfinite(positions))
-    assert np.all(positions >= layout.lower - 1e-12) and np.all(positions <= layout.upper + 1e-12)
-    channels = ~layout.velocity_channel if skip_velocity_channels else None
-    too_fast, too_sharp = rate_limit_violations(layout, positions, np.array([o.stamp_ns for o in outputs]),
+    assert np.all(positions >= limits.lower - 1e-12) and np.all(positions <= limits.upper + 1e-12)
+    channels = ~controller.layout.velocity_channel if skip_velocity_channels else None
+    too_fast, too_sharp = rate_limit_violations(limits, positions, np.array([o.stamp_ns for o in outputs]),
                                                 controller.period_s, channels)
     assert not too_fast.any(), f"velocity limit broken at steps {np.argwhere(too_fast)[:5].tolist()}"
     assert not too_sharp.any(), f"acceleration limit broken at steps {np.argwhere(too_sharp)[:5].tolist()}"
