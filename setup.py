@@ -103,6 +103,7 @@ setup(
             "base_controller = qwen_vla_ros.nodes.controller:base_main",
             "camera_node = qwen_vla_ros.nodes.camera_node:main",
             "policy_node = qwen_vla_ros.nodes.policy_node:main",
+            "expert_node = qwen_vla_ros.nodes.expert_node:main",
             "joystick_node = qwen_vla_ros.nodes.joystick_node:main",
         ],
     },

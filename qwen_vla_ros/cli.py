@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from qwen_vla_ros.bringup.cli import add_parser as _add_up
+from qwen_vla_ros.bringup.collect import add_parser as _add_collect
 from qwen_vla_ros.bringup.demo import add_parser as _add_demo
 from qwen_vla_ros.config import ConfigError, load_any
 from qwen_vla_ros.config.summary import summarize
@@ -51,6 +52,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     build_interfaces.add_parser,
     _add_up,
     _add_demo,
+    _add_collect,
 )
 
 

@@ -158,3 +158,14 @@ def test_a_config_without_sim_section_cannot_run_in_sim(tmp_path) -> None:
     assert build_graph(BringupOptions("widowx", config=str(path))).process("policy_node").parameters["config"] == str(path)
     with pytest.raises(ValueError, match="no sim section"):
         build_graph(BringupOptions("widowx", config=str(path), use_sim=True))
+
+
+def test_expert_command_source_replaces_the_policy_in_simulation_only() -> None:
+    graph = build_graph(BringupOptions("aloha", use_sim=True, joystick=False, command_source="expert"))
+    names = [p.name for p in graph.processes]
+    assert "expert_node" in names and "policy_node" not in names
+    assert graph.process("expert_node").module == "qwen_vla_ros.nodes.expert_node"
+    with pytest.raises(ValueError, match="simulation only"):
+        BringupOptions("aloha", use_sim=False, command_source="expert")
+    with pytest.raises(ValueError, match="command_source"):
+        BringupOptions("aloha", use_sim=True, command_source="teleop")

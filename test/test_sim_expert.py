@@ -60,3 +60,18 @@ def test_unreachable_meeting_point_is_refused_with_the_pose() -> None:
     sim.reset(np.random.default_rng(0))
     with pytest.raises(ValueError, match="out of the arm's reach"):
         scripted.transfer_trajectory(sim.mujoco, scripted.TransferSettings(meet=(0.0, 0.5, 1.5)))
+
+
+def test_player_cuts_chunks_on_the_trajectory_grid_and_holds_the_end() -> None:
+    from qwen_vla_ros.sim.playback import TrajectoryPlayer
+
+    actions = np.arange(10.0)[:, None] * np.ones((1, 2))
+    trajectory = scripted.Trajectory(actions, ("a", "b"), 0.02, {})
+    player = TrajectoryPlayer(trajectory, start_ns=1_000_000_000, horizon=4)
+    first = player.chunk(1_000_000_000 + 45_000_000)  # 45 ms in: grid index 2
+    assert first.stamp_ns == 1_040_000_000
+    np.testing.assert_array_equal(first.actions[:, 0], [2, 3, 4, 5])
+    assert player.chunk(1_000_000_000 + 55_000_000) is None  # same grid time: not sent twice
+    tail = player.chunk(1_000_000_000 + 180_000_000)  # index 9: the last action, repeated
+    np.testing.assert_array_equal(tail.actions[:, 0], [9, 9, 9, 9])
+    assert not player.done(1_000_000_000 + 199_000_000) and player.done(1_000_000_000 + 200_000_000)

@@ -239,26 +239,40 @@ def _follow(ik: ArmIK, to_base: np.ndarray, start: np.ndarray, seed: np.ndarray,
     return joints, np.array(grippers[1:])
 
 
-def transfer_trajectory(sim: MujocoAloha, settings: TransferSettings | None = None) -> Trajectory:
-    """The expert's whole episode as actions, planned from the cell's state after a reset.
+@dataclass(frozen=True)
+class ArmFrames:
+    """What the expert needs from the MJCF besides config: each arm's base pose in the world
+    and the keyframe joints an episode starts from."""
 
-    It reads only what a real cell would tell the expert: the cube's position (the reset's
-    drawn conditions) and the arms' joints; the arms' bases come from the MJCF.
-    """
+    world_from_base: dict[str, np.ndarray]
+    start_joints: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, sim: MujocoAloha) -> "ArmFrames":
+        """Read from a cell; call right after a reset, while the arms are at the keyframe."""
+        return cls(
+            {name: world_from_base(sim, name) for name in sim.arms},
+            {name: sim.data.qpos[mj.qpos].copy() for name, mj in sim.arms.items()},
+        )
+
+
+def plan_transfer(config: EmbodimentConfig, period_s: float, cube: np.ndarray, frames: ArmFrames,
+                  settings: TransferSettings | None = None) -> Trajectory:
+    """The expert's whole episode as actions, from the cube's resting position and the arms'
+    starting joints: what a cell's reset reports, so the plan needs no live physics."""
     settings = settings or TransferSettings()
-    config = sim.config
-    cube = sim.object_position()
-    cube[2] = settings.cube_half_size_m  # resting on the table (a reset places it a little above)
+    cube = np.array(cube[:3], dtype=float)
+    cube[2] = settings.cube_half_size_m  # resting on the table (a reset drops it from a little above)
     names = tuple(config.action.names)
-    starts, seeds, solvers, to_base = {}, {}, {}, {}
-    for arm in config.arms:
-        solvers[arm.name] = ArmIK.from_config(arm)
-        seeds[arm.name] = sim.data.qpos[sim.arms[arm.name].qpos].copy()
-        to_base[arm.name] = base_from_world(sim, arm.name)
-        starts[arm.name] = mr.TransInv(to_base[arm.name]) @ solvers[arm.name].kinematics.forward(seeds[arm.name])
+    solvers = {arm.name: ArmIK.from_config(arm) for arm in config.arms}
+    to_base = {name: mr.TransInv(pose) for name, pose in frames.world_from_base.items()}
+    starts = {
+        name: frames.world_from_base[name] @ solvers[name].kinematics.forward(frames.start_joints[name])
+        for name in solvers
+    }
     plans = transfer_plans(cube, starts, settings)
     tracks = {
-        arm: _follow(solvers[arm], to_base[arm], starts[arm], seeds[arm], plan, sim.period_s)
+        arm: _follow(solvers[arm], to_base[arm], starts[arm], frames.start_joints[arm], plan, period_s)
         for arm, plan in plans.items()
     }
     length = max(len(joints) for joints, _ in tracks.values())
@@ -271,9 +285,29 @@ def transfer_trajectory(sim: MujocoAloha, settings: TransferSettings | None = No
         for index, joint in enumerate(arm.joints):
             actions[:, names.index(joint.channel)] = joints[:, index]
         actions[:, names.index(arm.gripper.channel)] = grippers
-    right = plans["right"]
-    handover_s = sum(w.duration_s for w in right[:7])
-    return Trajectory(actions, names, sim.period_s, {"pick": 0.0, "handover": handover_s})
+    handover_s = sum(w.duration_s for w in plans["right"][:7])
+    return Trajectory(actions, names, period_s, {"pick": 0.0, "handover": handover_s})
+
+
+def transfer_trajectory(sim: MujocoAloha, settings: TransferSettings | None = None) -> Trajectory:
+    """:func:`plan_transfer` for a cell just reset (arms at the keyframe, cube where it was drawn)."""
+    return plan_transfer(sim.config, sim.period_s, sim.object_position(), ArmFrames.of(sim), settings)
+
+
+def home_trajectory(config: EmbodimentConfig, period_s: float, current: np.ndarray, frames: ArmFrames,
+                    duration_s: float = 2.0) -> Trajectory:
+    """From ``current`` (an action vector, e.g. the last one played) back to the start pose with
+    open grippers, so a reset does not teleport the arms away from the controller's command."""
+    names = tuple(config.action.names)
+    home = np.array(current, dtype=float)
+    for arm in config.arms:
+        for index, joint in enumerate(arm.joints):
+            home[names.index(joint.channel)] = frames.start_joints[arm.name][index]
+        home[names.index(arm.gripper.channel)] = 1.0
+    steps = max(1, round(duration_s / period_s))
+    eased = 0.5 - 0.5 * np.cos(np.pi * np.arange(1, steps + 1) / steps)
+    actions = current + (home - current) * eased[:, None]
+    return Trajectory(actions, names, period_s, {"home": 0.0})
 
 
 def action_commands(config: EmbodimentConfig, action: np.ndarray) -> dict[str, ArmCommand]:
