@@ -49,7 +49,7 @@ MSG_BUILD = [
 ]
 MODEL = ["torch>=2.4", "transformers>=5.23", "safetensors", "tokenizers", "pillow"]
 ONNX = ["onnx", "onnxruntime", "onnxscript"]
-RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib"]
+RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib", "pyarrow", "pandas"]
 SIM = ["mujoco>=3.2", "gym-aloha"]
 CAMERA = ["pyrealsense2>=2.50; platform_machine == 'x86_64'"]  # Debian also needs apt libusb-1.0-0
 TELEOP = ["evdev; sys_platform == 'linux'"]
