@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from qwen_vla_ros.bringup.cli import add_parser as _add_up
 from qwen_vla_ros.bringup.collect import add_parser as _add_collect
+from qwen_vla_ros.bringup.evaluate import add_parser as _add_eval
 from qwen_vla_ros.bringup.demo import add_parser as _add_demo
 from qwen_vla_ros.config import ConfigError, load_any
 from qwen_vla_ros.config.summary import summarize
@@ -53,6 +54,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_up,
     _add_demo,
     _add_collect,
+    _add_eval,
 )
 
 

@@ -113,6 +113,10 @@ CLOCK = Topic(
     "/clock", "rosgraph_msgs/msg/Clock", QosKind.RELIABLE, _roles(S), _roles(C, P, R),
     "simulated time, from sim_node with realtime:=false (use_sim_time)",
 )
+SIM_RANDOMIZATION = Topic(
+    "/qwen_vla/sim/randomization", "std_msgs/msg/String", QosKind.LATCHED, _roles(O), _roles(S),
+    "JSON of sim.randomization fields that replace the config's from the next reset on ({} restores it)",
+)
 EXPERT_COMMAND = Topic(
     "/qwen_vla/expert/command", "std_msgs/msg/String", QosKind.RELIABLE, _roles(O), _roles(E),
     'JSON for the scripted expert: {"id": n, "command": "home"} or {"id": n, "command": "play", "object_position": [x, y, z]}',
@@ -124,7 +128,7 @@ EXPERT_STATUS = Topic(
 
 RUNTIME_TOPICS: tuple[Topic, ...] = (
     ACTION_CHUNK, COMMITTED, COMMAND, CONTROLLER_STATE, DIAGNOSTICS, HEARTBEAT, MODE, INSTRUCTION, SIM_SUCCESS,
-    NEXT_CONDITION, CLOCK, EXPERT_COMMAND, EXPERT_STATUS,
+    NEXT_CONDITION, CLOCK, SIM_RANDOMIZATION, EXPERT_COMMAND, EXPERT_STATUS,
 )
 
 ESTOP_RESET = Service(
