@@ -18,6 +18,7 @@ from qwen_vla_ros.config import ConfigError, load_any
 from qwen_vla_ros.config.summary import summarize
 from qwen_vla_ros.interfaces import build as build_interfaces
 from qwen_vla_ros.model.commands import add_bench_parser, add_export_parser, add_make_checkpoint_parser
+from qwen_vla_ros.model.train_command import add_parser as _add_train
 from qwen_vla_ros.recording.cli import add_parser as _add_trials
 
 EXIT_BAD_INPUT = 2
@@ -55,6 +56,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_demo,
     _add_collect,
     _add_eval,
+    _add_train,
 )
 
 
