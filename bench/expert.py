@@ -14,10 +14,10 @@ import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from qwen_vla_ros.config import load_embodiment
-from qwen_vla_ros.recording.report import wilson_interval
-from qwen_vla_ros.sim import scripted
-from qwen_vla_ros.sim.world import Simulation
+from qwen_vla_ros.config import load_embodiment  # noqa: E402
+from qwen_vla_ros.recording.report import wilson_interval  # noqa: E402
+from qwen_vla_ros.sim import scripted  # noqa: E402
+from qwen_vla_ros.sim.world import Simulation  # noqa: E402
 
 
 def main() -> None:

@@ -39,8 +39,9 @@ class ExpertNode(Node):
         super().__init__("expert_node")
         config, _ = declare_configs(self, "aloha")
         if config.sim is None or config.sim.type != "mujoco_aloha":
-            raise ConfigError(config.name, ["expert_node plays the MuJoCo ALOHA transfer-cube expert; "
-                                            "the embodiment needs a mujoco_aloha sim section"])
+            raise ConfigError(config.name, [
+                "expert_node plays the MuJoCo ALOHA transfer-cube expert; the embodiment needs a mujoco_aloha sim section"
+            ])
         self.publish_period_s = float(self.declare_parameter("publish_period_s", 0.2).value)
         self.config = config
         period_s = config.control.action_dt  # the plan is cut on the chunks' own time grid

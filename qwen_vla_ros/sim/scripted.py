@@ -248,7 +248,7 @@ class ArmFrames:
     start_joints: dict[str, np.ndarray]
 
     @classmethod
-    def of(cls, sim: MujocoAloha) -> "ArmFrames":
+    def of(cls, sim: MujocoAloha) -> ArmFrames:
         """Read from a cell; call right after a reset, while the arms are at the keyframe."""
         return cls(
             {name: world_from_base(sim, name) for name in sim.arms},
