@@ -67,7 +67,7 @@ JAZZY_MSG_BUILD = [
 ]
 MODEL = ["torch>=2.4", "transformers>=5.23", "safetensors", "tokenizers", "pillow"]
 ONNX = ["onnx", "onnxruntime", "onnxscript"]
-RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib"]
+RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib", "pyarrow", "pandas"]
 SIM = ["mujoco>=3.2", "gym-aloha"]
 CAMERA = ["pyrealsense2>=2.50; platform_machine == 'x86_64'"]  # Debian also needs apt libusb-1.0-0
 TELEOP = ["evdev; sys_platform == 'linux'"]
@@ -123,6 +123,7 @@ setup(
             "base_controller = qwen_vla_ros.nodes.controller:base_main",
             "camera_node = qwen_vla_ros.nodes.camera_node:main",
             "policy_node = qwen_vla_ros.nodes.policy_node:main",
+            "expert_node = qwen_vla_ros.nodes.expert_node:main",
             "joystick_node = qwen_vla_ros.nodes.joystick_node:main",
         ],
     },

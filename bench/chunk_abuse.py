@@ -130,7 +130,8 @@ def run(args: argparse.Namespace, domain: int) -> dict:
 
     from qwen_vla_ros.chunk import ActionChunk
     from qwen_vla_ros.config import load_embodiment
-    from qwen_vla_ros.nodes.common import chunk_to_trajectory, time_to_ns
+    from qwen_vla_ros.nodes.common import time_to_ns
+    from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory
 
     env = with_dds_profile(os.environ)
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONPATH=str(REPO))

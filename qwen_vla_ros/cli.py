@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from qwen_vla_ros.bringup.cli import add_parser as _add_up
+from qwen_vla_ros.bringup.collect import add_parser as _add_collect
+from qwen_vla_ros.bringup.evaluate import add_parser as _add_eval
 from qwen_vla_ros.bringup.demo import add_parser as _add_demo
 from qwen_vla_ros.bringup.security import add_parser as _add_security
 from qwen_vla_ros.config import ConfigError, load_any
@@ -18,6 +20,7 @@ from qwen_vla_ros.config.summary import summarize
 from qwen_vla_ros.contract_tables import add_parser as _add_contract
 from qwen_vla_ros.interfaces import build as build_interfaces
 from qwen_vla_ros.model.commands import add_bench_parser, add_export_parser, add_make_checkpoint_parser
+from qwen_vla_ros.model.train_command import add_parser as _add_train
 from qwen_vla_ros.recording.cli import add_parser as _add_trials
 
 EXIT_BAD_INPUT = 2
@@ -55,6 +58,9 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_demo,
     _add_security,
     _add_contract,
+    _add_collect,
+    _add_eval,
+    _add_train,
 )
 
 

@@ -49,6 +49,7 @@ class NodeRole(str, Enum):
     # resets the sim and starts or stops trials (services only an operator may call).
     OPERATOR = "operator"
     MONITOR = "monitor"  # read only: dashboards, the demo's monitor as it watches, Foxglove
+    EXPERT = "expert_node"  # the scripted demonstrator, in the policy's place while collecting
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,13 @@ def _roles(*roles: NodeRole) -> frozenset[NodeRole]:
     return frozenset(roles)
 
 
-C, P, S, R, CAM, J, D, OP, M = (
+C, P, S, R, CAM, J, D, OP, M, E = (
     NodeRole.CONTROLLER, NodeRole.POLICY, NodeRole.SIM, NodeRole.RECORDER, NodeRole.CAMERA,
-    NodeRole.JOYSTICK, NodeRole.DRIVER, NodeRole.OPERATOR, NodeRole.MONITOR,
+    NodeRole.JOYSTICK, NodeRole.DRIVER, NodeRole.OPERATOR, NodeRole.MONITOR, NodeRole.EXPERT,
 )
 
 ACTION_CHUNK = Topic(
-    "/qwen_vla/action_chunk", "trajectory_msgs/msg/JointTrajectory", QosKind.RELIABLE, _roles(P), _roles(C, R, M),
+    "/qwen_vla/action_chunk", "trajectory_msgs/msg/JointTrajectory", QosKind.RELIABLE, _roles(P, E), _roles(C, R, M),
     "action chunk: stamp = observation capture time, point k due at stamp + k*action_dt",
 )
 COMMITTED = Topic(
@@ -135,10 +136,22 @@ CLOCK = Topic(
     "/clock", "rosgraph_msgs/msg/Clock", QosKind.RELIABLE, _roles(S), _roles(C, P, R),
     "simulated time, from sim_node with realtime:=false (use_sim_time)",
 )
+SIM_RANDOMIZATION = Topic(
+    "/qwen_vla/sim/randomization", "std_msgs/msg/String", QosKind.LATCHED, _roles(OP), _roles(S),
+    "JSON of sim.randomization fields that replace the config's from the next reset on ({} restores it)",
+)
+EXPERT_COMMAND = Topic(
+    "/qwen_vla/expert/command", "std_msgs/msg/String", QosKind.RELIABLE, _roles(OP), _roles(E),
+    'JSON for the scripted expert: {"id": n, "command": "home"} or {"id": n, "command": "play", "object_position": [x, y, z]}',
+)
+EXPERT_STATUS = Topic(
+    "/qwen_vla/expert/status", "std_msgs/msg/String", QosKind.LATCHED, _roles(E), _roles(OP, R),
+    'JSON of the expert\'s latest command: {"id": n, "command": ..., "state": "running" | "done" | "error", "detail": ...}',
+)
 
 RUNTIME_TOPICS: tuple[Topic, ...] = (
     ACTION_CHUNK, COMMITTED, COMMAND, CONTROLLER_STATE, DIAGNOSTICS, HEARTBEAT, MODE, INSTRUCTION, SIM_SUCCESS,
-    NEXT_CONDITION, CLOCK,
+    NEXT_CONDITION, CLOCK, SIM_RANDOMIZATION, EXPERT_COMMAND, EXPERT_STATUS,
 )
 
 ESTOP_RESET = Service(

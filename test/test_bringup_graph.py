@@ -213,3 +213,14 @@ def test_up_is_single_host_without_security_unless_asked() -> None:
     assert default.multi_host is False and default.security == ""
     chosen = build_parser().parse_args(["up", "aloha", "--multi-host", "--security", "/keys"])
     assert chosen.multi_host is True and chosen.security == "/keys"
+
+
+def test_expert_command_source_replaces_the_policy_in_simulation_only() -> None:
+    graph = build_graph(BringupOptions("aloha", use_sim=True, joystick=False, command_source="expert"))
+    names = [p.name for p in graph.processes]
+    assert "expert_node" in names and "policy_node" not in names
+    assert graph.process("expert_node").module == "qwen_vla_ros.nodes.expert_node"
+    with pytest.raises(ValueError, match="simulation only"):
+        BringupOptions("aloha", use_sim=False, command_source="expert")
+    with pytest.raises(ValueError, match="command_source"):
+        BringupOptions("aloha", use_sim=True, command_source="teleop")

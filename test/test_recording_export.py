@@ -2,6 +2,7 @@
 holding the latest sample, gripper normalisation, colour order, and clear refusals."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +43,19 @@ def _joint_state(stamp: int, positions: list[float], velocities: list[float], na
     return _serialize(message, "sensor_msgs/msg/JointState")
 
 
-def _image(stamp: int, value: int, encoding: str) -> bytes:
-    pixels = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
-    pixels[..., 0], pixels[..., 1], pixels[..., 2] = value, 100, 200
-    message = T["sensor_msgs/msg/Image"](header=_header(stamp), height=HEIGHT, width=WIDTH, encoding=encoding,
-                                         is_bigendian=0, step=WIDTH * 3, data=pixels.reshape(-1))
+def _pixels(value: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """Frame ``value`` of a camera: channel 0 carries the frame number, the rest a smooth gradient."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[..., 0] = value
+    pixels[..., 1] = 100 + np.arange(width)[None, :] * 50 // width
+    pixels[..., 2] = 200 - np.arange(height)[:, None] * 50 // height
+    return pixels
+
+
+def _image(stamp: int, value: int, encoding: str, height: int = HEIGHT, width: int = WIDTH) -> bytes:
+    pixels = _pixels(value, height, width)
+    message = T["sensor_msgs/msg/Image"](header=_header(stamp), height=height, width=width, encoding=encoding,
+                                         is_bigendian=0, step=width * 3, data=pixels.reshape(-1))
     return _serialize(message, "sensor_msgs/msg/Image")
 
 
@@ -56,10 +65,11 @@ def _arm_values(arm: int, j: int) -> list[float]:
     return [arm + 0.001 * j + 0.1 * k for k in range(6)] + [1.0, finger, -finger]
 
 
-def _record_trial(root: Path, cam_encoding: str = "rgb8", overrides: tuple[str, ...] = ()) -> dict:
+def _record_trial(root: Path, cam_encoding: str = "rgb8", overrides: tuple[str, ...] = (),
+                  size: tuple[int, int] = (HEIGHT, WIDTH), instruction: str = "") -> dict:
     """One second of ALOHA streams at their real rates: joints 100 Hz, commands 50 Hz, cameras 30 Hz."""
     config = load_embodiment("aloha", dict(parse_override(t) for t in overrides))
-    identity = RecorderIdentity("aloha", "ALOHA", "aloha", "torch", config_overrides=overrides)
+    identity = RecorderIdentity("aloha", "ALOHA", "aloha", "torch", config_overrides=overrides, instruction=instruction)
     session = TrialSession(TrialStore(root), identity, None, lambda path: RosbagsBagWriter(path, TS))
     session.start(T0)
     streams: dict[str, list[tuple[int, object]]] = {}
@@ -81,7 +91,7 @@ def _record_trial(root: Path, cam_encoding: str = "rgb8", overrides: tuple[str, 
         for f in range(31):
             stamp = T0 + 5 * MS + index * MS + round(f * 1e9 / 30)
             streams.setdefault(camera.name, []).append((stamp, f))
-            session.offer(camera.topic, "sensor_msgs/msg/Image", stamp, _image(stamp, f, encoding))
+            session.offer(camera.topic, "sensor_msgs/msg/Image", stamp, _image(stamp, f, encoding, *size))
     session.stop("success", T0 + 2 * S)
     return streams
 
@@ -97,7 +107,7 @@ def _latest(samples: list[tuple[int, object]], t: int):
 
 def test_export_writes_aloha_layout_resampled_to_the_control_rate(tmp_path: Path, capsys) -> None:
     streams = _record_trial(tmp_path / "run", cam_encoding="bgr8")
-    assert cli_main(["trials", "export", str(tmp_path / "run"), "--format", "aloha-hdf5"]) == 0
+    assert cli_main(["trials", "export", str(tmp_path / "run"), "--format", "aloha-hdf5", "--no-compress"]) == 0
     out = tmp_path / "run" / "export" / "aloha-hdf5"
     assert "trial_0001 (success) -> episode_0.hdf5" in capsys.readouterr().out
 
@@ -123,7 +133,7 @@ def test_export_writes_aloha_layout_resampled_to_the_control_rate(tmp_path: Path
             for index, camera in enumerate(ALOHA.cameras):
                 frame = root[f"/observations/images/{camera.name}"][k]
                 value = _latest(streams[camera.name], t)
-                rgb = [200, 100, value] if index == 0 else [value, 100, 200]  # camera 0 sent bgr8
+                rgb = [200, 100, value] if index == 0 else [value, 100, 200]  # camera 0 sent bgr8; pixel (0, 0)
                 assert frame[0, 0].tolist() == rgb, (camera.name, k)
         np.testing.assert_allclose(qvel[:, :6], 0.5)
     manifest = yaml.safe_load((out / "episodes.yaml").read_text())
@@ -158,3 +168,99 @@ def test_export_reads_each_trial_with_the_config_overrides_it_was_recorded_with(
     assert cli_main(["trials", "export", str(tmp_path), "--format", "aloha-hdf5", "--config", "aloha",
                      "--out", str(tmp_path / "plain")]) == 2
     assert "/follower_left/joint_states" in capsys.readouterr().err
+
+
+def test_hdf5_images_are_jpeg_compressed_by_default_as_aloha_does(tmp_path: Path) -> None:
+    """ALOHA's COMPRESS layout: (T, padded) encoded bytes, /compress_len, attribute compress; the
+    decoded frames match the raw export of the same trial, which is several times larger."""
+    cv2 = pytest.importorskip("cv2", reason="opencv is not installed: pip install opencv-python-headless")
+    _record_trial(tmp_path / "run", size=(120, 160))
+    run = str(tmp_path / "run")
+    assert cli_main(["trials", "export", run, "--format", "aloha-hdf5", "--out", str(tmp_path / "jpeg")]) == 0
+    assert cli_main(["trials", "export", run, "--format", "aloha-hdf5", "--no-compress", "--out", str(tmp_path / "raw")]) == 0
+    jpeg, raw = tmp_path / "jpeg" / "episode_0.hdf5", tmp_path / "raw" / "episode_0.hdf5"
+    assert jpeg.stat().st_size * 4 < raw.stat().st_size, (jpeg.stat().st_size, raw.stat().st_size)
+    with h5py.File(jpeg, "r") as packed, h5py.File(raw, "r") as plain:
+        assert packed.attrs["compress"] == True  # noqa: E712 - numpy bool
+        lengths = packed["/compress_len"][()]
+        assert lengths.shape == (len(ALOHA.cameras), plain["/action"].shape[0])
+        for index, camera in enumerate(ALOHA.cameras):
+            encoded = packed[f"/observations/images/{camera.name}"]
+            assert encoded.ndim == 2 and encoded.shape[1] == lengths.max()
+            for row in range(0, encoded.shape[0], 7):
+                decoded = cv2.imdecode(encoded[row][: lengths[index, row]], cv2.IMREAD_COLOR)
+                original = plain[f"/observations/images/{camera.name}"][row]
+                assert decoded.shape == original.shape
+                assert np.abs(decoded.astype(int) - original.astype(int)).mean() < 2.0  # JPEG quality 50
+        np.testing.assert_array_equal(packed["/action"][()], plain["/action"][()])
+
+
+def test_lerobot_export_writes_a_v3_dataset_that_reads_back(tmp_path: Path, capsys) -> None:
+    """Checked against LeRobot's documented v3.0 layout (``lerobot`` itself is not installed here):
+    meta/info.json, meta/stats.json, meta/tasks.parquet, meta/episodes/, data/ parquet, videos/ mp4."""
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed: pip install '.[recording]'")
+    pd = pytest.importorskip("pandas", reason="pandas is not installed: pip install '.[recording]'")
+    cv2 = pytest.importorskip("cv2", reason="opencv is not installed: pip install opencv-python-headless")
+    size = (48, 64)
+    first = _record_trial(tmp_path / "run", size=size, instruction="hand the cube over")
+    _record_trial(tmp_path / "run", size=size, instruction="hand the cube over")
+    out = tmp_path / "dataset"
+    assert cli_main(["trials", "export", str(tmp_path / "run"), "--format", "lerobot", "--out", str(out)]) == 0
+    assert "2 episodes" in capsys.readouterr().out
+
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 50.0 and info["total_episodes"] == 2
+    assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    features = info["features"]
+    assert features["observation.state"]["shape"] == [14] and features["action"]["shape"] == [14]
+    assert features["action"]["names"] == list(ALOHA.action.names)
+    for name in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
+        assert name in features
+    keys = [f"observation.images.{c.name}" for c in ALOHA.cameras]
+    for key in keys:
+        assert features[key]["dtype"] == "video" and features[key]["shape"] == [*size, 3]
+
+    data = pq.read_table(out / "data" / "chunk-000" / "file-000.parquet").to_pandas()
+    assert len(data) == info["total_frames"]
+    assert data["index"].tolist() == list(range(len(data)))
+    episodes = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pandas()
+    assert episodes["episode_index"].tolist() == [0, 1]
+    assert episodes["dataset_from_index"].tolist() == [0, episodes["length"][0]]
+    assert episodes["dataset_to_index"].tolist() == [episodes["length"][0], len(data)]
+    tasks = pd.read_parquet(out / "meta" / "tasks.parquet")
+    assert tasks.loc["hand the cube over", "task_index"] == 0
+    assert list(episodes["tasks"][0]) == ["hand the cube over"]
+
+    # Episode 0's rows hold the latest command and the frame numbers at each control tick.
+    start = max(samples[0][0] for samples in first.values())
+    rows = data[data["episode_index"] == 0]
+    for k in range(0, len(rows), 9):
+        tick = start + k * 20 * MS
+        np.testing.assert_allclose(rows["action"].iloc[k], _latest(first["command"], tick), rtol=1e-6)
+        assert rows["timestamp"].iloc[k] == pytest.approx(k / 50.0)
+    np.testing.assert_allclose(json.loads((out / "meta" / "stats.json").read_text())["action"]["mean"],
+                               np.stack(data["action"]).mean(0), rtol=1e-5)
+
+    for key, camera in zip(keys, ALOHA.cameras):
+        capture = cv2.VideoCapture(str(out / "videos" / key / "chunk-000" / "file-000.mp4"))
+        decoded = []
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            decoded.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        assert len(decoded) == len(data), key
+        assert episodes[f"videos/{key}/from_timestamp"][1] == pytest.approx(episodes["length"][0] / 50.0)
+        for k in range(0, len(rows), 9):
+            expected = _pixels(_latest(first[camera.name], start + k * 20 * MS), *size)
+            assert np.abs(decoded[k].astype(int) - expected.astype(int)).mean() < 4.0, (key, k)
+
+
+def test_unknown_export_format_and_bad_quality_exit_2(tmp_path: Path, capsys) -> None:
+    _record_trial(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["trials", "export", str(tmp_path), "--format", "zarr"])
+    assert exited.value.code == 2
+    assert cli_main(["trials", "export", str(tmp_path), "--format", "aloha-hdf5", "--jpeg-quality", "0"]) == 2
+    assert "JPEG quality must be 1..100" in capsys.readouterr().err

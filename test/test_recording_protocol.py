@@ -161,3 +161,21 @@ def test_announcement_says_what_comes_next() -> None:
     assert json.loads(announce(protocol, None, None))["done"] is True
     manual = json.loads(announce(protocol, upcoming, {"lighting": "dim", "background": "clutter"}))
     assert manual["source"] == "parameter" and manual["instruction"] == "find the cube"
+
+
+def test_levels_set_sim_randomisation_fields_and_unknown_ones_are_refused(tmp_path) -> None:
+    from qwen_vla_ros.cli import main as cli_main
+    from qwen_vla_ros.recording.protocol import load_protocol
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: p\ntrials_per_condition: 1\ndesign: one_at_a_time\nfactors:\n"
+        "  - {name: light, levels: [trained, {name: dim, sim: {light_scale: [0.4, 0.6]}}]}\n"
+        "  - {name: clutter, levels: [none, {name: cylinder, sim: {distractor: true}}]}\n"
+    )
+    protocol = load_protocol(path)
+    assert protocol.sim_for({"light": "dim", "clutter": "none"}) == {"light_scale": [0.4, 0.6]}
+    assert protocol.sim_for({"light": "trained", "clutter": "cylinder"}) == {"distractor": True}
+    assert protocol.sim_for({"light": "trained", "clutter": "none"}) == {}
+    path.write_text(path.read_text().replace("light_scale", "light_level"))
+    assert cli_main(["check-config", str(path)]) == 2

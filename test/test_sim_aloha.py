@@ -181,3 +181,26 @@ def test_cameras_render_the_mapped_views_and_show_the_table_colour() -> None:
     assert len({image.tobytes() for image in first.values()}) == 4, "each camera must show its own view"
     # cam_high looks down at the table, whose colour was redrawn between the resets.
     assert np.abs(first["cam_high"].astype(int) - second["cam_high"].astype(int)).mean() > 5
+
+
+def test_randomisation_levels_colour_the_cube_and_show_a_distractor() -> None:
+    """An evaluation level swaps the config's randomisation for one reset: the cube's colour is
+    drawn from its ranges, and the distractor appears on the table, colliding, only when asked."""
+    from qwen_vla_ros.config.embodiment import AlohaRandomization
+
+    sim = Simulation(load_embodiment("aloha"))
+    cell = sim.mujoco
+    blue = AlohaRandomization.model_validate({"object_rgb": [[0.0, 0.1], [0.0, 0.1], [0.8, 1.0]], "distractor": True})
+    conditions = sim.reset(np.random.default_rng(1), blue)
+    rgba = cell.model.geom_rgba[cell._object_geom]
+    assert rgba[2] >= 0.8 and rgba[0] <= 0.1 and conditions["object_rgb"] == pytest.approx(rgba[:3].tolist(), abs=1e-6)
+    distractor = cell.model.geom("distractor")
+    assert distractor.rgba[3] == 1.0 and distractor.contype[0] == 1
+    x, y = conditions["distractor_xy"]
+    cube = cell.object_position()
+    assert np.hypot(x - cube[0], y - cube[1]) >= 0.12
+    assert cell.data.geom_xpos[distractor.id][2] > 0  # standing on the table
+    plain = sim.reset(np.random.default_rng(1))
+    assert "object_rgb" not in plain and "distractor_xy" not in plain
+    assert cell.model.geom_rgba[cell._object_geom].tolist() == [1.0, 0.0, 0.0, 1.0]  # the MJCF's red
+    assert distractor.rgba[3] == 0.0 and distractor.contype[0] == 0 and cell.data.geom_xpos[distractor.id][2] < 0

@@ -303,3 +303,53 @@ def test_interbotix_outputs_without_the_messages_exit_with_the_override_to_use(r
     assert code == 2, output
     assert "interbotix_xs_msgs is not importable" in output
     assert FORWARD in output
+
+
+def test_randomisation_topic_sets_the_next_resets_and_bad_fields_are_refused(ros_domain) -> None:
+    """An evaluation level's fields (latched topic) apply from the next reset, which echoes them;
+    an unknown field is refused, resets fail with the reason until good fields arrive, the node runs on."""
+    from std_msgs.msg import String
+
+    child = start_sim(ros_domain, "config:=aloha", "seed:=5", "camera_rate_hz:=0.0", f"config_overrides:=['{FORWARD}']")
+    probe = Probe(ros_domain, "randomisation_probe")
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    publisher = probe.node.create_publisher(String, "/qwen_vla/sim/randomization", latched)
+    try:
+        assert probe.wait(lambda: publisher.get_subscription_count() > 0, 30), "sim_node does not listen"
+
+        def reset_echoes(fields: dict) -> dict | None:
+            answer = probe.call(Trigger, "/qwen_vla/sim/reset")
+            drawn = json.loads(answer.message) if answer.success else None
+            return drawn if drawn is not None and drawn["randomization"] == fields else None
+
+        blue = {"object_rgb": [[0.0, 0.1], [0.0, 0.1], [0.9, 1.0]], "object_x": [-0.05, -0.04], "distractor": True}
+        publisher.publish(String(data=json.dumps(blue)))
+        drawn = None
+        for _ in range(20):
+            drawn = reset_echoes(blue)
+            if drawn:
+                break
+            time.sleep(0.2)
+        assert drawn, "the reset never applied the published fields"
+        assert -0.05 <= drawn["object_pose"][0] <= -0.04 and drawn["object_rgb"][2] >= 0.9 and "distractor_xy" in drawn
+
+        publisher.publish(String(data=json.dumps({"object_colour": [1, 0, 0]})))
+        refused = None
+        for _ in range(20):
+            answer = probe.call(Trigger, "/qwen_vla/sim/reset")
+            if not answer.success:
+                refused = answer.message
+                break
+            time.sleep(0.2)
+        assert refused is not None and "object_colour" in refused
+        publisher.publish(String(data="{}"))  # back to the config's randomisation
+        for _ in range(20):
+            drawn = reset_echoes({})
+            if drawn:
+                break
+            time.sleep(0.2)
+        assert drawn and "object_rgb" not in drawn and child.poll() is None
+    finally:
+        probe.close()
+        code, output = stop(child)
+    assert code == 0, output[-2000:]

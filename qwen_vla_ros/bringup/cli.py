@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from qwen_vla_ros.bringup.graph import EMBODIMENTS, LAUNCH_ARGUMENTS, BringupOptions, build_graph, parse_namespaces
-from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, shutdown, supervise
+from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr, shutdown, supervise
 from qwen_vla_ros.ros_env import dds_notice
 
 
@@ -38,10 +37,10 @@ def _up(args: argparse.Namespace) -> int:
         group = ProcessGroup(graph.processes, echo=lambda line: print(line, flush=True))
         try:
             group.start()
-            code = supervise(group, signals.event, report=lambda text: print(text, file=sys.stderr, flush=True))
+            code = supervise(group, signals.event, report=report_to_stderr)
         finally:
             print("stopping " + ", ".join(p.name for p in graph.processes), flush=True)
-            shutdown(group, report=lambda text: print(text, file=sys.stderr, flush=True))
+            shutdown(group, report=report_to_stderr)
     print("all processes stopped", flush=True)
     return code
 

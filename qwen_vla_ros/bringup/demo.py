@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
-from qwen_vla_ros.bringup.runner import Exit, ProcessGroup, StopSignals
+from qwen_vla_ros.bringup.runner import Exit, ProcessGroup, StopSignals, report_to_stderr
 from qwen_vla_ros.contract import (
     ACTION_CHUNK,
     COMMAND,
@@ -274,7 +274,7 @@ def _dead_required(group: ProcessGroup, problems: list[str]) -> bool:
 
 
 def run_demo(args: argparse.Namespace) -> Summary:
-    say = (lambda text: print(text, file=sys.stderr, flush=True))
+    say = report_to_stderr
     checkpoint, random_weights = ensure_checkpoint(args.checkpoint, say=say)
     if random_weights:
         say(RANDOM_WEIGHTS_NOTICE)

@@ -77,10 +77,15 @@ class BringupOptions:
     config_overrides: Sequence[str] = ()
     runtime_overrides: Sequence[str] = ()
     node_parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # process name -> extra parameters
+    command_source: str = "policy"  # policy | expert: the scripted demonstrator in the policy's place (collect)
 
     def __post_init__(self) -> None:
         if self.embodiment not in EMBODIMENTS:
             raise ValueError(f"unknown embodiment {self.embodiment!r}; choose one of {', '.join(EMBODIMENTS)}")
+        if self.command_source not in ("policy", "expert"):
+            raise ValueError(f"command_source must be 'policy' or 'expert', got {self.command_source!r}")
+        if self.command_source == "expert" and not self.use_sim:
+            raise ValueError("the scripted expert plays in simulation only (use_sim)")
 
     @classmethod
     def from_launch_arguments(cls, embodiment: str, values: Mapping[str, str]) -> BringupOptions:
@@ -290,7 +295,10 @@ def build_graph(options: BringupOptions) -> Graph:
     if options.record:
         recorder = {"output_dir": options.output_dir} if options.output_dir else {}
         processes.append(spec("trial_recorder", "trial_recorder", "trial_recorder", recorder))
-    processes.append(spec("policy_node", "policy_node", "policy_node"))
+    if options.command_source == "expert":
+        processes.append(spec("expert_node", "expert_node", "expert_node"))
+    else:
+        processes.append(spec("policy_node", "policy_node", "policy_node"))
     processes.append(spec(CONTROLLERS[options.embodiment], CONTROLLERS[options.embodiment], "controller"))
     if options.joystick:  # a missing gamepad is retried, so it never takes the graph down
         processes.append(spec("joystick_node", "joystick_node", "joystick_node", required=False,

@@ -17,9 +17,10 @@ from qwen_vla_ros.ros_env import dds_environment
 
 def generate(embodiment: str) -> Any:
     """The LaunchDescription of one embodiment."""
-    from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
     from launch.substitutions import EnvironmentVariable
+
+    from launch import LaunchDescription
 
     actions: list[Any] = [
         DeclareLaunchArgument(name, default_value=default, description=description)

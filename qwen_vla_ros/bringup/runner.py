@@ -238,6 +238,11 @@ class StopSignals:
             signal.signal(signum, handler)
 
 
+def report_to_stderr(text: str) -> None:
+    """Progress and reports of the bringup commands: on stderr, so stdout stays for results (JSON)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def supervise(group: ProcessGroup, stop: threading.Event, report: Callable[[str], None] = print,
               poll_period_s: float = 0.2) -> int:
     """Watch ``group`` until ``stop`` is set or a required process dies; 0 or 1 (a required one died)."""

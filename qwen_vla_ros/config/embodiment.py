@@ -680,12 +680,14 @@ class AlohaRandomization(StrictModel):
     object_yaw: Interval = Field(default_factory=lambda: Interval(lower=0.0, upper=0.0), description="rad")
     light_scale: Interval | None = Field(default=None, description="multiplies every light's diffuse and the headlight")
     table_rgb: list[Interval] | None = Field(default=None, min_length=3, max_length=3, description="per channel, 0..1")
+    object_rgb: list[Interval] | None = Field(default=None, min_length=3, max_length=3, description="per channel, 0..1")
+    distractor: bool = Field(default=False, description="a second object (a green cylinder) on the table, away from the cube")
 
-    @field_validator("table_rgb")
+    @field_validator("table_rgb", "object_rgb")
     @classmethod
     def _unit_colours(cls, channels: list[Interval] | None) -> list[Interval] | None:
         if channels is not None and any(c.lower < 0 or c.upper > 1 for c in channels):
-            raise ValueError("table_rgb channels must lie in [0, 1]")
+            raise ValueError("colour channels must lie in [0, 1]")
         return channels
 
 

@@ -23,18 +23,19 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.config.embodiment import (
+    AlohaRandomization,
     Arm,
     ForwardCommandOutput,
     InterbotixOutput,
     JointTrajectoryOutput,
     TwistOutput,
 )
-from qwen_vla_ros.contract import CLOCK, DIAGNOSTICS, SIM_RESET, SIM_SUCCESS, NodeRole, role_view
+from qwen_vla_ros.contract import CLOCK, DIAGNOSTICS, SIM_RANDOMIZATION, SIM_RESET, SIM_SUCCESS, NodeRole, role_view
 from qwen_vla_ros.nodes.common import declare_configs, ns_to_time, run_node
 from qwen_vla_ros.nodes.ros_contract import (
     Level,
@@ -99,6 +100,10 @@ class SimNode(Node):
         self.diagnostics = create_publisher(self, DIAGNOSTICS)
         self._subscribe_commands()
         create_service(self, SIM_RESET, self._reset)
+        self.randomization: AlohaRandomization | None = None  # None: the config's
+        self.randomization_fields: dict = {}  # as received, echoed by every reset
+        self.randomization_error: str | None = None
+        create_subscription(self, SIM_RANDOMIZATION, self._on_randomization)
 
         grabber = self._start_cameras(camera_rate_hz)
         pacer = Pacer(period_ns=round(self.sim.period_s * 1e9), realtime=realtime)
@@ -179,11 +184,32 @@ class SimNode(Node):
             self.rejected += 1
             self.get_logger().warning(f"ignored Twist, {exc}", throttle_duration_sec=1.0)
 
+    def _on_randomization(self, message: String) -> None:
+        """Fields over the config's randomisation; a bad one is refused and resets fail until fixed."""
+        base = getattr(self.sim.settings, "randomization", None)
+        try:
+            fields = json.loads(message.data)
+            if base is None:
+                raise ValueError(f"{self.sim.settings.type} sims have no randomization to vary")
+            if not isinstance(fields, dict):
+                raise TypeError(f"expected a JSON object, got {type(fields).__name__}")
+            self.randomization = AlohaRandomization.model_validate({**base.model_dump(), **fields}) if fields else None
+            self.randomization_fields = fields
+            self.randomization_error = None
+            self.get_logger().info(f"randomization for the next resets: {fields or 'the config'}")
+        except (ValueError, TypeError) as exc:
+            self.randomization_error = f"{SIM_RANDOMIZATION.name}: refused {message.data!r}: {exc}"
+            self.get_logger().error(self.randomization_error)
+
     def _reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.conditions = self.sim.reset(self.rng)
+        if self.randomization_error is not None:
+            response.success, response.message = False, self.randomization_error
+            return response
+        self.conditions = self.sim.reset(self.rng, self.randomization)
         self.resets += 1
         response.success = True
-        response.message = json.dumps({"seed": self.seed, "reset": self.resets, **self.conditions})
+        response.message = json.dumps({"seed": self.seed, "reset": self.resets, **self.conditions,
+                                       "randomization": self.randomization_fields})
         self.get_logger().info(f"reset {self.resets}: {self.conditions}")
         return response
 

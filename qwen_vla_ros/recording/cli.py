@@ -30,7 +30,8 @@ def _export(args: argparse.Namespace) -> int:
 
     root = Path(args.dir).expanduser()
     out = Path(args.out).expanduser() if args.out else root / "export" / args.format
-    result = export_trials(root, out, args.outcome, args.config)
+    quality = None if args.no_compress else args.jpeg_quality
+    result = export_trials(root, out, args.outcome, args.config, args.format, quality)
     for record, episode in result.episodes:
         shapes = ", ".join(f"{name} {shape}" for name, shape in episode.image_shapes.items())
         print(f"{record.id} ({record.outcome}) -> {episode.path.name}: {episode.steps} steps; {shapes}")
@@ -69,7 +70,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     export = commands.add_parser("export", help="one training episode per trial")
     export.add_argument("dir", help="trial_recorder output_dir")
-    export.add_argument("--format", choices=["aloha-hdf5"], required=True)
+    export.add_argument("--format", choices=["aloha-hdf5", "lerobot"], required=True,
+                        help="aloha-hdf5: one episode_<n>.hdf5 per trial; lerobot: one LeRobot v3.0 dataset")
+    export.add_argument("--jpeg-quality", type=int, default=50,
+                        help="aloha-hdf5 image JPEG quality, as the ALOHA recorder's compress option (50)")
+    export.add_argument("--no-compress", action="store_true", help="aloha-hdf5: store raw (T, H, W, 3) images")
     export.add_argument("--out", help="output folder (default: DIR/export/FORMAT)")
     export.add_argument("--outcome", nargs="+", default=["success", "failure"],
                         choices=["success", "failure", "aborted", "incomplete"], help="trials to export")

@@ -1,8 +1,9 @@
-"""Recorded trials as ALOHA-layout HDF5 episodes, for fine-tuning.
+"""Recorded trials as ALOHA-layout HDF5 episodes (or a LeRobot dataset, ``recording.lerobot``), for fine-tuning.
 
 Each trial becomes ``episode_<n>.hdf5`` in the layout the ALOHA recorder writes and ACT-style
 loaders read: ``/observations/qpos`` and ``/observations/qvel`` (T, arm state channels),
-``/observations/images/<camera>`` (T, H, W, 3) RGB at the recorded resolution, ``/action``
+``/observations/images/<camera>`` (T, H, W, 3) RGB at the recorded resolution (or, by
+default, JPEG-compressed as the ALOHA recorder's ``COMPRESS`` option does), ``/action``
 (T, arm action channels) and, with a twist base, ``/base_action`` (T, 2); attribute ``sim``.
 Streams are resampled onto the embodiment's control grid (``control.rate_hz``) by holding
 the latest sample at or before each tick, from the last stream's first sample to the first
@@ -16,7 +17,7 @@ channel names, the values in action units) and the cameras of ``cameras[]``.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from qwen_vla_ros.recording.bag import read_messages, typestore_for_distro
 from qwen_vla_ros.recording.trial import TrialRecord, TrialStore, write_yaml_atomically
 
 COMMAND_TOPIC = COMMAND.name
-FORMATS = ("aloha-hdf5",)
+FORMATS = ("aloha-hdf5", "lerobot")
+DEFAULT_JPEG_QUALITY = 50  # the ALOHA recorder's COMPRESS setting ("tried as low as 20, seems fine")
 
 
 class ExportError(ValueError):
@@ -155,11 +157,20 @@ class Episode:
     image_shapes: dict[str, tuple[int, int, int]]
 
 
-def export_episode(bag: Path, layout: EpisodeLayout, path: Path, attributes: dict[str, Any]) -> Episode:
-    """Two passes over the bag: small streams and image times first, then frames straight to disk."""
-    import h5py
+@dataclass
+class Resampled:
+    """One trial on the control grid: rows of state and action, and which camera sample each row shows."""
 
-    typestore = typestore_for_distro()
+    grid: np.ndarray
+    qpos: np.ndarray
+    qvel: np.ndarray
+    actions: np.ndarray
+    frame_rows: dict[str, dict[int, list[int]]]  # camera -> camera sample ordinal -> grid rows
+    image_shapes: dict[str, tuple[int, int, int]]
+
+
+def resample(bag: Path, layout: EpisodeLayout, typestore: Any) -> Resampled:
+    """First pass over the bag: small streams and image times (frames stay on disk)."""
     arms: dict[str, _Series] = defaultdict(_Series)
     commands = _Series()
     cameras: dict[str, _Series] = defaultdict(_Series)
@@ -209,35 +220,81 @@ def export_episode(bag: Path, layout: EpisodeLayout, path: Path, attributes: dic
             qvel[step, column] = spec.rate(velocities)
     actions = np.asarray(commands.rows, dtype=np.float32)[commands.hold(grid)]
     frame_rows = {name: _rows_by_sample(series.hold(grid)) for name, series in cameras.items()}
+    return Resampled(grid, qpos, qvel, actions, frame_rows, image_shapes)
 
+
+def frames(bag: Path, layout: EpisodeLayout, resampled: Resampled, typestore: Any) -> Iterator[tuple[str, list[int], np.ndarray]]:
+    """Second pass: (camera, grid rows, RGB frame) for every frame some row shows, in bag order."""
+    topic_to_camera = {topic: name for name, (topic, _) in layout.cameras.items()}
+    ordinals: dict[str, int] = defaultdict(int)
+    for topic, _, message in read_messages(bag, [t for t, _ in layout.cameras.values()], typestore):
+        name = topic_to_camera[topic]
+        rows = resampled.frame_rows[name].get(ordinals[name], [])
+        ordinals[name] += 1
+        if rows:
+            yield name, rows, _image(message, name)
+
+
+def export_episode(bag: Path, layout: EpisodeLayout, path: Path, attributes: dict[str, Any],
+                   jpeg_quality: int | None = DEFAULT_JPEG_QUALITY) -> Episode:
+    """ALOHA HDF5; with ``jpeg_quality`` the images are JPEG-compressed as the ALOHA recorder's
+    ``COMPRESS`` option stores them: each camera a (T, padded) uint8 dataset of encoded bytes,
+    zero-padded to the longest, ``/compress_len`` (cameras, T) the true lengths, attribute
+    ``compress`` True. Decode a row with ``cv2.imdecode(row[:length], cv2.IMREAD_COLOR)``: it
+    gives back the RGB array that was encoded (the bytes are written as OpenCV would a BGR one)."""
+    import h5py
+
+    typestore = typestore_for_distro()
+    resampled = resample(bag, layout, typestore)
+    steps = len(resampled.grid)
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(f".{path.name}.tmp")
     with h5py.File(scratch, "w") as root:
         root.attrs["sim"] = False
+        root.attrs["compress"] = jpeg_quality is not None
         for key, value in attributes.items():
             root.attrs[key] = value
         observations = root.create_group("observations")
-        observations.create_dataset("qpos", data=qpos)
-        observations.create_dataset("qvel", data=qvel)
-        root.create_dataset("action", data=actions[:, : len(layout.action_channels)])
+        observations.create_dataset("qpos", data=resampled.qpos)
+        observations.create_dataset("qvel", data=resampled.qvel)
+        root.create_dataset("action", data=resampled.actions[:, : len(layout.action_channels)])
         if layout.base_channels:
-            root.create_dataset("base_action", data=actions[:, len(layout.action_channels):])
+            root.create_dataset("base_action", data=resampled.actions[:, len(layout.action_channels):])
         images = observations.create_group("images")
-        datasets = {
-            name: images.create_dataset(name, (len(grid), *shape), dtype=np.uint8, chunks=(1, *shape))
-            for name, shape in image_shapes.items()
-        }
-        ordinals: dict[str, int] = defaultdict(int)
-        for topic, _, message in read_messages(bag, [t for t, _ in layout.cameras.values()], typestore):
-            name = topic_to_camera[topic]
-            rows = frame_rows[name].get(ordinals[name], [])
-            ordinals[name] += 1
-            if rows:
-                frame = _image(message, name)
+        if jpeg_quality is None:
+            datasets = {
+                name: images.create_dataset(name, (steps, *shape), dtype=np.uint8, chunks=(1, *shape))
+                for name, shape in resampled.image_shapes.items()
+            }
+            for name, rows, frame in frames(bag, layout, resampled, typestore):
                 for row in rows:
                     datasets[name][row] = frame
+        else:
+            _write_jpeg_images(root, images, frames(bag, layout, resampled, typestore),
+                               list(resampled.image_shapes), steps, jpeg_quality)
     scratch.replace(path)
-    return Episode(path, len(grid), image_shapes)
+    return Episode(path, steps, resampled.image_shapes)
+
+
+def _write_jpeg_images(root: Any, images: Any, stream: Iterable[tuple[str, list[int], np.ndarray]],
+                       cameras: list[str], steps: int, quality: int) -> None:
+    import cv2
+
+    encoded: dict[str, list[np.ndarray | None]] = {name: [None] * steps for name in cameras}
+    for name, rows, frame in stream:
+        ok, buffer = cv2.imencode(".jpg", frame, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
+        if not ok:
+            raise ExportError(f"camera {name}: JPEG encoding failed")
+        for row in rows:
+            encoded[name][row] = buffer.reshape(-1)  # held frames share one encoding
+    lengths = np.array([[len(b) if b is not None else 0 for b in encoded[name]] for name in cameras])
+    padded = int(lengths.max()) if lengths.size else 0
+    for index, name in enumerate(cameras):
+        dataset = images.create_dataset(name, (steps, padded), dtype=np.uint8, chunks=(1, padded))
+        for row, buffer in enumerate(encoded[name]):
+            if buffer is not None:
+                dataset[row, : len(buffer)] = buffer
+    root.create_dataset("compress_len", data=lengths)
 
 
 def _rows_by_sample(selected: np.ndarray) -> dict[int, list[int]]:
@@ -258,18 +315,27 @@ def export_trials(
     out_dir: str | Path,
     outcomes: Iterable[str] = ("success", "failure"),
     config: str | None = None,
+    format: str = "aloha-hdf5",
+    jpeg_quality: int | None = DEFAULT_JPEG_QUALITY,
 ) -> ExportResult:
     """One episode per trial with a wanted outcome; ``episodes.yaml`` maps episodes to trials.
 
     Each trial is read with the embodiment config (and overrides) it was recorded with,
-    unless ``config`` names another.
+    unless ``config`` names another. ``aloha-hdf5`` writes ``episode_<n>.hdf5`` files
+    (images JPEG-compressed unless ``jpeg_quality`` is None); ``lerobot`` writes one LeRobot
+    v3.0 dataset (``recording.lerobot``), whose episodes must share one layout and camera size.
     """
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"JPEG quality must be 1..100, got {jpeg_quality}")
     store = TrialStore(root)
     out = Path(out_dir).expanduser()
     wanted = set(outcomes)
     result = ExportResult()
     layouts: dict[tuple[str, ...], EpisodeLayout] = {}
     manifest = []
+    lerobot = None
     for record in store.records():
         if record.outcome not in wanted:
             continue
@@ -279,16 +345,31 @@ def export_trials(
                 overrides = dict(parse_override(text) for text in source[1:])
                 layouts[source] = layout_for(load_embodiment(source[0], overrides))
             layout = layouts[source]
-            episode_path = out / f"episode_{len(result.episodes)}.hdf5"
-            attributes = {"trial": record.id, "outcome": record.outcome or "", "instruction": record.instruction,
-                          "embodiment": record.embodiment, "control_rate_hz": layout.rate_hz}
-            episode = export_episode(store.bag_dir(record), layout, episode_path, attributes)
+            if format == "lerobot":
+                from qwen_vla_ros.recording.lerobot import LeRobotWriter
+
+                if lerobot is None:
+                    lerobot = LeRobotWriter(out, layout, record.embodiment)
+                elif layout != lerobot.layout:
+                    raise ExportError("recorded with another embodiment layout than the dataset's first episode")
+                typestore = typestore_for_distro()
+                bag = store.bag_dir(record)
+                resampled = resample(bag, layout, typestore)
+                index = lerobot.add(resampled, frames(bag, layout, resampled, typestore), record.instruction)
+                episode = Episode(out / f"episode_{index}", len(resampled.grid), resampled.image_shapes)
+            else:
+                episode_path = out / f"episode_{len(result.episodes)}.hdf5"
+                attributes = {"trial": record.id, "outcome": record.outcome or "", "instruction": record.instruction,
+                              "embodiment": record.embodiment, "control_rate_hz": layout.rate_hz}
+                episode = export_episode(store.bag_dir(record), layout, episode_path, attributes, jpeg_quality)
         except (ExportError, FileNotFoundError, KeyError, ValueError) as exc:
             result.failures.append((record, str(exc)))
             continue
         result.episodes.append((record, episode))
-        manifest.append({"episode": episode_path.name, "trial": record.id, "outcome": record.outcome,
+        manifest.append({"episode": episode.path.name, "trial": record.id, "outcome": record.outcome,
                          "condition": record.condition, "instruction": record.instruction, "steps": episode.steps})
+    if lerobot is not None:
+        lerobot.close()
     if manifest:
         write_yaml_atomically(out / "episodes.yaml", manifest)
     return result

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from qwen_vla_ros.config.embodiment import StrictModel, require_unique
+from qwen_vla_ros.config.embodiment import AlohaRandomization, StrictModel, require_unique
 from qwen_vla_ros.config.loader import read_yaml, validate
 
 Condition = dict[str, str]
@@ -29,11 +29,20 @@ Condition = dict[str, str]
 
 class Level(StrictModel):
     """One level of a factor; ``instruction`` replaces the protocol's when this level is run
-    (e.g. an unseen object needs its own instruction)."""
+    (e.g. an unseen object needs its own instruction). ``sim`` sets fields of the MuJoCo
+    sim's ``randomization`` for trials at this level (``qwen-vla-ros eval`` applies them;
+    on a real robot the operator sets the scene up instead)."""
 
     name: str = Field(min_length=1)
     instruction: str | None = None
     description: str = ""
+    sim: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sim")
+    @classmethod
+    def _known_sim_fields(cls, sim: dict[str, Any]) -> dict[str, Any]:
+        AlohaRandomization.model_validate({**AlohaRandomization().model_dump(), **sim})
+        return sim
 
 
 class Factor(StrictModel):
@@ -141,6 +150,15 @@ class Protocol(StrictModel):
         if self.order == "shuffled":
             random.Random(self.seed).shuffle(rounds)
         return rounds
+
+    def sim_for(self, condition: Mapping[str, str]) -> dict[str, Any]:
+        """The sim randomisation fields the condition's levels set; a later factor wins a clash."""
+        fields: dict[str, Any] = {}
+        for factor in self.factors:
+            for level in factor.levels:
+                if condition.get(factor.name) == level.name:
+                    fields.update(level.sim)
+        return fields
 
     def instruction_for(self, condition: Mapping[str, str]) -> str:
         """The first level (in factor order) that sets an instruction wins over the protocol's."""

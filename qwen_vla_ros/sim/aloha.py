@@ -22,7 +22,7 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless; must precede the mujoco import
 import mujoco  # noqa: E402
 
-from qwen_vla_ros.config.embodiment import Arm, EmbodimentConfig, MujocoAlohaSim  # noqa: E402
+from qwen_vla_ros.config.embodiment import Arm, AlohaRandomization, EmbodimentConfig, MujocoAlohaSim  # noqa: E402
 from qwen_vla_ros.config.loader import ConfigError  # noqa: E402
 from qwen_vla_ros.embodiments.gripper import (  # noqa: E402
     joint_to_normalized,
@@ -43,6 +43,7 @@ class TransferCubeTask:
     table_geom: str = "table"
     lift_finger_geom: str = "vx300s_right/10_right_gripper_finger"
     receive_finger_geom: str = "vx300s_left/10_left_gripper_finger"
+    distractor_geom: str = "distractor"  # added at load (hidden until a randomisation asks for it)
 
 
 TASKS = {"transfer_cube": TransferCubeTask()}
@@ -63,6 +64,20 @@ def resolve_mjcf(name: str) -> Path:
     if not path.is_file():
         raise ConfigError("sim.mjcf", [f"MJCF file {path} does not exist"])
     return path
+
+
+DISTRACTOR_HALF_HEIGHT_M = 0.03
+
+
+def _load_with_distractor(path: Path, geom_name: str) -> mujoco.MjModel:
+    """The MJCF plus a static green cylinder, hidden and non-colliding below the floor until a
+    reset shows it: a distractor object without a second MJCF file to maintain."""
+    spec = mujoco.MjSpec.from_file(str(path))
+    spec.worldbody.add_geom(
+        name=geom_name, type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[0.025, DISTRACTOR_HALF_HEIGHT_M, 0.0],
+        pos=[0.0, 0.0, -1.0], rgba=[0.1, 0.7, 0.2, 0.0], contype=0, conaffinity=0,
+    )
+    return spec.compile()
 
 
 def _id(model: mujoco.MjModel, kind: mujoco.mjtObj, name: str, what: str) -> int:
@@ -131,7 +146,7 @@ class MujocoAloha:
         self.config = config
         self.settings: MujocoAlohaSim = config.sim
         self.task = TASKS[self.settings.task]
-        self.model = mujoco.MjModel.from_xml_path(str(resolve_mjcf(self.settings.mjcf)))
+        self.model = _load_with_distractor(resolve_mjcf(self.settings.mjcf), self.task.distractor_geom)
         self.data = mujoco.MjData(self.model)
         self.model_lock = threading.Lock()
         # Split the control period into whole physics steps of about the MJCF's timestep.
@@ -152,6 +167,8 @@ class MujocoAloha:
         self._nominal_light_diffuse = self.model.light_diffuse.copy()
         self._nominal_headlight = (self.model.vis.headlight.ambient.copy(), self.model.vis.headlight.diffuse.copy())
         self._nominal_table_rgba = self.model.geom_rgba[self._table_geom].copy()
+        self._nominal_object_rgba = self.model.geom_rgba[self._object_geom].copy()
+        self._distractor_geom = _id(self.model, mujoco.mjtObj.mjOBJ_GEOM, task.distractor_geom, "geom")
         self._snapshot = mujoco.MjData(self.model)
 
     # --- commands and state -------------------------------------------------------------
@@ -235,8 +252,9 @@ class MujocoAloha:
 
     # --- reset and randomisation --------------------------------------------------------
 
-    def reset(self, rng: np.random.Generator) -> dict[str, Any]:
-        """Start pose from the MJCF keyframe, arms holding it, and freshly drawn conditions.
+    def reset(self, rng: np.random.Generator, randomization: AlohaRandomization | None = None) -> dict[str, Any]:
+        """Start pose from the MJCF keyframe, arms holding it, and freshly drawn conditions
+        (from ``randomization``, default the config's: an evaluation protocol's level swaps it).
 
         Returns the conditions drawn, for the trial record.
         """
@@ -247,7 +265,7 @@ class MujocoAloha:
             mujoco.mj_resetData(model, data)
         # Position actuators hold the start pose (a keyframe without ctrl would drive them to 0).
         data.ctrl[:] = data.qpos[model.jnt_qposadr[model.actuator_trnid[:, 0]]]
-        randomization = self.settings.randomization
+        randomization = randomization or self.settings.randomization
         x = rng.uniform(randomization.object_x.lower, randomization.object_x.upper)
         y = rng.uniform(randomization.object_y.lower, randomization.object_y.upper)
         yaw = rng.uniform(randomization.object_yaw.lower, randomization.object_yaw.upper)
@@ -263,14 +281,35 @@ class MujocoAloha:
         if randomization.table_rgb is not None:
             table_rgb = np.array([rng.uniform(c.lower, c.upper) for c in randomization.table_rgb])
             conditions["table_rgb"] = [round(float(c), 6) for c in table_rgb]
+        object_rgb = self._nominal_object_rgba[:3].copy()
+        if randomization.object_rgb is not None:
+            object_rgb = np.array([rng.uniform(c.lower, c.upper) for c in randomization.object_rgb])
+            conditions["object_rgb"] = [round(float(c), 6) for c in object_rgb]
+        distractor = self._place_distractor(rng, (x, y)) if randomization.distractor else None
+        if distractor is not None:
+            conditions["distractor_xy"] = [round(v, 6) for v in distractor]
         with self.model_lock:
             model.light_diffuse[:] = np.clip(self._nominal_light_diffuse * light_scale, 0.0, 1.0)
             ambient, diffuse = self._nominal_headlight
             model.vis.headlight.ambient[:] = np.clip(ambient * light_scale, 0.0, 1.0)
             model.vis.headlight.diffuse[:] = np.clip(diffuse * light_scale, 0.0, 1.0)
             model.geom_rgba[self._table_geom, :3] = table_rgb
+            model.geom_rgba[self._object_geom, :3] = object_rgb
+            shown = distractor is not None
+            model.geom_rgba[self._distractor_geom, 3] = 1.0 if shown else 0.0
+            model.geom_contype[self._distractor_geom] = model.geom_conaffinity[self._distractor_geom] = int(shown)
+            model.geom_pos[self._distractor_geom] = [*distractor, DISTRACTOR_HALF_HEIGHT_M] if shown else [0.0, 0.0, -1.0]
         mujoco.mj_forward(model, data)
         return conditions
+
+    @staticmethod
+    def _place_distractor(rng: np.random.Generator, cube_xy: tuple[float, float]) -> tuple[float, float]:
+        """A spot on the table at least 12 cm from the cube, in the arms' shared workspace."""
+        for _ in range(100):
+            x, y = rng.uniform(-0.2, 0.2), rng.uniform(0.35, 0.65)
+            if math.hypot(x - cube_xy[0], y - cube_xy[1]) >= 0.12:
+                return float(x), float(y)
+        return float(cube_xy[0] - 0.15), float(cube_xy[1])
 
     # --- rendering ----------------------------------------------------------------------
 

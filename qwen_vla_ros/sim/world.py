@@ -12,7 +12,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import EmbodimentConfig, KinematicArmSim, KinematicBaseSim, MujocoAlohaSim
+from qwen_vla_ros.config.embodiment import (
+    AlohaRandomization,
+    EmbodimentConfig,
+    KinematicArmSim,
+    KinematicBaseSim,
+    MujocoAlohaSim,
+)
 from qwen_vla_ros.config.loader import ConfigError
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
 from qwen_vla_ros.sim.commands import ArmCommand, ArmState
@@ -116,12 +122,13 @@ class Simulation:
         with self.lock:
             return self._mujoco.success() if self._mujoco is not None else None
 
-    def reset(self, rng: np.random.Generator) -> dict[str, Any]:
-        """Back to the start pose with new task conditions; returns the conditions drawn."""
+    def reset(self, rng: np.random.Generator, randomization: AlohaRandomization | None = None) -> dict[str, Any]:
+        """Back to the start pose with new task conditions; returns the conditions drawn.
+        ``randomization`` replaces the config's for this reset (MuJoCo cells only)."""
         with self.lock:
             conditions: dict[str, Any] = {}
             if self._mujoco is not None:
-                conditions = self._mujoco.reset(rng)
+                conditions = self._mujoco.reset(rng, randomization)
             for arm in self._arms.values():
                 arm.reset()
             if self._base is not None:

@@ -1,0 +1,61 @@
+"""``qwen-vla-ros train``: a checkpoint's action head trained on a LeRobot dataset (``model.training``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from qwen_vla_ros.config import load_embodiment
+    from qwen_vla_ros.model.build import make_checkpoint
+    from qwen_vla_ros.model.loading import load_policy
+    from qwen_vla_ros.model.training import read_lerobot, save_trained, train_head
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    dataset, out = Path(args.dataset).expanduser(), Path(args.output).expanduser()
+    if not (dataset / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"{dataset} is not a LeRobot dataset (no meta/info.json)")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--output {out} exists and is not empty; choose a new directory")
+    say = (lambda text: print(text, file=sys.stderr, flush=True))
+    with tempfile.TemporaryDirectory(prefix="qwen_vla_train_") as scratch:
+        source = Path(args.init).expanduser() if args.init else make_checkpoint(args.size, Path(scratch) / "init", args.seed)
+        policy = load_policy(source)
+        embodiment = load_embodiment(args.embodiment)
+        frames = read_lerobot(dataset, embodiment.control.chunk_length, args.stride, args.max_frames)
+        policy.set_task(embodiment, frames.instruction)
+        say(f"training the head of {source} on {len(frames.states)} frames of {dataset} for {args.steps} steps")
+        log_every = max(1, args.steps // 20)
+        result = train_head(policy, frames, args.steps, args.batch_size, args.lr, args.seed,
+                            lambda step, loss: step % log_every == 0 and say(f"step {step:6d}  loss {loss:.4f}"))
+        save_trained(policy, source, out)
+    record = {"dataset": str(dataset.resolve()), "init": str(args.init or f"random {args.size}, seed {args.seed}"),
+              "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+              "stride": args.stride, "frames": result.frames, "seconds": round(result.seconds, 1),
+              "instruction": frames.instruction, "command": " ".join(sys.argv), "losses": result.losses}
+    (out / "training.json").write_text(json.dumps(record, indent=1))
+    first, last = result.losses[: max(1, len(result.losses) // 10)], result.losses[-max(1, len(result.losses) // 10):]
+    print(f"trained {out}: loss {sum(first) / len(first):.4f} -> {sum(last) / len(last):.4f} "
+          f"in {result.seconds:.0f} s; log in {out / 'training.json'}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a checkpoint's action head on a LeRobot dataset (CPU)",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="LeRobot v3.0 dataset (trials export --format lerobot)")
+    parser.add_argument("--size", choices=["tiny", "small"], default="tiny", help="random start checkpoint size")
+    parser.add_argument("--init", default=None, help="start from this checkpoint instead of a random one")
+    parser.add_argument("--output", required=True, help="new checkpoint directory")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--stride", type=int, default=1, help="use every N-th dataset row (1)")
+    parser.add_argument("--max-frames", type=int, default=None, help="use at most this many rows")
+    parser.add_argument("--embodiment", default="aloha")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_train)
