@@ -193,6 +193,10 @@ class PolicyNode(Node):
             try:
                 result = self.runner.step()
             except Exception:  # noqa: BLE001 - the inference thread must outlive any one failure
+                if not self.context.ok():
+                    # Ctrl-C or SIGTERM shut the context down (rclpy's signal handler) while this
+                    # step ran, so its publish failed: that is the requested shutdown, not a fault.
+                    return
                 self.get_logger().error(f"inference step failed:\n{traceback.format_exc()}", throttle_duration_sec=5.0)
                 self._stop.wait(1.0)
                 continue
