@@ -17,7 +17,7 @@ README_MAX_BYTES = 12 * 1024
 # merged they are checked like any other.
 PAGES_OF_PARALLEL_WORK = {"docs/safety.md", "docs/security.md", "docs/evaluation.md"}
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
-FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)
 
 
 def _prose(text: str) -> str:

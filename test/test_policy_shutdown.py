@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-wheels]' or source ROS 2")
 pytest.importorskip("torch", reason="torch is not installed: pip install '.[model]'")
 
-from helpers.synthetic_robot import SyntheticRobot  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+from helpers.synthetic_robot import SyntheticRobot
+from rclpy.executors import SingleThreadedExecutor
+from trajectory_msgs.msg import JointTrajectory
 
-from qwen_vla_ros.config import load_embodiment  # noqa: E402
+from qwen_vla_ros.config import load_embodiment
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
