@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from qwen_vla_ros import __version__
 from qwen_vla_ros.bringup.cli import add_parser as _add_up
 from qwen_vla_ros.bringup.demo import add_parser as _add_demo
 from qwen_vla_ros.config import ConfigError, load_any
@@ -19,6 +20,11 @@ from qwen_vla_ros.model.commands import add_bench_parser, add_export_parser, add
 from qwen_vla_ros.recording.cli import add_parser as _add_trials
 
 EXIT_BAD_INPUT = 2
+DESCRIPTION = (
+    "Run the Qwen-VLA vision-language-action policy on ROS 2 robots (ALOHA, WidowX, mobile bases): "
+    "try the whole loop in simulation (demo), bring an embodiment up (up), record and report evaluation "
+    "trials (trials), build, export and benchmark checkpoints, and check config files."
+)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -55,7 +61,9 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qwen-vla-ros", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="qwen-vla-ros", description=DESCRIPTION,
+                                     epilog="Start with `qwen-vla-ros demo`; each command has its own --help.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for register in SUBCOMMANDS:
         register(subparsers)

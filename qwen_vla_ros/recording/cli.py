@@ -66,7 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     export = commands.add_parser("export", help="one training episode per trial")
     export.add_argument("dir", help="trial_recorder output_dir")
-    export.add_argument("--format", choices=["aloha-hdf5"], required=True)
+    export.add_argument("--format", choices=["aloha-hdf5"], required=True,
+                        help="aloha-hdf5: one ACT/ALOHA-layout episode_N.hdf5 per trial")
     export.add_argument("--out", help="output folder (default: DIR/export/FORMAT)")
     export.add_argument("--outcome", nargs="+", default=["success", "failure"],
                         choices=["success", "failure", "aborted", "incomplete"], help="trials to export")

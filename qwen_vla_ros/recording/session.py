@@ -36,6 +36,7 @@ class RecorderIdentity:
     checkpoint_sha256: str | None = None
     instruction: str = ""
     config_overrides: tuple[str, ...] = ()
+    logs: str | None = None  # the run's node-log folder, when the bring-up keeps one
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class TrialSession:
                     "operator": operator,
                     "start_time": iso_time(now_ns),
                     "start_ns": now_ns,
+                    "logs": self.identity.logs,
                 }
             )
             try:
