@@ -51,6 +51,7 @@ def _up(args: argparse.Namespace) -> int:
         config=args.config, instruction=args.instruction, runtime_config=args.runtime_config,
         output_dir=args.output_dir, namespaces=parse_namespaces(args.namespaces),
         config_overrides=args.config_override, runtime_overrides=args.runtime_override,
+        node_parameters={} if args.sim_cameras or not args.sim else {"sim_node": {"camera_rate_hz": 0.0}},
     )
     graph = build_graph(options)
     with StopSignals() as signals:
@@ -75,6 +76,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sim", action="store_true", help=LAUNCH_ARGUMENTS["use_sim"][1])
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True, help=LAUNCH_ARGUMENTS["record"][1])
     parser.add_argument("--joystick", action=argparse.BooleanOptionalAction, default=True, help=LAUNCH_ARGUMENTS["joystick"][1])
+    parser.add_argument("--sim-cameras", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --sim, render the cameras (--no-sim-cameras: physics only, for a machine without "
+                        "EGL or OSMesa; the policy then gets no images)")
     parser.add_argument("--output-dir", default="", help=LAUNCH_ARGUMENTS["output_dir"][1])
     parser.add_argument("--namespaces", default="", help=LAUNCH_ARGUMENTS["namespaces"][1])
     add_graph_arguments(parser)
