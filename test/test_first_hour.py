@@ -106,3 +106,34 @@ def test_bootstrap_shows_progress_and_tells_the_truth_about_torch() -> None:
     assert not re.search(r"pip install[^\n]* -q\b", script), "pip -q hides minutes of work"
     assert [int(n) for n in re.findall(r'stage (\d) "', script)] == [1, 1, 2, 3, 4]
     assert "CPU build of torch" not in script and "QWEN_VLA_TORCH_INDEX" in script
+
+
+def test_foxglove_layout_shows_the_aloha_topics_of_the_yaml() -> None:
+    """Judged against config/aloha.yaml read as plain YAML: four camera panels on its camera
+    topics, commands against each arm's joint states, the mode and the diagnostics."""
+    import json
+
+    import yaml
+
+    aloha = yaml.safe_load((ROOT / "config" / "aloha.yaml").read_text())
+    layout = json.loads((ROOT / "config" / "foxglove_aloha.json").read_text())
+    panels = layout["configById"]
+    images = sorted(c["imageMode"]["imageTopic"] for key, c in panels.items() if key.startswith("Image!"))
+    assert images == sorted(camera["topic"] for camera in aloha["cameras"])
+    plotted = {p["value"].split(".")[0] for key, c in panels.items() if key.startswith("Plot!") for p in c["paths"]}
+    assert plotted == {"/qwen_vla/controller/command"} | {arm["joint_state_topic"] for arm in aloha["arms"]}
+    channels = [c["name"] for c in aloha["action"]["channels"]]
+    for key, config in panels.items():
+        if key.startswith("Plot!"):
+            for path in config["paths"]:
+                index = int(path["value"].rsplit("[", 1)[1].rstrip("]"))
+                joint = path["label"].split(" ", 1)[1]
+                if path["value"].startswith("/qwen_vla/controller/command"):
+                    assert channels[index] == joint, path
+    assert any(c.get("topicToRender") == "/diagnostics" for c in panels.values())
+    assert any(p["value"] == "/qwen_vla/mode.data" for c in panels.values() for p in c.get("paths", []) if "mode" in p["value"])
+
+    def placed(node: object) -> set[str]:
+        return {node} if isinstance(node, str) else placed(node["first"]) | placed(node["second"])
+
+    assert placed(layout["layout"]) == set(panels), "every panel is placed once in the layout"
