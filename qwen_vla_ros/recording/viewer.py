@@ -35,6 +35,7 @@ CHUNK_TOPIC = "/qwen_vla/action_chunk"
 MODE_TOPIC = "/qwen_vla/mode"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 REJECTED_KEY = "chunks_rejected"
+MIN_Y_SPAN = 0.05  # rad or normalised: the smallest joint panel range
 VIDEO_WIDTH_MAX = 640  # larger frames are scaled down: the page stays a few MB
 
 # The page reports each video's duration (or failure) beside it, and any script error, in the
@@ -216,6 +217,11 @@ def joints_plot(data: TrialData, record: TrialRecord) -> str:
         if key:
             axis.plot(data.measured[key].times_s, data.measured[key].values, ":", lw=1.2, label="measured")
         axis.set_ylabel(channel, fontsize=8)
+        low, high = axis.get_ylim()
+        if high - low < MIN_Y_SPAN:  # a held joint: show it flat, not its float noise magnified
+            middle = (low + high) / 2
+            axis.set_ylim(middle - MIN_Y_SPAN / 2, middle + MIN_Y_SPAN / 2)
+        axis.ticklabel_format(axis="y", useOffset=False)
         for at, _, color in marks:
             axis.axvline(at, color=color, lw=0.8, alpha=0.8)
     for at, label, color in marks:
