@@ -42,7 +42,7 @@ def _trial_pages(root: Path, out: Path, write_missing: bool) -> dict[str, str]:
         if write_missing and not page.is_file():
             try:
                 write_trial_page(page.parent)
-            except (OSError, ValueError, RuntimeError) as exc:  # one unreadable bag must not sink the report
+            except Exception as exc:  # noqa: BLE001 - one unreadable bag must not sink the report of all trials
                 print(f"{record.id}: no page: {exc}", file=sys.stderr)
         if page.is_file():
             pages[record.id] = os.path.relpath(page, out)
