@@ -25,7 +25,8 @@ from qwen_vla_ros.config import load_embodiment
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 CAMERA_SIZE = (80, 60)
-CONFIG_OVERRIDES = [f"cameras.{i}.{key}={value}" for i in range(4) for key, value in zip(("width", "height"), CAMERA_SIZE)]
+CONFIG_OVERRIDES = [f"cameras.{i}.{key}={value}"
+                    for i in range(4) for key, value in zip(("width", "height"), CAMERA_SIZE, strict=True)]
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import io
+import json
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -142,11 +142,11 @@ def read_trial(bag: Path, start_ns: int, video_dir: Path) -> TrialData:
                 continue
             message = reader.deserialize(raw, connection.msgtype)
             if connection.topic == COMMAND_TOPIC:
-                for name, position in zip(message.name, message.position):
+                for name, position in zip(message.name, message.position, strict=False):
                     data.commanded[name].times_s.append(at_s)
                     data.commanded[name].values.append(float(position))
             elif connection.msgtype == JOINT_STATE_TYPE:
-                for name, position in zip(message.name, message.position):
+                for name, position in zip(message.name, message.position, strict=False):
                     series = data.measured[f"{connection.topic} {name}"]
                     series.times_s.append(at_s)
                     series.values.append(float(position))
