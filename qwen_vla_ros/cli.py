@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from qwen_vla_ros import __version__
 from qwen_vla_ros.bringup.cli import add_parser as _add_up
 from qwen_vla_ros.bringup.collect import add_parser as _add_collect
 from qwen_vla_ros.bringup.evaluate import add_parser as _add_eval
@@ -24,6 +25,11 @@ from qwen_vla_ros.model.train_command import add_parser as _add_train
 from qwen_vla_ros.recording.cli import add_parser as _add_trials
 
 EXIT_BAD_INPUT = 2
+DESCRIPTION = (
+    "Run the Qwen-VLA vision-language-action policy on ROS 2 robots (ALOHA, WidowX, mobile bases): "
+    "try the whole loop in simulation (demo), bring an embodiment up (up), record and report evaluation "
+    "trials (trials), build, export and benchmark checkpoints, and check config files."
+)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -65,7 +71,9 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qwen-vla-ros", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="qwen-vla-ros", description=DESCRIPTION,
+                                     epilog="Start with `qwen-vla-ros demo`; each command has its own --help.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for register in SUBCOMMANDS:
         register(subparsers)

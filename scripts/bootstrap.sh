@@ -55,9 +55,13 @@ else
   extras="ros-wheels,msg-build,$extras"
 fi
 
+stage() { echo "[$1/4] $2"; }
+
 if [ ! -x "$VENV/bin/python" ]; then
-  echo "creating virtual environment $VENV with $($PY --version)"
+  stage 1 "creating virtual environment $VENV with $($PY --version)"
   "$PY" -m venv "${venv_args[@]}" "$VENV"
+else
+  stage 1 "using the virtual environment $VENV"
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
@@ -72,13 +76,29 @@ if python -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)'
   fi
 fi
 
-echo "installing qwen_vla_ros[$extras] (first run: a few minutes)"
-python -m pip install -q --upgrade pip setuptools wheel
-# A CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
-python -m pip install -q "${constraints[@]}" "torch==2.13.0"
-python -m pip install -q "${constraints[@]}" "$ROOT[$extras]"
+# pip's own progress bars show on a terminal; elsewhere (CI logs) one line per package.
+if [ -t 1 ]; then
+  pip_install() { python -m pip install "$@"; }
+else
+  pip_install() { python -m pip install --progress-bar off "$@" | grep -E '^(Collecting|Successfully)' || [ "${PIPESTATUS[0]}" = 0 ]; }
+fi
+
+# torch: which build this pin installs depends on the index. From PyPI on Linux x86_64,
+# torch==2.13.0 is the CUDA build with its nvidia-* wheels (several GB); from
+# https://download.pytorch.org/whl/cpu it is the CPU build (about 200 MB). QWEN_VLA_TORCH_INDEX
+# chooses (the CPU index, or e.g. .../whl/cu126 for a given CUDA); see docs/installation.md.
+torch_index=()
+if [ -n "${QWEN_VLA_TORCH_INDEX:-}" ]; then
+  torch_index=(--index-url "$QWEN_VLA_TORCH_INDEX")
+fi
+stage 2 "installing torch 2.13.0${QWEN_VLA_TORCH_INDEX:+ from $QWEN_VLA_TORCH_INDEX} (first run: a few minutes)"
+pip_install --upgrade pip setuptools wheel
+pip_install "${torch_index[@]}" "${constraints[@]}" "torch==2.13.0"
+stage 3 "installing qwen_vla_ros[$extras]"
+pip_install "${constraints[@]}" "$ROOT[$extras]"
 
 # The installed package, not the checkout, must import (run from outside the source tree).
+stage 4 "checking the installation"
 (cd / && python -c "import rclpy, qwen_vla_ros; print('rclpy', rclpy.__file__); print('qwen_vla_ros', qwen_vla_ros.__file__)")
 
 export MUJOCO_GL="${MUJOCO_GL:-egl}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -201,7 +200,7 @@ def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
     executor = SingleThreadedExecutor(context=ros_domain.context)
     executor.add_node(node)
     heartbeat = node.create_publisher(TimeReference, "/qwen_vla/heartbeat", 10)
-    slow_peer = f"{socket.gethostname()}/slow_policy_host"
+    slow_peer = "remote-gpu-host/slow_policy_host"  # another host: one on this host shares its clock
 
     def beat() -> None:
         message = TimeReference(source=slow_peer)

@@ -212,3 +212,21 @@ def test_commands_respect_limits_and_the_sim_tracks_them(demo) -> None:
                         f"with no tracking error over 0.2 rad in the second before (largest {recent:.3f})")
         longest = [longest_run(error[:, j] > 0.5) / samples_per_s for j in range(error.shape[1])]
         assert max(longest) <= 1.0, f"{arm.name} joints stayed over 0.5 rad off their command for {np.round(longest, 2)} s"
+
+
+def test_start_up_says_what_it_waits_for_and_the_run_is_clean(demo) -> None:
+    """The stages of the start-up are named as they pass; the trial names its run's own log
+    folder; the bag spans the trial; no node logged a traceback or a clock-offset warning on
+    this single host, shutdown included."""
+    summary, record, _, stderr = demo
+    stages = ["starting nodes:", "loading model (", "waiting for the first chunk ("]
+    positions = [stderr.find(stage) for stage in stages]
+    assert -1 not in positions and positions == sorted(positions), stderr[-3000:]
+    logs = Path(summary["logs"])
+    assert record["logs"] == str(logs) and logs.parent.name == "logs" and (logs / "policy_node.log").is_file()
+    for log in logs.glob("*.log"):
+        text = log.read_text()
+        assert "Traceback" not in text and "inference step failed" not in text, f"{log.name}:\n{text[-3000:]}"
+        assert "clock offset over" not in text, f"{log.name} warns of a clock offset on one host"
+    with AnyReader([Path(summary["bag"])]) as reader:
+        assert reader.duration / 1e9 <= record["duration_s"] + 0.5, "the bag spans the trial, not older latched state"

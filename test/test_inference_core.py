@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers.readings import aloha_joints
 
-from qwen_vla_ros.clock_check import FORGET_AFTER_S, ClockOffsetEstimator
+from qwen_vla_ros.clock_check import FORGET_AFTER_S, MIN_SAMPLES, ClockOffsetEstimator
 from qwen_vla_ros.config import load_embodiment, load_runtime
 from qwen_vla_ros.config.runtime import InferenceSchedule
 from qwen_vla_ros.inference.committed import CommittedHistory
@@ -156,7 +156,7 @@ def test_windows_rates_throttles_and_step_counts() -> None:
 
 # ---------------------------------------------------------------------------- clock offset
 def test_clock_offset_is_the_smallest_stamp_difference() -> None:
-    estimator = ClockOffsetEstimator(window=5, max_offset_s=0.01)
+    estimator = ClockOffsetEstimator(window=5, max_offset_s=0.01, min_samples=1)
     delays_ms = [3.0, 0.4, 7.0, 1.5]
     for k, delay in enumerate(delays_ms):  # the robot computer's clock is 25 ms behind ours
         sent = T0 + k * S - 25 * MS
@@ -165,12 +165,41 @@ def test_clock_offset_is_the_smallest_stamp_difference() -> None:
     offsets = {p.peer: p.offset_s for p in estimator.offsets(T0 + 5 * S)}
     assert offsets == pytest.approx({"robot/camera_node": 0.0254, "gpu/other": 0.0004})
     assert [p.peer for p in estimator.excessive(T0 + 5 * S)] == ["robot/camera_node"]
-    ahead = ClockOffsetEstimator(window=5, max_offset_s=0.01)
+    ahead = ClockOffsetEstimator(window=5, max_offset_s=0.01, min_samples=1)
     ahead.add("fast", T0 + 40 * MS, T0 + MS)
     assert ahead.excessive(T0)[0].offset_s == pytest.approx(-0.039)
     assert estimator.offsets(T0 + 4 * S + round(FORGET_AFTER_S * S) + 1) == []
     with pytest.raises(ValueError):
         ClockOffsetEstimator(window=0, max_offset_s=0.01)
+
+
+def test_a_loaded_single_host_does_not_warn() -> None:
+    """Heartbeats between nodes of one host, each 150 to 300 ms late (a starved executor): one
+    host has one clock, so no offset warning; the figure is reported as that peer's delay."""
+    estimator = ClockOffsetEstimator(window=30, max_offset_s=0.01, host="robot")
+    for k in range(30):
+        sent = T0 + k * S
+        estimator.add("robot/policy_node", sent, sent + round((150 + 5 * k) * MS))
+    assert estimator.excessive(T0 + 30 * S) == []
+    (peer,) = estimator.offsets(T0 + 30 * S)
+    assert peer.same_host and peer.offset_s == pytest.approx(0.150)
+
+
+def test_a_start_up_burst_is_not_judged_until_the_window_has_samples() -> None:
+    """The first heartbeats of a start-up arrive late while every node loads; a remote peer is
+    judged only from MIN_SAMPLES heartbeats on, when a timely one has arrived."""
+    estimator = ClockOffsetEstimator(window=30, max_offset_s=0.01, host="robot")
+    for k, delay_ms in enumerate([158.1, 90.0, 40.0]):
+        estimator.add("gpu/policy_node", T0 + k * S, T0 + k * S + round(delay_ms * MS))
+    assert estimator.excessive(T0 + 3 * S) == []
+    for k in range(3, MIN_SAMPLES):
+        estimator.add("gpu/policy_node", T0 + k * S, T0 + k * S + round(0.5 * MS))
+    assert estimator.excessive(T0 + MIN_SAMPLES * S) == []
+    assert estimator.offsets(T0 + MIN_SAMPLES * S)[0].offset_s == pytest.approx(0.0005)
+    late = ClockOffsetEstimator(window=30, max_offset_s=0.01, host="robot")  # a real 40 ms offset is still found
+    for k in range(MIN_SAMPLES):
+        late.add("gpu/policy_node", T0 + k * S - 40 * MS, T0 + k * S + round(0.5 * MS))
+    assert [p.peer for p in late.excessive(T0 + MIN_SAMPLES * S)] == ["gpu/policy_node"]
 
 
 # ---------------------------------------------------------------------------- runner

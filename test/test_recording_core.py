@@ -332,6 +332,23 @@ def test_latched_messages_open_every_trial(tmp_path: Path) -> None:
     assert record.topics["/a"].messages == 1 and record.topics["/qwen_vla/mode"].messages == 1
 
 
+def test_the_bag_spans_the_trial_not_the_age_of_latched_state(tmp_path: Path) -> None:
+    """The mode was latched 27 s before a 20 s trial: read back with rosbags, every message and
+    the bag's own time span lie within the trial (it once claimed 47 s)."""
+    session = _session(tmp_path, protocol=None)
+    session.offer("/qwen_vla/mode", STRING, 3 * S, _string("policy"), latched=True)
+    start_ns, stop_ns = 30 * S, 50 * S
+    session.start(start_ns)
+    for k in range(1, 20):
+        session.offer("/a", STRING, start_ns + k * S, _string(f"tick {k}"))
+    record = session.stop("success", stop_ns)
+    with AnyReader([session.store.bag_dir(record)], default_typestore=TYPESTORE) as reader:
+        stamps = [timestamp for _, timestamp, _ in reader.messages()]
+        assert reader.start_time >= start_ns and reader.end_time <= stop_ns + 1
+        assert (reader.end_time - reader.start_time) / S <= record.duration_s
+    assert len(stamps) == 20 and min(stamps) == start_ns
+
+
 def test_auto_label_and_timeout(tmp_path: Path) -> None:
     session = _session(tmp_path, protocol=None, auto_label_success=True, trial_timeout_s=5.0)
     session.start(S)

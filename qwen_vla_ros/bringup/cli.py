@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
+from qwen_vla_ros.bringup.demo import cache_root
 from qwen_vla_ros.bringup.graph import EMBODIMENTS, LAUNCH_ARGUMENTS, BringupOptions, build_graph, parse_namespaces
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr, shutdown, supervise
+from qwen_vla_ros.config import load_runtime, parse_override
 from qwen_vla_ros.ros_env import dds_notice
 
 
@@ -22,12 +25,34 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runtime config override for every node (repeatable)")
 
 
+def resolve_checkpoint(args: argparse.Namespace, say: Callable[[str], None] = print) -> str:
+    """The checkpoint ``up`` passes on: --checkpoint, else the runtime config's, else (with --sim)
+    the demo's cached random checkpoint; with none of them a FileNotFoundError that names the
+    flag and the path, before any node starts."""
+    if args.checkpoint:
+        return args.checkpoint
+    overrides = dict(parse_override(text) for text in args.runtime_override)
+    if load_runtime(args.runtime_config or None, overrides).checkpoint:
+        return ""  # the nodes read it from the runtime config
+    cached = cache_root() / "checkpoints" / "small"
+    if args.sim and (cached / "qwen_vla.json").is_file():
+        say(f"no --checkpoint: using the demo's cached checkpoint {cached} (random weights)")
+        return str(cached)
+    build = "run `qwen-vla-ros demo` once to build one there, or " if args.sim else ""
+    raise FileNotFoundError(
+        f"no checkpoint: pass --checkpoint DIR (a directory with qwen_vla.json) or set 'checkpoint' in "
+        f"--runtime-config; {build}`qwen-vla-ros make-checkpoint --size small {cached}` makes a random one there"
+        + (", which `up --sim` then uses" if args.sim else ""))
+
+
 def _up(args: argparse.Namespace) -> int:
+    checkpoint = resolve_checkpoint(args)
     options = BringupOptions(
-        args.embodiment, args.checkpoint, args.backend, use_sim=args.sim, record=args.record, joystick=args.joystick,
+        args.embodiment, checkpoint, args.backend, use_sim=args.sim, record=args.record, joystick=args.joystick,
         config=args.config, instruction=args.instruction, runtime_config=args.runtime_config,
         output_dir=args.output_dir, namespaces=parse_namespaces(args.namespaces), multi_host=args.multi_host,
         security=args.security, config_overrides=args.config_override, runtime_overrides=args.runtime_override,
+        node_parameters={} if args.sim_cameras or not args.sim else {"sim_node": {"camera_rate_hz": 0.0}},
     )
     graph = build_graph(options)
     print(dds_notice({**os.environ, **graph.required_environment}), flush=True)
@@ -51,10 +76,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Start the same processes as launch/EMBODIMENT.launch.py; Ctrl-C stops them in order. "
         "Exits 1 if a required process dies.",
     )
-    parser.add_argument("embodiment", choices=EMBODIMENTS)
+    parser.add_argument("embodiment", choices=EMBODIMENTS, help="which robot: %(choices)s")
     parser.add_argument("--sim", action="store_true", help=LAUNCH_ARGUMENTS["use_sim"][1])
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True, help=LAUNCH_ARGUMENTS["record"][1])
     parser.add_argument("--joystick", action=argparse.BooleanOptionalAction, default=True, help=LAUNCH_ARGUMENTS["joystick"][1])
+    parser.add_argument("--sim-cameras", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --sim, render the cameras (--no-sim-cameras: physics only, for a machine without "
+                        "EGL or OSMesa; the policy then gets no images)")
     parser.add_argument("--output-dir", default="", help=LAUNCH_ARGUMENTS["output_dir"][1])
     parser.add_argument("--namespaces", default="", help=LAUNCH_ARGUMENTS["namespaces"][1])
     parser.add_argument("--multi-host", action="store_true", help=LAUNCH_ARGUMENTS["multi_host"][1])

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
-from qwen_vla_ros.bringup.runner import Exit, ProcessGroup, StopSignals, report_to_stderr
+from qwen_vla_ros.bringup.runner import Exit, ProcessGroup, StopSignals, report_to_stderr, run_log_dir
 from qwen_vla_ros.contract import (
     ACTION_CHUNK,
     COMMAND,
@@ -38,7 +38,7 @@ from qwen_vla_ros.recording.trial import TrialStore
 EMBODIMENT = "aloha"
 COMMAND_QUEUE_DEPTH = 100  # every command is counted for the achieved rate: a deep queue drops none
 RANDOM_WEIGHTS_NOTICE = (
-    "This checkpoint has RANDOM weights (Qwen-VLA's weights are not public): the arms move aimlessly "
+    "The demo's default checkpoint has RANDOM weights (Qwen-VLA's weights are not public): the arms move aimlessly "
     "but safely, inside the controller's position, velocity and acceleration limits. To run real weights, "
     "pass --checkpoint DIR with a checkpoint directory in the same layout (backbone/, action_head.safetensors, "
     "qwen_vla.json; see docs/model.md)."
@@ -124,7 +124,21 @@ class Summary:
         lines += [f"  problem: {p}" for p in self.problems]
         if self.random_weights:
             lines.append(RANDOM_WEIGHTS_NOTICE)
+        lines += self.next_steps()
         return "\n".join(lines)
+
+    def next_steps(self) -> list[str]:
+        """What to run next, with this run's own paths, so the user can copy a line."""
+        steps = []
+        if self.trial_yaml:
+            trial_dir = Path(self.trial_yaml).parent
+            steps += [f"  look at the trial    qwen-vla-ros trials view {trial_dir}",
+                      f"  report               qwen-vla-ros trials report {trial_dir.parent.parent}",
+                      f"  the bag              {self.bag}"]
+        steps.append(f"  run it yourself      qwen-vla-ros up aloha --sim --checkpoint {self.checkpoint} --no-joystick")
+        if self.logs:
+            steps.append(f"  node logs            {self.logs}")
+        return ["next:", *steps]
 
     def as_json(self) -> str:
         return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()})
@@ -253,16 +267,17 @@ class Progress:
 
 
 def _wait(condition: Callable[[], bool], group: ProcessGroup, stop: threading.Event, timeout_s: float,
-          problems: list[str], what: str) -> bool:
+          problems: list[str], what: str, tick: Callable[[], None] = lambda: None) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stop.is_set():
         if _dead_required(group, problems):
             return False
         if condition():
             return True
+        tick()
         time.sleep(0.1)
     if not stop.is_set():
-        problems.append(f"{what} did not happen within {timeout_s:g} s")
+        problems.append(f"{what}: not done within the start-up timeout (--startup-timeout, the node logs say why)")
     return False
 
 
@@ -279,22 +294,23 @@ def run_demo(args: argparse.Namespace) -> Summary:
     if random_weights:
         say(RANDOM_WEIGHTS_NOTICE)
     output = Path(args.output).expanduser().resolve()
+    logs = run_log_dir(output / "logs")
     options = BringupOptions(EMBODIMENT, str(checkpoint), args.backend, use_sim=True, record=True, joystick=False,
                              instruction=args.instruction, output_dir=str(output),
-                             node_parameters={"sim_node": {"seed": args.seed}})
+                             node_parameters={"sim_node": {"seed": args.seed}, "trial_recorder": {"log_dir": str(logs)}})
     graph = build_graph(options)
     summary = Summary(ok=False, checkpoint=str(checkpoint), random_weights=random_weights,
-                      control_rate_target_hz=graph.embodiment.control.rate_hz, logs=str(output / "logs"))
+                      control_rate_target_hz=graph.embodiment.control.rate_hz, logs=str(logs))
     for key, value in graph.environment.items():
         os.environ.setdefault(key, value)  # the monitor joins the same DDS setup as the nodes
     os.environ.update(graph.required_environment)  # single-host mode: the monitor's apply_dds_profile confines it too
-    group = ProcessGroup(graph.processes, echo=None, log_dir=output / "logs")
+    group = ProcessGroup(graph.processes, echo=None, log_dir=logs)
     watched = {topic.name: topic for topic in role_view(NodeRole.MONITOR, graph.embodiment).subscribes}
     monitor = Monitor(watched[graph.embodiment.arms[0].joint_state_topic])
     progress = Progress()
     with StopSignals() as signals:
         try:
-            say(f"starting {', '.join(p.name for p in graph.processes)} (logs in {summary.logs})")
+            say(f"starting nodes: {', '.join(p.name for p in graph.processes)} (logs in {summary.logs})")
             group.start()
             _run_trial(args, group, monitor, signals.event, progress, summary, output)
         finally:
@@ -312,9 +328,20 @@ def run_demo(args: argparse.Namespace) -> Summary:
 def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, stop: threading.Event,
                progress: Progress, summary: Summary, output: Path) -> None:
     problems = summary.problems
-    ready = lambda: monitor.seen_chunk and monitor.seen_command and monitor.sim_stamp_ns is not None  # noqa: E731
-    if not _wait(ready, group, stop, args.startup_timeout, problems, "the first chunk and controller command"):
-        return
+    deadline = time.monotonic() + args.startup_timeout
+    stages: tuple[tuple[str, Callable[[], bool]], ...] = (
+        ("starting nodes", lambda: monitor.sim_stamp_ns is not None),
+        ("loading model", lambda: "policy_node" in monitor.diagnostics),  # policy_node reports once loaded
+        ("waiting for the first chunk", lambda: monitor.seen_chunk and monitor.seen_command),
+    )
+    for what, condition in stages:
+        begun = time.monotonic()
+        def show(what: str = what, begun: float = begun) -> None:
+            progress.show(f"{what} ({time.monotonic() - begun:.0f} s)")
+
+        if not _wait(condition, group, stop, deadline - time.monotonic(), problems, what, show):
+            return
+        progress.show(f"{what} ({time.monotonic() - begun:.0f} s)", final=True)
     started, message = monitor.trigger(TRIAL_SERVICES["trial_start"])
     if not started:
         problems.append(f"the recorder did not start a trial: {message}")
@@ -374,8 +401,8 @@ def _demo(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="run ALOHA in MuJoCo with the policy, controller and recorder for one trial",
-        description="Sim, policy, controller and recorder for ALOHA; one recorded trial; a summary. "
-        + RANDOM_WEIGHTS_NOTICE,
+        description="Sim, policy, controller and recorder for ALOHA; one recorded trial; a summary and what to run "
+        "next. " + RANDOM_WEIGHTS_NOTICE,
     )
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint directory (default: a small random one, built once into "

@@ -117,6 +117,18 @@ def ros_executable(package: str, executable: str, env: Mapping[str, str]) -> Pat
     return None
 
 
+def run_log_dir(root: Path, now: float | None = None) -> Path:
+    """A new folder under ``root`` for one run's node logs, named by its start time, so a later
+    run never overwrites the logs a recorded trial points to."""
+    name = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if now is None else now))
+    candidate, suffix = root / name, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = root / f"{name}-{suffix}"
+    candidate.mkdir(parents=True)
+    return candidate
+
+
 class ProcessGroup:
     """The processes of one graph. Use as a context manager: leaving it always shuts down."""
 

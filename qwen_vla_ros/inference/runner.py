@@ -135,13 +135,20 @@ class PolicyRunner:
         return changed
 
     # ------------------------------------------------------------------ the loop
-    def run(self, stop: Signal, wake: Signal) -> None:
-        """Step until ``stop`` is set; ``wake`` is set by the node whenever new input arrives."""
+    def run(self, stop: Signal, wake: Signal, alive: Callable[[], bool] = lambda: True) -> None:
+        """Step until ``stop`` is set; ``wake`` is set by the node whenever new input arrives.
+
+        ``alive`` false after a failed step means the node is shutting down (Ctrl-C or SIGTERM shut
+        its context while the step published): that failure is the requested shutdown, not a fault,
+        so the loop ends without a traceback.
+        """
         while not stop.is_set():
             wake.clear()
             try:
                 result = self.step()
             except Exception:  # noqa: BLE001 - the inference thread must outlive any one failure
+                if not alive():
+                    return
                 if self._failure_throttle.ready("step", self.clock()):
                     self.log.error(f"inference step failed:\n{traceback.format_exc()}")
                 stop.wait(FAILURE_RETRY_S)

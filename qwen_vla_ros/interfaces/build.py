@@ -258,6 +258,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "build-interfaces",
         help="build interbotix_xs_msgs from the bundled definitions on a machine without it; prints shell exports",
     )
-    parser.add_argument("--package", default="interbotix_xs_msgs")
+    parser.add_argument("--package", default="interbotix_xs_msgs",
+                        help="bundled message package to build (%(default)s)")
     parser.add_argument("--cache", default="", help=f"build cache folder (default {default_cache_dir()})")
     parser.set_defaults(handler=_build_command)

@@ -36,7 +36,7 @@ def add_make_checkpoint_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--size", choices=SIZES, required=True,
                         help="tiny: tests; small: CPU benchmarks; full: Qwen3.5-4B + 1.15B DiT shapes (~10 GB in bf16)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (%(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="build shapes only (meta device) and print parameter counts")
     parser.add_argument("out", nargs="?", help="new checkpoint directory (not needed with --dry-run)")
     parser.set_defaults(handler=_make_checkpoint)
@@ -86,31 +86,36 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="checkpoint directory")
     source.add_argument("--size", choices=SIZES, help="random weights built in memory instead of a checkpoint")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch",
+                        help="what runs the per-step stages (%(default)s)")
     parser.add_argument("--embodiment", default="aloha", help="shipped embodiment name or YAML path")
-    parser.add_argument("--instruction", default="pick up the cube and hand it to the other arm")
+    parser.add_argument("--instruction", default="pick up the cube and hand it to the other arm",
+                        help="task text for the cached prefix (%(default)r)")
     parser.add_argument("--cameras", type=int, default=None, help="use only the first N cameras of the embodiment")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
+    parser.add_argument("--runs", type=int, default=20, help="timed inferences (%(default)s)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed inferences first (%(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (%(default)s)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                        help="weights and activations (default: float32 on cpu, bfloat16 on cuda)")
     parser.add_argument("--compare", choices=("naive", "torch"), default=None,
                         help="also time, alternating call by call: naive = plain transformers + a DiT recomputing "
                              "cross-attention K/V every step; torch = this policy's modules in torch eager")
     parser.add_argument("--onnx-dir", default=None, help="exported ONNX folder (default: export on demand)")
     parser.add_argument("--ort-threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
-    parser.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all")
+    parser.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all",
+                        help="onnxruntime graph optimisation level (%(default)s)")
     parser.add_argument("--ort-spin-wait", action="store_true", help="onnxruntime threads busy-wait between operators")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="cpu: compute with denormal floats instead of flushing them to zero (both backends)")
     parser.add_argument("--ort-precision", choices=("fp32", "int8"), default="fp32",
                         help="int8: vision, backbone and cross-attention k/v matmul weights quantised (approximate)")
-    parser.add_argument("--trt-precision", choices=("fp32", "fp16", "bf16", "fp8"), default="bf16")
+    parser.add_argument("--trt-precision", choices=("fp32", "fp16", "bf16", "fp8"), default="bf16",
+                        help="TensorRT engine precision (%(default)s)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="torch on cuda: run eagerly")
     parser.add_argument("--rtc-delay", type=int, default=0,
                         help="time real-time chunking: commit a previous chunk, N actions executing during inference")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and noise (%(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_bench)
 
@@ -131,10 +136,10 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
         "export", help="export the per-step stages (vision, backbone step, DiT) to ONNX with a manifest"
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
-    parser.add_argument("--format", default="onnx", choices=("onnx",))
+    parser.add_argument("--format", default="onnx", choices=("onnx",), help="export format (%(default)s)")
     parser.add_argument("--out", default=None,
                         help="output folder (default: the cache the onnxruntime backend reads, "
                              "~/.cache/qwen_vla_ros/onnx/<fingerprint>)")
     parser.add_argument("--max-cameras", type=int, default=8, help="largest camera count the graphs accept")
-    parser.add_argument("--opset", type=int, default=20)
+    parser.add_argument("--opset", type=int, default=20, help="ONNX opset version (%(default)s)")
     parser.set_defaults(handler=_export)

@@ -25,8 +25,9 @@ WARNING_PERIOD_S = 10.0
 class Heartbeat:
     def __init__(self, node: Node, settings: ClockCheck, callback_group: CallbackGroup | None = None) -> None:
         self.node = node
-        self.source = f"{socket.gethostname()}/{node.get_fully_qualified_name().lstrip('/')}"
-        self.estimator = ClockOffsetEstimator(settings.window, settings.max_offset_s)
+        host = socket.gethostname()
+        self.source = f"{host}/{node.get_fully_qualified_name().lstrip('/')}"
+        self.estimator = ClockOffsetEstimator(settings.window, settings.max_offset_s, host=host)
         self.publisher = create_publisher(node, HEARTBEAT)
         create_subscription(node, HEARTBEAT, self._on_heartbeat, callback_group=callback_group)
         if settings.heartbeat_hz > 0:
@@ -46,14 +47,16 @@ class Heartbeat:
             self.estimator.add(message.source, time_to_ns(message.header.stamp), self._now_ns())
 
     def figures(self) -> dict[str, float]:
-        """Per peer offset in ms for /diagnostics; warns (throttled) about peers over the threshold."""
+        """Per peer offset in ms for /diagnostics (a peer on this host: its delay); warns (throttled) about remote
+        peers over the threshold."""
         now_ns = self._now_ns()
         excessive = self.estimator.excessive(now_ns)
         if excessive:
             offsets = ", ".join(f"{p.peer} {p.offset_s * 1000:+.1f} ms" for p in excessive)
             self.node.get_logger().warning(
                 f"clock offset over {self.estimator.max_offset_s * 1000:g} ms: {offsets}. Chunks are stamped with "
-                "observation times, so sync the hosts' clocks (chrony or PTP, see README 'Multi-machine')",
+                "observation times, so sync the hosts' clocks (chrony or PTP, see docs/multi-machine.md)",
                 throttle_duration_sec=WARNING_PERIOD_S,
             )
-        return {f"clock_offset_ms.{p.peer}": round(p.offset_s * 1000.0, 3) for p in self.estimator.offsets(now_ns)}
+        return {f"{'heartbeat_delay_ms' if p.same_host else 'clock_offset_ms'}.{p.peer}": round(p.offset_s * 1000.0, 3)
+                for p in self.estimator.offsets(now_ns)}

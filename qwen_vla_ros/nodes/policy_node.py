@@ -104,7 +104,8 @@ class PolicyNode(Node):
         self.default_instruction = runtime.instruction
         self.add_on_set_parameters_callback(self._on_parameters)
         self.create_timer(1.0, self._report)
-        self.worker = threading.Thread(target=self.runner.run, args=(self._stop, self._wake), name="policy_inference",
+        self.worker = threading.Thread(target=self.runner.run, args=(self._stop, self._wake, self.context.ok),
+                                       name="policy_inference",
                                        daemon=True)
         self.worker.start()
         self.get_logger().info(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -56,6 +57,7 @@ from qwen_vla_ros.sim.commands import (
 from qwen_vla_ros.sim.kinematic import BaseState
 from qwen_vla_ros.sim.loop import FrameGrabber, SimLoop
 from qwen_vla_ros.sim.pacing import Pacer
+from qwen_vla_ros.sim.renderer_check import renderer_problem
 from qwen_vla_ros.sim.world import Simulation
 
 FORWARD_COMMAND_OVERRIDE = "outputs=[{adapter: forward_command, arms: [%s]}]"
@@ -81,6 +83,11 @@ class SimNode(Node):
         self.seed = int(self.declare_parameter("seed", 0).value)
         realtime = bool(self.declare_parameter("realtime", True).value)
         self.config = config
+        if config.sim is not None and config.sim.type == "mujoco_aloha":
+            if camera_rate_hz == 0:
+                os.environ["MUJOCO_GL"] = "disable"  # physics only: no GL library is loaded at all
+            elif problem := renderer_problem():
+                raise ConfigError("sim_node renderer", [problem])
         self.sim = Simulation(config, rate_hz)
         if camera_rate_hz < 0:
             camera_rate_hz = self.sim.settings.camera_rate_hz

@@ -116,6 +116,7 @@ class TrialRecorderNode(Node):
             checkpoint=str(Path(runtime.checkpoint).expanduser().resolve()) if runtime.checkpoint else None,
             checkpoint_sha256=fingerprint,
             instruction=runtime.instruction,
+            logs=self._parameter("log_dir", "") or None,
         )
 
     def _now(self) -> int:

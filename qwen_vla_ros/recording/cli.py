@@ -1,4 +1,4 @@
-"""``qwen-vla-ros trials``: report, export and recover a trial_recorder output directory."""
+"""``qwen-vla-ros trials``: report, view, export and recover a trial_recorder output directory."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ EXIT_PARTIAL = 2
 def _report(args: argparse.Namespace) -> int:
     from qwen_vla_ros.recording.report import build_report, plot, to_markdown
     from qwen_vla_ros.recording.trial import load_index
+    from qwen_vla_ros.recording.viewer import write_report_page
 
     root = Path(args.dir).expanduser()
     out = Path(args.out).expanduser() if args.out else root
@@ -21,7 +22,38 @@ def _report(args: argparse.Namespace) -> int:
     markdown = to_markdown(report, chart.name)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     print(markdown)
-    print(f"wrote {out / 'report.md'} and {chart}")
+    pages = _trial_pages(root, out, args.views)
+    page = write_report_page(out, markdown, chart, pages)
+    print(f"wrote {out / 'report.md'}, {chart} and {page}")
+    return 0
+
+
+def _trial_pages(root: Path, out: Path, write_missing: bool) -> dict[str, str]:
+    """trial id -> link to its view.html relative to ``out``; missing pages are written first."""
+    import os
+
+    from qwen_vla_ros.recording.trial import TrialStore
+    from qwen_vla_ros.recording.viewer import PAGE, write_trial_page
+
+    store = TrialStore(root)
+    pages = {}
+    for record in store.records():
+        page = store.trial_dir(record.id) / PAGE
+        if write_missing and not page.is_file():
+            try:
+                write_trial_page(page.parent)
+            except Exception as exc:  # noqa: BLE001 - one unreadable bag must not sink the report of all trials
+                print(f"{record.id}: no page: {exc}", file=sys.stderr)
+        if page.is_file():
+            pages[record.id] = os.path.relpath(page, out)
+    return pages
+
+
+def _view(args: argparse.Namespace) -> int:
+    from qwen_vla_ros.recording.viewer import write_trial_page
+
+    for trial in args.trial_dirs:
+        print(f"wrote {write_trial_page(Path(trial))}")
     return 0
 
 
@@ -60,13 +92,20 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("trials", help="report, export or recover recorded trials")
+    parser = subparsers.add_parser("trials", help="report, view, export or recover recorded trials")
     commands = parser.add_subparsers(dest="trials_command", required=True)
 
     report = commands.add_parser("report", help="success rates with Wilson 95%% intervals: Markdown, PNG, table")
     report.add_argument("dir", help="trial_recorder output_dir (holds index.yaml)")
-    report.add_argument("--out", help="where report.md and report.png go (default: DIR)")
+    report.add_argument("--out", help="where report.md, report.png and report.html go (default: DIR)")
+    report.add_argument("--views", action=argparse.BooleanOptionalAction, default=True,
+                        help="write each trial's view.html that does not exist yet, to link from report.html")
     report.set_defaults(handler=_report)
+
+    view = commands.add_parser("view", help="one self-contained HTML page per trial: cameras, commands vs states, "
+                               "latency, metadata (opens in a browser, no server)")
+    view.add_argument("trial_dirs", nargs="+", metavar="TRIAL_DIR", help="trial folder (holds trial.yaml and bag/)")
+    view.set_defaults(handler=_view)
 
     export = commands.add_parser("export", help="one training episode per trial")
     export.add_argument("dir", help="trial_recorder output_dir")

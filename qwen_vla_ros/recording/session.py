@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qwen_vla_ros.chunk import NS_PER_S
@@ -37,6 +37,7 @@ class RecorderIdentity:
     checkpoint_sha256: str | None = None
     instruction: str = ""
     config_overrides: tuple[str, ...] = ()
+    logs: str | None = None  # the run's node-log folder, when the bring-up keeps one
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class TrialSession:
                     "operator": operator,
                     "start_time": iso_time(now_ns),
                     "start_ns": now_ns,
+                    "logs": self.identity.logs,
                 }
             )
             try:
@@ -146,8 +148,10 @@ class TrialSession:
             record.writer = writer.name
             queue = MessageQueue(self.settings.queue_bytes)
             with self._lock:
-                for message in self._latched.values():  # latched state (mode, e-stop) as of the start
-                    queue.put(message)
+                # Latched state (mode, e-stop) as of the start, stamped with the start: its original
+                # stamp may be long before the trial and would stretch the bag's time span.
+                for message in self._latched.values():
+                    queue.put(replace(message, timestamp_ns=max(message.timestamp_ns, now_ns)))
                 self._record, self._queue = record, queue
                 self._recorder = BagRecorder(writer, queue, self.settings.flush_period_s, self._on_flush)
                 self.store.save(record)

@@ -73,6 +73,7 @@ class TrialRecord(Record):
     writer_mb_per_s: float | None = Field(default=None, description="bytes written over time the writer was busy")
     queue_peak_mb: float | None = Field(default=None, description="most the write queue held")
     notes: list[str] = Field(default_factory=list)
+    logs: str | None = Field(default=None, description="folder of the node logs of the run that recorded it")
 
     def finish(self, outcome: Outcome, end_ns: int) -> None:
         self.outcome = outcome
