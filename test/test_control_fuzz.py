@@ -4,7 +4,8 @@ its position, velocity and acceleration limits.
 Chunks are drawn from a seeded generator: valid ones with random jumps across the whole
 range, NaN, +-inf, values at 100x the limits, wrong widths and names, empty chunks, zero,
 negative, tiny and huge dt, future, stale and missing stamps, duplicates, reordering and
-very long chunks. Feedback drops out now and then and the e-stop is pressed and reset.
+very long chunks, actions spaced unlike control.action_dt. Feedback and the policy's heartbeat
+drop out now and then and the e-stop is pressed and reset.
 The robot follows the commands (helpers.robots.FollowingRobot).
 
 The control clock can be jittered too: periods late by up to 1.5 periods, early ones and
@@ -25,7 +26,7 @@ from qwen_vla_ros.control import Controller
 
 KINDS = (
     "valid", "valid", "valid", "nan", "inf", "huge", "wrong_width", "wrong_names", "empty", "bad_dt", "tiny_dt",
-    "huge_dt", "future", "stale", "unstamped", "duplicate", "reordered", "long",
+    "huge_dt", "future", "stale", "unstamped", "duplicate", "reordered", "long", "off_spacing",
 )
 
 
@@ -69,6 +70,8 @@ def hostile_chunk(rng: np.random.Generator, controller: Controller, now_ns: int,
         stamp = (sent[-1].stamp_ns or now_ns) - int(rng.uniform(0.001, 0.2) * NS_PER_S)
     elif kind == "long":
         actions = rng.uniform(lower, upper, size=(1000, len(names)))
+    elif kind == "off_spacing":
+        dt *= float(rng.choice([0.5, 0.9, 1.1, 2.0, 500.0]))
     return ActionChunk(actions, names, dt, stamp)
 
 
@@ -100,7 +103,7 @@ def fuzz(embodiment: str, chunks: int, seed: int, jitter: bool = False, **runtim
     robot = FollowingRobot(controller, controller.layout.clamp(np.zeros(len(controller.layout))))
     sent: list[ActionChunk] = []
     positions, modes, stamps = [], [], []
-    silent_until = estop_since = -1
+    silent_until = estop_since = policy_silent_until = -1
     period, now, remaining = 0, T0_NS - controller.period_ns, chunks
     while remaining > 0:
         now = next_step_ns(rng, now, controller.period_ns, jitter)
@@ -108,6 +111,10 @@ def fuzz(embodiment: str, chunks: int, seed: int, jitter: bool = False, **runtim
             robot.publish(now)
             if rng.random() < 0.003:
                 silent_until = period + int(rng.integers(1, 40))  # feedback drops out
+        if period > policy_silent_until:
+            controller.policy_heartbeat(now)
+            if rng.random() < 0.003:
+                policy_silent_until = period + int(rng.integers(1, 60))  # the policy's heartbeat drops out
         if estop_since < 0 and rng.random() < 0.002:
             controller.engage_estop()
             estop_since = period
