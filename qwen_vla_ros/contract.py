@@ -92,6 +92,11 @@ HEARTBEAT = Topic(
     "/qwen_vla/heartbeat", "sensor_msgs/msg/TimeReference", QosKind.RELIABLE, _roles(C, P, S, R, CAM), _roles(C, P, S, R, CAM),
     "liveness and clock offset between hosts: header.stamp = sender's ROS time, source = host/node",
 )
+POLICY_HEARTBEAT = Topic(
+    "/qwen_vla/policy/heartbeat", "std_msgs/msg/Header", QosKind.SENSOR, _roles(P), _roles(C),
+    "policy liveness, from a thread of its own every safety.policy_timeout_s / 5: stamp = sender's ROS time, "
+    "frame_id = host/node; the controller holds when it stops (docs/safety.md)",
+)
 MODE = Topic(
     "/qwen_vla/mode", "std_msgs/msg/String", QosKind.LATCHED, _roles(C), _roles(P, R, M),
     "arbitration mode at each change: policy | teleop | hold",
@@ -114,8 +119,8 @@ CLOCK = Topic(
 )
 
 RUNTIME_TOPICS: tuple[Topic, ...] = (
-    ACTION_CHUNK, COMMITTED, COMMAND, CONTROLLER_STATE, DIAGNOSTICS, HEARTBEAT, MODE, INSTRUCTION, SIM_SUCCESS,
-    NEXT_CONDITION, CLOCK,
+    ACTION_CHUNK, COMMITTED, COMMAND, CONTROLLER_STATE, DIAGNOSTICS, HEARTBEAT, POLICY_HEARTBEAT, MODE, INSTRUCTION,
+    SIM_SUCCESS, NEXT_CONDITION, CLOCK,
 )
 
 ESTOP_RESET = Service(

@@ -20,7 +20,16 @@ core's arbiter; the mode goes out on ``/qwen_vla/mode`` (std_msgs/String, transi
 whenever it changes. A takeover does not wait for the next period: the Joy callback wakes
 the loop, which runs a period at once (limited over the time it really covers) and counts
 the following periods from there. The e-stop button publishes ``true`` on the latched e-stop topic, and
-a reset through ``/qwen_vla/estop/reset`` publishes ``false``. Trial buttons call the trial
+a reset through ``/qwen_vla/estop/reset`` publishes ``false``.
+
+E-stop and policy watchdog (docs/safety.md). The e-stop topic is subscribed three times, so
+that ``true`` from any publisher stops the robot: reliable + transient local (a latched
+``true`` published before this node started), reliable + volatile (every reliable publisher,
+delivered reliably) and best effort + volatile (matches every publisher). ``false`` never
+releases the latch. The topic's publishers are checked every ``ESTOP_CHECK_PERIOD_S`` and at
+every incompatible-QoS or -type event, and each one that still cannot reach a subscription is
+logged at ERROR each time. The policy's heartbeat (``/qwen_vla/policy/heartbeat``) is passed
+to the core on arrival; the core decides when the policy is lost. Trial buttons call the trial
 recorder's Trigger services asynchronously: the callback returns at once and the answer is
 logged when it comes, so no button ever waits on the recorder.
 """
@@ -39,16 +48,25 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSCompatibility,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_check_compatible,
+    qos_profile_sensor_data,
+)
 from rclpy.task import Future
 from sensor_msgs.msg import Joy, JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from qwen_vla_ros.control import ControlOutput, Controller
 from qwen_vla_ros.control.arbitration import Transition
+from qwen_vla_ros.control.estop import EstopPublisher, estop_problems
 from qwen_vla_ros.control.pacing import Deadlines
 from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
 from qwen_vla_ros.nodes.common import (
@@ -60,7 +78,7 @@ from qwen_vla_ros.nodes.common import (
     time_to_ns,
     trajectory_to_chunk,
 )
-from qwen_vla_ros.nodes.heartbeat import Heartbeat
+from qwen_vla_ros.nodes.heartbeat import POLICY_HEARTBEAT_TOPIC, Heartbeat
 from qwen_vla_ros.recording.topics import MODE_TOPIC, TRIAL_SERVICES
 
 CHUNK_TOPIC = "/qwen_vla/action_chunk"
@@ -71,6 +89,13 @@ ESTOP_RESET_SERVICE = "/qwen_vla/estop/reset"
 EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostics, none waits for another
 # A thread waking at its deadline waits for the GIL about this long (Python's default: 5 ms).
 GIL_SWITCH_INTERVAL_S = 0.00005
+# Their union matches every e-stop publisher, reliably wherever the publisher is reliable (module docstring).
+ESTOP_QOS = (
+    QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL),
+    QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE),
+    QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE),
+)
+ESTOP_CHECK_PERIOD_S = 2.0  # how often a publisher that cannot stop the robot is reported again
 
 
 def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
@@ -108,7 +133,15 @@ class ControllerNode(Node):
         self.chunk_queue: queue.SimpleQueue[JointTrajectory | None] = queue.SimpleQueue()
         self.chunk_thread = threading.Thread(target=self._chunk_worker, name="chunks", daemon=True)
         self.create_subscription(JointTrajectory, CHUNK_TOPIC, self.chunk_queue.put, reliable, callback_group=inputs)
-        self.create_subscription(Bool, embodiment.safety.estop_topic, self._on_estop, latched, callback_group=inputs)
+        self.estop_topic = embodiment.safety.estop_topic
+        for qos in ESTOP_QOS:
+            events = SubscriptionEventCallbacks(incompatible_qos=self._on_estop_mismatch,
+                                                incompatible_type=self._on_estop_mismatch)
+            self.create_subscription(Bool, self.estop_topic, self._on_estop, qos, callback_group=inputs,
+                                     event_callbacks=events)
+        self.create_timer(ESTOP_CHECK_PERIOD_S, self._check_estop_publishers, callback_group=inputs)
+        self.create_subscription(Header, POLICY_HEARTBEAT_TOPIC, self._on_policy_heartbeat,
+                                 QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT), callback_group=inputs)
         self.create_service(Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset, callback_group=inputs)
         # Chunks carry the policy host's observation stamps: this is where a clock offset bites.
         self.heartbeat = Heartbeat(self, runtime.clock_check, callback_group=inputs)
@@ -259,10 +292,37 @@ class ControllerNode(Node):
                 self.published_mode = mode
 
     def _on_estop(self, message: Bool) -> None:
-        if message.data:
-            with self.lock:
+        """``true`` from any of the e-stop subscriptions latches (again: idempotent); ``false`` never releases."""
+        with self.lock:
+            latched = self.core.estop
+            if message.data:
                 self.core.engage_estop()
+        if message.data and not latched:
             self.get_logger().error("e-stop engaged: holding until /qwen_vla/estop/reset is called")
+        elif not message.data and latched:
+            self.get_logger().warning(f"false on {self.estop_topic} ignored: the e-stop stays latched until "
+                                      f"{ESTOP_RESET_SERVICE} is called", throttle_duration_sec=2.0)
+
+    def _on_estop_mismatch(self, _info: object) -> None:
+        """A publisher one e-stop subscription cannot match (expected: the others may); check them all now."""
+        self._check_estop_publishers()
+
+    def _check_estop_publishers(self) -> None:
+        publishers = [
+            EstopPublisher(
+                f"{info.node_namespace.rstrip('/')}/{info.node_name}", info.topic_type,
+                any(qos_check_compatible(info.qos_profile, qos)[0] != QoSCompatibility.ERROR for qos in ESTOP_QOS),
+                f"{info.qos_profile.reliability.name.lower()}, {info.qos_profile.durability.name.lower()}",
+            )
+            for info in self.get_publishers_info_by_topic(self.estop_topic)
+        ]
+        for problem in estop_problems(self.estop_topic, publishers):
+            self.get_logger().error(problem)
+
+    def _on_policy_heartbeat(self, _message: Header) -> None:
+        now = self._now()  # arrival on this clock: the policy host's clock offset does not matter
+        with self.lock:
+            self.core.policy_heartbeat(now)
 
     def _on_estop_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self.lock:
@@ -328,9 +388,15 @@ class ControllerNode(Node):
         with self.lock:
             output = self.core.step(now, scheduled)
             transitions = self.core.take_transitions()
+            liveness = self.core.take_liveness_events()
             publish_committed = output is not None and self.committed_every and self.periods % self.committed_every == 0
             committed = self.core.committed(now) if publish_committed else None
         self.periods += 1
+        for event in liveness:
+            if event.change == "lost":
+                self.get_logger().error(event.message)
+            else:
+                self.get_logger().info(event.message)
         if transitions:
             self._publish_mode(transitions)
         if output is None:
@@ -361,7 +427,9 @@ class ControllerNode(Node):
         with self.lock:
             status = self.core.status(now)
         status.update(self.heartbeat.figures())
-        level = {"estop": DiagnosticStatus.ERROR, "stale": DiagnosticStatus.WARN, "waiting": DiagnosticStatus.WARN}
+        level = {"estop": DiagnosticStatus.ERROR, "stale": DiagnosticStatus.WARN, "waiting": DiagnosticStatus.WARN,
+                 # never heard from (starting up) is a warning; a policy that went silent an error
+                 "policy_lost": DiagnosticStatus.ERROR if status["policy_losses"] else DiagnosticStatus.WARN}
         diagnostic = DiagnosticStatus(
             level=level.get(str(status["mode"]), DiagnosticStatus.OK),
             name="qwen_vla/controller",

@@ -40,7 +40,7 @@ from qwen_vla_ros.nodes.common import (
     run_node,
     time_to_ns,
 )
-from qwen_vla_ros.nodes.heartbeat import Heartbeat
+from qwen_vla_ros.nodes.heartbeat import Heartbeat, PolicyHeartbeat
 from qwen_vla_ros.perception.images import ImageHeader, header_problem, model_rgb, size_mismatch
 from qwen_vla_ros.perception.state import Odometry, StateAssembler
 from qwen_vla_ros.perception.sync import FAULTS, ObservationSync
@@ -113,6 +113,8 @@ class PolicyNode(Node):
         self.default_instruction = runtime.instruction
         self.add_on_set_parameters_callback(self._on_parameters)
         self.create_timer(1.0, self._report)
+        # Liveness for the controller's watchdog, from a thread of its own, before the first chunk can exist.
+        self.liveness = PolicyHeartbeat(self, embodiment.safety.policy_timeout_s)
         self.worker = threading.Thread(target=self._run, name="policy_inference", daemon=True)
         self.worker.start()
         self.get_logger().info(
@@ -228,6 +230,7 @@ class PolicyNode(Node):
         self.diagnostics_pub.publish(array)
 
     def close(self) -> None:
+        self.liveness.stop()
         self._stop.set()
         self._wake.set()
         self.worker.join(timeout=10.0)
