@@ -23,7 +23,7 @@ pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from helpers.dds_robots import TwistBase  # noqa: E402
+from helpers.dds_robots import PolicyPulse, TwistBase  # noqa: E402
 from helpers.robots import rate_limit_violations  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -117,6 +117,7 @@ def test_aloha_controller_over_dds(ros_domain, interbotix_msgs) -> None:
     node.create_subscription(JointTrajectory, "/qwen_vla/controller/committed", committed.append, RELIABLE)
     node.create_subscription(DiagnosticArray, "/qwen_vla/controller/state", states.append, 10)
     chunk_publisher = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", RELIABLE)
+    PolicyPulse(node)
 
     sending = {"on": True, "count": 0}
 
@@ -211,6 +212,7 @@ def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
     base = TwistBase(node, "/mobile_base/cmd_vel", config.base.odom_topic)
     twists = base.twists
     chunk_publisher = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", RELIABLE)
+    PolicyPulse(node)
 
     def send_chunk():
         now = node.get_clock().now().nanoseconds
