@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -106,7 +108,7 @@ class Rig:
 
     def wait_for_commands(self, count: int = 10) -> None:
         assert self.ros_domain.spin_until(self.executor, lambda: len(self.commands) > count or self.child.poll() is not None,
-                                          timeout=60), "no commands"
+                                          timeout=120), "no commands"
         assert self.child.poll() is None, self.ros_domain.stop_process(self.child)
 
     def stop(self) -> str:
@@ -224,7 +226,7 @@ def test_sigkilled_policy_node_stops_the_arms_long_before_its_chunk_ends(ros_dom
     killed_ns = None
     try:
         rig.wait_for_commands()
-        assert ros_domain.spin_until(rig.executor, lambda: len(chunks) >= 3 or policy.poll() is not None, timeout=120), \
+        assert ros_domain.spin_until(rig.executor, lambda: len(chunks) >= 3 or policy.poll() is not None, timeout=240), \
             f"no chunks from the policy:\n{ros_domain.stop_process(policy)[-3000:]}"
         rig.spin(1.5)  # past the start-up ramp
 
@@ -244,6 +246,12 @@ def test_sigkilled_policy_node_stops_the_arms_long_before_its_chunk_ends(ros_dom
         policy.communicate(timeout=10)
         output = rig.stop()
     assert killed_ns is not None
+    accepted = [(t, int(s["chunks_accepted"])) for t, s in rig.status if "chunks_accepted" in s]
+    print(f"kill at 0; chunks received at {[(r - killed_ns) / 1e6 for r, _ in chunks[-4:]]} ms ending at "
+          f"{[(e - killed_ns) / 1e6 for _, e in chunks[-4:]]} ms; last change "
+          f"{((rig.last_change_ns(killed_ns) or killed_ns) - killed_ns) / 1e6} ms; accepted "
+          f"{[(round((t - killed_ns) / 1e6), a) for t, a in accepted if abs(t - killed_ns) < 1e9]}; modes "
+          f"{[(round((t - killed_ns) / 1e6), s['mode'], s['stale_events']) for t, s in rig.status if abs(t - killed_ns) < 1e9]}")
     assert rig.last_change_ns(killed_ns - 2 * PERIOD_NS) is not None, "moving at the kill"
     safety = ALOHA_YAML["safety"]
     limits = ALOHA_YAML["x-limits"]
@@ -261,3 +269,43 @@ def test_sigkilled_policy_node_stops_the_arms_long_before_its_chunk_ends(ros_dom
     print(f"stopped {(last_change - killed_ns) / 1e6:.0f} ms after SIGKILL; the last chunk would have run "
           f"{(chunk_end_ns - killed_ns) / 1e6:.0f} ms; {math.ceil((last_change - killed_ns) / PERIOD_NS)} periods; "
           f"load {os.getloadavg()[0]:.2f}")
+
+
+def test_policy_heartbeat_beats_from_its_own_thread_while_the_node_is_busy(ros_domain) -> None:
+    """The policy node's heartbeat needs neither its executor nor its inference thread: here the node is
+    never spun and this thread computes in pure Python (holding the GIL as much as Python lets it) for
+    1.5 s, as a long inference would; the beats keep their period."""
+    from qwen_vla_ros.nodes.heartbeat import PolicyHeartbeat
+
+    timeout_s = ALOHA_YAML["safety"]["policy_timeout_s"]
+    policy_node = rclpy.create_node("busy_policy", context=ros_domain.context)
+    listener = rclpy.create_node("watchdog_listener", context=ros_domain.context)
+    sent_stamps: list[int] = []  # header stamps: when the heartbeat thread published
+    listener.create_subscription(Header, "/qwen_vla/policy/heartbeat", lambda m: sent_stamps.append(time_to_ns(m.stamp)),
+                                 QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(listener)  # the policy node is in no executor at all
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    heartbeat = PolicyHeartbeat(policy_node, timeout_s)
+    try:
+        deadline = time.monotonic() + 10
+        while not sent_stamps and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sent_stamps, "no heartbeat"
+        start = time.time_ns()
+        total = 0
+        while time.time_ns() - start < 1_500_000_000:  # a "long inference" in pure Python
+            total += sum(i * i for i in range(1000))
+        end = time.time_ns()
+        time.sleep(0.5)  # the beats sent during it arrive
+    finally:
+        heartbeat.stop()
+        executor.shutdown()
+        spinner.join(timeout=5)
+        policy_node.destroy_node()
+        listener.destroy_node()
+    during = [t for t in sent_stamps if start <= t <= end]
+    gaps_s = np.diff([start, *during, end]) / 1e9
+    # The beats' own stamps (when the heartbeat thread sent them): no gap the watchdog would take for a lost policy.
+    assert gaps_s.max() < timeout_s, f"heartbeat gap {gaps_s.max():.3f} s during the busy period ({len(during)} beats)"
