@@ -172,3 +172,18 @@ def test_bounds_that_would_reject_the_embodiments_own_chunks_are_refused() -> No
         load_embodiment("aloha", {"safety.action_dt_tolerance_s": 0.01})  # half of action_dt
     for name in ("aloha", "aloha_mobile", "widowx", "mobile_base"):
         assert 0 < shipped(name)["safety"]["policy_timeout_s"] < 0.5, name
+
+
+def test_estop_problems_name_every_publisher_that_cannot_stop_the_robot() -> None:
+    from qwen_vla_ros.control.estop import EstopPublisher, estop_problems
+
+    publishers = [
+        EstopPublisher("/operator", "std_msgs/msg/Bool", True, "reliable, volatile"),
+        EstopPublisher("/ui", "std_msgs/msg/String", True, "reliable, volatile"),
+        EstopPublisher("/odd", "std_msgs/msg/Bool", False, "reliable, transient_local"),
+    ]
+    problems = estop_problems("/qwen_vla/estop", publishers)
+    assert len(problems) == 2
+    assert "/ui" in problems[0] and "std_msgs/msg/String" in problems[0] and "can NOT stop the robot" in problems[0]
+    assert "/odd" in problems[1] and "reliable, transient_local" in problems[1]
+    assert estop_problems("/qwen_vla/estop", publishers[:1]) == []
