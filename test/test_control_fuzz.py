@@ -27,6 +27,7 @@ from qwen_vla_ros.control import Controller
 KINDS = (
     "valid", "valid", "valid", "nan", "inf", "huge", "wrong_width", "wrong_names", "empty", "bad_dt", "tiny_dt",
     "huge_dt", "future", "stale", "unstamped", "duplicate", "reordered", "long", "off_spacing",
+    "long_in_time",
 )
 
 
@@ -70,6 +71,9 @@ def hostile_chunk(rng: np.random.Generator, controller: Controller, now_ns: int,
         stamp = (sent[-1].stamp_ns or now_ns) - int(rng.uniform(0.001, 0.2) * NS_PER_S)
     elif kind == "long":
         actions = rng.uniform(lower, upper, size=(1000, len(names)))
+    elif kind == "long_in_time":  # few enough actions, but spanning more than safety.max_chunk_duration_s
+        count = min(int(controller.config.safety.max_chunk_duration_s / dt) + 2, controller.config.safety.max_chunk_actions)
+        actions = rng.uniform(lower, upper, size=(count, len(names)))
     elif kind == "off_spacing":
         dt *= float(rng.choice([0.5, 0.9, 1.1, 2.0, 500.0]))
     return ActionChunk(actions, names, dt, stamp)
@@ -150,7 +154,7 @@ def test_ten_thousand_hostile_chunks_never_produce_an_unsafe_command() -> None:
     controller = fuzz("aloha_mobile", 10_000, seed=1)
     status = controller.status(0)
     for reason in ("non_finite", "wrong_names", "wrong_shape", "bad_dt", "future_stamp", "stale", "unstamped",
-                   "duplicate", "out_of_order"):
+                   "duplicate", "out_of_order", "bad_spacing", "too_long_duration", "estop", "policy_lost"):
         assert status[f"rejected_{reason}"] > 0, f"the fuzz never exercised {reason}"
     assert status["clamped_actions"] > 0 and status["velocity_limited"] > 0 and status["acceleration_limited"] > 0
 
