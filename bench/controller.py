@@ -53,11 +53,12 @@ def measure(rate_hz: float, seconds: float, loaded: bool, domain: int) -> dict:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import JointState
+    from std_msgs.msg import Header
     from trajectory_msgs.msg import JointTrajectory
 
     from qwen_vla_ros.chunk import ActionChunk
     from qwen_vla_ros.config import load_embodiment
-    from qwen_vla_ros.contract import ACTION_CHUNK, COMMAND
+    from qwen_vla_ros.contract import ACTION_CHUNK, COMMAND, POLICY_HEARTBEAT
     from qwen_vla_ros.nodes.common import time_to_ns
     from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory
 
@@ -101,8 +102,14 @@ def measure(rate_hz: float, seconds: float, loaded: bool, domain: int) -> dict:
         rows[:, [0, 7]] += 0.3 * np.sin(times)[:, None]
         chunk_publisher.publish(chunk_to_trajectory(ActionChunk(rows, names, 0.02, now - 50_000_000)))
 
+    heartbeat = node.create_publisher(Header, POLICY_HEARTBEAT.name, QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+
+    def publish_heartbeat() -> None:  # the policy's liveness: without it the controller refuses the chunks
+        heartbeat.publish(Header(stamp=node.get_clock().now().to_msg()))
+
     node.create_timer(0.02, publish_joint_states)
     node.create_timer(0.2, publish_chunk)
+    node.create_timer(0.05, publish_heartbeat)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     try:
@@ -163,6 +170,7 @@ def core_step_cost(periods: int = 2000) -> dict[str, float]:
     now = 10**12
     for period in range(periods):
         now += controller.period_ns
+        controller.policy_heartbeat(now)
         for arm in layout.arms:
             finger = arm.gripper.finger_close + positions[arm.gripper_index] * (arm.gripper.finger_open - arm.gripper.finger_close)
             controller.update_joint_state(arm.name, [*arm.arm.joint_names, arm.gripper.finger_joint],

@@ -114,6 +114,11 @@ HEARTBEAT = Topic(
     "/qwen_vla/heartbeat", "sensor_msgs/msg/TimeReference", QosKind.RELIABLE, _roles(C, P, CAM), _roles(C, P, CAM),
     "liveness and clock offset between hosts: header.stamp = sender's ROS time, source = host/node",
 )
+POLICY_HEARTBEAT = Topic(
+    "/qwen_vla/policy/heartbeat", "std_msgs/msg/Header", QosKind.SENSOR, _roles(P), _roles(C),
+    "policy liveness, from a thread of its own every safety.policy_timeout_s / 5: stamp = sender's ROS time, "
+    "frame_id = host/node; the controller holds when it stops (docs/safety.md)",
+)
 MODE = Topic(
     "/qwen_vla/mode", "std_msgs/msg/String", QosKind.LATCHED, _roles(C), _roles(P, R, M),
     "arbitration mode at each change: policy | teleop | hold; the policy infers only in policy, the recorder counts "
@@ -150,8 +155,8 @@ EXPERT_STATUS = Topic(
 )
 
 RUNTIME_TOPICS: tuple[Topic, ...] = (
-    ACTION_CHUNK, COMMITTED, COMMAND, CONTROLLER_STATE, DIAGNOSTICS, HEARTBEAT, MODE, INSTRUCTION, SIM_SUCCESS,
-    NEXT_CONDITION, CLOCK, SIM_RANDOMIZATION, EXPERT_COMMAND, EXPERT_STATUS,
+    ACTION_CHUNK, COMMITTED, COMMAND, CONTROLLER_STATE, DIAGNOSTICS, HEARTBEAT, POLICY_HEARTBEAT, MODE, INSTRUCTION,
+    SIM_SUCCESS, NEXT_CONDITION, CLOCK, SIM_RANDOMIZATION, EXPERT_COMMAND, EXPERT_STATUS,
 )
 
 ESTOP_RESET = Service(
@@ -288,7 +293,7 @@ def _teleop_topics(config: EmbodimentConfig) -> list[Topic]:
     topics = [
         Topic(config.teleop.joy_topic, JOY, JOY_QOS, _roles(J), _roles(C, R),
               "gamepad or pedal: joystick_node, or joy_node in its role (and SROS2 enclave)", "teleop.joy_topic"),
-        Topic(config.safety.estop_topic, BOOL, QosKind.LATCHED, _roles(C, OP), _roles(C, R),
+        Topic(config.safety.estop_topic, BOOL, QosKind.ANY, _roles(C, OP), _roles(C, R),
               "true latches the e-stop; the controller publishes true from its button, false at a reset",
               "safety.estop_topic"),
     ]

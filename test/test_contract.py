@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, parse_override
-from qwen_vla_ros.contract import RUNTIME_TOPICS, SERVICES, NodeRole, graph_topics, role_view
+from qwen_vla_ros.contract import RUNTIME_TOPICS, SERVICES, NodeRole, QosKind, graph_topics, role_view
 from qwen_vla_ros.contract_tables import BEGIN, END, markdown, variants
 from qwen_vla_ros.recording.topics import default_topics
 
@@ -185,7 +185,7 @@ def test_running_nodes_have_exactly_their_contract_endpoints(ros_domain, tiny_ch
 
     from qwen_vla_ros.nodes.camera_node import CameraNode
     from qwen_vla_ros.nodes.policy_node import PolicyNode
-    from qwen_vla_ros.nodes.ros_contract import PUBLISHER_QOS, SUBSCRIPTION_QOS
+    from qwen_vla_ros.nodes.ros_contract import ANY_SUBSCRIPTION_QOS, PUBLISHER_QOS, SUBSCRIPTION_QOS
 
     aloha = load_embodiment("aloha", dict([parse_override(FORWARD)]))
     camera_overrides = [f"cameras.0.source={{type: video, path: {write_folder(tmp_path / 'frames', 3, 64, 48)}}}",
@@ -247,10 +247,15 @@ def test_running_nodes_have_exactly_their_contract_endpoints(ros_domain, tiny_ch
             for topics, offered, find in ((view.publishes, PUBLISHER_QOS, probe.get_publishers_info_by_topic),
                                           (view.subscribes, SUBSCRIPTION_QOS, probe.get_subscriptions_info_by_topic)):
                 for topic in topics:
-                    [endpoint] = [e for e in find(topic.name) if e.node_name == name]
-                    want = offered[topic.qos]
-                    assert (endpoint.qos_profile.reliability, endpoint.qos_profile.durability) == \
-                        (want.reliability, want.durability), f"{name} {topic.name}: not {topic.qos.value} QoS"
+                    endpoints = [e for e in find(topic.name) if e.node_name == name]
+                    got = {(e.qos_profile.reliability, e.qos_profile.durability) for e in endpoints}
+                    if topic.qos is QosKind.ANY and offered is SUBSCRIPTION_QOS:
+                        wants = ANY_SUBSCRIPTION_QOS  # one subscription per profile, matching any publisher
+                    else:
+                        wants = (offered[topic.qos],)
+                    assert len(endpoints) == len(wants), f"{name} {topic.name}: {len(endpoints)} endpoints"
+                    assert got == {(w.reliability, w.durability) for w in wants}, \
+                        f"{name} {topic.name}: not {topic.qos.value} QoS"
     finally:
         for node in local:
             node.close()

@@ -4,7 +4,8 @@ its position, velocity and acceleration limits.
 Chunks are drawn from a seeded generator: valid ones with random jumps across the whole
 range, NaN, +-inf, values at 100x the limits, wrong widths and names, empty chunks, zero,
 negative, tiny and huge dt, future, stale and missing stamps, duplicates, reordering and
-very long chunks. Feedback drops out now and then and the e-stop is pressed and reset.
+very long chunks, actions spaced unlike control.action_dt. Feedback and the policy's heartbeat
+drop out now and then and the e-stop is pressed and reset.
 The robot follows the commands (helpers.robots.FollowingRobot).
 
 The control clock can be jittered too: periods late by up to 1.5 periods, early ones and
@@ -31,7 +32,8 @@ from qwen_vla_ros.control import Controller
 
 KINDS = (
     "valid", "valid", "valid", "nan", "inf", "huge", "wrong_width", "wrong_names", "empty", "bad_dt", "tiny_dt",
-    "huge_dt", "future", "stale", "unstamped", "duplicate", "reordered", "long",
+    "huge_dt", "future", "stale", "unstamped", "duplicate", "reordered", "long", "off_spacing",
+    "long_in_time",
 )
 
 
@@ -75,6 +77,11 @@ def hostile_chunk(rng: np.random.Generator, controller: Controller, now_ns: int,
         stamp = (sent[-1].stamp_ns or now_ns) - int(rng.uniform(0.001, 0.2) * NS_PER_S)
     elif kind == "long":
         actions = rng.uniform(lower, upper, size=(1000, len(names)))
+    elif kind == "long_in_time":  # few enough actions, but spanning more than safety.max_chunk_duration_s
+        count = min(int(controller.config.safety.max_chunk_duration_s / dt) + 2, controller.config.safety.max_chunk_actions)
+        actions = rng.uniform(lower, upper, size=(count, len(names)))
+    elif kind == "off_spacing":
+        dt *= float(rng.choice([0.5, 0.9, 1.1, 2.0, 500.0]))
     return ActionChunk(actions, names, dt, stamp)
 
 
@@ -107,7 +114,7 @@ def fuzz(embodiment: str, chunks: int, seed: int, jitter: bool = False, **runtim
     robot = FollowingRobot(controller, controller.layout.clamp(np.zeros(len(controller.layout))))
     sent: list[ActionChunk] = []
     positions, modes, stamps = [], [], []
-    silent_until = estop_since = -1
+    silent_until = estop_since = policy_silent_until = -1
     period, now, remaining = 0, T0_NS - controller.period_ns, chunks
     while remaining > 0:
         now = next_step_ns(rng, now, controller.period_ns, jitter)
@@ -115,6 +122,10 @@ def fuzz(embodiment: str, chunks: int, seed: int, jitter: bool = False, **runtim
             robot.publish(now)
             if rng.random() < 0.003:
                 silent_until = period + int(rng.integers(1, 40))  # feedback drops out
+        if period > policy_silent_until:
+            controller.policy_heartbeat(now)
+            if rng.random() < 0.003:
+                policy_silent_until = period + int(rng.integers(1, 60))  # the policy's heartbeat drops out
         if estop_since < 0 and rng.random() < 0.002:
             controller.engage_estop()
             estop_since = period
@@ -150,7 +161,7 @@ def test_ten_thousand_hostile_chunks_never_produce_an_unsafe_command() -> None:
     controller = fuzz("aloha_mobile", 10_000, seed=1)
     status = controller.status(0)
     for reason in ("non_finite", "wrong_names", "wrong_shape", "bad_dt", "future_stamp", "stale", "unstamped",
-                   "duplicate", "out_of_order"):
+                   "duplicate", "out_of_order", "bad_spacing", "too_long_duration", "estop", "policy_lost"):
         assert status[f"rejected_{reason}"] > 0, f"the fuzz never exercised {reason}"
     assert status["clamped_actions"] > 0 and status["velocity_limited"] > 0 and status["acceleration_limited"] > 0
 

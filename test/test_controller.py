@@ -118,7 +118,7 @@ def test_first_command_starts_at_the_measured_position_and_ramps() -> None:
     measured = aloha_action(ALOHA_START + [0.2, 0.1, -0.1, 0.0, 0.3, 0.0], gripper=0.2)
     robot = FollowingRobot(controller, measured)
     far = aloha_action(ALOHA_START + [-0.8, 0.4, 0.3, 0.5, -0.5, 0.9], gripper=0.9)
-    rows = np.array([far] * 200)
+    rows = np.array([far] * 100)  # 1.98 s: within safety.max_chunk_duration_s
     outputs, _ = run(controller, robot, T0_NS, 150, chunks={0: aloha_chunk(T0_NS - 20 * MS, rows, dt=0.02)})
     np.testing.assert_allclose(outputs[0].positions, measured, atol=1e-9)
     assert_within_limits(controller, outputs)
@@ -160,7 +160,7 @@ def aloha_chunk_mobile(controller: Controller, stamp_ns: int, rows: np.ndarray) 
 
 def test_stale_joint_states_hold_arms_and_zero_the_base_then_resume_with_a_ramp() -> None:
     controller, robot, now = started("aloha_mobile")
-    rows = np.array([np.concatenate([aloha_action(ALOHA_START + 0.3 * math.sin(k / 20)), [0.3, 0.0]]) for k in range(200)])
+    rows = np.array([np.concatenate([aloha_action(ALOHA_START + 0.3 * math.sin(k / 20)), [0.3, 0.0]]) for k in range(100)])
     outputs, now = run(controller, robot, now, 30, chunks={0: aloha_chunk_mobile(controller, now, rows)})
     timeout_periods = math.ceil(controller.config.safety.joint_state_timeout_s / controller.period_s)
     silent, now = run(controller, robot, now + controller.period_ns, timeout_periods + 15, feedback=False)
@@ -180,14 +180,16 @@ def test_stale_joint_states_hold_arms_and_zero_the_base_then_resume_with_a_ramp(
 
 def test_estop_latches_until_reset_then_resumes_from_measured_with_a_ramp() -> None:
     controller, robot, now = started("aloha_mobile")
-    rows = np.array([np.concatenate([aloha_action(ALOHA_START + 0.01 * k), [0.3, 0.2]]) for k in range(200)])
+    rows = np.array([np.concatenate([aloha_action(ALOHA_START + 0.01 * k), [0.3, 0.2]]) for k in range(100)])
     outputs, now = run(controller, robot, now, 20, chunks={0: aloha_chunk_mobile(controller, now, rows)})
     controller.engage_estop()
     stopped, now = run(controller, robot, now + controller.period_ns, 40)
     base = controller.layout.base.command_index
     assert all(o.mode == "estop" for o in stopped)
     assert np.all(stopped[0].positions[base] == 0.0)
-    assert controller.submit(aloha_chunk_mobile(controller, now, rows), now).accepted  # accepted, not executed
+    outcome = controller.submit(aloha_chunk_mobile(controller, now, rows), now)
+    assert not outcome.accepted and outcome.reason == "estop", "a chunk that arrives while stopped is not accepted"
+    assert controller.status(now)["rejected_estop"] == 1
     still, now = run(controller, robot, now + controller.period_ns, 5)
     assert all(o.mode == "estop" for o in still)
     np.testing.assert_allclose(still[-1].positions, stopped[-1].positions, atol=1e-12)
@@ -292,7 +294,7 @@ class Scripted:
 
 def test_switching_sources_is_bumpless_and_none_holds() -> None:
     controller, robot, now = started()
-    rows = np.array([aloha_action(ALOHA_START + 0.01 * k) for k in range(200)])
+    rows = np.array([aloha_action(ALOHA_START + 0.01 * k) for k in range(100)])
     before, now = run(controller, robot, now, 20, chunks={0: aloha_chunk(now, rows)})
     controller.add_source(Scripted(aloha_action(ALOHA_START - 0.4)))
     controller.select_source("scripted", ramp_from="command")

@@ -22,7 +22,7 @@ pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from helpers.dds_robots import ForwardCommandArms, TwistBase  # noqa: E402
+from helpers.dds_robots import ForwardCommandArms, PolicyPulse, TwistBase  # noqa: E402
 from helpers.limits import judged_limits  # noqa: E402
 from helpers.robots import rate_limit_violations  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -120,6 +120,7 @@ def test_aloha_controller_over_dds(ros_domain, interbotix_msgs) -> None:
     node.create_subscription(JointTrajectory, "/qwen_vla/controller/committed", committed.append, RELIABLE)
     node.create_subscription(DiagnosticArray, "/qwen_vla/controller/state", states.append, 10)
     chunk_publisher = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", RELIABLE)
+    PolicyPulse(node)
 
     sending = {"on": True, "count": 0}
 
@@ -216,6 +217,7 @@ def test_base_controller_twist_estop_and_reset_over_dds(ros_domain) -> None:
     base = TwistBase(node, "/mobile_base/cmd_vel", config.base.odom_topic)
     twists = base.twists
     chunk_publisher = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", RELIABLE)
+    PolicyPulse(node)
 
     def send_chunk():
         now = node.get_clock().now().nanoseconds

@@ -43,6 +43,7 @@ def drive(controller: Controller, robot: FollowingRobot, now: int, periods: int,
     outputs = []
     for index in range(periods):
         t = now + index * controller.period_ns
+        controller.policy_heartbeat(t)  # the policy node stays alive while the operator drives
         robot.publish(t)
         if joy_every and index % joy_every == 0:
             controller.update_joy(*joy_message(controller, pressed, **axes), t)
@@ -53,8 +54,8 @@ def drive(controller: Controller, robot: FollowingRobot, now: int, periods: int,
 
 
 def moving_chunk(controller: Controller, stamp_ns: int, rate: float = 0.5) -> ActionChunk:
-    """Both ALOHA waists turning at ``rate`` rad/s for 4 s."""
-    rows = np.array([aloha_action(ALOHA_START + np.r_[rate * 0.02 * k, 0, 0, 0, 0, 0]) for k in range(200)])
+    """Both ALOHA waists turning at ``rate`` rad/s for 2 s (safety.max_chunk_duration_s)."""
+    rows = np.array([aloha_action(ALOHA_START + np.r_[rate * 0.02 * k, 0, 0, 0, 0, 0]) for k in range(100)])
     return ActionChunk(rows, controller.policy.names, 0.02, stamp_ns)
 
 
@@ -97,7 +98,7 @@ def test_deadman_takes_over_mid_motion_from_the_command_without_a_jump() -> None
     controller, robot, now = started()
     policy, now = run(controller, robot, now, 40, chunks={0: moving_chunk(controller, now)})
     assert policy[-1].velocities[0] == pytest.approx(0.5, abs=1e-6), "the policy is turning the waist"
-    teleop, now = drive(controller, robot, now + controller.period_ns, 60, pressed=("deadman",))
+    teleop, now = drive(controller, robot, now + controller.period_ns, 40, pressed=("deadman",))
     assert teleop[0].arbitration == "teleop" and teleop[0].source == "teleop", "in control from the very next period"
     assert controller.arbiter.takeovers == 1
     # No jump: position and velocity continue, then the waist brakes within its limits and stays.
@@ -105,7 +106,7 @@ def test_deadman_takes_over_mid_motion_from_the_command_without_a_jump() -> None
     assert abs(teleop[0].positions[0] - policy[-1].positions[0]) <= 0.5 * controller.period_s * (1 + 1e-9)
     assert teleop[-1].velocities[0] == 0.0 and np.all(teleop[-1].positions == teleop[-2].positions)
     # Chunks are refused while the operator is in control, and the plan of before the takeover
-    # (still 2 s long) never resumes: handed back, the controller waits for a new chunk.
+    # (which runs 0.3 s past the hand-back) never resumes: handed back, the controller waits for a new chunk.
     outcome = controller.submit(moving_chunk(controller, now), now)
     assert not outcome.accepted and outcome.reason == "inactive"
     _, now = drive(controller, robot, now, 2)

@@ -630,6 +630,18 @@ class Safety(StrictModel):
     startup_ramp_s: float = Field(default=1.0, ge=0, description="ramp from measured state after start/takeover/reset")
     max_chunk_actions: int = Field(default=256, gt=0, description="longer chunks are rejected: bounds the work one chunk causes")
     estop_topic: str = "/qwen_vla/estop"
+    policy_timeout_s: float = Field(
+        default=0.25, gt=0, allow_inf_nan=False,
+        description="no policy heartbeat for this long: the policy is lost and the arms brake to a hold",
+    )
+    action_dt_tolerance_s: float = Field(
+        default=0.001, gt=0, allow_inf_nan=False,
+        description="a chunk whose action spacing differs from control.action_dt by more is rejected (bad_spacing)",
+    )
+    max_chunk_duration_s: float = Field(
+        default=2.0, gt=0, allow_inf_nan=False,
+        description="a chunk spanning longer (first to last action) is rejected: bounds how long one chunk drives",
+    )
 
 
 class Interval(StrictModel):
@@ -749,6 +761,19 @@ class EmbodimentConfig(StrictModel):
     teleop: Teleop
     safety: Safety = Field(default_factory=Safety)
     sim: SimConfig | None = None
+
+    @model_validator(mode="after")
+    def _chunk_bounds_fit_timing(self) -> EmbodimentConfig:
+        """The chunk spacing and duration bounds must let the embodiment's own chunks through."""
+        timing, safety = self.control, self.safety
+        if safety.action_dt_tolerance_s >= timing.action_dt / 2:
+            raise ValueError(f"safety.action_dt_tolerance_s ({safety.action_dt_tolerance_s}) must be below half of "
+                             f"control.action_dt ({timing.action_dt})")
+        span_s = (timing.chunk_length - 1) * timing.action_dt
+        if safety.max_chunk_duration_s < span_s:
+            raise ValueError(f"safety.max_chunk_duration_s ({safety.max_chunk_duration_s}) is shorter than a chunk of "
+                             f"control.chunk_length actions ({span_s:g} s): every chunk would be rejected")
+        return self
 
     @model_validator(mode="after")
     def _cross_references(self) -> "EmbodimentConfig":

@@ -70,6 +70,11 @@ def summarize_embodiment(config: EmbodimentConfig) -> str:
         f"{safety.max_chunk_age_s:g} s, joint states stale after {safety.joint_state_timeout_s:g} s, "
         f"ramp {safety.startup_ramp_s:g} s, at most {safety.max_chunk_actions} actions per chunk"
     )
+    lines.append(
+        f"             policy lost after {safety.policy_timeout_s:g} s without heartbeat, chunks spaced "
+        f"{config.control.action_dt:g} s +- {safety.action_dt_tolerance_s:g} s spanning at most "
+        f"{safety.max_chunk_duration_s:g} s; e-stop {safety.estop_topic}"
+    )
     lines.append(f"sim          {config.sim.type if config.sim else 'none'}")
     return "\n".join(lines)
 

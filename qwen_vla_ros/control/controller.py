@@ -26,9 +26,14 @@ own command timeout keeps it stopped. Everywhere else a Twist goes out every per
 including the zero Twists of the watchdog while the policy or operator is in control.
 
 Watchdog. When the source has nothing to say (its trajectory ran out), when a required
-feedback stream goes stale, or while the e-stop is latched, the controller holds: arms
-brake to a stop within their limits and stay; a base goes to zero. The e-stop latches until
-:meth:`Controller.reset_estop`, which restarts from the measured position with a ramp.
+feedback stream goes stale, while the e-stop is latched, or while the policy is in control
+but its heartbeat has been silent for ``safety.policy_timeout_s``
+(:mod:`qwen_vla_ros.control.liveness`), the controller holds: arms brake to a stop within
+their limits and stay; a base goes to zero. The e-stop latches until
+:meth:`Controller.reset_estop`, which restarts from the measured position with a ramp. A
+lost policy's plan is dropped; when its heartbeat returns, its next chunk ramps in from the
+command. Chunks arriving while the e-stop is latched or the policy is lost are rejected
+(``estop``, ``policy_lost``), never counted as accepted.
 """
 from __future__ import annotations
 
@@ -45,11 +50,12 @@ from qwen_vla_ros.config.runtime import RuntimeConfig
 from qwen_vla_ros.control.arbitration import Arbiter, ArbitrationMode, Transition, parse_joy
 from qwen_vla_ros.control.feedback import ChunkContext, Feedback
 from qwen_vla_ros.control.layout import CommandLayout
+from qwen_vla_ros.control.liveness import LivenessEvent, PolicyLiveness
 from qwen_vla_ros.control.policy import REJECTION_REASONS, ChunkOutcome, PolicySource, PreparedChunk
 from qwen_vla_ros.control.safety import SafetyCounts, SafetyFilter
 from qwen_vla_ros.control.teleop import TeleopSource
 
-Mode = Literal["waiting", "running", "holding", "stale", "estop"]
+Mode = Literal["waiting", "running", "holding", "stale", "estop", "policy_lost"]
 PERIOD_WINDOW = 1000  # periods kept for the period-error percentiles
 
 
@@ -96,6 +102,8 @@ class Controller:
         self.feedback = Feedback(self.layout, config.safety)
         self.policy = PolicySource(config, self.layout, runtime.blending)
         self.teleop = TeleopSource(config, self.layout)
+        self.liveness = PolicyLiveness(config.safety.policy_timeout_s)
+        self._liveness_events: list[LivenessEvent] = []
         self.sources: dict[str, CommandSource] = {self.policy.name: self.policy, self.teleop.name: self.teleop}
         self.active: str | None = self.policy.name
         self.arbiter = Arbiter(config.teleop)
@@ -138,8 +146,12 @@ class Controller:
         return self.policy.prepare(chunk, now_ns, context)
 
     def accept(self, prepared: PreparedChunk, now_ns: int) -> ChunkOutcome:
+        if self.estop:
+            return self.policy.reject("estop", "the e-stop is latched: call /qwen_vla/estop/reset")
         if self.active != self.policy.name:
             return self.policy.reject("inactive", f"mode {self.arbiter.mode!r}: the policy is not in control")
+        if not self.liveness.alive(now_ns):
+            return self.policy.reject("policy_lost", f"no policy heartbeat for {self.liveness.silence_s(now_ns):.3f} s")
         return self.policy.accept(prepared, now_ns, self._plan_state())
 
     def submit(self, chunk: ActionChunk, now_ns: int) -> ChunkOutcome:
@@ -160,6 +172,27 @@ class Controller:
             return command
         pose = self.feedback.pose()
         return np.concatenate([command, pose if pose is not None else np.zeros(3)])
+
+    # -- policy liveness -----------------------------------------------------------------
+    def policy_heartbeat(self, now_ns: int) -> None:
+        """The policy's heartbeat arrived (``now_ns`` on this clock, not the sender's stamp)."""
+        self.liveness.beat(now_ns)
+
+    def take_liveness_events(self) -> list[LivenessEvent]:
+        """Policy lost / back since the last call, oldest first, for the node to log."""
+        events, self._liveness_events = self._liveness_events, []
+        return events
+
+    def _watch_policy(self, now_ns: int) -> bool:
+        """Once per period: act on a lost or returning policy; whether it is alive now."""
+        event = self.liveness.update(now_ns)
+        if event is not None:
+            self._liveness_events.append(event)
+            if event.change == "lost":
+                self.policy.clear()  # its plan must never resume after a gap
+            elif event.change == "back" and self.active == self.policy.name and self.safety.started:
+                self.safety.arm_ramp()
+        return self.liveness.alive(now_ns)
 
     # -- e-stop and sources -------------------------------------------------------------
     def engage_estop(self) -> None:
@@ -240,13 +273,15 @@ class Controller:
             self.select_source(self.policy.name, ramp_from="command")
 
     # -- the loop -----------------------------------------------------------------------
-    def _target(self, now_ns: int, fresh: bool) -> tuple[np.ndarray | None, Mode]:
+    def _target(self, now_ns: int, fresh: bool, policy_alive: bool) -> tuple[np.ndarray | None, Mode]:
         if self.estop:
             return None, "estop"
         if not fresh:
             return None, "stale"
         if self.active is None:
             return None, "holding"
+        if self.active == self.policy.name and not policy_alive:
+            return None, "policy_lost"
         target = self.sources[self.active].target(now_ns, self.feedback)
         return target, "running" if target is not None else "holding"
 
@@ -259,6 +294,7 @@ class Controller:
         if scheduled and self._last_step_ns is not None and now_ns > self._last_step_ns:
             self._period_errors.append(abs((now_ns - self._last_step_ns) - self.period_ns) / NS_PER_S)
         self._last_step_ns = now_ns
+        policy_alive = self._watch_policy(now_ns)
         transition = self.arbiter.tick(now_ns)
         if transition is not None:
             self._apply(transition)
@@ -277,7 +313,7 @@ class Controller:
             self.safety.cancel_ramp()  # teleop targets start from the command: no gap to ramp over, after a takeover or a reset
         if self.active is not None:
             self.sources[self.active].tick(now_ns, self.safety.state.position, self.safety.elapsed_s(now_ns))
-        target, mode = self._target(now_ns, fresh)
+        target, mode = self._target(now_ns, fresh, policy_alive)
         if mode == "holding" and self.mode == "running":
             self.holds += 1
         self.mode = mode
@@ -303,10 +339,11 @@ class Controller:
         steps = self.config.control.committed_steps
         lookahead = self.safety.copy()
         fresh = self.feedback.fresh(now_ns)
+        policy_alive = self.liveness.alive(now_ns)  # as now: the look-ahead assumes no new event
         rows = np.empty((steps, len(self.layout)))
         for i in range(steps):
             t_ns = now_ns + (i + 1) * self.period_ns
-            target, _ = self._target(t_ns, fresh)
+            target, _ = self._target(t_ns, fresh, policy_alive)
             rows[i] = lookahead.step(target, t_ns).position
         return rows
 
@@ -332,6 +369,8 @@ class Controller:
             "ik_unreachable": stats.ik_unreachable,
             "holds": self.holds,
             "stale_events": self.stale_events,
+            "policy_heartbeat_age_s": round(self.liveness.silence_s(now_ns), 4),
+            "policy_losses": self.liveness.losses,
             "bad_feedback": self.bad_feedback,
             "takeovers": self.arbiter.takeovers,
             "joy_rejected": self.joy_rejected,

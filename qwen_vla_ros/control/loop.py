@@ -230,9 +230,12 @@ class ControlLoop(Generic[Message]):
         with self.lock:
             output = self.core.step(now, scheduled)
             transitions = self.core.take_transitions()
+            liveness = self.core.take_liveness_events()
             due = output is not None and self.committed_every and self.periods % self.committed_every == 0
             committed = self.core.committed(now) if due else None
         self.periods += 1
+        for event in liveness:  # a lost policy is an error the operator must see; its return is news
+            (self.log.error if event.change == "lost" else self.log.info)(event.message)
         self.publish(Period(now, output, committed, transitions))
 
     def _pace(self) -> None:

@@ -30,8 +30,9 @@ from qwen_vla_ros.embodiments.base import PathTracker, local_to_world
 from qwen_vla_ros.embodiments.ik import ArmIK, apply_ee_delta
 
 REJECTION_REASONS = (
-    "too_large", "malformed", "wrong_names", "wrong_shape", "too_long", "non_finite", "bad_dt", "unstamped", "future_stamp", "stale",
-    "duplicate", "out_of_order", "expired", "no_state", "inactive",
+    "too_large", "malformed", "wrong_names", "wrong_shape", "too_long", "non_finite", "bad_dt", "bad_spacing",
+    "too_long_duration", "unstamped", "future_stamp", "stale", "duplicate", "out_of_order", "expired", "no_state",
+    "inactive", "estop", "policy_lost",
 )
 
 
@@ -98,6 +99,14 @@ class PolicySource:
             return "non_finite", f"{int(np.count_nonzero(~np.isfinite(actions)))} non-finite action values"
         if not (np.isfinite(chunk.dt) and chunk.dt > 0):
             return "bad_dt", f"dt = {chunk.dt}"
+        action_dt = self.config.control.action_dt
+        if abs(chunk.dt - action_dt) > safety.action_dt_tolerance_s:
+            return "bad_spacing", (f"actions {chunk.dt:g} s apart, the embodiment's control.action_dt is {action_dt:g} s "
+                                   f"(tolerance {safety.action_dt_tolerance_s:g} s)")
+        span_s = (actions.shape[0] - 1) * chunk.dt
+        if span_s > safety.max_chunk_duration_s:
+            return "too_long_duration", (f"actions span {span_s:g} s, more than safety.max_chunk_duration_s = "
+                                         f"{safety.max_chunk_duration_s:g} s")
         if chunk.stamp_ns is None:
             return "unstamped", "chunk has no observation stamp"
         age_s = (now_ns - chunk.stamp_ns) / NS_PER_S

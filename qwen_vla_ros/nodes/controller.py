@@ -17,7 +17,16 @@ core's arbiter; the mode goes out on ``contract.MODE`` (std_msgs/String, latched
 whenever it changes. A takeover does not wait for the next period: the Joy callback wakes
 the loop, which runs a period at once (limited over the time it really covers) and counts
 the following periods from there. The e-stop button publishes ``true`` on the latched e-stop topic, and
-a reset through ``contract.ESTOP_RESET`` publishes ``false``. Trial buttons call the trial
+a reset through ``contract.ESTOP_RESET`` publishes ``false``.
+
+E-stop and policy watchdog (docs/safety.md). The e-stop topic is subscribed three times, so
+that ``true`` from any publisher stops the robot: reliable + transient local (a latched
+``true`` published before this node started), reliable + volatile (every reliable publisher,
+delivered reliably) and best effort + volatile (matches every publisher). ``false`` never
+releases the latch. The topic's publishers are checked every ``ESTOP_CHECK_PERIOD_S`` and at
+every incompatible-QoS or -type event, and each one that still cannot reach a subscription is
+logged at ERROR each time. The policy's heartbeat (``contract.POLICY_HEARTBEAT``) is passed
+to the core on arrival; the core decides when the policy is lost. Trial buttons call the trial
 recorder's Trigger services asynchronously: the callback returns at once and the answer is
 logged when it comes, so no button ever waits on the recorder.
 """
@@ -30,9 +39,11 @@ from functools import partial
 
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
+from rclpy.qos import QoSCompatibility, qos_check_compatible
 from sensor_msgs.msg import JointState, Joy
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import Trigger
 
 from qwen_vla_ros.config import ConfigError
@@ -44,12 +55,14 @@ from qwen_vla_ros.contract import (
     DIAGNOSTICS,
     ESTOP_RESET,
     MODE,
+    POLICY_HEARTBEAT,
     TRIAL_SERVICES,
     NodeRole,
     role_view,
 )
 from qwen_vla_ros.control import Controller, ControlOutput
 from qwen_vla_ros.control.arbitration import Transition
+from qwen_vla_ros.control.estop import EstopPublisher, estop_problems
 from qwen_vla_ros.control.loop import ControlLoop, LoopClock, Period
 from qwen_vla_ros.embodiments.base import yaw_from_quaternion
 from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
@@ -64,6 +77,7 @@ from qwen_vla_ros.nodes.common import (
 )
 from qwen_vla_ros.nodes.heartbeat import Heartbeat
 from qwen_vla_ros.nodes.ros_contract import (
+    ANY_SUBSCRIPTION_QOS,
     Level,
     chunk_message_limit,
     committed_to_trajectory,
@@ -71,6 +85,7 @@ from qwen_vla_ros.nodes.ros_contract import (
     create_publisher,
     create_service,
     create_subscription,
+    create_subscriptions_matching_any,
     decode_chunk_message,
     diagnostic_array,
     diagnostic_status,
@@ -79,6 +94,7 @@ from qwen_vla_ros.nodes.ros_contract import (
 EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostics, none waits for another
 # Python's default is 5 ms; why 50 us: docs/architecture.md, "Executors and timing".
 GIL_SWITCH_INTERVAL_S = 0.00005
+ESTOP_CHECK_PERIOD_S = 2.0  # how often a publisher that cannot stop the robot is reported again
 
 
 class ControllerNode(Node):
@@ -128,7 +144,12 @@ class ControllerNode(Node):
         # Serialized: the size is judged before anything decodes it, and decoding is the intake thread's.
         create_subscription(self, ACTION_CHUNK, lambda data: self.loop.submit(data, len(data)), callback_group=inputs,
                             raw=True)
-        create_subscription(self, estop, self._on_estop, callback_group=inputs)
+        self.estop_topic = estop.name
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_estop_mismatch,
+                                            incompatible_type=self._on_estop_mismatch)
+        create_subscriptions_matching_any(self, estop, self._on_estop, callback_group=inputs, event_callbacks=events)
+        self.create_timer(ESTOP_CHECK_PERIOD_S, self._check_estop_publishers, callback_group=inputs)
+        create_subscription(self, POLICY_HEARTBEAT, self._on_policy_heartbeat, callback_group=inputs)
         create_service(self, ESTOP_RESET, self._on_estop_reset, callback_group=inputs)
         # Chunks carry the policy host's observation stamps: this is where a clock offset bites.
         self.heartbeat = Heartbeat(self, runtime.clock_check, callback_group=inputs)
@@ -220,10 +241,38 @@ class ControllerNode(Node):
                 self.published_mode = mode
 
     def _on_estop(self, message: Bool) -> None:
-        if message.data:
-            with self.lock:
+        """``true`` from any of the e-stop subscriptions latches (again: idempotent); ``false`` never releases."""
+        with self.lock:
+            latched = self.core.estop
+            if message.data:
                 self.core.engage_estop()
+        if message.data and not latched:
             self.get_logger().error(f"e-stop engaged: holding until {ESTOP_RESET.name} is called")
+        elif not message.data and latched:
+            self.get_logger().warning(f"false on {self.estop_topic} ignored: the e-stop stays latched until "
+                                      f"{ESTOP_RESET.name} is called", throttle_duration_sec=2.0)
+
+    def _on_estop_mismatch(self, _info: object) -> None:
+        """A publisher one e-stop subscription cannot match (expected: the others may); check them all now."""
+        self._check_estop_publishers()
+
+    def _check_estop_publishers(self) -> None:
+        publishers = [
+            EstopPublisher(
+                f"{info.node_namespace.rstrip('/')}/{info.node_name}", info.topic_type,
+                any(qos_check_compatible(info.qos_profile, qos)[0] != QoSCompatibility.ERROR
+                    for qos in ANY_SUBSCRIPTION_QOS),
+                f"{info.qos_profile.reliability.name.lower()}, {info.qos_profile.durability.name.lower()}",
+            )
+            for info in self.get_publishers_info_by_topic(self.estop_topic)
+        ]
+        for problem in estop_problems(self.estop_topic, publishers):
+            self.get_logger().error(problem)
+
+    def _on_policy_heartbeat(self, _message: Header) -> None:
+        now = self._now()  # arrival on this clock: the policy host's clock offset does not matter
+        with self.lock:
+            self.core.policy_heartbeat(now)
 
     def _on_estop_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self.lock:
@@ -261,7 +310,9 @@ class ControllerNode(Node):
         now = self._now()
         status = self.loop.status(now)
         status.update(self.heartbeat.figures())
-        level = {"estop": Level.ERROR, "stale": Level.WARN, "waiting": Level.WARN}
+        level = {"estop": Level.ERROR, "stale": Level.WARN, "waiting": Level.WARN,
+                 # never heard from (starting up) is a warning; a policy that went silent an error
+                 "policy_lost": Level.ERROR if status["policy_losses"] else Level.WARN}
         diagnostic = diagnostic_status("qwen_vla/controller", str(status["mode"]), status,
                                        level.get(str(status["mode"]), Level.OK), self.core.config.name)
         message = diagnostic_array([diagnostic], now)

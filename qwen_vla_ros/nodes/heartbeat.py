@@ -1,21 +1,28 @@
-"""Heartbeats between hosts (``contract.HEARTBEAT``), and the clock-offset warning they feed.
+"""Heartbeats between hosts (``contract.HEARTBEAT``), the clock-offset warning they feed, and the
+policy's liveness heartbeat (``contract.POLICY_HEARTBEAT``).
 
 Any node adds ``Heartbeat(node, runtime.clock_check)``: it publishes its own clock every
 ``1 / heartbeat_hz`` as ``sensor_msgs/TimeReference`` (``header.stamp`` = the sender's ROS
 time, ``source`` = host/node) and estimates every other sender's clock offset
 (``qwen_vla_ros.clock_check``), warning when one exceeds ``max_offset_s``.
+
+policy_node adds ``PolicyHeartbeat``: a thread of its own, not an executor timer, so that
+neither a long inference nor a busy executor stops it, while a killed or hung process does.
+The controller holds when it stops (``control.liveness``, docs/safety.md).
 """
 from __future__ import annotations
 
 import socket
+import threading
 
 from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import TimeReference
+from std_msgs.msg import Header
 
 from qwen_vla_ros.clock_check import ClockOffsetEstimator
 from qwen_vla_ros.config.runtime import ClockCheck
-from qwen_vla_ros.contract import HEARTBEAT
+from qwen_vla_ros.contract import HEARTBEAT, POLICY_HEARTBEAT
 from qwen_vla_ros.nodes.common import ns_to_time, time_to_ns
 from qwen_vla_ros.nodes.ros_contract import create_publisher, create_subscription
 
@@ -60,3 +67,37 @@ class Heartbeat:
             )
         return {f"{'heartbeat_delay_ms' if p.same_host else 'clock_offset_ms'}.{p.peer}": round(p.offset_s * 1000.0, 3)
                 for p in self.estimator.offsets(now_ns)}
+
+
+
+BEATS_PER_TIMEOUT = 5  # a few lost best-effort beats are not a lost policy
+
+
+class PolicyHeartbeat:
+    """Publishes ``std_msgs/Header`` (stamp = now, frame_id = host/node) every ``timeout_s / 5`` from its own thread.
+
+    Wall-clock paced; under ``use_sim_time`` the controller judges arrivals on simulated time,
+    so a simulation running more than 5x faster than real time would look like a lost policy.
+    """
+
+    def __init__(self, node: Node, timeout_s: float) -> None:
+        self.node = node
+        self.period_s = timeout_s / BEATS_PER_TIMEOUT
+        self.source = f"{socket.gethostname()}/{node.get_fully_qualified_name().lstrip('/')}"
+        self.publisher = create_publisher(node, POLICY_HEARTBEAT)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="policy_heartbeat", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            message = Header(frame_id=self.source)
+            message.stamp = ns_to_time(self.node.get_clock().now().nanoseconds)
+            try:
+                self.publisher.publish(message)
+            except Exception:  # noqa: BLE001 - the context is shutting down: no more beats is the right outcome
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=1.0)

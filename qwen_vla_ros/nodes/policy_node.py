@@ -30,7 +30,7 @@ from qwen_vla_ros.inference.runner import PolicyRunner
 from qwen_vla_ros.inference.scheduler import POLICY
 from qwen_vla_ros.log import KeyedThrottle
 from qwen_vla_ros.nodes.common import declare_configs, joint_positions, run_node, time_to_ns
-from qwen_vla_ros.nodes.heartbeat import Heartbeat
+from qwen_vla_ros.nodes.heartbeat import Heartbeat, PolicyHeartbeat
 from qwen_vla_ros.nodes.ros_contract import (
     Level,
     chunk_to_trajectory,
@@ -104,9 +104,10 @@ class PolicyNode(Node):
         self.default_instruction = runtime.instruction
         self.add_on_set_parameters_callback(self._on_parameters)
         self.create_timer(1.0, self._report)
+        # Liveness for the controller's watchdog, from a thread of its own, before the first chunk can exist.
+        self.liveness = PolicyHeartbeat(self, embodiment.safety.policy_timeout_s)
         self.worker = threading.Thread(target=self.runner.run, args=(self._stop, self._wake, self.context.ok),
-                                       name="policy_inference",
-                                       daemon=True)
+                                       name="policy_inference", daemon=True)
         self.worker.start()
         self.get_logger().info(
             f"{embodiment.name}: {len(self.cameras)} cameras -> {self.input_size[1]}x{self.input_size[0]}, "
@@ -197,6 +198,7 @@ class PolicyNode(Node):
         self.diagnostics_pub.publish(diagnostic_array([status], self._now_ns()))
 
     def close(self) -> None:
+        self.liveness.stop()
         self._stop.set()
         self._wake.set()
         self.worker.join(timeout=10.0)

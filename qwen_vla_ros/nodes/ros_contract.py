@@ -18,6 +18,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import CallbackGroup
 from rclpy.client import Client
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -53,9 +54,15 @@ SUBSCRIPTION_QOS: dict[QosKind, QoSProfile] = {
     QosKind.SENSOR: qos_profile_sensor_data,
     # A few frames deep, so a busy executor does not lose frames the observation sync pairs.
     QosKind.CAMERA: QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT),
-    # Best effort and volatile match every publisher, whatever reliability and durability it offers.
-    QosKind.ANY: QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT),
 }
+# QosKind.ANY is subscribed several times, and the union matches every publisher: reliable + transient
+# local (a latched message published before the subscriber started), reliable + volatile (every
+# reliable publisher, delivered reliably) and best effort + volatile (matches any publisher at all).
+ANY_SUBSCRIPTION_QOS: tuple[QoSProfile, ...] = (
+    _LATCHED,
+    _RELIABLE,
+    QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE),
+)
 
 
 def message_class(msg_type: str) -> type:
@@ -81,12 +88,25 @@ def create_subscription(node: Node, topic: Topic, callback: Callable[[Any], None
                         callback_group: CallbackGroup | None = None, depth: int | None = None,
                         raw: bool = False) -> Subscription:
     """``depth`` deepens the kind's queue for a reader that must not drop messages (a monitor counting them);
-    ``raw`` hands the callback the serialized bytes, to be judged before anything decodes them."""
+    ``raw`` hands the callback the serialized bytes, to be judged before anything decodes them. A topic of
+    kind ``ANY`` takes :func:`create_subscriptions_matching_any`."""
+    if topic.qos is QosKind.ANY:
+        raise ValueError(f"{topic.name} must match any publisher: subscribe it with create_subscriptions_matching_any")
     qos = SUBSCRIPTION_QOS[topic.qos]
     if depth is not None:
         qos = QoSProfile(depth=depth, reliability=qos.reliability, durability=qos.durability)
     return node.create_subscription(message_class(topic.msg_type), topic.name, callback, qos, callback_group=callback_group,
                                     raw=raw)
+
+
+def create_subscriptions_matching_any(node: Node, topic: Topic, callback: Callable[[Any], None],
+                                      callback_group: CallbackGroup | None = None,
+                                      event_callbacks: SubscriptionEventCallbacks | None = None) -> list[Subscription]:
+    """One subscription per :data:`ANY_SUBSCRIPTION_QOS` profile, all to ``callback`` (which must be idempotent:
+    a reliable publisher's message arrives more than once)."""
+    return [node.create_subscription(message_class(topic.msg_type), topic.name, callback, qos,
+                                     callback_group=callback_group, event_callbacks=event_callbacks)
+            for qos in ANY_SUBSCRIPTION_QOS]
 
 
 def create_service(node: Node, service: Service, handler: Callable[[Any, Any], Any],

@@ -9,7 +9,9 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64MultiArray, Header
+
+from qwen_vla_ros.contract import POLICY_HEARTBEAT
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -71,3 +73,19 @@ class ForwardCommandArms:
                                  position=[*self.joints[arm.name], self.motor[arm.name], finger])
             message.header.stamp = self.node.get_clock().now().to_msg()
             self.states[arm.name].publish(message)
+
+
+class PolicyPulse:
+    """The policy's liveness heartbeat (as policy_node's heartbeat thread sends it) for tests that play the policy:
+    without it the controller's watchdog treats the policy as lost and its chunks are refused."""
+
+    def __init__(self, node: Node, period_s: float = 0.05):
+        self.node = node
+        self.on = True
+        self.publisher = node.create_publisher(Header, POLICY_HEARTBEAT.name,
+                                               QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+        node.create_timer(period_s, self._beat)
+
+    def _beat(self) -> None:
+        if self.on:
+            self.publisher.publish(Header(stamp=self.node.get_clock().now().to_msg(), frame_id="test/policy"))

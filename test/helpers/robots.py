@@ -56,12 +56,17 @@ class FollowingRobot:
 
 
 def run(controller: Controller, robot: FollowingRobot, start_ns: int, periods: int, chunks: dict[int, ActionChunk] | None = None,
-        feedback: bool = True) -> tuple[list[ControlOutput], int]:
-    """Step ``periods`` periods from ``start_ns``; ``chunks`` maps a period index to a chunk submitted then."""
+        feedback: bool = True, policy_alive: bool = True) -> tuple[list[ControlOutput], int]:
+    """Step ``periods`` periods from ``start_ns``; ``chunks`` maps a period index to a chunk submitted then.
+
+    ``policy_alive``: the policy's heartbeat arrives every period (as policy_node's thread sends it).
+    """
     outputs = []
     now = start_ns
     for index in range(periods):
         now = start_ns + index * controller.period_ns
+        if policy_alive:
+            controller.policy_heartbeat(now)
         if feedback:
             robot.publish(now)
         if chunks and index in chunks:

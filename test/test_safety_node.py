@@ -1,0 +1,312 @@
+"""The e-stop and the policy watchdog through the real controller node over real DDS (issue 19, §1, §2).
+
+The controller runs as a child process on the ALOHA config with ``forward_command`` outputs.
+This process stands in for the arm drivers, which cannot exist here (``ForwardCommandArms``:
+joint states are the last command), and, in the e-stop tests, for the policy: chunks every
+0.2 s and the policy heartbeat. The watchdog test runs the real policy_node (tiny checkpoint)
+as a process and SIGKILLs it mid-motion. Times are judged from the command stamps on
+``/qwen_vla/controller/command`` and numbers read from the shipped YAML itself.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-wheels]' or source ROS 2")
+
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from helpers.dds_robots import ForwardCommandArms  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import Bool, Header, String  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
+from qwen_vla_ros.config import load_embodiment  # noqa: E402
+from qwen_vla_ros.nodes.common import time_to_ns  # noqa: E402
+from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory, image_to_msg  # noqa: E402
+from qwen_vla_ros.paths import config_dir  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+ALOHA_START = [0.0, -0.96, 1.16, 0.0, -0.3, 0.0]
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+ALOHA_YAML = yaml.safe_load((config_dir() / "aloha.yaml").read_text())
+PERIOD_NS = round(1e9 / ALOHA_YAML["control"]["rate_hz"])
+FORWARD = "outputs=[{adapter: forward_command, arms: [left, right]}]"
+CAMERA_OVERRIDES = [f"cameras.{i}.{key}={value}" for i in range(4) for key, value in (("width", 80), ("height", 60))]
+
+PUBLISHERS = {
+    "reliable_volatile": QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE),
+    "best_effort_volatile": QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT,
+                                       durability=DurabilityPolicy.VOLATILE),
+    "reliable_transient_local": QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                           durability=DurabilityPolicy.TRANSIENT_LOCAL),
+}
+
+
+class Rig:
+    """Arms, commands and diagnostics of one controller child; chunks and heartbeat while ``feeding``."""
+
+    def __init__(self, ros_domain, name: str, feed_policy: bool = True) -> None:
+        self.ros_domain = ros_domain
+        self.config = load_embodiment("aloha")
+        self.node = rclpy.create_node(name, context=ros_domain.context)
+        self.executor = SingleThreadedExecutor(context=ros_domain.context)
+        self.executor.add_node(self.node)
+        self.arms = ForwardCommandArms(self.node, self.config.arms, ALOHA_START)
+        self.commands: list[tuple[int, np.ndarray]] = []  # (stamp ns, positions)
+        self.status: list[tuple[int, dict[str, str]]] = []  # (receive ns, key/values)
+        self.node.create_subscription(JointState, "/qwen_vla/controller/command", lambda m: self.commands.append(
+            (time_to_ns(m.header.stamp), np.array(m.position))), RELIABLE)
+        self.node.create_subscription(DiagnosticArray, "/qwen_vla/controller/state", lambda m: self.status.extend(
+            (self.now(), {v.key: v.value for v in s.values}) for s in m.status), 10)
+        self.feeding = feed_policy
+        self.chunks_sent = 0
+        if feed_policy:
+            self.chunk_pub = self.node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", RELIABLE)
+            self.heartbeat = self.node.create_publisher(
+                Header, "/qwen_vla/policy/heartbeat", QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+            self.node.create_timer(0.2, self._chunk)
+            self.node.create_timer(0.05, self._beat)
+        self.child = None
+
+    def now(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def _beat(self) -> None:
+        if self.feeding:
+            self.heartbeat.publish(Header(stamp=self.node.get_clock().now().to_msg(), frame_id="test/policy"))
+
+    def _chunk(self) -> None:
+        """Both waists swing at up to 0.3 rad/s: slower than the YAML acceleration (20 rad/s^2) can stop in one
+        period (0.4 rad/s), so a stop shows as commands that no longer change."""
+        if not self.feeding:
+            return
+        now = self.now()
+        times = now / 1e9 + np.arange(50) * 0.02
+        rows = np.tile(np.r_[ALOHA_START, 0.5, ALOHA_START, 0.5], (50, 1))
+        rows[:, 0] += 0.3 * np.sin(times)
+        rows[:, 7] -= 0.3 * np.sin(times)
+        self.chunk_pub.publish(chunk_to_trajectory(ActionChunk(rows, tuple(self.config.action.names), 0.02, now)))
+        self.chunks_sent += 1
+
+    def start(self, *parameters: str) -> None:
+        self.child = self.ros_domain.start_process(
+            "-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=aloha", "-p", "state_rate_hz:=10.0",
+            "-p", f"config_overrides:=['{FORWARD}']", *parameters)
+
+    def spin(self, seconds: float) -> None:
+        self.ros_domain.spin_until(self.executor, lambda: False, timeout=seconds)
+
+    def wait_for_commands(self, count: int = 10) -> None:
+        assert self.ros_domain.spin_until(self.executor, lambda: len(self.commands) > count or self.child.poll() is not None,
+                                          timeout=120), "no commands"
+        assert self.child.poll() is None, self.ros_domain.stop_process(self.child)
+
+    def stop(self) -> str:
+        output = self.ros_domain.stop_process(self.child) if self.child is not None else ""
+        self.node.destroy_node()
+        return output
+
+    def last_change_ns(self, after_ns: int, until_ns: int | None = None) -> int | None:
+        """Stamp of the last command in (``after_ns``, ``until_ns``] that differs from the one before it."""
+        changes = [stamp for (stamp, value), (_, previous) in zip(self.commands[1:], self.commands[:-1])
+                   if after_ns < stamp <= (until_ns or stamp) and not np.array_equal(value, previous)]
+        return changes[-1] if changes else None
+
+    def figure(self, key: str, at_or_after_ns: int = 0) -> int:
+        values = [int(s[key]) for t, s in self.status if t >= at_or_after_ns and key in s]
+        assert values, f"no {key} in the controller's state after {at_or_after_ns}"
+        return values[0]
+
+
+@pytest.mark.parametrize("kind", sorted(PUBLISHERS))
+def test_estop_true_stops_within_two_periods_whatever_the_publisher_qos_and_false_does_not_release(
+        ros_domain, kind: str) -> None:
+    rig = Rig(ros_domain, f"estop_{kind}")
+    estop = rig.node.create_publisher(Bool, "/qwen_vla/estop", PUBLISHERS[kind])
+    # Another message type on the topic can never stop the robot, and must be reported. FastDDS allows one type per
+    # topic in a participant, so it comes from a second context (participant) in this process.
+    other = rclpy.context.Context()
+    rclpy.init(context=other, domain_id=ros_domain.domain_id)
+    wrong_node = rclpy.create_node("wrong_type_estop", context=other)
+    wrong_type = wrong_node.create_publisher(String, "/qwen_vla/estop", 10)
+    rig.start()
+    try:
+        rig.wait_for_commands()
+        rig.spin(2.5)  # the start-up ramp (1 s), then the chunks' swing
+        before = rig.now()
+        assert rig.last_change_ns(before - 300_000_000) is not None, "moving when the e-stop comes"
+        pressed = rig.now()
+        estop.publish(Bool(data=True))
+        rig.spin(1.5)  # chunks keep arriving
+        released = rig.now()
+        estop.publish(Bool(data=False))  # must not release the latch
+        wrong_type.publish(String(data="true"))
+        rig.spin(2.5)
+        sent = rig.chunks_sent
+    finally:
+        output = rig.stop()
+        wrong_node.destroy_node()
+        other.try_shutdown()
+    last_change = rig.last_change_ns(pressed, until_ns=released)
+    assert last_change is None or last_change <= pressed + 2 * PERIOD_NS, \
+        f"commands still changed {(last_change - pressed) / 1e6:.1f} ms after the e-stop"
+    after = [stamp for stamp, _ in rig.commands if stamp > pressed]
+    assert len(after) > 0.6 * 4.0 / 0.02, "the controller keeps publishing its hold"
+    assert rig.last_change_ns(released) is None, "false on the e-stop topic released the latch"
+    # Chunks arrived all along; none taken in while stopped.
+    assert sent > 30 and rig.figure("chunks_accepted", pressed + 200_000_000) == int(rig.status[-1][1]["chunks_accepted"])
+    assert int(rig.status[-1][1]["rejected_estop"]) >= 15 and rig.status[-1][1]["mode"] == "estop"
+    assert output.count("e-stop engaged") == 1, output
+    assert "false on /qwen_vla/estop ignored" in output
+    unreachable = [line for line in output.splitlines() if "sends std_msgs/msg/String" in line and "can NOT stop" in line]
+    assert len(unreachable) >= 2 and all("ERROR" in line for line in unreachable), output[-3000:]
+    assert "incompatible QoS" not in output, "the subscriptions that cannot match a publisher are expected, not warned"
+
+
+def test_estop_latched_before_the_controller_started_stops_it_from_the_first_command(ros_domain) -> None:
+    rig = Rig(ros_domain, "estop_latched_before")
+    estop = rig.node.create_publisher(Bool, "/qwen_vla/estop", PUBLISHERS["reliable_transient_local"])
+    estop.publish(Bool(data=True))
+    rig.spin(0.5)
+    rig.start()
+    try:
+        rig.wait_for_commands()
+        rig.spin(3.0)  # chunks keep arriving
+        sent = rig.chunks_sent
+    finally:
+        output = rig.stop()
+    first = rig.commands[0][1]
+    assert all(np.array_equal(value, first) for _, value in rig.commands), "moved despite the latched e-stop"
+    np.testing.assert_allclose(first[:6], ALOHA_START, atol=1e-9)
+    assert sent > 10 and int(rig.status[-1][1]["chunks_accepted"]) == 0
+    assert int(rig.status[-1][1]["rejected_estop"]) > 5
+    assert "e-stop engaged" in output
+
+
+class Cameras:
+    """The four ALOHA cameras at 10 Hz, 80x60 (the policy node is told that size)."""
+
+    def __init__(self, node, config) -> None:
+        self.node = node
+        rng = np.random.default_rng(0)
+        self.frames = {c.name: rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for c in config.cameras}
+        self.publishers = {c.name: node.create_publisher(Image, c.topic, 2) for c in config.cameras}
+        node.create_timer(0.1, self.publish)
+
+    def publish(self) -> None:
+        now = self.node.get_clock().now().nanoseconds
+        for name, publisher in self.publishers.items():
+            publisher.publish(image_to_msg(self.frames[name], "rgb8", now, name))
+
+
+def test_sigkilled_policy_node_stops_the_arms_long_before_its_chunk_ends(ros_domain, tiny_checkpoint) -> None:
+    """The real policy_node (tiny checkpoint) drives; SIGKILL mid-motion; the arms brake to a hold within
+    policy_timeout_s plus the braking time the YAML's limits allow, long before the last chunk would end."""
+    rig = Rig(ros_domain, "policy_kill_rig", feed_policy=False)
+    Cameras(rig.node, rig.config)
+    chunks: list[tuple[int, int]] = []  # (received ns, end ns of its last action)
+    rig.node.create_subscription(JointTrajectory, "/qwen_vla/action_chunk", lambda m: chunks.append(
+        (rig.now(), time_to_ns(m.header.stamp) + round((len(m.points) - 1) * ALOHA_YAML["control"]["action_dt"] * 1e9))),
+        RELIABLE)
+    overrides = "[" + ", ".join(f"'{o}'" for o in [FORWARD, *CAMERA_OVERRIDES]) + "]"
+    policy = ros_domain.start_process(
+        "-m", "qwen_vla_ros.nodes.policy_node", "--ros-args", "-p", "config:=aloha", "-p", f"checkpoint:={tiny_checkpoint}",
+        "-p", f"config_overrides:={overrides}")
+    rig.start()
+    killed_ns = None
+    try:
+        rig.wait_for_commands()
+        assert ros_domain.spin_until(rig.executor, lambda: len(chunks) >= 3 or policy.poll() is not None, timeout=240), \
+            f"no chunks from the policy:\n{ros_domain.stop_process(policy)[-3000:]}"
+        rig.spin(1.5)  # past the start-up ramp
+
+        def fresh_chunk_moving() -> bool:
+            now = rig.now()
+            received, end = chunks[-1]
+            return now - received < 60_000_000 and end - now > 700_000_000 and rig.last_change_ns(now - 60_000_000) is not None
+
+        assert ros_domain.spin_until(rig.executor, fresh_chunk_moving, timeout=30), "no fresh chunk while moving"
+        policy.send_signal(signal.SIGKILL)
+        killed_ns = rig.now()
+        chunk_end_ns = max(end for _, end in chunks)
+        rig.spin(2.0)
+    finally:
+        if policy.poll() is None:
+            policy.kill()
+        policy.communicate(timeout=10)
+        output = rig.stop()
+    assert killed_ns is not None
+    accepted = [(t, int(s["chunks_accepted"])) for t, s in rig.status if "chunks_accepted" in s]
+    print(f"kill at 0; chunks received at {[(r - killed_ns) / 1e6 for r, _ in chunks[-4:]]} ms ending at "
+          f"{[(e - killed_ns) / 1e6 for _, e in chunks[-4:]]} ms; last change "
+          f"{((rig.last_change_ns(killed_ns) or killed_ns) - killed_ns) / 1e6} ms; accepted "
+          f"{[(round((t - killed_ns) / 1e6), a) for t, a in accepted if abs(t - killed_ns) < 1e9]}; modes "
+          f"{[(round((t - killed_ns) / 1e6), s['mode'], s['stale_events']) for t, s in rig.status if abs(t - killed_ns) < 1e9]}")
+    assert rig.last_change_ns(killed_ns - 2 * PERIOD_NS) is not None, "moving at the kill"
+    safety = ALOHA_YAML["safety"]
+    limits = ALOHA_YAML["x-limits"]
+    worst_braking_s = max(limits[j]["velocity"] / limits[j]["acceleration"] for j in ("waist", "shoulder", "elbow",
+                                                                                    "forearm_roll", "wrist_angle",
+                                                                                    "wrist_rotate", "gripper_normalized"))
+    bound_ns = killed_ns + round((safety["policy_timeout_s"] + worst_braking_s) * 1e9) + 3 * PERIOD_NS
+    last_change = rig.last_change_ns(killed_ns)
+    assert last_change is not None and last_change <= bound_ns, \
+        f"still moving {(last_change - killed_ns) / 1e6:.0f} ms after the kill"
+    assert chunk_end_ns - last_change > 200_000_000, \
+        f"stopped {(last_change - killed_ns) / 1e6:.0f} ms after the kill, the chunk ran to {(chunk_end_ns - killed_ns) / 1e6:.0f} ms"
+    assert "policy lost: no heartbeat for" in output, output[-3000:]
+    assert rig.status[-1][1]["mode"] == "policy_lost" and int(rig.status[-1][1]["policy_losses"]) == 1
+    print(f"stopped {(last_change - killed_ns) / 1e6:.0f} ms after SIGKILL; the last chunk would have run "
+          f"{(chunk_end_ns - killed_ns) / 1e6:.0f} ms; {math.ceil((last_change - killed_ns) / PERIOD_NS)} periods; "
+          f"load {os.getloadavg()[0]:.2f}")
+
+
+def test_policy_heartbeat_beats_from_its_own_thread_while_the_node_is_busy(ros_domain) -> None:
+    """The policy node's heartbeat needs neither its executor nor its inference thread: here the node is
+    never spun and this thread computes in pure Python (holding the GIL as much as Python lets it) for
+    1.5 s, as a long inference would; the beats keep their period."""
+    from qwen_vla_ros.nodes.heartbeat import PolicyHeartbeat
+
+    timeout_s = ALOHA_YAML["safety"]["policy_timeout_s"]
+    policy_node = rclpy.create_node("busy_policy", context=ros_domain.context)
+    listener = rclpy.create_node("watchdog_listener", context=ros_domain.context)
+    sent_stamps: list[int] = []  # header stamps: when the heartbeat thread published
+    listener.create_subscription(Header, "/qwen_vla/policy/heartbeat", lambda m: sent_stamps.append(time_to_ns(m.stamp)),
+                                 QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(listener)  # the policy node is in no executor at all
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    heartbeat = PolicyHeartbeat(policy_node, timeout_s)
+    try:
+        deadline = time.monotonic() + 10
+        while not sent_stamps and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sent_stamps, "no heartbeat"
+        start = time.time_ns()
+        total = 0
+        while time.time_ns() - start < 1_500_000_000:  # a "long inference" in pure Python
+            total += sum(i * i for i in range(1000))
+        end = time.time_ns()
+        time.sleep(0.5)  # the beats sent during it arrive
+    finally:
+        heartbeat.stop()
+        executor.shutdown()
+        spinner.join(timeout=5)
+        policy_node.destroy_node()
+        listener.destroy_node()
+    during = [t for t in sent_stamps if start <= t <= end]
+    gaps_s = np.diff([start, *during, end]) / 1e9
+    # The beats' own stamps (when the heartbeat thread sent them): no gap the watchdog would take for a lost policy.
+    assert gaps_s.max() < timeout_s, f"heartbeat gap {gaps_s.max():.3f} s during the busy period ({len(during)} beats)"
