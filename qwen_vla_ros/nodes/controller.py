@@ -48,7 +48,6 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from qwen_vla_ros.control import ControlOutput, Controller
-from qwen_vla_ros.control.arbitration import Transition
 from qwen_vla_ros.control.pacing import Deadlines
 from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
 from qwen_vla_ros.nodes.common import (
@@ -62,6 +61,7 @@ from qwen_vla_ros.nodes.common import (
 )
 from qwen_vla_ros.nodes.heartbeat import Heartbeat
 from qwen_vla_ros.recording.topics import MODE_TOPIC, TRIAL_SERVICES
+from qwen_vla_ros.teleop.arbitration import Transition
 
 CHUNK_TOPIC = "/qwen_vla/action_chunk"
 COMMAND_TOPIC = "/qwen_vla/controller/command"

@@ -1,6 +1,6 @@
 """joystick_node: a Linux joystick as sensor_msgs/Joy on ``joy``, for machines without ROS's ``joy`` package.
 
-Thin shell over :class:`qwen_vla_ros.joystick.JoystickReader`, which follows joy_node's
+Thin shell over :class:`qwen_vla_ros.teleop.joystick.JoystickReader`, which follows joy_node's
 conventions (axes in -1..1 with up/left positive, deadzone, autorepeat, joydev button
 numbering) and keeps retrying a missing or unplugged device. The reader runs on its own
 thread (blocking in ``select``); rclpy publishers may be used from any thread.
@@ -21,8 +21,8 @@ from rclpy.node import Node
 from sensor_msgs.msg import Joy
 
 from qwen_vla_ros.config import ConfigError
-from qwen_vla_ros.joystick import Device, JoyState, JoystickReader, open_joystick
 from qwen_vla_ros.nodes.common import run_node
+from qwen_vla_ros.teleop.joystick import Device, JoyState, JoystickReader, open_joystick
 
 JOY_QOS_DEPTH = 10  # joy_node's
 
