@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +20,7 @@ import numpy as np
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import EmbodimentConfig, RuntimeConfig
 from qwen_vla_ros.control.layout import CommandLayout
+from qwen_vla_ros.imaging import map_frames
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.scheduler import POLICY, Decision, InferenceScheduler
 from qwen_vla_ros.inference.stats import RateMeter, Window, steps_covering
@@ -75,10 +75,7 @@ class PolicyRunner:
         self.embodiment = embodiment
         self.runtime = runtime
         self.sync = sync
-        self.decode = decode
-        # Decoding is mostly OpenCV's resize (2 to 3 ms a 640x480 frame, GIL released), so the
-        # cameras decode side by side rather than one after another before every inference.
-        self._decoders = ThreadPoolExecutor(max_workers=max(1, len(embodiment.cameras)), thread_name_prefix="decode")
+        self.decode = decode  # mostly OpenCV's resize: the cameras decode side by side on the frame pool
         self.publish = publish
         self.clock = clock
         self.log = log
@@ -130,8 +127,7 @@ class PolicyRunner:
             return self._skipped(observation, now_ns)
         try:
             cameras = list(observation.frames)
-            images = dict(zip(cameras, self._decoders.map(self.decode, cameras, observation.frames.values()),
-                              strict=True))
+            images = dict(zip(cameras, map_frames(self.decode, cameras, observation.frames.values()), strict=True))
         except ValueError as exc:
             return self._skipped(Skip("bad_image", "image", str(exc)), now_ns)
         committed, delay_steps = self._committed(observation, now_ns) if decision == "infer" else (None, 0)
@@ -241,6 +237,3 @@ class PolicyRunner:
         }
         figures.update({f"skipped.{reason}": count for reason, count in sorted(self.counters.skipped.items())})
         return figures
-
-    def close(self) -> None:
-        self._decoders.shutdown(wait=True)
