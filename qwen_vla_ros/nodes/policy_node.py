@@ -28,7 +28,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.config import ConfigError, RuntimeConfig
-from qwen_vla_ros.inference.runner import PolicyRunner
+from qwen_vla_ros.inference.runner import PolicyRunner, StepOutcome
 from qwen_vla_ros.inference.scheduler import POLICY
 from qwen_vla_ros.log import KeyedThrottle
 from qwen_vla_ros.nodes.common import (
@@ -196,7 +196,7 @@ class PolicyNode(Node):
                 self.get_logger().error(f"inference step failed:\n{traceback.format_exc()}", throttle_duration_sec=5.0)
                 self._stop.wait(1.0)
                 continue
-            if result.outcome not in ("wait", "skipped"):
+            if result.outcome not in (StepOutcome.WAIT, StepOutcome.SKIPPED):
                 continue
             due_in = self.runner.scheduler.wait_s(self._now_ns())
             if due_in > 0:

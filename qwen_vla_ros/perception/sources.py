@@ -26,6 +26,7 @@ from qwen_vla_ros.config.embodiment import (
     CameraSourceRealsense,
     CameraSourceVideo,
 )
+from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.imaging import fit_frame
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -33,7 +34,7 @@ ROS1_BAG_MAGIC = b"#ROSBAG V2.0"
 MIN_TIMEOUT_S = 1.0
 
 
-class SourceError(RuntimeError):
+class SourceError(QwenVlaError, RuntimeError):
     """The camera cannot be opened or has stopped delivering; the capture loop reconnects."""
 
 
