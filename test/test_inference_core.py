@@ -288,7 +288,6 @@ def test_runner_decodes_the_cameras_side_by_side(tiny_policy) -> None:
     feed_observation(sync, config, clock.now_ns)
     result = runner.step()
     assert result.outcome == "published", result
-    runner.close()
 
 
 def test_runner_delay_covers_elapsed_time_and_measured_latency(tiny_policy) -> None:

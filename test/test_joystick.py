@@ -22,7 +22,7 @@ import pytest
 evdev = pytest.importorskip("evdev", reason="evdev is not installed: pip install '.[teleop]'")
 from evdev import AbsInfo, InputEvent, ecodes  # noqa: E402
 
-from qwen_vla_ros.joystick import JoystickDecoder, JoyState, JoystickReader, button_order, is_joystick  # noqa: E402
+from qwen_vla_ros.teleop.joystick import JoyState, JoystickDecoder, JoystickReader, button_order, is_joystick  # noqa: E402
 
 STICK = AbsInfo(value=0, min=-32768, max=32767, fuzz=16, flat=128, resolution=0)
 TRIGGER = AbsInfo(value=0, min=0, max=255, fuzz=0, flat=0, resolution=0)
@@ -228,7 +228,7 @@ def test_uinput_gamepad_read_through_dev_input() -> None:
                     "the VirtualPad tests cover the reader")
     from evdev import UInput
 
-    from qwen_vla_ros.joystick import open_joystick
+    from qwen_vla_ros.teleop.joystick import open_joystick
 
     try:
         gamepad = UInput({ecodes.EV_KEY: XPAD_KEYS, ecodes.EV_ABS: XPAD_ABS}, name="qwen_vla test pad")

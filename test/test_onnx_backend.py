@@ -26,7 +26,7 @@ from qwen_vla_ros.model.images import check_images, patchify  # noqa: E402
 from qwen_vla_ros.model.denormals import flushed_denormals, flushing  # noqa: E402
 from qwen_vla_ros.model.loading import BackendOptions, load_policy_from_config  # noqa: E402
 from qwen_vla_ros.model.normalization import ChannelNormalizer  # noqa: E402
-from qwen_vla_ros.model.onnx_manifest import STAGES, ExportError, input_shapes, read_export_manifest  # noqa: E402
+from qwen_vla_ros.model.onnx_manifest import STAGES, OnnxExportError, input_shapes, read_export_manifest  # noqa: E402
 from qwen_vla_ros.model.ort_backend import (  # noqa: E402
     QUANTISED_SUFFIX, choose_providers, provider_options, session_options,
 )
@@ -306,10 +306,10 @@ def test_an_export_of_another_checkpoint_is_refused(tiny_checkpoint: Path, tiny_
     manifest = json.loads((stale / "export.json").read_text())
     manifest["checkpoint_fingerprint"] = "0" * 64
     (stale / "export.json").write_text(json.dumps(manifest))
-    with pytest.raises(ExportError, match="re-export"):
+    with pytest.raises(OnnxExportError, match="re-export"):
         load_policy(tiny_checkpoint, backend="onnxruntime", options=ort_options(stale))
     (stale / "export.json").unlink()
-    with pytest.raises(ExportError, match="no export manifest"):
+    with pytest.raises(OnnxExportError, match="no export manifest"):
         load_policy(tiny_checkpoint, backend="onnxruntime", options=ort_options(stale))
 
 
@@ -317,7 +317,7 @@ def test_missing_model_files_are_named(tiny_onnx: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_onnx, broken)
     (broken / "dit_guided.onnx").unlink()
-    with pytest.raises(ExportError, match="dit_guided.onnx"):
+    with pytest.raises(OnnxExportError, match="dit_guided.onnx"):
         read_export_manifest(broken)
 
 

@@ -12,18 +12,7 @@ from qwen_vla_ros.config import load_embodiment
 from qwen_vla_ros.config.runtime import ObservationSync as SyncSettings
 from qwen_vla_ros.perception.images import ImageHeader, header_problem, model_rgb, size_mismatch
 from qwen_vla_ros.perception.state import Odometry, StateAssembler
-from qwen_vla_ros.perception.sync import (
-    CAMERA_MISSING,
-    CAMERA_STALE,
-    CAMERAS_UNSYNCED,
-    STATE_INVALID,
-    STATE_MISSING,
-    STATE_UNSYNCED,
-    WAITING,
-    Observation,
-    ObservationSync,
-    Skip,
-)
+from qwen_vla_ros.perception.sync import Observation, ObservationSync, Skip, SkipReason
 
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000
@@ -156,20 +145,20 @@ def test_missing_stale_and_unsynced_cameras_are_named() -> None:
     sync, config = aloha_sync(sync_tolerance_s=0.02, max_age_s=0.5)
     feed(sync, config, {c: T0 for c in CAMERAS if c != "cam_left_wrist"}, T0)
     skip = sync.assemble(T0 + 10 * MS)
-    assert isinstance(skip, Skip) and (skip.reason, skip.subject) == (CAMERA_MISSING, "cam_left_wrist")
+    assert isinstance(skip, Skip) and (skip.reason, skip.subject) == (SkipReason.CAMERA_MISSING, "cam_left_wrist")
 
     sync.add_frame("cam_left_wrist", T0 + 60 * MS, "late", T0 + 60 * MS)
     skip = sync.assemble(T0 + 70 * MS)
-    assert (skip.reason, skip.subject) == (CAMERAS_UNSYNCED, "cam_left_wrist")
+    assert (skip.reason, skip.subject) == (SkipReason.CAMERAS_UNSYNCED, "cam_left_wrist")
     assert "0.02" in skip.message
 
     skip = sync.assemble(T0 + 600 * MS)
-    assert (skip.reason, skip.subject) == (CAMERA_STALE, "cam_high") and "0.600 s old" in skip.message
+    assert (skip.reason, skip.subject) == (SkipReason.CAMERA_STALE, "cam_high") and "0.600 s old" in skip.message
 
     sync2, _ = aloha_sync(max_age_s=0.5)
     feed(sync2, config, {c: T0 + (900 * MS if c == "cam_low" else 0) for c in CAMERAS}, T0)
     skip = sync2.assemble(T0 + 10 * MS)
-    assert (skip.reason, skip.subject) == (CAMERA_STALE, "cam_low") and "future" in skip.message
+    assert (skip.reason, skip.subject) == (SkipReason.CAMERA_STALE, "cam_low") and "future" in skip.message
 
 
 def test_joint_states_must_be_close_to_the_observation() -> None:
@@ -177,16 +166,16 @@ def test_joint_states_must_be_close_to_the_observation() -> None:
     for camera in CAMERAS:
         sync.add_frame(camera, T0, camera, T0)
     skip = sync.assemble(T0 + 5 * MS)
-    assert (skip.reason, skip.subject) == (STATE_MISSING, "left")
+    assert (skip.reason, skip.subject) == (SkipReason.STATE_MISSING, "left")
     sync.add_joints("left", T0 - 80 * MS, aloha_joints(config)["left"], T0)
     sync.add_joints("right", T0 + 10 * MS, aloha_joints(config)["right"], T0)
     skip = sync.assemble(T0 + 5 * MS)
-    assert (skip.reason, skip.subject) == (STATE_UNSYNCED, "left") and "-0.080 s" in skip.message
+    assert (skip.reason, skip.subject) == (SkipReason.STATE_UNSYNCED, "left") and "-0.080 s" in skip.message
     broken = aloha_joints(config)["left"]
     del broken["left_finger"]
     sync.add_joints("left", T0 + 1 * MS, broken, T0)
     skip = sync.assemble(T0 + 5 * MS)
-    assert skip.reason == STATE_INVALID and "left_finger" in skip.message
+    assert skip.reason == SkipReason.STATE_INVALID and "left_finger" in skip.message
     sync.add_joints("left", T0, aloha_joints(config)["left"], T0)  # nearer than the broken one
     assert isinstance(sync.assemble(T0 + 5 * MS), Observation)
 
@@ -195,7 +184,7 @@ def test_only_newer_observations_and_unstamped_messages_take_the_receive_time() 
     sync, config = aloha_sync()
     feed(sync, config, {c: T0 for c in CAMERAS}, T0)
     assert isinstance(sync.assemble(T0 + MS, newer_than_ns=T0 - 1), Observation)
-    assert sync.assemble(T0 + MS, newer_than_ns=T0).reason == WAITING
+    assert sync.assemble(T0 + MS, newer_than_ns=T0).reason == SkipReason.WAITING
     for camera in CAMERAS:
         sync.add_frame(camera, 0, camera, T0 + 20 * MS)
     assert sync.assemble(T0 + 30 * MS, newer_than_ns=T0).stamp_ns == T0 + 20 * MS
@@ -206,7 +195,7 @@ def test_only_newer_observations_and_unstamped_messages_take_the_receive_time() 
 def test_an_embodiment_without_cameras_is_stamped_by_its_readings() -> None:
     config = load_embodiment("mobile_base", {"cameras": []})
     sync = ObservationSync([], StateAssembler(config), SyncSettings())
-    assert sync.assemble(T0).reason == STATE_MISSING
+    assert sync.assemble(T0).reason == SkipReason.STATE_MISSING
     sync.add_odometry(T0, Odometry(0.1, 0.0), T0)
     observation = sync.assemble(T0 + MS)
     assert observation.stamp_ns == T0 and observation.frames == {}

@@ -14,9 +14,10 @@ from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import load_embodiment, load_runtime
 from qwen_vla_ros.config.embodiment import AxisButton
 from qwen_vla_ros.control import Controller
-from qwen_vla_ros.control.arbitration import Arbiter, apply_deadzone, parse_joy
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
+from qwen_vla_ros.teleop.arbitration import Arbiter
+from qwen_vla_ros.teleop.mapping import apply_deadzone, parse_joy
 
 MS = 1_000_000
 AXES, BUTTONS = 8, 11

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.config.runtime import RuntimeConfig
+from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.paths import config_dir
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -23,7 +24,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 EMBODIMENTS = ("aloha", "widowx", "mobile_base", "aloha_mobile")
 
 
-class ConfigError(ValueError):
+class ConfigError(QwenVlaError, ValueError):
     """A config file could not be read or is invalid; ``problems`` holds one line per fault."""
 
     def __init__(self, source: str, problems: list[str]) -> None:

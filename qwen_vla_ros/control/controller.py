@@ -5,14 +5,14 @@ odometry, chunks and e-stop events, calls :meth:`Controller.step` on its timer a
 publishes what comes back.
 
 Command sources. The policy is one :class:`CommandSource`, the operator
-(:class:`~qwen_vla_ros.control.teleop.TeleopSource`) another; more can be added with
+(:class:`~qwen_vla_ros.teleop.jog.TeleopSource`) another; more can be added with
 :meth:`Controller.add_source` and chosen with :meth:`Controller.select_source`, which also
 decides how the hand-over starts: ramped from the measured position or from the current
 command (bumpless); teleop needs neither, its targets start from the command.
 ``select_source(None)`` holds. Whatever the source, its target passes the same safety
 stages (:mod:`qwen_vla_ros.control.safety`).
 
-Arbitration (:mod:`qwen_vla_ros.control.arbitration`). :meth:`Controller.update_joy` feeds
+Arbitration (:mod:`qwen_vla_ros.teleop.arbitration`). :meth:`Controller.update_joy` feeds
 the arbiter, whose modes select the source: ``policy``, ``teleop`` (takeover: teleop
 starts from the current command) or ``hold``; ``policy`` again
 (hand-back: the plan from before the takeover is dropped and the next chunk ramps in from
@@ -47,13 +47,14 @@ import numpy as np
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.config.runtime import RuntimeConfig
-from qwen_vla_ros.control.arbitration import Arbiter, ArbitrationMode, Transition, parse_joy
 from qwen_vla_ros.control.feedback import ChunkContext, Feedback
 from qwen_vla_ros.control.layout import CommandLayout
 from qwen_vla_ros.control.liveness import LivenessEvent, PolicyLiveness
 from qwen_vla_ros.control.policy import REJECTION_REASONS, ChunkOutcome, PolicySource, PreparedChunk
 from qwen_vla_ros.control.safety import SafetyCounts, SafetyFilter
-from qwen_vla_ros.control.teleop import TeleopSource
+from qwen_vla_ros.teleop.arbitration import Arbiter, ArbitrationMode, Transition
+from qwen_vla_ros.teleop.jog import TeleopSource
+from qwen_vla_ros.teleop.mapping import parse_joy
 
 Mode = Literal["waiting", "running", "holding", "stale", "estop", "policy_lost"]
 PERIOD_WINDOW = 1000  # periods kept for the period-error percentiles

@@ -35,10 +35,10 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
-from qwen_vla_ros.control.arbitration import Transition
-from qwen_vla_ros.control.controller import ControlOutput, Controller
+from qwen_vla_ros.control.controller import Controller, ControlOutput
 from qwen_vla_ros.control.pacing import Deadlines
 from qwen_vla_ros.log import Logger
+from qwen_vla_ros.teleop.arbitration import Transition
 
 Message = TypeVar("Message")
 LOG_PERIOD_NS = NS_PER_S  # the same complaint at most once a second

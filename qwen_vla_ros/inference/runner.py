@@ -16,8 +16,8 @@ import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,11 +25,12 @@ import numpy as np
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import EmbodimentConfig, RuntimeConfig
 from qwen_vla_ros.control.layout import CommandLayout
+from qwen_vla_ros.imaging import map_frames
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.scheduler import POLICY, Decision, InferenceScheduler
 from qwen_vla_ros.inference.stats import RateMeter, Window, steps_covering
 from qwen_vla_ros.log import KeyedThrottle, Logger
-from qwen_vla_ros.perception.sync import WAITING, Observation, ObservationSync, Skip
+from qwen_vla_ros.perception.sync import Observation, ObservationSync, Skip, SkipReason
 
 WARNING_PERIOD_S = 2.0
 REPORT_WINDOW = 200  # latencies kept for the p50/p99 in diagnostics
@@ -55,9 +56,26 @@ class InferencePolicy(Protocol):
               delay_steps: int, seed: int | None) -> ActionChunk: ...
 
 
+class StepOutcome(str, Enum):
+    """What one :meth:`PolicyRunner.step` did; the value is the text logs show."""
+
+    WAIT = "wait"  # nothing due, or no observation newer than the last one
+    SKIPPED = "skipped"  # due, but no usable observation or no usable chunk (``StepResult.skip`` says why)
+    PUBLISHED = "published"
+    WARMED = "warmed"  # an inference outside policy mode, to keep the model warm; nothing published
+    DISCARDED = "discarded"  # the operator took over while the model ran
+
+    def __str__(self) -> str:  # the text, also where Python 3.12's format() would print the member name
+        return self.value
+
+
+# Reasons that are the model's or the image's fault rather than the inputs' timing: logged as errors.
+RUNNER_ERRORS = (SkipReason.BAD_IMAGE, SkipReason.INFERENCE_ERROR, SkipReason.NONFINITE_ACTIONS)
+
+
 @dataclass
 class StepResult:
-    outcome: str  # wait | skipped | published | warmed | discarded
+    outcome: StepOutcome
     chunk: ActionChunk | None = None
     skip: Skip | None = None
 
@@ -90,10 +108,7 @@ class PolicyRunner:
         self.embodiment = embodiment
         self.runtime = runtime
         self.sync = sync
-        self.decode = decode
-        # Decoding is mostly OpenCV's resize (2 to 3 ms a 640x480 frame, GIL released), so the
-        # cameras decode side by side rather than one after another before every inference.
-        self._decoders = ThreadPoolExecutor(max_workers=max(1, len(embodiment.cameras)), thread_name_prefix="decode")
+        self.decode = decode  # mostly OpenCV's resize: the cameras decode side by side on the frame pool
         self.publish = publish
         self.clock = clock
         self.log = log
@@ -153,7 +168,7 @@ class PolicyRunner:
                     self.log.error(f"inference step failed:\n{traceback.format_exc()}")
                 stop.wait(FAILURE_RETRY_S)
                 continue
-            if result.outcome not in ("wait", "skipped"):
+            if result.outcome not in (StepOutcome.WAIT, StepOutcome.SKIPPED):
                 continue
             due_in = self.scheduler.wait_s(self.clock())
             if due_in > 0:
@@ -166,16 +181,15 @@ class PolicyRunner:
         now_ns = self.clock()
         decision = self.scheduler.decide(now_ns)
         if decision == "wait":
-            return StepResult("wait")
+            return StepResult(StepOutcome.WAIT)
         observation = self.sync.assemble(now_ns, self._last_observation_ns if decision == "infer" else None)
         if isinstance(observation, Skip):
             return self._skipped(observation, now_ns)
         try:
             cameras = list(observation.frames)
-            images = dict(zip(cameras, self._decoders.map(self.decode, cameras, observation.frames.values()),
-                              strict=True))
+            images = dict(zip(cameras, map_frames(self.decode, cameras, observation.frames.values()), strict=True))
         except ValueError as exc:
-            return self._skipped(Skip("bad_image", "image", str(exc)), now_ns)
+            return self._skipped(Skip(SkipReason.BAD_IMAGE, "image", str(exc)), now_ns)
         committed, delay_steps = self._committed(observation, now_ns) if decision == "infer" else (None, 0)
         self.scheduler.started(now_ns, decision)
         return self._infer(decision, observation, images, committed, delay_steps)
@@ -187,17 +201,19 @@ class PolicyRunner:
             chunk = self.policy.infer(images, observation.state, committed=committed, delay_steps=delay_steps,
                                       seed=self.seed)
         except (KeyError, ValueError, RuntimeError) as exc:  # bad input, or torch (e.g. out of memory): retried
-            return self._skipped(Skip("inference_error", "model", f"inference failed: {exc}"), started_ns)
+            return self._skipped(Skip(SkipReason.INFERENCE_ERROR, "model", f"inference failed: {exc}"), started_ns)
         finished_ns = self.clock()
         self.inference_time.add((finished_ns - started_ns) / NS_PER_S)
         if decision == "warm":
             self.counters.warmups += 1
-            return StepResult("warmed")
+            return StepResult(StepOutcome.WARMED)
         if not np.all(np.isfinite(chunk.actions)):
-            return self._skipped(Skip("nonfinite_actions", "model", "the model produced non-finite actions"), finished_ns)
+            return self._skipped(
+                Skip(SkipReason.NONFINITE_ACTIONS, "model", "the model produced non-finite actions"), finished_ns
+            )
         if self.scheduler.mode != POLICY:  # the operator took over while the model ran
             self.counters.discarded += 1
-            return StepResult("discarded")
+            return StepResult(StepOutcome.DISCARDED)
         stamped = chunk.stamped(observation.stamp_ns)
         self.publish(stamped)
         published_ns = self.clock()
@@ -211,7 +227,7 @@ class PolicyRunner:
         self.last_chunk_stamp_ns = observation.stamp_ns
         self._last_observation_ns = observation.stamp_ns
         self.scheduler.published(stamped.due_ns(stamped.horizon - 1))
-        return StepResult("published", chunk=stamped)
+        return StepResult(StepOutcome.PUBLISHED, chunk=stamped)
 
     # ------------------------------------------------------------------ parts
     def _apply_instruction(self) -> None:
@@ -248,14 +264,14 @@ class PolicyRunner:
         return committed, min(delay, len(committed))
 
     def _skipped(self, skip: Skip, now_ns: int) -> StepResult:
-        if skip.reason == WAITING:
-            return StepResult("wait", skip=skip)
+        if skip.reason == SkipReason.WAITING:
+            return StepResult(StepOutcome.WAIT, skip=skip)
         self.counters.skipped[skip.reason] += 1
         self.last_skip = skip
         if self.throttle.ready((skip.reason, skip.subject), now_ns):
-            level = self.log.error if skip.reason in ("inference_error", "nonfinite_actions", "bad_image") else self.log.warning
+            level = self.log.error if skip.reason in RUNNER_ERRORS else self.log.warning
             level(f"no inference: {skip.message}")
-        return StepResult("skipped", skip=skip)
+        return StepResult(StepOutcome.SKIPPED, skip=skip)
 
     # ------------------------------------------------------------------ reporting
     def figures(self, now_ns: int) -> dict[str, float | int | str]:
@@ -283,6 +299,3 @@ class PolicyRunner:
         }
         figures.update({f"skipped.{reason}": count for reason, count in sorted(self.counters.skipped.items())})
         return figures
-
-    def close(self) -> None:
-        self._decoders.shutdown(wait=True)

@@ -36,6 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from qwen_vla_ros.errors import QwenVlaError
+
 INTERFACES_DIR = Path(__file__).resolve().parent
 BUILD_RECIPE_VERSION = "1"  # bump when the generated files below change
 
@@ -84,11 +86,11 @@ ament_package()
 """
 
 
-class BuildUnavailable(RuntimeError):
+class BuildUnavailable(QwenVlaError, RuntimeError):
     """The tools to build message packages are missing here; the message says what to install."""
 
 
-class BuildFailed(RuntimeError):
+class BuildFailed(QwenVlaError, RuntimeError):
     """The tools are there but the build failed; the message ends with the build log."""
 
 

@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from qwen_vla_ros.config.embodiment import Normalization, StrictModel
 from qwen_vla_ros.config.loader import describe_validation_error
+from qwen_vla_ros.errors import QwenVlaError
 
 MANIFEST = "qwen_vla.json"
 BACKBONE_DIR = "backbone"
@@ -36,7 +37,7 @@ MIN_STEPS = 1
 MAX_STEPS = 10
 
 
-class CheckpointError(ValueError):
+class CheckpointError(QwenVlaError, ValueError):
     """A checkpoint file is missing or inconsistent; the message names the file."""
 
     def __init__(self, path: Path | str, problem: str) -> None:

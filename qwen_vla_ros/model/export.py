@@ -42,8 +42,8 @@ from qwen_vla_ros.model.delta_rule import scan_gated_delta_rule
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint
 from qwen_vla_ros.model.onnx_manifest import (
     EXPORT_MANIFEST,
-    ExportError,
     ExportManifest,
+    OnnxExportError,
     StageModel,
     TensorSpec,
     read_export_manifest,
@@ -247,11 +247,11 @@ def _export_stage(name: str, stage: StageExport, path: Path, opset: int) -> None
             verbose=False, report=False,
         )
     if program is None:
-        raise ExportError(f"torch.onnx.export returned no program for {name}")
+        raise OnnxExportError(f"torch.onnx.export returned no program for {name}")
     program.save(str(path))
     graph_inputs = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
     if graph_inputs != stage.input_names:
-        raise ExportError(f"{name}: exported inputs {graph_inputs} differ from the stage's {stage.input_names}")
+        raise OnnxExportError(f"{name}: exported inputs {graph_inputs} differ from the stage's {stage.input_names}")
 
 
 def _verify_stage(name: str, stage: StageExport, path: Path, expected: tuple[torch.Tensor, ...]) -> float:
@@ -261,7 +261,7 @@ def _verify_stage(name: str, stage: StageExport, path: Path, expected: tuple[tor
     outputs = session.run(None, {n: t.numpy() for n, t in zip(stage.input_names, stage.inputs)})
     difference = max(float(np.max(np.abs(o - e.numpy()))) for o, e in zip(outputs, expected))
     if not difference <= VERIFY_TOLERANCE:
-        raise ExportError(f"{name}: ONNX Runtime differs from torch by {difference:.3g} on the example inputs")
+        raise OnnxExportError(f"{name}: ONNX Runtime differs from torch by {difference:.3g} on the example inputs")
     return difference
 
 
@@ -280,7 +280,7 @@ def export_policy(
         raise ValueError(f"max_cameras must be at least 1, got {max_cameras}")
     target = Path(out).expanduser()
     if target.exists() and any(target.iterdir()) and not (target / EXPORT_MANIFEST).is_file():
-        raise ExportError(f"{target} exists and is not an export folder; choose a new --out")
+        raise OnnxExportError(f"{target} exists and is not an export folder; choose a new --out")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -340,7 +340,7 @@ def matching_export(folder: str | Path, fingerprint: str) -> ExportManifest:
     """The manifest of ``folder`` if it was exported from the checkpoint with ``fingerprint``."""
     manifest = read_export_manifest(folder)
     if manifest.checkpoint_fingerprint != fingerprint:
-        raise ExportError(
+        raise OnnxExportError(
             f"{folder} was exported from checkpoint {manifest.checkpoint} (fingerprint "
             f"{manifest.checkpoint_fingerprint[:12]}), not from this one ({fingerprint[:12]}); re-export it"
         )

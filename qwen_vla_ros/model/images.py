@@ -9,15 +9,11 @@ laid out channel x temporal x patch x patch with the still frame repeated over t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-# OpenCV's area filter at a non-integer ratio (640x480 -> 224x224) runs on one thread, 2 to 3
-# ms a frame; cv2 releases the GIL, so several cameras resize side by side.
-_RESIZERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resize")
+from qwen_vla_ros.imaging import fit_frame, map_frames
 
 
 @dataclass(frozen=True)
@@ -71,17 +67,15 @@ def check_images(images: Mapping[str, np.ndarray], cameras: Sequence[str]) -> li
 
 
 def resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    if frame.shape[:2] == (height, width):
-        return frame
-    shrinking = frame.shape[0] * frame.shape[1] > height * width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(frame), (width, height), interpolation=interpolation)
+    return fit_frame(frame, height, width)
 
 
 def resize_all(frames: Sequence[np.ndarray], height: int, width: int) -> list[np.ndarray]:
+    """Side by side on the shared frame pool when two or more frames need resizing (the policy
+    node hands frames already at size, which stay on the calling thread)."""
     if sum(frame.shape[:2] != (height, width) for frame in frames) < 2:
         return [resize(frame, height, width) for frame in frames]
-    return list(_RESIZERS.map(lambda frame: resize(frame, height, width), frames))
+    return map_frames(lambda frame: resize(frame, height, width), frames)
 
 
 def patchify(frames: Sequence[np.ndarray], spec: PatchSpec) -> np.ndarray:

@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError
 
 from qwen_vla_ros.config.embodiment import StrictModel
 from qwen_vla_ros.config.loader import describe_validation_error
+from qwen_vla_ros.errors import QwenVlaError
 
 EXPORT_MANIFEST = "export.json"
 STAGES = ("vision", "step_backbone", "context_kv", "dit_step", "dit_guided")
@@ -31,7 +32,7 @@ _TERM = re.compile(r"^(?:(\d+)\*)?(cameras|prefix)$|^(\d+)$")
 Dim = int | str
 
 
-class ExportError(ValueError):
+class OnnxExportError(QwenVlaError, ValueError):
     """An exported-models folder is missing, incomplete or made from another checkpoint."""
 
 
@@ -61,7 +62,7 @@ class ExportManifest(StrictModel):
 
     def stage(self, name: str) -> StageModel:
         if name not in self.stages:
-            raise ExportError(f"the export has no {name!r} model (it has {sorted(self.stages)})")
+            raise OnnxExportError(f"the export has no {name!r} model (it has {sorted(self.stages)})")
         return self.stages[name]
 
 
@@ -74,7 +75,7 @@ def evaluate_dim(dim: Dim, cameras: int, prefix: int) -> int:
     for term in dim.replace(" ", "").split("+"):
         match = _TERM.match(term)
         if match is None:
-            raise ExportError(f"malformed shape entry {dim!r}: terms are N, N*cameras, cameras, N*prefix or prefix")
+            raise OnnxExportError(f"malformed shape entry {dim!r}: terms are N, N*cameras, cameras, N*prefix or prefix")
         factor, variable, constant = match.groups()
         total += int(constant) if constant is not None else int(factor or 1) * values[variable]
     return total
@@ -92,21 +93,21 @@ def write_export_manifest(manifest: ExportManifest, folder: Path) -> Path:
 
 
 def read_export_manifest(folder: str | Path) -> ExportManifest:
-    """The manifest of an exported folder, with every stage file present; ExportError otherwise."""
+    """The manifest of an exported folder, with every stage file present; OnnxExportError otherwise."""
     root = Path(folder).expanduser()
     path = root / EXPORT_MANIFEST
     if not path.is_file():
-        raise ExportError(f"{path}: no export manifest; run `qwen-vla-ros export --checkpoint DIR --out {root}`")
+        raise OnnxExportError(f"{path}: no export manifest; run `qwen-vla-ros export --checkpoint DIR --out {root}`")
     try:
         manifest = ExportManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as exc:
-        raise ExportError(f"{path}: not valid JSON: {exc}") from exc
+        raise OnnxExportError(f"{path}: not valid JSON: {exc}") from exc
     except ValidationError as exc:
-        raise ExportError(f"{path}: " + "; ".join(describe_validation_error(exc))) from exc
+        raise OnnxExportError(f"{path}: " + "; ".join(describe_validation_error(exc))) from exc
     missing = [name for name in STAGES if name not in manifest.stages]
     if missing:
-        raise ExportError(f"{path}: stages {missing} are missing; re-export")
+        raise OnnxExportError(f"{path}: stages {missing} are missing; re-export")
     absent = [str(root / stage.file) for stage in manifest.stages.values() if not (root / stage.file).is_file()]
     if absent:
-        raise ExportError(f"{path}: model file(s) {absent} are missing; re-export")
+        raise OnnxExportError(f"{path}: model file(s) {absent} are missing; re-export")
     return manifest

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from qwen_vla_ros.config.runtime import TensorRTSettings
+from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.model.engine_cache import (
     EngineKey,
     ProfileShapes,
@@ -51,7 +52,7 @@ INSTALL_HINT = (
 )
 
 
-class TensorRTUnavailable(ImportError):
+class TensorRTUnavailable(QwenVlaError, ImportError):
     """TensorRT cannot be imported; the message says what to install."""
 
 

@@ -28,6 +28,7 @@ from qwen_vla_ros.nodes.ros_contract import Level, create_publisher, diagnostic_
 from qwen_vla_ros.perception.capture import Backoff, CameraCapture
 from qwen_vla_ros.perception.sources import Intrinsics, open_source
 
+
 def camera_info(camera: Camera, stamp_ns: int, frame_id: str, intrinsics: Intrinsics | None) -> CameraInfo:
     """Calibrated when the source knows its intrinsics; otherwise the size only (K all zero,
     ROS's mark of an uncalibrated camera)."""

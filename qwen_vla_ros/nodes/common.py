@@ -21,6 +21,7 @@ from sensor_msgs.msg import JointState
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config import ConfigError, EmbodimentConfig, RuntimeConfig, load_embodiment, load_runtime
 from qwen_vla_ros.config.loader import parse_override
+from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.ros_env import apply_dds_profile, rclpy_origin_problem, security_problem, security_requested
 
 EXIT_BAD_CONFIG = 2
@@ -171,7 +172,7 @@ def low_latency_spinner(threads: int, context: rclpy.context.Context | None = No
         return YieldingMultiThreadedExecutor(num_threads=threads, context=context)
 
 
-class SecureStartError(RuntimeError):
+class SecureStartError(QwenVlaError, RuntimeError):
     """Security was asked for but this node cannot have it: it must not start at all."""
 
 

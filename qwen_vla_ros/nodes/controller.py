@@ -61,7 +61,6 @@ from qwen_vla_ros.contract import (
     role_view,
 )
 from qwen_vla_ros.control import Controller, ControlOutput
-from qwen_vla_ros.control.arbitration import Transition
 from qwen_vla_ros.control.estop import EstopPublisher, estop_problems
 from qwen_vla_ros.control.loop import ControlLoop, LoopClock, Period
 from qwen_vla_ros.embodiments.base import yaw_from_quaternion
@@ -90,6 +89,7 @@ from qwen_vla_ros.nodes.ros_contract import (
     diagnostic_array,
     diagnostic_status,
 )
+from qwen_vla_ros.teleop.arbitration import Transition
 
 EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostics, none waits for another
 # Python's default is 5 ms; why 50 us: docs/architecture.md, "Executors and timing".

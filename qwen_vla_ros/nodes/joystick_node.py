@@ -1,6 +1,6 @@
 """joystick_node: a Linux joystick as sensor_msgs/Joy on relative ``joy``, for machines without ROS's ``joy`` package.
 
-Thin shell over :class:`qwen_vla_ros.joystick.JoystickReader`, which follows joy_node's
+Thin shell over :class:`qwen_vla_ros.teleop.joystick.JoystickReader`, which follows joy_node's
 conventions (axes in -1..1 with up/left positive, deadzone, autorepeat, joydev button
 numbering) and keeps retrying a missing or unplugged device. The reader runs on its own
 thread (blocking in ``select``); rclpy publishers may be used from any thread.
@@ -22,9 +22,9 @@ from sensor_msgs.msg import Joy
 
 from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.contract import JOY_QOS, JOYSTICK_OUTPUT
-from qwen_vla_ros.joystick import Device, JoyState, JoystickReader, open_joystick
 from qwen_vla_ros.nodes.common import run_node
 from qwen_vla_ros.nodes.ros_contract import PUBLISHER_QOS
+from qwen_vla_ros.teleop.joystick import Device, JoyState, JoystickReader, open_joystick
 
 
 class JoystickNode(Node):

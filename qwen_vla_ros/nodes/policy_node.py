@@ -202,7 +202,6 @@ class PolicyNode(Node):
         self._stop.set()
         self._wake.set()
         self.worker.join(timeout=10.0)
-        self.runner.close()
 
 
 def main(args: Sequence[str] | None = None) -> int:

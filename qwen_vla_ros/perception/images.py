@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+
+from qwen_vla_ros.imaging import fit_frame
 
 COLOUR_ENCODINGS = ("rgb8", "bgr8")
 
@@ -52,19 +53,7 @@ def size_mismatch(camera: str, header: ImageHeader, width: int, height: int) -> 
 
 
 def model_rgb(view: np.ndarray, encoding: str, height: int, width: int) -> np.ndarray:
-    """An HxWx3 RGB uint8 frame at the model's resolution from a (read-only) view.
-
-    Resizing first and swapping channels after keeps the swap on the small image; the
-    area filter is used when shrinking, as the model's own preprocessing does.
-    """
+    """An HxWx3 RGB uint8 frame at the model's resolution from a (read-only) view (:func:`fit_frame`)."""
     if encoding not in COLOUR_ENCODINGS:
         raise ValueError(f"cannot make RGB from encoding {encoding!r}")
-    if view.shape[:2] != (height, width):
-        shrinking = view.shape[0] * view.shape[1] > height * width
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        frame = cv2.resize(np.ascontiguousarray(view), (width, height), interpolation=interpolation)
-    else:
-        frame = view
-    if encoding == "bgr8":
-        return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(frame) if frame is view else frame
+    return fit_frame(view, height, width, swap_red_blue=encoding == "bgr8")

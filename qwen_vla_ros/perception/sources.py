@@ -26,13 +26,15 @@ from qwen_vla_ros.config.embodiment import (
     CameraSourceRealsense,
     CameraSourceVideo,
 )
+from qwen_vla_ros.errors import QwenVlaError
+from qwen_vla_ros.imaging import fit_frame
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ROS1_BAG_MAGIC = b"#ROSBAG V2.0"
 MIN_TIMEOUT_S = 1.0
 
 
-class SourceError(RuntimeError):
+class SourceError(QwenVlaError, RuntimeError):
     """The camera cannot be opened or has stopped delivering; the capture loop reconnects."""
 
 
@@ -47,7 +49,7 @@ class Intrinsics:
     distortion_model: str = ""
     coefficients: tuple[float, ...] = ()
 
-    def scaled(self, width: int, height: int) -> "Intrinsics":
+    def scaled(self, width: int, height: int) -> Intrinsics:
         sx, sy = width / self.width, height / self.height
         return replace(self, width=width, height=height, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy)
 
@@ -70,15 +72,11 @@ class FrameSource(Protocol):
 
 def published_image(frame: Frame, camera: Camera) -> tuple[np.ndarray, Intrinsics | None]:
     """The frame at the camera's configured size and encoding, and its intrinsics to match."""
-    image = frame.image
     intrinsics = frame.intrinsics
-    if image.shape[:2] != (camera.height, camera.width):
-        shrinking = image.shape[0] * image.shape[1] > camera.height * camera.width
-        image = cv2.resize(image, (camera.width, camera.height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        intrinsics = intrinsics.scaled(camera.width, camera.height) if intrinsics is not None else None
-    if frame.encoding != camera.encoding:  # cv2: 0.1 ms for 640x480, a reversed numpy copy 3.5 ms
-        image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(image), intrinsics
+    if intrinsics is not None and frame.image.shape[:2] != (camera.height, camera.width):
+        intrinsics = intrinsics.scaled(camera.width, camera.height)
+    image = fit_frame(frame.image, camera.height, camera.width, swap_red_blue=frame.encoding != camera.encoding)
+    return image, intrinsics
 
 
 def capture_stamp(host_time_ns: int | None, ros_now_ns: int, wall_now_ns: int, max_skew_ns: int) -> int:

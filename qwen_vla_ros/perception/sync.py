@@ -17,6 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -28,14 +29,32 @@ from qwen_vla_ros.perception.state import BASE, Odometry, StateAssembler
 FRAMES_KEPT = 8  # per camera: enough to pair a 30 Hz camera with a slower one within tolerance
 READINGS_KEPT = 64  # per arm/base: 0.6 s of 100 Hz joint states
 
-CAMERA_MISSING = "camera_missing"
-CAMERA_STALE = "camera_stale"
-CAMERAS_UNSYNCED = "cameras_unsynced"
-STATE_MISSING = "state_missing"
-STATE_UNSYNCED = "state_unsynced"
-STATE_INVALID = "state_invalid"
-WAITING = "waiting"  # nothing newer than the last observation used: not a fault
-FAULTS = (CAMERA_MISSING, CAMERA_STALE, CAMERAS_UNSYNCED, STATE_MISSING, STATE_UNSYNCED, STATE_INVALID)
+
+class SkipReason(str, Enum):
+    """Why the policy runner did not publish a chunk this time; the value is the text that
+    diagnostics (``skipped.<reason>``) and logs show."""
+
+    # the observation (ObservationSync): input faults, warnings
+    CAMERA_MISSING = "camera_missing"
+    CAMERA_STALE = "camera_stale"
+    CAMERAS_UNSYNCED = "cameras_unsynced"
+    STATE_MISSING = "state_missing"
+    STATE_UNSYNCED = "state_unsynced"
+    STATE_INVALID = "state_invalid"
+    WAITING = "waiting"  # nothing newer than the last observation used: not a fault
+    # the runner (inference.runner): errors
+    BAD_IMAGE = "bad_image"
+    INFERENCE_ERROR = "inference_error"
+    NONFINITE_ACTIONS = "nonfinite_actions"
+
+    def __str__(self) -> str:  # the text, also where Python 3.12's format() would print the member name
+        return self.value
+
+
+FAULTS = (
+    SkipReason.CAMERA_MISSING, SkipReason.CAMERA_STALE, SkipReason.CAMERAS_UNSYNCED,
+    SkipReason.STATE_MISSING, SkipReason.STATE_UNSYNCED, SkipReason.STATE_INVALID,
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +65,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class Skip:
-    reason: str
+    reason: SkipReason
     subject: str  # the camera name, arm name or "base" at fault ("" when none)
     message: str
 
@@ -114,10 +133,10 @@ class ObservationSync:
             newest = [d[-1].stamp_ns for d in readings.values() if d]
             if len(newest) < len(readings):
                 missing = next(r for r, d in readings.items() if not d)
-                return Skip(STATE_MISSING, missing, f"{_describe(missing)}: nothing received yet")
+                return Skip(SkipReason.STATE_MISSING, missing, f"{_describe(missing)}: nothing received yet")
             stamp_ns = min(newest)
         if newer_than_ns is not None and stamp_ns <= newer_than_ns:
-            return Skip(WAITING, "", "no observation newer than the last one used")
+            return Skip(SkipReason.WAITING, "", "no observation newer than the last one used")
         picked = self._choose_readings(readings, stamp_ns)
         if isinstance(picked, Skip):
             return picked
@@ -127,7 +146,7 @@ class ObservationSync:
             state = self.assembler.assemble(joints, odometry)
         except (KeyError, ValueError) as exc:
             message = exc.args[0] if exc.args else str(exc)
-            return Skip(STATE_INVALID, "state", f"state not usable: {message}")
+            return Skip(SkipReason.STATE_INVALID, "state", f"state not usable: {message}")
         return Observation(
             stamp_ns=stamp_ns,
             frames={c: s.value for c, s in chosen.items()},
@@ -139,13 +158,13 @@ class ObservationSync:
     def _choose_frames(self, frames: dict[str, tuple[Sample, ...]], now_ns: int) -> dict[str, Sample] | Skip:
         for camera in self.cameras:
             if not frames[camera]:
-                return Skip(CAMERA_MISSING, camera, f"camera {camera!r}: no frame received")
+                return Skip(SkipReason.CAMERA_MISSING, camera, f"camera {camera!r}: no frame received")
         for camera in self.cameras:
             age_ns = now_ns - frames[camera][-1].stamp_ns
             if abs(age_ns) > self.max_age_ns:
                 when = f"{_seconds(age_ns):.3f} s old" if age_ns > 0 else f"stamped {_seconds(-age_ns):.3f} s in the future"
                 return Skip(
-                    CAMERA_STALE, camera,
+                    SkipReason.CAMERA_STALE, camera,
                     f"camera {camera!r}: newest frame is {when} (max_age {_seconds(self.max_age_ns):g} s)",
                 )
         if not self.cameras:
@@ -156,7 +175,7 @@ class ObservationSync:
         if max(stamps) - min(stamps) > self.sync_tolerance_ns:
             worst = max(self.cameras, key=lambda c: abs(chosen[c].stamp_ns - reference))
             return Skip(
-                CAMERAS_UNSYNCED, worst,
+                SkipReason.CAMERAS_UNSYNCED, worst,
                 f"camera {worst!r}: no frame within {_seconds(self.sync_tolerance_ns):g} s of the others "
                 f"(closest is {_seconds(chosen[worst].stamp_ns - reference):+.3f} s)",
             )
@@ -164,7 +183,7 @@ class ObservationSync:
         age_ns = now_ns - chosen[oldest].stamp_ns
         if age_ns > self.max_age_ns:
             return Skip(
-                CAMERA_STALE, oldest,
+                SkipReason.CAMERA_STALE, oldest,
                 f"camera {oldest!r}: synced frame is {_seconds(age_ns):.3f} s old (max_age {_seconds(self.max_age_ns):g} s)",
             )
         return chosen
@@ -173,12 +192,12 @@ class ObservationSync:
         picked = {}
         for key, samples in readings.items():
             if not samples:
-                return Skip(STATE_MISSING, key, f"{_describe(key)}: nothing received")
+                return Skip(SkipReason.STATE_MISSING, key, f"{_describe(key)}: nothing received")
             sample = _nearest(samples, stamp_ns)
             gap_ns = sample.stamp_ns - stamp_ns
             if abs(gap_ns) > self.state_tolerance_ns:
                 return Skip(
-                    STATE_UNSYNCED, key,
+                    SkipReason.STATE_UNSYNCED, key,
                     f"{_describe(key)}: closest sample is {_seconds(gap_ns):+.3f} s from the observation "
                     f"(state_tolerance {_seconds(self.state_tolerance_ns):g} s)",
                 )

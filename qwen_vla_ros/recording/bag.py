@@ -29,12 +29,14 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.base import TypesysError
 from rosbags.typesys.store import Typestore
 
+from qwen_vla_ros.errors import QwenVlaError
+
 INTERFACES_DIR = Path(__file__).resolve().parent.parent / "interfaces"
 METADATA_FILE = "metadata.yaml"
 BAG_VERSION = 8  # the newest rosbag2 metadata version Humble's ros2 bag reads
 
 
-class BagError(RuntimeError):
+class BagError(QwenVlaError, RuntimeError):
     """A bag could not be written or repaired; the message says which and why."""
 
 

@@ -30,6 +30,7 @@ from qwen_vla_ros.config.embodiment import GripperSource, JointSource, OdometryS
 from qwen_vla_ros.config.loader import parse_override
 from qwen_vla_ros.contract import COMMAND
 from qwen_vla_ros.embodiments.gripper import unlerp
+from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.recording.bag import read_messages, typestore_for_distro
 from qwen_vla_ros.recording.trial import TrialRecord, TrialStore, write_yaml_atomically
 
@@ -38,7 +39,7 @@ FORMATS = ("aloha-hdf5", "lerobot")
 DEFAULT_JPEG_QUALITY = 50  # the ALOHA recorder's COMPRESS setting ("tried as low as 20, seems fine")
 
 
-class ExportError(ValueError):
+class DatasetExportError(QwenVlaError, ValueError):
     """A trial cannot become an episode; the message says which stream is missing or wrong."""
 
 
@@ -92,7 +93,7 @@ def layout_for(config: EmbodimentConfig) -> EpisodeLayout:
             else:
                 columns.append(StateColumn(arm.name, gripper.joint, gripper.joint_open, gripper.joint_close))
         else:
-            raise ExportError(
+            raise DatasetExportError(
                 f"the aloha-hdf5 layout holds joint-space state; embodiment {config.name!r} state channel "
                 f"{channel.name!r} is an end-effector pose ({source.kind})"
             )
@@ -133,18 +134,18 @@ def _command_row(message: Any, channels: Sequence[str]) -> list[float]:
     positions = list(message.position)
     if not message.name:
         if len(positions) != len(channels):
-            raise ExportError(f"unnamed command has {len(positions)} values, expected {len(channels)}")
+            raise DatasetExportError(f"unnamed command has {len(positions)} values, expected {len(channels)}")
         return positions
     named = dict(zip(message.name, positions))
     missing = [c for c in channels if c not in named]
     if missing:
-        raise ExportError(f"command on {COMMAND_TOPIC} lacks action channels {missing}")
+        raise DatasetExportError(f"command on {COMMAND_TOPIC} lacks action channels {missing}")
     return [named[c] for c in channels]
 
 
 def _image(message: Any, camera: str) -> np.ndarray:
     if message.encoding not in ("rgb8", "bgr8"):
-        raise ExportError(f"camera {camera} sends {message.encoding!r}; the episode layout holds rgb8 or bgr8")
+        raise DatasetExportError(f"camera {camera} sends {message.encoding!r}; the episode layout holds rgb8 or bgr8")
     rows = np.asarray(message.data, dtype=np.uint8).reshape(message.height, message.step)
     frame = rows[:, : message.width * 3].reshape(message.height, message.width, 3)
     return frame[..., ::-1] if message.encoding == "bgr8" else frame
@@ -192,18 +193,18 @@ def resample(bag: Path, layout: EpisodeLayout, typestore: Any) -> Resampled:
             name = topic_to_camera[topic]
             shape = (int(message.height), int(message.width), 3)
             if image_shapes.setdefault(name, shape) != shape:
-                raise ExportError(f"camera {name} changes resolution from {image_shapes[name]} to {shape}")
+                raise DatasetExportError(f"camera {name} changes resolution from {image_shapes[name]} to {shape}")
             cameras[name].stamps.append(stamp)
 
     streams = {**{layout.arm_topics[a]: s for a, s in arms.items()}, COMMAND_TOPIC: commands,
                **{layout.cameras[c][0]: s for c, s in cameras.items()}}
     missing = [topic for topic in layout.required_topics if not streams.get(topic, _Series()).stamps]
     if missing:
-        raise ExportError(f"no messages on {missing}")
+        raise DatasetExportError(f"no messages on {missing}")
     start = max(min(s.stamps) for s in streams.values())
     end = min(max(s.stamps) for s in streams.values())
     if end < start:
-        raise ExportError("the recorded streams do not overlap in time")
+        raise DatasetExportError("the recorded streams do not overlap in time")
     period_ns = NS_PER_S / layout.rate_hz
     grid = start + np.round(np.arange(int((end - start) // period_ns) + 1) * period_ns).astype(np.int64)
 
@@ -216,7 +217,7 @@ def resample(bag: Path, layout: EpisodeLayout, typestore: Any) -> Resampled:
             try:
                 qpos[step, column] = spec.value(positions)
             except KeyError:
-                raise ExportError(f"joint states of arm {spec.arm!r} lack joint {spec.joint!r}") from None
+                raise DatasetExportError(f"joint states of arm {spec.arm!r} lack joint {spec.joint!r}") from None
             qvel[step, column] = spec.rate(velocities)
     actions = np.asarray(commands.rows, dtype=np.float32)[commands.hold(grid)]
     frame_rows = {name: _rows_by_sample(series.hold(grid)) for name, series in cameras.items()}
@@ -284,7 +285,7 @@ def _write_jpeg_images(root: Any, images: Any, stream: Iterable[tuple[str, list[
     for name, rows, frame in stream:
         ok, buffer = cv2.imencode(".jpg", frame, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
         if not ok:
-            raise ExportError(f"camera {name}: JPEG encoding failed")
+            raise DatasetExportError(f"camera {name}: JPEG encoding failed")
         for row in rows:
             encoded[name][row] = buffer.reshape(-1)  # held frames share one encoding
     lengths = np.array([[len(b) if b is not None else 0 for b in encoded[name]] for name in cameras])
@@ -351,7 +352,7 @@ def export_trials(
                 if lerobot is None:
                     lerobot = LeRobotWriter(out, layout, record.embodiment)
                 elif layout != lerobot.layout:
-                    raise ExportError("recorded with another embodiment layout than the dataset's first episode")
+                    raise DatasetExportError("recorded with another embodiment layout than the dataset's first episode")
                 typestore = typestore_for_distro()
                 bag = store.bag_dir(record)
                 resampled = resample(bag, layout, typestore)
@@ -362,7 +363,7 @@ def export_trials(
                 attributes = {"trial": record.id, "outcome": record.outcome or "", "instruction": record.instruction,
                               "embodiment": record.embodiment, "control_rate_hz": layout.rate_hz}
                 episode = export_episode(store.bag_dir(record), layout, episode_path, attributes, jpeg_quality)
-        except (ExportError, FileNotFoundError, KeyError, ValueError) as exc:
+        except (DatasetExportError, FileNotFoundError, KeyError, ValueError) as exc:
             result.failures.append((record, str(exc)))
             continue
         result.episodes.append((record, episode))

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from qwen_vla_ros.recording.export import EpisodeLayout, ExportError, Resampled
+from qwen_vla_ros.recording.export import DatasetExportError, EpisodeLayout, Resampled
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -97,11 +97,11 @@ class LeRobotWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_CODEC[0]), self.fps, (shape[1], shape[0]))
             if not writer.isOpened():
-                raise ExportError(f"OpenCV cannot write {VIDEO_CODEC[1]} video to {path}")
+                raise DatasetExportError(f"OpenCV cannot write {VIDEO_CODEC[1]} video to {path}")
             self.videos[camera], self.shapes[camera] = writer, shape
             self.image_stats[camera], self.frames_written[camera] = _ImageStats(), 0
         elif self.shapes[camera] != shape:
-            raise ExportError(f"camera {camera} is {shape} here but {self.shapes[camera]} in an earlier episode; "
+            raise DatasetExportError(f"camera {camera} is {shape} here but {self.shapes[camera]} in an earlier episode; "
                               "one LeRobot video holds one resolution")
         return self.videos[camera]
 
@@ -110,7 +110,7 @@ class LeRobotWriter:
         import cv2
 
         if set(resampled.image_shapes) != set(self.layout.cameras):
-            raise ExportError(f"cameras {sorted(resampled.image_shapes)} differ from {sorted(self.layout.cameras)}")
+            raise DatasetExportError(f"cameras {sorted(resampled.image_shapes)} differ from {sorted(self.layout.cameras)}")
         episode = len(self.episodes)
         steps = len(resampled.grid)
         first_row = len(self.columns["index"])
@@ -120,7 +120,7 @@ class LeRobotWriter:
         for camera, rows, frame in frames:
             writer = self._video(camera, resampled.image_shapes[camera])
             if rows[0] != written[camera]:
-                raise ExportError(f"camera {camera}: frames out of row order at row {rows[0]}")
+                raise DatasetExportError(f"camera {camera}: frames out of row order at row {rows[0]}")
             bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
             for _ in rows:
                 writer.write(bgr)
@@ -128,7 +128,7 @@ class LeRobotWriter:
             self.image_stats[camera].add(frame, len(rows))
         for camera, count in written.items():
             if count != steps:
-                raise ExportError(f"camera {camera}: {count} frames for {steps} rows")
+                raise DatasetExportError(f"camera {camera}: {count} frames for {steps} rows")
             self.frames_written[camera] = video_start.get(camera, 0) + count
         self.columns["observation.state"] += resampled.qpos.tolist()
         self.columns["action"] += resampled.actions.tolist()

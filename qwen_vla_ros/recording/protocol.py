@@ -94,7 +94,7 @@ class Protocol(StrictModel):
         return factors
 
     @model_validator(mode="after")
-    def _design_is_complete(self) -> "Protocol":
+    def _design_is_complete(self) -> Protocol:
         if self.design == "explicit":
             if not self.conditions:
                 raise ValueError("design 'explicit' needs a non-empty 'conditions' list")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.contract import SIM_SUCCESS
+from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.recording.bag import BagError, BagSummary, BagWriter, repair_bag
 from qwen_vla_ros.recording.protocol import Condition, NextTrial, Protocol, announce, next_trial
 from qwen_vla_ros.recording.trial import VERDICTS, Intervention, Outcome, TopicCounts, TrialRecord, TrialStore, iso_time
@@ -21,7 +22,7 @@ from qwen_vla_ros.recording.writer import BagRecorder, MessageQueue, QueuedMessa
 TELEOP_MODE = "teleop"
 
 
-class TrialError(RuntimeError):
+class TrialError(QwenVlaError, RuntimeError):
     """A request that cannot be honoured in the current state (start while recording, ...)."""
 
 

@@ -17,68 +17,23 @@ The idea is twist_mux's, made sticky where safety needs it:
 
 Button functions other than the deadman fire on the rising edge, judged against the last
 message that had not expired; joy_node's autorepeat therefore never fires them twice.
-Pure logic on :class:`Joy` values and ``now_ns``; :class:`qwen_vla_ros.control.Controller`
-applies the transitions.
+Pure logic on :class:`~qwen_vla_ros.teleop.mapping.Joy` values and ``now_ns``;
+:class:`qwen_vla_ros.control.Controller` applies the transitions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
 from qwen_vla_ros.chunk import NS_PER_S
-from qwen_vla_ros.config.embodiment import AxisButton, Teleop, TeleopButtons
+from qwen_vla_ros.config.embodiment import Teleop, TeleopButtons
+from qwen_vla_ros.teleop.mapping import Joy
 
 ArbitrationMode = Literal["policy", "teleop", "hold"]
 # Button functions that fire on a press; the deadman is a level, not an event.
 EVENT_BUTTONS = (
     "estop", "resume_policy", "arm_select", "jog_mode", "trial_start", "trial_success", "trial_failure", "trial_abort",
 )
-
-
-def apply_deadzone(values: np.ndarray, deadzone: float) -> np.ndarray:
-    """joy_node's deadzone: values within it read 0, the rest is rescaled so full deflection stays 1."""
-    values = np.asarray(values, dtype=float)
-    if deadzone <= 0:
-        return values
-    magnitude = np.maximum(np.abs(values) - deadzone, 0.0) / (1.0 - deadzone)
-    return np.sign(values) * np.minimum(magnitude, 1.0)
-
-
-@dataclass(frozen=True)
-class Joy:
-    """One Joy message, checked against the configured mapping; axes are past the deadzone."""
-
-    axes: np.ndarray
-    buttons: np.ndarray  # bool
-    received_ns: int
-
-    def pressed(self, binding: int | AxisButton | None) -> bool:
-        if binding is None:
-            return False
-        if isinstance(binding, AxisButton):
-            return binding.pressed(float(self.axes[binding.axis]))
-        return bool(self.buttons[binding])
-
-    def axis(self, index: int | None) -> float:
-        return 0.0 if index is None else float(self.axes[index])
-
-
-def parse_joy(axes: list[float] | np.ndarray, buttons: list[int] | np.ndarray, teleop: Teleop, now_ns: int) -> Joy:
-    """ValueError when the message cannot drive this mapping: a different gamepad, or a broken driver."""
-    axes = np.asarray(axes, dtype=float)
-    buttons = np.asarray(buttons)
-    if len(buttons) <= teleop.max_button:
-        raise ValueError(
-            f"Joy has {len(buttons)} buttons but teleop.buttons uses index {teleop.max_button}; "
-            "check the gamepad or the embodiment's teleop mapping"
-        )
-    if len(axes) <= teleop.max_axis:
-        raise ValueError(f"Joy has {len(axes)} axes but the teleop mapping uses axis {teleop.max_axis}")
-    if not np.all(np.isfinite(axes)):
-        raise ValueError(f"Joy axes are not finite: {axes.tolist()}")
-    return Joy(apply_deadzone(axes, teleop.axis_deadzone), buttons != 0, now_ns)
 
 
 @dataclass(frozen=True)
@@ -115,9 +70,10 @@ class Arbiter:
         """Button events that fired (``EVENT_BUTTONS`` names, plus ``resume_ignored``) and mode transitions, in order."""
         before = self.live_joy(joy.received_ns)
         self.joy = joy
+        bindings = {name: getattr(self.buttons, name) for name in EVENT_BUTTONS}
         events = [
-            name for name in EVENT_BUTTONS
-            if joy.pressed(getattr(self.buttons, name)) and not (before is not None and before.pressed(getattr(self.buttons, name)))
+            name for name, binding in bindings.items()
+            if joy.pressed(binding) and not (before is not None and before.pressed(binding))
         ]
         transitions: list[Transition | None] = []
         if "estop" in events and self.mode == "policy":

@@ -35,7 +35,7 @@ import evdev
 import numpy as np
 from evdev import ecodes
 
-from qwen_vla_ros.control.arbitration import apply_deadzone
+from qwen_vla_ros.teleop.mapping import apply_deadzone
 
 POLL_S = 0.1  # longest wait in select(): how quickly a stop request is noticed
 RETRY_LOG_EVERY = 30  # a device that stays missing is logged again every this many attempts

@@ -20,28 +20,55 @@ jumps and a jog that the rate limits slow down never winds up:
 
 Channels nothing drives hold the command. The Joy the source reads is the arbiter's last
 one (still valid until it expires, as in twist_mux).
+
+The command vector's layout comes in through the small protocols below, which
+:class:`qwen_vla_ros.control.layout.CommandLayout` satisfies: the controller composes
+teleop, so teleop must not import control back.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import modern_robotics as mr
 import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
-from qwen_vla_ros.config.embodiment import EmbodimentConfig, LeaderFollow, TeleopArm
-from qwen_vla_ros.control.arbitration import Joy
-from qwen_vla_ros.control.feedback import Feedback
-from qwen_vla_ros.control.layout import ArmLayout, CommandLayout
+from qwen_vla_ros.config.embodiment import Arm, EmbodimentConfig, LeaderFollow, TeleopArm
 from qwen_vla_ros.embodiments.gripper import unlerp
 from qwen_vla_ros.embodiments.ik import ArmIK, apply_ee_delta
+from qwen_vla_ros.teleop.mapping import Joy
 
 JogMode = Literal["cartesian", "joint"]
 # A jog step is a few millimetres from the last command, which Gauss-Newton closes in one or two
 # iterations; needing more means the step leaves the workspace, and every iteration costs control time.
 JOG_IK_ITERATIONS = 4
+
+
+class ArmChannels(Protocol):
+    """Where one arm's joints and gripper sit in the command vector."""
+
+    @property
+    def arm(self) -> Arm: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def joint_index(self) -> np.ndarray: ...
+    @property
+    def gripper_index(self) -> int | None: ...
+
+
+class BaseChannels(Protocol):
+    @property
+    def command_index(self) -> np.ndarray: ...  # (v, omega)
+
+
+class CommandChannels(Protocol):
+    @property
+    def arms(self) -> Sequence[ArmChannels]: ...
+    @property
+    def base(self) -> BaseChannels | None: ...
 
 
 @dataclass(frozen=True)
@@ -54,7 +81,7 @@ class LeaderSample:
 class LeaderArms:
     """Latest leader joint states per follower arm, converted to the follower's command units."""
 
-    def __init__(self, settings: LeaderFollow, layout: CommandLayout, timeout_s: float):
+    def __init__(self, settings: LeaderFollow, layout: CommandChannels, timeout_s: float):
         self.settings = settings
         self.timeout_ns = round(timeout_s * NS_PER_S)
         self.arms = {arm.name: arm for arm in layout.arms if settings.enabled and arm.name in settings.topics}
@@ -65,7 +92,7 @@ class LeaderArms:
         if arm not in self.arms:
             raise KeyError(f"no leader is configured for arm {arm!r}; leaders: {sorted(self.arms)}")
         layout = self.arms[arm]
-        values: Mapping[str, float] = dict(zip(names, positions))
+        values: Mapping[str, float] = dict(zip(names, positions, strict=False))
         joint_names = self.settings.joint_names or layout.arm.joint_names
         missing = [name for name in joint_names if name not in values]
         gripper = None
@@ -91,7 +118,7 @@ class LeaderArms:
 class TeleopSource:
     name = "teleop"
 
-    def __init__(self, config: EmbodimentConfig, layout: CommandLayout):
+    def __init__(self, config: EmbodimentConfig, layout: CommandChannels):
         self.config = config
         self.layout = layout
         self.settings = config.teleop
@@ -99,7 +126,7 @@ class TeleopSource:
         self.leaders = LeaderArms(config.teleop.leader_follow, layout, config.safety.joint_state_timeout_s)
         jogged = [arm for arm in layout.arms if arm.name not in self.leaders.arms]
         self.jog: TeleopArm | None = config.teleop.arm if jogged else None
-        self.jog_arms: tuple[ArmLayout, ...] = tuple(jogged) if self.jog else ()
+        self.jog_arms: tuple[ArmChannels, ...] = tuple(jogged) if self.jog else ()
         self.iks = {arm.name: self._jog_ik(arm) for arm in self.jog_arms}
         self.selected = 0
         self.mode: JogMode = self.jog.mode if self.jog else "cartesian"
@@ -109,7 +136,7 @@ class TeleopSource:
         self._target: np.ndarray | None = None
 
     @staticmethod
-    def _jog_ik(arm: ArmLayout) -> ArmIK:
+    def _jog_ik(arm: ArmChannels) -> ArmIK:
         ik = ArmIK.from_config(arm.arm)
         ik.settings = ik.settings.model_copy(update={"ik_max_iterations": JOG_IK_ITERATIONS})
         return ik
@@ -141,11 +168,11 @@ class TeleopSource:
             self._drive_base(target, joy)
             if self.jog_arms and self.jog is not None:
                 self._jog(target, self.jog_arms[self.selected], self.jog, joy, dt_s)
-        for name, arm in self.leaders.arms.items():
+        for arm in self.leaders.arms.values():
             self._follow(target, arm, now_ns)
         self._target = target
 
-    def target(self, now_ns: int, feedback: Feedback) -> np.ndarray | None:
+    def target(self, now_ns: int, feedback: object) -> np.ndarray | None:
         return self._target
 
     # -- parts ------------------------------------------------------------------------------
@@ -162,7 +189,7 @@ class TeleopSource:
             turbo * mapping.scale_angular * joy.axis(mapping.axis_angular),
         )
 
-    def _jog(self, target: np.ndarray, arm: ArmLayout, jog: TeleopArm, joy: Joy, dt_s: float) -> None:
+    def _jog(self, target: np.ndarray, arm: ArmChannels, jog: TeleopArm, joy: Joy, dt_s: float) -> None:
         step = dt_s * self._turbo(joy, jog.turbo_scale)
         joints = target[arm.joint_index]
         if self.mode == "joint":
@@ -183,7 +210,7 @@ class TeleopSource:
             direction = float(joy.pressed(buttons.gripper_open)) - float(joy.pressed(buttons.gripper_close))
             target[arm.gripper_index] += direction * jog.gripper_speed * step
 
-    def _follow(self, target: np.ndarray, arm: ArmLayout, now_ns: int) -> None:
+    def _follow(self, target: np.ndarray, arm: ArmChannels, now_ns: int) -> None:
         channels = arm.joint_index if arm.gripper_index is None else np.r_[arm.joint_index, arm.gripper_index]
         sample = self.leaders.fresh(arm.name, now_ns)
         if sample is None:
