@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from qwen_vla_ros.bringup.cli import add_parser as _add_up
 from qwen_vla_ros.bringup.demo import add_parser as _add_demo
-from qwen_vla_ros.config import ConfigError, load_any
+from qwen_vla_ros.config import ConfigError, load_any, parse_override
 from qwen_vla_ros.config.summary import summarize
 from qwen_vla_ros.interfaces import build as build_interfaces
 from qwen_vla_ros.model.commands import add_bench_parser, add_export_parser, add_make_checkpoint_parser
@@ -23,9 +23,10 @@ EXIT_BAD_INPUT = 2
 
 def _check_config(args: argparse.Namespace) -> int:
     failed = 0
+    overrides = dict(parse_override(text) for text in args.override)
     for path in args.files:
         try:
-            config = load_any(path)
+            config = load_any(path, overrides)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             failed += 1
@@ -39,6 +40,10 @@ def _check_config(args: argparse.Namespace) -> int:
 def _add_check_config(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("check-config", help="validate embodiment, runtime or OOD protocol YAML files")
     parser.add_argument("files", nargs="+", help="YAML files to validate")
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="dotted key set before validation, as a node's config_overrides (repeatable)",
+    )
     parser.set_defaults(handler=_check_config)
 
 

@@ -33,12 +33,12 @@ def test_shipped_sim_sections() -> None:
 @pytest.mark.parametrize(
     "override, fragments",
     [
-        ({"sim.randomization.light_scale": [1.5, 0.5]}, ["sim.mujoco_aloha.randomization.light_scale", "must not exceed"]),
-        ({"sim.randomization.object_x": [0.1]}, ["sim.mujoco_aloha.randomization.object_x", "[lower, upper]"]),
+        ({"sim.randomization.light_scale": [1.5, 0.5]}, ["sim.randomization.light_scale", "must not exceed"]),
+        ({"sim.randomization.object_x": [0.1]}, ["sim.randomization.object_x", "[lower, upper]"]),
         ({"sim.randomization.table_rgb": [[0, 1], [0, 1], [0, 2]]}, ["table_rgb", "[0, 1]"]),
         ({"sim.mjcf_arms": {"left": "vx300s_left"}}, ["sim.mjcf_arms", "'right'"]),
         ({"sim.camera_map": {"cam_side": "top"}}, ["camera_map", "cam_side"]),
-        ({"sim.success": "stacked"}, ["sim.mujoco_aloha.success", "'stacked'"]),
+        ({"sim.success": "stacked"}, ["sim.success", "'stacked'"]),
     ],
 )
 def test_bad_sim_settings_name_the_field(override: dict, fragments: list[str]) -> None:

@@ -18,10 +18,19 @@ ChannelUnit = Literal["rad", "m", "normalized", "m/s", "rad/s"]
 Interpolation = Literal["linear", "cubic_hermite", "minimum_jerk"]
 
 
-class StrictModel(BaseModel):
-    """Base for all config models: unknown keys are errors, values are validated on assignment."""
+MAX_RATE_HZ = 10_000.0
+"""Highest rate any config may ask for (servo, camera, replanning, heartbeat): a value above it
+is a typo (a period written as a rate) and would starve the host, so it is refused."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+class StrictModel(BaseModel):
+    """Base for all config models: unknown keys are errors, values are validated on assignment.
+
+    No float anywhere may be ``.inf`` or ``.nan``: an infinite limit, rate, timeout or
+    tolerance switches its check off without saying so, and NaN compares false both ways.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 def require_unique(names: list[str], what: str) -> list[str]:
@@ -38,8 +47,10 @@ class Limits(StrictModel):
     For a joint these are position (rad or m), velocity and acceleration. For a channel that
     is itself a velocity (a base's v or omega) ``lower``/``upper`` bound the velocity,
     ``velocity`` bounds its rate of change (acceleration) and ``acceleration`` its jerk.
-    A derivative bound left empty is not enforced in that space (e.g. end-effector deltas
-    whose rates are enforced after IK in joint space).
+    A derivative bound left empty is not enforced in that space. Only action channels whose
+    values are not commanded as they are may leave them empty (end-effector deltas: their
+    rates are enforced after IK, on the arm's joints); joint-space command channels (a
+    driver joint, a gripper motor) must set both, see :func:`require_rate_limits`.
     """
 
     lower: float
@@ -62,6 +73,18 @@ class Limits(StrictModel):
             if mine is not None and (theirs is None or theirs > mine):
                 inside = False
         return inside
+
+
+def require_rate_limits(limits: Limits) -> Limits:
+    """A joint-space command channel without a velocity or acceleration bound would be sent
+    steps of any size: the controller's rate limiter has nothing to enforce."""
+    missing = [name for name in ("velocity", "acceleration") if getattr(limits, name) is None]
+    if missing:
+        raise ValueError(
+            f"a joint-space command channel needs finite {' and '.join(missing)} limits "
+            "(only end-effector delta action channels may leave them empty)"
+        )
+    return limits
 
 
 class ActionChannel(StrictModel):
@@ -225,8 +248,8 @@ class Normalization(StrictModel):
 class ControlTiming(StrictModel):
     """Servo rate of the controller and the time grid of the policy's action chunks."""
 
-    rate_hz: float = Field(gt=0, description="controller servo rate")
-    action_dt: float = Field(gt=0, description="seconds between consecutive actions in a chunk")
+    rate_hz: float = Field(gt=0, le=MAX_RATE_HZ, description="controller servo rate")
+    action_dt: float = Field(ge=1 / MAX_RATE_HZ, description="seconds between consecutive actions in a chunk")
     chunk_length: int = Field(gt=0, description="actions per chunk the embodiment expects")
     interpolation: Interpolation = "cubic_hermite"
     committed_steps: int = Field(
@@ -283,7 +306,7 @@ class Camera(StrictModel):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     encoding: Literal["rgb8", "bgr8"] = "rgb8"
-    fps: float = Field(default=30.0, gt=0)
+    fps: float = Field(default=30.0, gt=0, le=MAX_RATE_HZ)
     source: CameraSource = Field(default_factory=CameraSourceTopic)
 
 
@@ -298,6 +321,11 @@ class ArmJoint(StrictModel):
     channel: str | None = None
     limits: Limits
 
+    @field_validator("limits")
+    @classmethod
+    def _rate_limited(cls, limits: Limits) -> Limits:
+        return require_rate_limits(limits)
+
 
 class Gripper(StrictModel):
     """Constants that map the normalised 0 (closed) .. 1 (open) gripper to the driver's units."""
@@ -311,6 +339,11 @@ class Gripper(StrictModel):
     finger_close: float
     state_from: Literal["finger", "joint"] = "finger"
     limits: Limits = Field(description="limits of the gripper motor joint, radians")
+
+    @field_validator("limits")
+    @classmethod
+    def _rate_limited(cls, limits: Limits) -> Limits:
+        return require_rate_limits(limits)
 
     @model_validator(mode="after")
     def _distinct(self) -> "Gripper":
@@ -659,7 +692,7 @@ class Interval(StrictModel):
 class SimCommon(StrictModel):
     """Settings every simulator shares: camera rendering, and the base when the embodiment has one."""
 
-    camera_rate_hz: float = Field(default=10.0, ge=0, description="0 renders no cameras")
+    camera_rate_hz: float = Field(default=10.0, ge=0, le=MAX_RATE_HZ, description="0 renders no cameras")
     render_width: int = Field(default=320, gt=0)
     render_height: int = Field(default=240, gt=0)
     cmd_vel_timeout_s: float = Field(

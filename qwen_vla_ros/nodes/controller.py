@@ -79,6 +79,12 @@ def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
 
 class ControllerNode(Node):
     def __init__(self, default_embodiment: str = "aloha") -> None:
+        # What destroy_node needs exists before anything can fail: rclpy destroys a node whose
+        # construction raised (a bad config) when the context shuts down.
+        self.stopping = threading.Event()
+        self.chunk_queue: queue.SimpleQueue[JointTrajectory | None] = queue.SimpleQueue()
+        self.chunk_thread = threading.Thread(target=self._chunk_worker, name="chunks", daemon=True)
+        self.loop_thread: threading.Thread | None = None
         super().__init__("qwen_vla_controller")
         embodiment, runtime = declare_configs(self, default_embodiment)
         state_rate = float(self.declare_parameter("state_rate_hz", 2.0).value)
@@ -105,8 +111,6 @@ class ControllerNode(Node):
         if self.core.layout.base is not None:
             self.create_subscription(Odometry, embodiment.base.odom_topic, self._on_odometry, qos_profile_sensor_data,
                                      callback_group=inputs)
-        self.chunk_queue: queue.SimpleQueue[JointTrajectory | None] = queue.SimpleQueue()
-        self.chunk_thread = threading.Thread(target=self._chunk_worker, name="chunks", daemon=True)
         self.create_subscription(JointTrajectory, CHUNK_TOPIC, self.chunk_queue.put, reliable, callback_group=inputs)
         self.create_subscription(Bool, embodiment.safety.estop_topic, self._on_estop, latched, callback_group=inputs)
         self.create_service(Trigger, ESTOP_RESET_SERVICE, self._on_estop_reset, callback_group=inputs)
@@ -134,11 +138,9 @@ class ControllerNode(Node):
         self.periods = 0
         self.chunk_thread.start()
         self.deadlines = Deadlines(self.core.period_ns, time.monotonic_ns())
-        self.stopping = threading.Event()
         # Released by the Joy callback at a takeover; the loop sleeps on it instead of time.sleep.
         self.takeover = threading.Lock()
         self.takeover.acquire()
-        self.loop_thread: threading.Thread | None = None
         if self.get_parameter("use_sim_time").value:
             self.create_timer(self.core.period_s, self._control_period, callback_group=MutuallyExclusiveCallbackGroup())
         else:
@@ -316,10 +318,11 @@ class ControllerNode(Node):
 
     def destroy_node(self) -> None:
         self.stopping.set()
-        self._wake_loop()  # so it sees the stop at once
         self.chunk_queue.put(None)
-        self.chunk_thread.join(timeout=1.0)
+        if self.chunk_thread.is_alive():
+            self.chunk_thread.join(timeout=1.0)
         if self.loop_thread is not None:
+            self._wake_loop()  # so it sees the stop at once
             self.loop_thread.join(timeout=1.0)
         super().destroy_node()
 
