@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from qwen_vla_ros.config import ConfigError, load_embodiment, parse_override
-from qwen_vla_ros.config.embodiment import ForwardCommandOutput, KinematicBaseSim, MujocoAlohaSim
+from qwen_vla_ros.config.hardware import ForwardCommandOutput
+from qwen_vla_ros.config.sim import KinematicBaseSim, MujocoAlohaSim
 
 
 def test_the_runner_override_switches_the_arms_to_forward_command() -> None:

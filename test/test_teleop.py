@@ -12,7 +12,7 @@ from helpers.robots import ALOHA_START, FollowingRobot, aloha_action, assert_wit
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import load_embodiment, load_runtime
-from qwen_vla_ros.config.embodiment import AxisButton
+from qwen_vla_ros.config.teleop import AxisButton
 from qwen_vla_ros.control import Controller
 from qwen_vla_ros.control.arbitration import Arbiter, apply_deadzone, parse_joy
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy

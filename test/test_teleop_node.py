@@ -26,7 +26,7 @@ from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
-from qwen_vla_ros.config.embodiment import AxisButton  # noqa: E402
+from qwen_vla_ros.config.teleop import AxisButton  # noqa: E402
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy  # noqa: E402
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics  # noqa: E402
 from qwen_vla_ros.nodes.common import ns_to_time  # noqa: E402

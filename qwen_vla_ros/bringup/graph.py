@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, parse_override
-from qwen_vla_ros.config.embodiment import EmbodimentConfig, InterbotixOutput, TwistOutput
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.hardware import InterbotixOutput, TwistOutput
 from qwen_vla_ros.ros_env import DDS_PROFILE_ENV, dds_profile_path
 
 PACKAGE = "qwen_vla_ros"

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from qwen_vla_ros.config.embodiment import MAX_RATE_HZ, StrictModel
+from qwen_vla_ros.config.base import MAX_RATE_HZ, StrictModel
 
 Backend = Literal["torch", "onnxruntime", "tensorrt"]
 

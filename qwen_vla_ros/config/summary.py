@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from qwen_vla_ros.config.embodiment import EmbodimentConfig, InterbotixOutput, TwistOutput
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.hardware import InterbotixOutput, TwistOutput
 from qwen_vla_ros.config.runtime import RuntimeConfig
 
 if TYPE_CHECKING:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from qwen_vla_ros.paths import urdf_dir
 
 if TYPE_CHECKING:
-    from qwen_vla_ros.config.embodiment import EmbodimentConfig, Limits
+    from qwen_vla_ros.config.base import Limits
+    from qwen_vla_ros.config.embodiment import EmbodimentConfig
 
 TOLERANCE = 1e-9
 """Slack for limits copied from the URDF and written with the same digits."""

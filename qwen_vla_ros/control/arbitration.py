@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
-from qwen_vla_ros.config.embodiment import AxisButton, Teleop, TeleopButtons
+from qwen_vla_ros.config.teleop import AxisButton, Teleop, TeleopButtons
 
 ArbitrationMode = Literal["policy", "teleop", "hold"]
 # Button functions that fire on a press; the deadman is a level, not an event.

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import Arm, Base, EmbodimentConfig, Gripper, Limits
+from qwen_vla_ros.config.base import Limits
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.hardware import Arm, Base, Gripper
 from qwen_vla_ros.embodiments.gripper import normalized_limits, normalized_to_joint
 
 WAYPOINT_COMMAND_CHANNELS = ("base_linear", "base_angular")

@@ -31,7 +31,8 @@ import modern_robotics as mr
 import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
-from qwen_vla_ros.config.embodiment import EmbodimentConfig, LeaderFollow, TeleopArm
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.teleop import LeaderFollow, TeleopArm
 from qwen_vla_ros.control.arbitration import Joy
 from qwen_vla_ros.control.feedback import Feedback
 from qwen_vla_ros.control.layout import ArmLayout, CommandLayout

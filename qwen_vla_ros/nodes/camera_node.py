@@ -22,7 +22,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
 from qwen_vla_ros.config import ConfigError
-from qwen_vla_ros.config.embodiment import Camera, CameraSourceTopic
+from qwen_vla_ros.config.hardware import Camera, CameraSourceTopic
 from qwen_vla_ros.nodes.common import declare_configs, image_to_msg, ns_to_time, run_node
 from qwen_vla_ros.nodes.heartbeat import Heartbeat
 from qwen_vla_ros.perception.capture import Backoff, CameraCapture

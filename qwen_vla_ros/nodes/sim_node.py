@@ -30,13 +30,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from qwen_vla_ros.config import ConfigError
-from qwen_vla_ros.config.embodiment import (
-    Arm,
-    ForwardCommandOutput,
-    InterbotixOutput,
-    JointTrajectoryOutput,
-    TwistOutput,
-)
+from qwen_vla_ros.config.hardware import Arm, ForwardCommandOutput, InterbotixOutput, JointTrajectoryOutput, TwistOutput
 from qwen_vla_ros.nodes.common import declare_configs, image_to_msg, ns_to_time, run_node
 from qwen_vla_ros.sim.commands import (
     ArmCommand,

@@ -20,12 +20,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import (
-    Camera,
-    CameraSourceBag,
-    CameraSourceRealsense,
-    CameraSourceVideo,
-)
+from qwen_vla_ros.config.hardware import Camera, CameraSourceBag, CameraSourceRealsense, CameraSourceVideo
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ROS1_BAG_MAGIC = b"#ROSBAG V2.0"

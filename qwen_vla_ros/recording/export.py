@@ -25,8 +25,8 @@ import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config import EmbodimentConfig, load_embodiment
-from qwen_vla_ros.config.embodiment import GripperSource, JointSource, OdometrySource
 from qwen_vla_ros.config.loader import parse_override
+from qwen_vla_ros.config.spaces import GripperSource, JointSource, OdometrySource
 from qwen_vla_ros.embodiments.gripper import unlerp
 from qwen_vla_ros.recording.bag import read_messages, typestore_for_distro
 from qwen_vla_ros.recording.trial import TrialRecord, TrialStore, write_yaml_atomically

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from qwen_vla_ros.config.embodiment import StrictModel, require_unique
+from qwen_vla_ros.config.base import StrictModel, require_unique
 from qwen_vla_ros.config.loader import read_yaml, validate
 
 Condition = dict[str, str]

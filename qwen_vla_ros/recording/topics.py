@@ -3,13 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from qwen_vla_ros.config.embodiment import (
-    EmbodimentConfig,
-    ForwardCommandOutput,
-    InterbotixOutput,
-    JointTrajectoryOutput,
-    TwistOutput,
-)
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.hardware import ForwardCommandOutput, InterbotixOutput, JointTrajectoryOutput, TwistOutput
 
 IMAGE = "sensor_msgs/msg/Image"
 JOINT_STATE = "sensor_msgs/msg/JointState"

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import Arm, Base, Limits
+from qwen_vla_ros.config.base import Limits
+from qwen_vla_ros.config.hardware import Arm, Base
 from qwen_vla_ros.embodiments.gripper import (
     normalized_to_finger,
     normalized_to_joint,
