@@ -292,20 +292,16 @@ def load_runtime(path: str | Path | None = None, overrides: Mapping[str, Any] | 
     return validate(RuntimeConfig, data, str(source), overrides)
 
 
-def detect_kind(data: Mapping[str, Any]) -> type[BaseModel]:
-    """Embodiment files have an action space, OOD protocols have factors; runtime files neither."""
-    if "factors" in data:
-        from qwen_vla_ros.recording.protocol import Protocol  # recording builds on config, not the reverse
+def validate_config(
+    data: dict[str, Any], source: str, overrides: Mapping[str, Any] | None = None
+) -> EmbodimentConfig | RuntimeConfig:
+    """An embodiment or a runtime file, told apart by its keys (embodiments have an action space).
 
-        return Protocol
-    return EmbodimentConfig if "action" in data or "arms" in data or "prompt" in data else RuntimeConfig
-
-
-def load_any(path: str | Path, overrides: Mapping[str, Any] | None = None) -> BaseModel:
-    source = Path(path).expanduser()
+    Files of layers above config (OOD protocols) are told apart by whoever may import both:
+    the ``check-config`` command.
+    """
     overrides = overrides or {}
-    data = apply_overrides(read_yaml(source), overrides, str(source))
-    kind = detect_kind(data)
-    if kind is EmbodimentConfig:
-        return validate_embodiment(data, str(source), overrides)
-    return validate(kind, data, str(source), overrides)
+    data = apply_overrides(data, overrides, source)
+    if "action" in data or "arms" in data or "prompt" in data:
+        return validate_embodiment(data, source, overrides)
+    return validate(RuntimeConfig, data, source, overrides)

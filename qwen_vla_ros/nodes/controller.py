@@ -130,7 +130,7 @@ class ControllerNode(Node):
         self.published_mode: str | None = None
         self._publish_mode([])
 
-        publish_committed = committed_rate > 0 and self.core.layout.commands_are_actions
+        publish_committed = committed_rate > 0 and embodiment.commands_are_actions
         self.committed_every = max(1, round(embodiment.control.rate_hz / committed_rate)) if publish_committed else 0
         if committed_rate > 0 and not publish_committed:
             self.get_logger().info(f"{embodiment.name}: no {COMMITTED_TOPIC}, its commands {self.names} are not its "

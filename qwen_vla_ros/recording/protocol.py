@@ -197,6 +197,24 @@ def next_trial(protocol: Protocol, completed: Iterable[Mapping[str, str]]) -> Ne
     return None
 
 
+def is_protocol(data: Mapping[str, Any]) -> bool:
+    """Whether YAML data is a protocol file (it has factors) rather than a config file."""
+    return "factors" in data
+
+
+def summarize_protocol(protocol: Protocol) -> str:
+    """One-screen summary for ``check-config``."""
+    conditions = protocol.condition_list()
+    lines = [
+        f"protocol     {protocol.name}  (task {protocol.task or '-'})",
+        f"design       {protocol.design}, {len(conditions)} conditions x {protocol.trials_per_condition} trials "
+        f"= {len(protocol.schedule())} trials, order {protocol.order}",
+        f"instruction  {protocol.instruction}",
+    ]
+    lines += [f"factor       {f.name}: {', '.join(f.level_names)}" for f in protocol.factors]
+    return "\n".join(lines)
+
+
 def load_protocol(path: str | Path) -> Protocol:
     """Raises ConfigError with one line per fault (field path and value)."""
     source = Path(path).expanduser()
