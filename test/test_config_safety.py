@@ -312,3 +312,16 @@ def test_controller_node_refuses_an_unsafe_override(kind: str, ros_domain) -> No
     output = child.communicate(timeout=60)[0]
     assert child.returncode == 2, output
     assert fragment in output and "Traceback" not in output and "AttributeError" not in output, output
+
+
+@pytest.mark.parametrize("module", ["policy_node", "sim_node", "camera_node", "trial_recorder"])
+def test_every_config_loading_node_refuses_a_bad_override(module: str, ros_domain, tmp_path: Path) -> None:
+    """Each node that loads the embodiment exits 2 naming the override, before touching anything else."""
+    env = dict(ros_domain.env, HOME=str(tmp_path))
+    child = ros_domain.start_process(
+        "-m", f"qwen_vla_ros.nodes.{module}", "--ros-args", "-p", "config:=aloha",
+        "-p", "config_overrides:=['cameras.9.fps=30']", env=env,
+    )
+    output = child.communicate(timeout=90)[0]
+    assert child.returncode == 2, output
+    assert "cameras.9.fps" in output and "Traceback" not in output, output
