@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import xacro
+
 from qwen_vla_ros.paths import urdf_dir
 
 if TYPE_CHECKING:
@@ -46,8 +48,6 @@ def _optional_float(text: str) -> float | None:
 @functools.lru_cache(maxsize=16)
 def _read_joints(path: str, modified_ns: int) -> dict[str, UrdfJoint]:
     """Expand the xacro (plain URDF passes through unchanged); cached per file version."""
-    import xacro  # ROS exec_depend and pip dependency; imported here as it costs ~0.2 s
-
     document = xacro.process_file(path)
     joints = {}
     for element in document.getElementsByTagName("joint"):
