@@ -267,6 +267,19 @@ def test_recursive_alias_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "recursive" in check_config(path, capsys)
 
 
+@pytest.mark.parametrize("style", ["flow", "block"])
+def test_deeply_nested_document_is_refused_fast(style: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """50 000 nested lists crashed libyaml's composer (C stack) and took PyYAML's 12 s to refuse."""
+    depth = 50_000 if style == "flow" else 400
+    text = "[" * depth + "]" * depth if style == "flow" else "\n" + "".join("  " * i + "-\n" for i in range(1, depth))
+    path = tmp_path / "deep.yaml"
+    path.write_text(f"name: {text}\n")
+    started = time.perf_counter()
+    err = check_config(path, capsys)
+    assert "nests deeper than" in err
+    assert time.perf_counter() - started < 1.0
+
+
 def test_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "huge.yaml"
     path.write_text("prompt: '" + "x" * (2 << 20) + "'\n")
