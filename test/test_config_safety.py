@@ -96,7 +96,13 @@ def _widowx_wrist_below_urdf(data: dict[str, Any]) -> None:
     data["arms"][0]["joints"][4]["limits"]["lower"] = urdf_limit("wx250s.urdf.xacro", "wrist_angle")["lower"] - 0.05
 
 
+def _channel_wider_than_its_joint(data: dict[str, Any]) -> None:
+    data["action"]["channels"][1]["limits"]["upper"] = data["arms"][0]["joints"][1]["limits"]["upper"] + 0.1
+
+
 UNSAFE_EMBODIMENTS: dict[str, tuple[str, Mutation, list[str]]] = {
+    "action channel wider than its joint": (
+        "aloha", _channel_wider_than_its_joint, ["action.channels[1].limits", "arms[0].joints[1].limits"]),
     "joint without velocity": (
         "aloha", _drop(["arms", 0, "joints", 1, "limits", "velocity"]), ["arms[0].joints[1].limits", "velocity"]),
     "joint without acceleration": (

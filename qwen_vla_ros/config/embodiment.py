@@ -95,6 +95,7 @@ class EmbodimentConfig(StrictModel):
         """Each action channel has exactly one driver (arm joint, ee_delta, gripper or base), and a
         joint-position channel stays inside the limits of the joint it drives."""
         channels = {c.name: c for c in self.action.channels}
+        channel_index = {c.name: k for k, c in enumerate(self.action.channels)}
         drivers: dict[str, str] = {}
 
         def claim(channel: str, who: str) -> None:
@@ -104,14 +105,15 @@ class EmbodimentConfig(StrictModel):
                 raise ValueError(f"action channel {channel!r} is driven by both {drivers[channel]} and {who}")
             drivers[channel] = who
 
-        for arm in self.arms:
-            for joint in arm.joints:
+        for arm_index, arm in enumerate(self.arms):
+            for joint_index, joint in enumerate(arm.joints):
                 if joint.channel is not None:
                     claim(joint.channel, f"arm {arm.name!r} joint {joint.name!r}")
                     if not joint.limits.contains(channels[joint.channel].limits):
                         raise ValueError(
-                            f"action channel {joint.channel!r} limits exceed the limits of "
-                            f"arm {arm.name!r} joint {joint.name!r}"
+                            f"action.channels[{channel_index[joint.channel]}].limits: action channel "
+                            f"{joint.channel!r} limits exceed the limits of arm {arm.name!r} joint {joint.name!r} "
+                            f"(arms[{arm_index}].joints[{joint_index}].limits)"
                         )
             if arm.ee_delta is not None:
                 for name in arm.ee_delta.channels:

@@ -102,7 +102,9 @@ def describe_validation_error(error: ValidationError, data: Any = None) -> list[
     for item in error.errors(include_url=False):
         where = format_location(item["loc"] if data is None else data_location(item["loc"], data))
         message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "missing":
+        if not item["loc"]:  # a check across sections: its message names the fields
+            problems.append(message)
+        elif item["type"] == "missing":
             problems.append(f"{where}: required field is missing")
         elif item["type"] == "extra_forbidden":
             problems.append(f"{where}: unknown field (value {_short(item['input'])})")
