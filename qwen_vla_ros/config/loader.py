@@ -4,9 +4,10 @@ A validation failure becomes a :class:`ConfigError` whose lines each name the fi
 field path (``arms[0].joints[2].limits``) and the offending value, so a wrong config is
 fixed from the message alone.
 
-A config is read as untrusted input: the file size and the number of values its aliases
-expand to are bounded before anything walks the data, so a hostile file ("billion laughs")
-is refused at once instead of exhausting memory in validation or in an error message.
+A config is read as untrusted input: the file size, the nesting depth and the number of
+values its aliases expand to are bounded before anything walks the data, so a hostile file
+("billion laughs") is refused at once instead of exhausting memory in validation or in an
+error message (docs/architecture.md, configuration validation).
 """
 from __future__ import annotations
 
