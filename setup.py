@@ -71,7 +71,7 @@ RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib",
 SIM = ["mujoco>=3.2", "gym-aloha"]
 CAMERA = ["pyrealsense2>=2.50; platform_machine == 'x86_64'"]  # Debian also needs apt libusb-1.0-0
 TELEOP = ["evdev; sys_platform == 'linux'"]
-TEST = ["pytest", "pytest-timeout", "hypothesis", "xacro", "yourdfpy", "scipy", "psutil"]
+TEST = ["pytest", "pytest-timeout", "hypothesis", "yourdfpy", "scipy", "psutil"]
 
 setup(
     name=PACKAGE,
@@ -97,6 +97,7 @@ setup(
         "opencv-python-headless>=4.8",
         "modern_robotics>=1.1",
         "scipy>=1.10",
+        "xacro",  # config limits are checked against the URDF (config/urdf.py); ROS: the xacro package
     ],
     extras_require={
         "ros-wheels": ROS_WHEELS,

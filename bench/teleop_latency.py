@@ -62,9 +62,8 @@ def run(embodiment: str, trials: int, domain: int, chunk_hz: float) -> dict:
     from nav_msgs.msg import Odometry
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Joy, JointState
+    from sensor_msgs.msg import JointState, Joy
     from std_msgs.msg import Float64MultiArray, String
-
     from trajectory_msgs.msg import JointTrajectory
 
     from qwen_vla_ros.chunk import ActionChunk

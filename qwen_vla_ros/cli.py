@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from qwen_vla_ros import __version__
 from qwen_vla_ros.bringup.cli import add_parser as _add_up
 from qwen_vla_ros.bringup.collect import add_parser as _add_collect
-from qwen_vla_ros.bringup.evaluate import add_parser as _add_eval
 from qwen_vla_ros.bringup.demo import add_parser as _add_demo
+from qwen_vla_ros.bringup.evaluate import add_parser as _add_eval
 from qwen_vla_ros.bringup.security import add_parser as _add_security
-from qwen_vla_ros.config import ConfigError, load_any
+from qwen_vla_ros.config import ConfigError, parse_override, validate_config
+from qwen_vla_ros.config.loader import apply_overrides, read_yaml, validate
 from qwen_vla_ros.config.summary import summarize
 from qwen_vla_ros.contract_tables import add_parser as _add_contract
 from qwen_vla_ros.interfaces import build as build_interfaces
 from qwen_vla_ros.model.commands import add_bench_parser, add_export_parser, add_make_checkpoint_parser
 from qwen_vla_ros.model.train_command import add_parser as _add_train
 from qwen_vla_ros.recording.cli import add_parser as _add_trials
+from qwen_vla_ros.recording.protocol import Protocol, is_protocol, summarize_protocol
 
 EXIT_BAD_INPUT = 2
 DESCRIPTION = (
@@ -32,17 +36,32 @@ DESCRIPTION = (
 )
 
 
+def _check_file(path: str, overrides: Mapping[str, Any]) -> tuple[str, str]:
+    """Validate one embodiment, runtime or protocol file; its model name and summary.
+
+    Protocols belong to recording, a layer above config, so they are told apart here.
+    """
+    source = Path(path).expanduser()
+    data = read_yaml(source)
+    if is_protocol(data):
+        protocol = validate(Protocol, apply_overrides(data, overrides, str(source)), str(source), overrides)
+        return type(protocol).__name__, summarize_protocol(protocol)
+    config = validate_config(data, str(source), overrides)
+    return type(config).__name__, summarize(config)
+
+
 def _check_config(args: argparse.Namespace) -> int:
     failed = 0
+    overrides = dict(parse_override(text) for text in args.override)
     for path in args.files:
         try:
-            config = load_any(path)
+            kind, summary = _check_file(path, overrides)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             failed += 1
             continue
-        print(f"{path}: OK ({type(config).__name__})")
-        print(summarize(config))
+        print(f"{path}: OK ({kind})")
+        print(summary)
         print()
     return EXIT_BAD_INPUT if failed else 0
 
@@ -50,6 +69,10 @@ def _check_config(args: argparse.Namespace) -> int:
 def _add_check_config(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("check-config", help="validate embodiment, runtime or OOD protocol YAML files")
     parser.add_argument("files", nargs="+", help="YAML files to validate")
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="dotted key set before validation, as a node's config_overrides (repeatable)",
+    )
     parser.set_defaults(handler=_check_config)
 
 

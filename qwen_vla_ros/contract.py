@@ -11,17 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from qwen_vla_ros.config.embodiment import (
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.hardware import (
     Camera,
     CameraSourceTopic,
-    EmbodimentConfig,
     ForwardCommandOutput,
     InterbotixOutput,
     JointTrajectoryOutput,
-    MujocoAlohaSim,
-    OdometrySource,
     TwistOutput,
 )
+from qwen_vla_ros.config.sim import MujocoAlohaSim
+from qwen_vla_ros.config.spaces import OdometrySource
 
 
 class QosKind(str, Enum):

@@ -17,7 +17,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
-from qwen_vla_ros.config.embodiment import (  # noqa: E402
+from qwen_vla_ros.config.hardware import (  # noqa: E402
     ForwardCommandOutput,
     InterbotixOutput,
     JointTrajectoryOutput,

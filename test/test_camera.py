@@ -12,7 +12,7 @@ import pytest
 from helpers.media import frame, level, write_folder, write_realsense_recording, write_video
 
 from qwen_vla_ros.config import load_embodiment
-from qwen_vla_ros.config.embodiment import CameraSourceBag
+from qwen_vla_ros.config.hardware import CameraSourceBag
 from qwen_vla_ros.perception.capture import Backoff, CameraCapture
 from qwen_vla_ros.perception.sources import (
     Frame,

@@ -3,7 +3,6 @@ recording publish; an absent RealSense device is retried without stopping the ot
 peer whose heartbeat clock is off is reported."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest

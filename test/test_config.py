@@ -2,6 +2,7 @@
 message that names the field path and the bad value."""
 from __future__ import annotations
 
+import ast
 import copy
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import yaml
 from qwen_vla_ros.cli import main as cli_main
 from qwen_vla_ros.config import EMBODIMENTS, ConfigError, load_embodiment, load_runtime
 from qwen_vla_ros.config.loader import read_yaml
+from qwen_vla_ros.control.layout import CommandLayout
 from qwen_vla_ros.paths import config_dir
 
 SHIPPED = sorted(p.name for p in config_dir().glob("*.yaml"))
@@ -199,3 +201,27 @@ def test_reference_gripper_constants_are_in_config() -> None:
     assert gripper is not None
     assert (gripper.joint_open, gripper.joint_close) == (1.6214, 0.6197)
     assert (gripper.finger_open, gripper.finger_close) == (0.0579, 0.0440)
+
+
+@pytest.mark.parametrize("name", EMBODIMENTS)
+def test_commands_are_actions_where_no_arm_takes_deltas_and_no_base_takes_waypoints(name: str) -> None:
+    """Judged from the YAML itself: an ee_delta arm or a waypoint base commands something other than its actions."""
+    data = yaml.safe_load((config_dir() / f"{name}.yaml").read_text(encoding="utf-8"))
+    deltas = any("ee_delta" in arm for arm in data.get("arms", []))
+    translated = deltas or (data.get("base") or {}).get("mode") == "waypoints"
+    config = load_embodiment(name)
+    assert config.commands_are_actions is not translated
+    assert config.commands_are_actions == (CommandLayout(config).names == tuple(config.action.names))
+
+
+def test_config_imports_no_higher_layer() -> None:
+    """config sits at the bottom (docs/architecture.md): it may import itself and paths, nothing else of ours,
+    not even lazily inside a function."""
+    package = Path(__file__).resolve().parent.parent / "qwen_vla_ros"
+    for path in sorted((package / "config").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for module in modules:
+                if module.startswith("qwen_vla_ros"):
+                    assert module.split(".")[1] in {"config", "paths"}, f"{path.name} imports {module}"

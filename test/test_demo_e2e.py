@@ -27,8 +27,8 @@ from rosbags.highlevel import AnyReader  # noqa: E402
 
 from qwen_vla_ros.bringup.graph import sim_overrides  # noqa: E402
 from qwen_vla_ros.config import load_embodiment, parse_override  # noqa: E402
-from qwen_vla_ros.control.layout import CommandLayout  # noqa: E402
 from qwen_vla_ros.contract import INSTRUCTION  # noqa: E402
+from qwen_vla_ros.control.layout import CommandLayout  # noqa: E402
 from qwen_vla_ros.recording.topics import default_topics  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]

@@ -124,9 +124,10 @@ def test_real_robot_launch_without_sim_has_no_sim_node(fake_launch) -> None:
 
 def test_launch_files_with_real_launch_ros() -> None:
     pytest.importorskip("launch_ros", reason="launch_ros is not installed (it comes with a ROS 2 distribution)")
-    from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch_ros.actions import Node
+
+    from launch import LaunchContext
 
     for embodiment in EMBODIMENTS:
         description = load_launch_file(embodiment).generate_launch_description()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from qwen_vla_ros.config import EMBODIMENTS, load_embodiment
-from qwen_vla_ros.config.embodiment import MeanStd, Quantiles
+from qwen_vla_ros.config.spaces import MeanStd, Quantiles
 from qwen_vla_ros.model.normalization import ChannelNormalizer, from_padded, mask_vector, to_padded
 from qwen_vla_ros.model.rtc import guidance_weight, handover_weights, prefix_weights
 

@@ -21,14 +21,17 @@ from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, load_runtime  # no
 from qwen_vla_ros.config.runtime import OnnxRuntimeSettings  # noqa: E402
 from qwen_vla_ros.model import export as export_module  # noqa: E402
 from qwen_vla_ros.model import load_policy  # noqa: E402
+from qwen_vla_ros.model.denormals import flushed_denormals, flushing  # noqa: E402
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint  # noqa: E402
 from qwen_vla_ros.model.images import check_images, patchify  # noqa: E402
-from qwen_vla_ros.model.denormals import flushed_denormals, flushing  # noqa: E402
 from qwen_vla_ros.model.loading import BackendOptions, load_policy_from_config  # noqa: E402
 from qwen_vla_ros.model.normalization import ChannelNormalizer  # noqa: E402
 from qwen_vla_ros.model.onnx_manifest import STAGES, OnnxExportError, input_shapes, read_export_manifest  # noqa: E402
 from qwen_vla_ros.model.ort_backend import (  # noqa: E402
-    QUANTISED_SUFFIX, choose_providers, provider_options, session_options,
+    QUANTISED_SUFFIX,
+    choose_providers,
+    provider_options,
+    session_options,
 )
 from qwen_vla_ros.model.sampler import GuidedVelocity  # noqa: E402
 

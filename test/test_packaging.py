@@ -86,7 +86,8 @@ def test_installed_copy_imports_outside_the_checkout() -> None:
 # package.xml's rosdep keys and the pip distributions they stand for
 ROSDEP_PIP_NAMES = {"python3-numpy": "numpy", "python3-opencv": "opencv-python-headless", "python3-scipy": "scipy",
                     "python3-yaml": "pyyaml", "python3-h5py": "h5py", "python3-matplotlib": "matplotlib",
-                    "python3-evdev": "evdev", "python3-pandas": "pandas"}
+                    "python3-evdev": "evdev", "python3-pandas": "pandas",
+                    "xacro": "xacro"}  # ROS xacro installs the Python module
 
 
 def test_robot_computer_requirements_cover_what_rosdep_cannot_install(wheel: zipfile.ZipFile) -> None:

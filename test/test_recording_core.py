@@ -12,6 +12,7 @@ import yaml
 
 pytest.importorskip("rosbags", reason="rosbags is not installed: pip install '.[recording]'")
 
+from helpers.trials import make_victim, plant_hostile_trials, tree
 from rosbags.highlevel import AnyReader  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
@@ -33,7 +34,6 @@ from qwen_vla_ros.recording.session import RecorderIdentity, SessionSettings, Tr
 from qwen_vla_ros.recording.topics import check_types, default_topics, parse_topic_spec, subscription_qos  # noqa: E402
 from qwen_vla_ros.recording.trial import TrialStore  # noqa: E402
 from qwen_vla_ros.recording.writer import BagRecorder, MessageQueue, QueuedMessage  # noqa: E402
-from helpers.trials import make_victim, plant_hostile_trials, tree
 
 TYPESTORE = typestore_for_distro("humble")
 STRING = "std_msgs/msg/String"

@@ -12,7 +12,7 @@ pytest.importorskip("mujoco", reason="mujoco is not installed: pip install '.[si
 pytest.importorskip("gym_aloha", reason="gym-aloha (the MJCF assets) is not installed: pip install '.[sim]'")
 
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
-from qwen_vla_ros.embodiments.gripper import normalized_to_finger, joint_to_normalized  # noqa: E402
+from qwen_vla_ros.embodiments.gripper import joint_to_normalized, normalized_to_finger  # noqa: E402
 from qwen_vla_ros.sim import scripted  # noqa: E402
 from qwen_vla_ros.sim.commands import ArmCommand  # noqa: E402
 from qwen_vla_ros.sim.world import Simulation  # noqa: E402
@@ -186,7 +186,7 @@ def test_cameras_render_the_mapped_views_and_show_the_table_colour() -> None:
 def test_randomisation_levels_colour_the_cube_and_show_a_distractor() -> None:
     """An evaluation level swaps the config's randomisation for one reset: the cube's colour is
     drawn from its ranges, and the distractor appears on the table, colliding, only when asked."""
-    from qwen_vla_ros.config.embodiment import AlohaRandomization
+    from qwen_vla_ros.config.sim import AlohaRandomization
 
     sim = Simulation(load_embodiment("aloha"))
     cell = sim.mujoco

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from qwen_vla_ros.config import ConfigError, load_embodiment, parse_override
-from qwen_vla_ros.config.embodiment import ForwardCommandOutput, KinematicBaseSim, MujocoAlohaSim
+from qwen_vla_ros.config.hardware import ForwardCommandOutput
+from qwen_vla_ros.config.sim import KinematicBaseSim, MujocoAlohaSim
 
 
 def test_the_runner_override_switches_the_arms_to_forward_command() -> None:
@@ -33,12 +34,12 @@ def test_shipped_sim_sections() -> None:
 @pytest.mark.parametrize(
     "override, fragments",
     [
-        ({"sim.randomization.light_scale": [1.5, 0.5]}, ["sim.mujoco_aloha.randomization.light_scale", "must not exceed"]),
-        ({"sim.randomization.object_x": [0.1]}, ["sim.mujoco_aloha.randomization.object_x", "[lower, upper]"]),
+        ({"sim.randomization.light_scale": [1.5, 0.5]}, ["sim.randomization.light_scale", "must not exceed"]),
+        ({"sim.randomization.object_x": [0.1]}, ["sim.randomization.object_x", "[lower, upper]"]),
         ({"sim.randomization.table_rgb": [[0, 1], [0, 1], [0, 2]]}, ["table_rgb", "[0, 1]"]),
         ({"sim.mjcf_arms": {"left": "vx300s_left"}}, ["sim.mjcf_arms", "'right'"]),
         ({"sim.camera_map": {"cam_side": "top"}}, ["camera_map", "cam_side"]),
-        ({"sim.success": "stacked"}, ["sim.mujoco_aloha.success", "'stacked'"]),
+        ({"sim.success": "stacked"}, ["sim.success", "'stacked'"]),
     ],
 )
 def test_bad_sim_settings_name_the_field(override: dict, fragments: list[str]) -> None:

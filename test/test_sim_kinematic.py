@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from qwen_vla_ros.config import load_embodiment
 from qwen_vla_ros.embodiments.gripper import (
-    normalized_to_finger,
-    normalized_to_joint,
     finger_to_normalized,
     joint_to_normalized,
+    normalized_to_finger,
+    normalized_to_joint,
 )
 from qwen_vla_ros.sim.commands import (
     ArmCommand,

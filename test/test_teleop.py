@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.robots import ALOHA_START, FollowingRobot, aloha_action, assert_within_limits, limits_of, make_controller, run, started
+from helpers.robots import (
+    ALOHA_START,
+    FollowingRobot,
+    aloha_action,
+    assert_within_limits,
+    limits_of,
+    make_controller,
+    run,
+    started,
+)
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import load_embodiment, load_runtime
-from qwen_vla_ros.config.embodiment import AxisButton
+from qwen_vla_ros.config.teleop import AxisButton
 from qwen_vla_ros.control import Controller
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics

@@ -21,12 +21,12 @@ from geometry_msgs.msg import Twist  # noqa: E402
 from helpers.dds_robots import ForwardCommandArms, TwistBase  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Joy, JointState  # noqa: E402
+from sensor_msgs.msg import JointState, Joy  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
-from qwen_vla_ros.config.embodiment import AxisButton  # noqa: E402
+from qwen_vla_ros.config.teleop import AxisButton  # noqa: E402
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy  # noqa: E402
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics  # noqa: E402
 from qwen_vla_ros.nodes.common import ns_to_time  # noqa: E402

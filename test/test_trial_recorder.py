@@ -17,6 +17,7 @@ pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-
 pytest.importorskip("rosbags", reason="rosbags is not installed: pip install '.[recording]'")
 
 import rclpy  # noqa: E402
+from helpers.trials import make_victim, plant_hostile_trials, tree
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
@@ -30,7 +31,6 @@ from qwen_vla_ros.config import load_embodiment  # noqa: E402
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint  # noqa: E402
 from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory, image_to_msg  # noqa: E402
 from qwen_vla_ros.recording.bag import read_messages  # noqa: E402
-from helpers.trials import make_victim, plant_hostile_trials, tree
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

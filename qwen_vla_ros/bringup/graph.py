@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, parse_override
-from qwen_vla_ros.config.embodiment import EmbodimentConfig, InterbotixOutput
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.hardware import InterbotixOutput
 from qwen_vla_ros.contract import JOYSTICK_OUTPUT, config_topics
 from qwen_vla_ros.ros_env import (
     MULTI_HOST_ENV,

@@ -3,10 +3,10 @@ from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.config.loader import (
     EMBODIMENTS,
     ConfigError,
-    load_any,
     load_embodiment,
     load_runtime,
     parse_override,
+    validate_config,
 )
 from qwen_vla_ros.config.runtime import RuntimeConfig
 
@@ -15,8 +15,8 @@ __all__ = [
     "ConfigError",
     "EmbodimentConfig",
     "RuntimeConfig",
-    "load_any",
     "load_embodiment",
     "load_runtime",
     "parse_override",
+    "validate_config",
 ]

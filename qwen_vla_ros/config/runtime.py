@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from qwen_vla_ros.config.embodiment import StrictModel
+from qwen_vla_ros.config.base import MAX_RATE_HZ, StrictModel
 
 Backend = Literal["torch", "onnxruntime", "tensorrt"]
 
@@ -48,7 +48,7 @@ class InferenceSchedule(StrictModel):
 
     trigger: Literal["remaining", "rate"] = "remaining"
     remaining_threshold_s: float = Field(default=0.5, gt=0)
-    replan_hz: float = Field(default=2.0, gt=0)
+    replan_hz: float = Field(default=2.0, gt=0, le=MAX_RATE_HZ)
     latency_window: int = Field(default=20, ge=1, description="inference latencies kept for the p90 delay estimate")
     keep_warm_s: float = Field(default=2.0, ge=0, description="warm-up inference period outside policy mode; 0: none")
 
@@ -78,7 +78,7 @@ class ClockCheck(StrictModel):
     policy host whose clock is off by more than ``max_offset_s`` gets a warning.
     """
 
-    heartbeat_hz: float = Field(default=1.0, ge=0, description="0: publish no heartbeat")
+    heartbeat_hz: float = Field(default=1.0, ge=0, le=MAX_RATE_HZ, description="0: publish no heartbeat")
     max_offset_s: float = Field(default=0.01, gt=0)
     window: int = Field(default=30, ge=1, description="heartbeats per peer kept for the estimate")
 

@@ -1,15 +1,9 @@
 """One-screen human summary of a validated config, printed by ``check-config``."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from pydantic import BaseModel
-
-from qwen_vla_ros.config.embodiment import EmbodimentConfig, InterbotixOutput, TwistOutput
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.hardware import InterbotixOutput, TwistOutput
 from qwen_vla_ros.config.runtime import RuntimeConfig
-
-if TYPE_CHECKING:
-    from qwen_vla_ros.recording.protocol import Protocol
 
 
 def _output_topics(config: EmbodimentConfig) -> list[str]:
@@ -95,25 +89,7 @@ def summarize_runtime(config: RuntimeConfig) -> str:
     )
 
 
-def summarize_protocol(protocol: "Protocol") -> str:
-    conditions = protocol.condition_list()
-    lines = [
-        f"protocol     {protocol.name}  (task {protocol.task or '-'})",
-        f"design       {protocol.design}, {len(conditions)} conditions x {protocol.trials_per_condition} trials "
-        f"= {len(protocol.schedule())} trials, order {protocol.order}",
-        f"instruction  {protocol.instruction}",
-    ]
-    lines += [f"factor       {f.name}: {', '.join(f.level_names)}" for f in protocol.factors]
-    return "\n".join(lines)
-
-
-def summarize(config: BaseModel) -> str:
+def summarize(config: EmbodimentConfig | RuntimeConfig) -> str:
     if isinstance(config, EmbodimentConfig):
         return summarize_embodiment(config)
-    if isinstance(config, RuntimeConfig):
-        return summarize_runtime(config)
-    from qwen_vla_ros.recording.protocol import Protocol
-
-    if isinstance(config, Protocol):
-        return summarize_protocol(config)
-    raise TypeError(f"no summary for {type(config).__name__}")
+    return summarize_runtime(config)

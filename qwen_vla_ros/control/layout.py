@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import Arm, Base, EmbodimentConfig, Gripper, Limits
+from qwen_vla_ros.config.base import Limits
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.hardware import Arm, Base, Gripper
 from qwen_vla_ros.embodiments.gripper import normalized_limits, normalized_to_joint
 
 WAYPOINT_COMMAND_CHANNELS = ("base_linear", "base_angular")
@@ -121,10 +123,6 @@ class CommandLayout:
                     joint_index[arm.name][joint.name] = add(arm.urdf_prefix + joint.name, [joint.limits])
 
         self.names: tuple[str, ...] = tuple(names)
-        # Real-time chunking hands committed commands back to the policy as actions; that holds only
-        # where a command is an action (joint positions, base velocities), not for end-effector
-        # deltas (joints are commanded) or waypoints (a Twist is).
-        self.commands_are_actions = self.names == tuple(config.action.names)
         table = np.array(bounds, dtype=float).reshape(len(names), 4)
         self.lower, self.upper, self.velocity, self.acceleration = (table[:, i].copy() for i in range(4))
         self.velocity_channel = np.array(velocity_channel, dtype=bool)

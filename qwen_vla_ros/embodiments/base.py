@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import PathTracker as PathTrackerSettings
+from qwen_vla_ros.config.hardware import PathTracker as PathTrackerSettings
 
 
 def wrap_angle(angle: float) -> float:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from qwen_vla_ros.config.embodiment import Gripper, Limits
+from qwen_vla_ros.config.base import Limits
+from qwen_vla_ros.config.hardware import Gripper
 
 
 def lerp(close: float, open_: float, normalized: float) -> float:

@@ -15,7 +15,7 @@ import modern_robotics as mr
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from qwen_vla_ros.config.embodiment import Arm, EndEffectorDelta
+from qwen_vla_ros.config.hardware import Arm, EndEffectorDelta
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
 
 MAX_JOINT_STEP_RAD = 0.5  # per iteration; keeps a lightly damped step near a singularity from flinging the arm

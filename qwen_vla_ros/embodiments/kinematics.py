@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import modern_robotics as mr
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import Arm
+from qwen_vla_ros.config.hardware import Arm
 
 
 @dataclass(frozen=True)

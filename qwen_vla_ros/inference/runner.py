@@ -24,7 +24,6 @@ import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import EmbodimentConfig, RuntimeConfig
-from qwen_vla_ros.control.layout import CommandLayout
 from qwen_vla_ros.imaging import map_frames
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.scheduler import POLICY, Decision, InferenceScheduler
@@ -115,7 +114,7 @@ class PolicyRunner:
         self.seed = seed
         self.scheduler = InferenceScheduler(runtime.schedule)
         self.committed = CommittedHistory(embodiment.action.names)
-        self.rtc = runtime.rtc.enabled and CommandLayout(embodiment).commands_are_actions
+        self.rtc = runtime.rtc.enabled and embodiment.commands_are_actions
         if runtime.rtc.enabled and not self.rtc:
             log.info(f"real-time chunking is off for {embodiment.name}: its controller commands are not its action "
                      "channels, so there are no committed actions to continue")

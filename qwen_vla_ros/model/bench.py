@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 import platform
 import resource
-from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np

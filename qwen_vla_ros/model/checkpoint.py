@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from qwen_vla_ros.config.embodiment import Normalization, StrictModel
+from qwen_vla_ros.config.base import StrictModel
 from qwen_vla_ros.config.loader import describe_validation_error
+from qwen_vla_ros.config.spaces import Normalization
 from qwen_vla_ros.errors import QwenVlaError
 
 MANIFEST = "qwen_vla.json"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import MeanStd, Quantiles
+from qwen_vla_ros.config.spaces import MeanStd, Quantiles
 
 
 @dataclass(frozen=True)

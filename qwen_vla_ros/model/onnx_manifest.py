@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from qwen_vla_ros.config.embodiment import StrictModel
+from qwen_vla_ros.config.base import StrictModel
 from qwen_vla_ros.config.loader import describe_validation_error
 from qwen_vla_ros.errors import QwenVlaError
 

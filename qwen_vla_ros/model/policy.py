@@ -28,7 +28,7 @@ import torch
 
 from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.config import EMBODIMENTS, EmbodimentConfig, load_embodiment
-from qwen_vla_ros.config.embodiment import Normalization
+from qwen_vla_ros.config.spaces import Normalization
 from qwen_vla_ros.model.action_head import ActionHead
 from qwen_vla_ros.model.backbone import State, StepBackbone, Trunk, VisionEncoder
 from qwen_vla_ros.model.checkpoint import MAX_STEPS, MIN_STEPS, EmbodimentEntry, Manifest

@@ -16,7 +16,7 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from qwen_vla_ros.config import ConfigError
-from qwen_vla_ros.config.embodiment import (
+from qwen_vla_ros.config.hardware import (
     ForwardCommandOutput,
     InterbotixOutput,
     JointTrajectoryOutput,

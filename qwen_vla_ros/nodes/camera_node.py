@@ -20,7 +20,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo
 
 from qwen_vla_ros.config import ConfigError
-from qwen_vla_ros.config.embodiment import Camera, CameraSourceTopic
+from qwen_vla_ros.config.hardware import Camera, CameraSourceTopic
 from qwen_vla_ros.contract import DIAGNOSTICS, NodeRole, info_topic, role_view
 from qwen_vla_ros.nodes.common import declare_configs, ns_to_time, run_node
 from qwen_vla_ros.nodes.heartbeat import Heartbeat

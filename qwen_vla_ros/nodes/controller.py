@@ -112,7 +112,7 @@ class ControllerNode(Node):
         self.base_adapters = [a for a in adapters if isinstance(a, TwistAdapter)]
         self.arm_adapters = [a for a in adapters if not isinstance(a, TwistAdapter)]
 
-        publish_committed = committed_rate > 0 and self.core.layout.commands_are_actions
+        publish_committed = committed_rate > 0 and embodiment.commands_are_actions
         if committed_rate > 0 and not publish_committed:
             self.get_logger().info(f"{embodiment.name}: no {COMMITTED.name}, its commands {self.names} are not its "
                                    "action channels (real-time chunking is off for it)")

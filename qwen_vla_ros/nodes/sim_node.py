@@ -28,14 +28,8 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from qwen_vla_ros.config import ConfigError
-from qwen_vla_ros.config.embodiment import (
-    AlohaRandomization,
-    Arm,
-    ForwardCommandOutput,
-    InterbotixOutput,
-    JointTrajectoryOutput,
-    TwistOutput,
-)
+from qwen_vla_ros.config.hardware import Arm, ForwardCommandOutput, InterbotixOutput, JointTrajectoryOutput, TwistOutput
+from qwen_vla_ros.config.sim import AlohaRandomization
 from qwen_vla_ros.contract import CLOCK, DIAGNOSTICS, SIM_RANDOMIZATION, SIM_RESET, SIM_SUCCESS, NodeRole, role_view
 from qwen_vla_ros.nodes.common import declare_configs, ns_to_time, run_node
 from qwen_vla_ros.nodes.ros_contract import (

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
-from qwen_vla_ros.config.embodiment import Camera
+from qwen_vla_ros.config.hardware import Camera
 from qwen_vla_ros.log import KeyedThrottle, Logger
 from qwen_vla_ros.perception.sources import (
     FrameSource,

@@ -20,12 +20,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import (
-    Camera,
-    CameraSourceBag,
-    CameraSourceRealsense,
-    CameraSourceVideo,
-)
+from qwen_vla_ros.config.hardware import Camera, CameraSourceBag, CameraSourceRealsense, CameraSourceVideo
 from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.imaging import fit_frame
 

@@ -13,13 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import (
-    EmbodimentConfig,
-    EndEffectorSource,
-    GripperSource,
-    JointSource,
-    OdometrySource,
-)
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.spaces import EndEffectorSource, GripperSource, JointSource, OdometrySource
 from qwen_vla_ros.embodiments.gripper import measured_normalized
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics

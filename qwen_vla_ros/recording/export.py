@@ -26,8 +26,8 @@ import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config import EmbodimentConfig, load_embodiment
-from qwen_vla_ros.config.embodiment import GripperSource, JointSource, OdometrySource
 from qwen_vla_ros.config.loader import parse_override
+from qwen_vla_ros.config.spaces import GripperSource, JointSource, OdometrySource
 from qwen_vla_ros.contract import COMMAND
 from qwen_vla_ros.embodiments.gripper import unlerp
 from qwen_vla_ros.errors import QwenVlaError

@@ -20,8 +20,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from qwen_vla_ros.config.embodiment import AlohaRandomization, StrictModel, require_unique
+from qwen_vla_ros.config.base import StrictModel, require_unique
 from qwen_vla_ros.config.loader import read_yaml, validate
+from qwen_vla_ros.config.sim import AlohaRandomization
 
 Condition = dict[str, str]
 """factor name -> level name, in the protocol's factor order."""
@@ -213,6 +214,24 @@ def next_trial(protocol: Protocol, completed: Iterable[Mapping[str, str]]) -> Ne
             continue
         return NextTrial(condition, protocol.instruction_for(condition), slot, len(schedule), filled)
     return None
+
+
+def is_protocol(data: Mapping[str, Any]) -> bool:
+    """Whether YAML data is a protocol file (it has factors) rather than a config file."""
+    return "factors" in data
+
+
+def summarize_protocol(protocol: Protocol) -> str:
+    """One-screen summary for ``check-config``."""
+    conditions = protocol.condition_list()
+    lines = [
+        f"protocol     {protocol.name}  (task {protocol.task or '-'})",
+        f"design       {protocol.design}, {len(conditions)} conditions x {protocol.trials_per_condition} trials "
+        f"= {len(protocol.schedule())} trials, order {protocol.order}",
+        f"instruction  {protocol.instruction}",
+    ]
+    lines += [f"factor       {f.name}: {', '.join(f.level_names)}" for f in protocol.factors]
+    return "\n".join(lines)
 
 
 def load_protocol(path: str | Path) -> Protocol:

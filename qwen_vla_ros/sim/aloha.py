@@ -22,8 +22,10 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless; must precede the mujoco import
 import mujoco  # noqa: E402
 
-from qwen_vla_ros.config.embodiment import Arm, AlohaRandomization, EmbodimentConfig, MujocoAlohaSim  # noqa: E402
+from qwen_vla_ros.config.embodiment import EmbodimentConfig  # noqa: E402
+from qwen_vla_ros.config.hardware import Arm  # noqa: E402
 from qwen_vla_ros.config.loader import ConfigError  # noqa: E402
+from qwen_vla_ros.config.sim import AlohaRandomization, MujocoAlohaSim  # noqa: E402
 from qwen_vla_ros.embodiments.gripper import (  # noqa: E402
     joint_to_normalized,
     lerp,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import Arm
+from qwen_vla_ros.config.hardware import Arm
 
 # The Interbotix driver appends both finger joints (linear, metres) after the gripper joint.
 INTERBOTIX_FINGERS = ("left_finger", "right_finger")

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import Arm, Base, Limits
+from qwen_vla_ros.config.base import Limits
+from qwen_vla_ros.config.hardware import Arm, Base
 from qwen_vla_ros.embodiments.gripper import (
+    joint_to_normalized,
     normalized_to_finger,
     normalized_to_joint,
-    joint_to_normalized,
 )
 from qwen_vla_ros.sim.commands import ArmCommand, ArmState, state_joint_names
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import Camera
+from qwen_vla_ros.config.hardware import Camera
 
 FLOOR_TILE_M = 0.5
 FLOOR_VIEW_M = 6.0  # width of floor seen across the image

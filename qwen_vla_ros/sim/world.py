@@ -12,14 +12,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import (
-    AlohaRandomization,
-    EmbodimentConfig,
-    KinematicArmSim,
-    KinematicBaseSim,
-    MujocoAlohaSim,
-)
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.config.loader import ConfigError
+from qwen_vla_ros.config.sim import AlohaRandomization, KinematicArmSim, KinematicBaseSim, MujocoAlohaSim
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
 from qwen_vla_ros.sim.commands import ArmCommand, ArmState
 from qwen_vla_ros.sim.kinematic import BaseState, KinematicArm, KinematicBase

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from qwen_vla_ros.chunk import NS_PER_S
-from qwen_vla_ros.config.embodiment import Teleop, TeleopButtons
+from qwen_vla_ros.config.teleop import Teleop, TeleopButtons
 from qwen_vla_ros.teleop.mapping import Joy
 
 ArbitrationMode = Literal["policy", "teleop", "hold"]

@@ -35,7 +35,9 @@ import modern_robotics as mr
 import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
-from qwen_vla_ros.config.embodiment import Arm, EmbodimentConfig, LeaderFollow, TeleopArm
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.hardware import Arm
+from qwen_vla_ros.config.teleop import LeaderFollow, TeleopArm
 from qwen_vla_ros.embodiments.gripper import unlerp
 from qwen_vla_ros.embodiments.ik import ArmIK, apply_ee_delta
 from qwen_vla_ros.teleop.mapping import Joy

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qwen_vla_ros.config.embodiment import AxisButton, Teleop
+from qwen_vla_ros.config.teleop import AxisButton, Teleop
 
 
 def apply_deadzone(values: np.ndarray, deadzone: float) -> np.ndarray:

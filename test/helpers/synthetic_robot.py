@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from helpers.readings import START_POSE
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-
-from helpers.readings import START_POSE
 
 from qwen_vla_ros.config import EmbodimentConfig
 from qwen_vla_ros.embodiments.gripper import normalized_to_finger
