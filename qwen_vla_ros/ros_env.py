@@ -14,11 +14,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, MutableMapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
 
 from qwen_vla_ros.paths import config_dir
 
-DDS_PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+FASTDDS_PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"  # Fast DDS 3 (Kilted on); it still reads the old name too
+FASTRTPS_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"  # Fast DDS 2 (Humble, Jazzy) reads only this one
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
 MULTI_HOST_ENV = "QWEN_VLA_MULTI_HOST"
 DISCOVERY_RANGE_ENV = "ROS_AUTOMATIC_DISCOVERY_RANGE"
 SINGLE_HOST_PROFILE = "fastdds_shm.xml"
@@ -29,6 +32,28 @@ SECURITY_KEYSTORE_ENV = "ROS_SECURITY_KEYSTORE"
 ENCLAVE_ROOT = "/qwen_vla"
 _TRUE = ("true", "1", "yes", "on")
 log = logging.getLogger(__name__)
+
+
+def profile_variable(env: Mapping[str, str] = os.environ) -> str:
+    """The variable this interpreter's Fast DDS reads its XML profile from.
+
+    Fast DDS 2 (Humble, Jazzy) ignores ``FASTDDS_DEFAULT_PROFILES_FILE``: a Jazzy node given
+    only that name ran on the default transports, neither confined to the host nor carrying
+    camera frames over shared memory. Fast DDS 3 reads the old name as well, but warns on every
+    start. A sourced distribution names itself (``ROS_DISTRO``); the PyPI wheels carry Fast DDS 2
+    as ``ros-fastrtps`` and 3 as ``ros-fastdds``.
+    """
+    distro = env.get("ROS_DISTRO", "").strip().lower()
+    if distro:
+        return FASTRTPS_PROFILE_ENV if distro in FAST_DDS_2_DISTROS else FASTDDS_PROFILE_ENV
+    try:
+        version("ros-fastrtps")
+    except PackageNotFoundError:
+        return FASTDDS_PROFILE_ENV
+    return FASTRTPS_PROFILE_ENV
+
+
+DDS_PROFILE_ENV = profile_variable()  # the one this process's Fast DDS reads
 
 
 def dds_profile_path(multi_host: bool = False) -> Path:
@@ -48,10 +73,11 @@ def own_profile(env: Mapping[str, str]) -> str | None:
     of the user's: the mode picks between them, so an old ``export`` of the single-host
     profile does not keep multi-host mode from working, nor the reverse.
     """
-    profile = env.get(DDS_PROFILE_ENV, "").strip()
-    if not profile or PurePosixPath(profile).name in (SINGLE_HOST_PROFILE, MULTI_HOST_PROFILE):
-        return None
-    return profile
+    for variable in (DDS_PROFILE_ENV, FASTDDS_PROFILE_ENV, FASTRTPS_PROFILE_ENV):
+        profile = env.get(variable, "").strip()
+        if profile and PurePosixPath(profile).name not in (SINGLE_HOST_PROFILE, MULTI_HOST_PROFILE):
+            return profile
+    return None
 
 
 def dds_environment(env: Mapping[str, str] = os.environ) -> dict[str, str]:

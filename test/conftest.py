@@ -87,13 +87,13 @@ class RosDomain:
 @pytest.fixture
 def ros_domain(monkeypatch: pytest.MonkeyPatch) -> Iterator[RosDomain]:
     rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-wheels]' or source ROS 2")
-    from qwen_vla_ros.ros_env import with_dds_profile
+    from qwen_vla_ros.ros_env import DDS_PROFILE_ENV, with_dds_profile
 
     domain_id = _next_domain_id()
     env = with_dds_profile(os.environ)
     env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", DDS_PROFILE_ENV):
         monkeypatch.setenv(key, env[key])
     context = rclpy.context.Context()
     rclpy.init(context=context, domain_id=domain_id)

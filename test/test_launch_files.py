@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from qwen_vla_ros.bringup.graph import EMBODIMENTS, LAUNCH_ARGUMENTS, BringupOptions, build_graph, graph_environment
+from qwen_vla_ros.ros_env import DDS_PROFILE_ENV
 
 LAUNCH_DIR = Path(__file__).resolve().parent.parent / "launch"
 
@@ -145,10 +146,10 @@ def test_launch_files_with_real_launch_ros() -> None:
 def test_launch_nodes_run_in_the_mode_and_enclaves_asked_for(fake_launch, tmp_path: Path) -> None:
     """multi_host:= and security:= reach every Node, whatever the launching shell exported."""
     description = load_launch_file("aloha").generate_launch_description()
-    shell = {"FASTDDS_DEFAULT_PROFILES_FILE": "/old/fastdds_shm.xml", "ROS_SECURITY_STRATEGY": "Permissive"}
+    shell = {DDS_PROFILE_ENV: "/old/fastdds_shm.xml", "ROS_SECURITY_STRATEGY": "Permissive"}
     single = run_opaque(description, {"use_sim": "true"}, shell)
     for node in single:
-        assert node.kwargs["additional_env"]["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("config/fastdds_shm.xml")
+        assert node.kwargs["additional_env"][DDS_PROFILE_ENV].endswith("config/fastdds_shm.xml")
         assert node.kwargs["additional_env"]["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
         assert node.kwargs["ros_arguments"] == [] and "ROS_SECURITY_ENABLE" not in node.kwargs["additional_env"]
     names = [n.kwargs["name"] for n in single]
@@ -157,7 +158,7 @@ def test_launch_nodes_run_in_the_mode_and_enclaves_asked_for(fake_launch, tmp_pa
     secure = run_opaque(description, {"use_sim": "true", "multi_host": "true", "security": str(tmp_path)}, shell)
     for node in secure:
         env = node.kwargs["additional_env"]
-        assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("config/fastdds_multi_host.xml")
+        assert env[DDS_PROFILE_ENV].endswith("config/fastdds_multi_host.xml")
         assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
         assert (env["ROS_SECURITY_KEYSTORE"], env["ROS_SECURITY_ENABLE"], env["ROS_SECURITY_STRATEGY"]) == (
             str(tmp_path), "true", "Enforce")
