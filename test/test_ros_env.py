@@ -143,3 +143,29 @@ def test_security_that_would_run_open_is_refused(tmp_path: Path) -> None:
     (tmp_path / "enclaves" / "qwen_vla" / "policy_node").mkdir(parents=True)
     assert missing_enclaves(str(tmp_path), [enclave_name("policy_node"), enclave_name("sim_node")]) == [
         "/qwen_vla/sim_node"]
+
+
+def test_a_sourced_distribution_names_the_profile_variable_its_fast_dds_reads() -> None:
+    from qwen_vla_ros.ros_env import FASTDDS_PROFILE_ENV, FASTRTPS_PROFILE_ENV, profile_variable
+
+    assert profile_variable({"ROS_DISTRO": "jazzy"}) == FASTRTPS_PROFILE_ENV == "FASTRTPS_DEFAULT_PROFILES_FILE"
+    assert profile_variable({"ROS_DISTRO": "humble"}) == FASTRTPS_PROFILE_ENV
+    assert profile_variable({"ROS_DISTRO": "kilted"}) == FASTDDS_PROFILE_ENV == "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+@pytest.mark.ros
+def test_this_interpreters_fast_dds_reads_the_profile_the_runtime_sets(tmp_path: Path) -> None:
+    """The variable is judged by Fast DDS itself: a broken profile of the user's own, passed the way every
+    node gets its profile (with_dds_profile), must make this interpreter's Fast DDS report a parse error.
+    Under Jazzy's Fast DDS 2 the FASTDDS_ name alone was silently ignored (default transports)."""
+    pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-wheels]' or source ROS 2")
+    import subprocess
+
+    broken = tmp_path / "lab_profile.xml"
+    broken.write_text("<profiles><not-closed")
+    env = with_dds_profile({k: v for k, v in os.environ.items() if not k.endswith("_DEFAULT_PROFILES_FILE")}
+                           | {DDS_PROFILE_ENV: str(broken), "ROS_DOMAIN_ID": "231"})
+    probe = "import rclpy; rclpy.init(); rclpy.create_node('profile_probe'); rclpy.shutdown()"
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert str(broken) in result.stdout + result.stderr, (
+        f"Fast DDS never read {DDS_PROFILE_ENV}: {result.stdout[-2000:]}{result.stderr[-2000:]}")
