@@ -244,11 +244,12 @@ def test_a_message_over_the_byte_limit_is_rejected_by_its_size_without_being_dec
 
 
 def accepting_core() -> tuple[Controller, FakeTime]:
-    """The ALOHA core with joint states in, so chunks can be accepted."""
+    """The ALOHA core with joint states and the policy's heartbeat in, so chunks can be accepted."""
     core = make_controller("aloha")
     fake = FakeTime()
     robot = FollowingRobot(core, aloha_action(ALOHA_START))
     robot.publish(fake.now_ns())
+    core.policy_heartbeat(fake.now_ns())
     return core, fake
 
 
@@ -327,6 +328,7 @@ def test_a_flood_of_chunks_leaves_the_controller_blending_at_most_the_configured
     for k in range(60):
         now = START_NS + k * MS
         robot.publish(now)
+        core.policy_heartbeat(now)  # the policy is alive, as policy_node's heartbeat thread says
         outcome = core.submit(ActionChunk(np.tile(aloha_action(), (50, 1)), core.policy.names, 0.02, now - 10 * MS), now)
         assert outcome.accepted
         if k % 20 == 0:

@@ -50,7 +50,7 @@ from qwen_vla_ros.config.runtime import RuntimeConfig
 from qwen_vla_ros.control.feedback import ChunkContext, Feedback
 from qwen_vla_ros.control.layout import CommandLayout
 from qwen_vla_ros.control.liveness import LivenessEvent, PolicyLiveness
-from qwen_vla_ros.control.policy import REJECTION_REASONS, ChunkOutcome, PolicySource, PreparedChunk
+from qwen_vla_ros.control.policy import REJECTION_REASONS, ChunkOutcome, PolicySource, PreparedChunk, Rejection
 from qwen_vla_ros.control.safety import SafetyCounts, SafetyFilter
 from qwen_vla_ros.teleop.arbitration import Arbiter, ArbitrationMode, Transition
 from qwen_vla_ros.teleop.jog import TeleopSource
@@ -148,11 +148,11 @@ class Controller:
 
     def accept(self, prepared: PreparedChunk, now_ns: int) -> ChunkOutcome:
         if self.estop:
-            return self.policy.reject("estop", "the e-stop is latched: call /qwen_vla/estop/reset")
+            return self.policy.reject(Rejection.ESTOP, "the e-stop is latched: call /qwen_vla/estop/reset")
         if self.active != self.policy.name:
-            return self.policy.reject("inactive", f"mode {self.arbiter.mode!r}: the policy is not in control")
+            return self.policy.reject(Rejection.INACTIVE, f"mode {self.arbiter.mode!r}: the policy is not in control")
         if not self.liveness.alive(now_ns):
-            return self.policy.reject("policy_lost", f"no policy heartbeat for {self.liveness.silence_s(now_ns):.3f} s")
+            return self.policy.reject(Rejection.POLICY_LOST, f"no policy heartbeat for {self.liveness.silence_s(now_ns):.3f} s")
         return self.policy.accept(prepared, now_ns, self._plan_state())
 
     def submit(self, chunk: ActionChunk, now_ns: int) -> ChunkOutcome:
@@ -160,12 +160,12 @@ class Controller:
 
     def reject_malformed(self, detail: str) -> ChunkOutcome:
         """A message that could not be decoded into a chunk at all."""
-        return self.policy.reject("malformed", detail)
+        return self.policy.reject(Rejection.MALFORMED, detail)
 
     def reject_too_large(self, size_bytes: int, limit_bytes: int) -> ChunkOutcome:
         """A message refused by its size alone, before anything decoded it."""
         detail = f"{size_bytes} bytes, more than the {limit_bytes} that safety.max_chunk_actions allows"
-        return self.policy.reject("too_large", detail)
+        return self.policy.reject(Rejection.TOO_LARGE, detail)
 
     def _plan_state(self) -> np.ndarray:
         command = self.safety.state.position if self.safety.state is not None else self.feedback.measured()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -29,11 +30,36 @@ from qwen_vla_ros.control.layout import CommandLayout
 from qwen_vla_ros.embodiments.base import PathTracker, local_to_world
 from qwen_vla_ros.embodiments.ik import ArmIK, apply_ee_delta
 
-REJECTION_REASONS = (
-    "too_large", "malformed", "wrong_names", "wrong_shape", "too_long", "non_finite", "bad_dt", "bad_spacing",
-    "too_long_duration", "unstamped", "future_stamp", "stale", "duplicate", "out_of_order", "expired", "no_state",
-    "inactive", "estop", "policy_lost",
-)
+
+class Rejection(str, Enum):
+    """Why a chunk was refused, whole; the value is the text of logs and of the ``rejected_<reason>``
+    diagnostics key, so a caller can tell the input's fault by kind."""
+
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"
+    WRONG_NAMES = "wrong_names"
+    WRONG_SHAPE = "wrong_shape"
+    TOO_LONG = "too_long"
+    NON_FINITE = "non_finite"
+    BAD_DT = "bad_dt"
+    BAD_SPACING = "bad_spacing"
+    TOO_LONG_DURATION = "too_long_duration"
+    UNSTAMPED = "unstamped"
+    FUTURE_STAMP = "future_stamp"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+    OUT_OF_ORDER = "out_of_order"
+    EXPIRED = "expired"
+    NO_STATE = "no_state"
+    INACTIVE = "inactive"
+    ESTOP = "estop"
+    POLICY_LOST = "policy_lost"
+
+    def __str__(self) -> str:  # the text, also where format() would print the member name
+        return self.value
+
+
+REJECTION_REASONS = tuple(Rejection)
 
 
 @dataclass(frozen=True)
@@ -86,34 +112,37 @@ class PolicySource:
         self.plan_width = len(layout) + (3 if self.waypoints else 0)
 
     # -- phase 1: pure -------------------------------------------------------------------
-    def _judge(self, chunk: ActionChunk, now_ns: int) -> tuple[str, str] | None:
+    def _judge(self, chunk: ActionChunk, now_ns: int) -> tuple[Rejection, str] | None:
         safety = self.config.safety
         if tuple(chunk.channel_names) != self.names:
-            return "wrong_names", f"channels {list(chunk.channel_names)[:8]} are not the embodiment's {list(self.names)[:8]}"
+            return Rejection.WRONG_NAMES, (f"channels {list(chunk.channel_names)[:8]} are not the embodiment's "
+                                           f"{list(self.names)[:8]}")
         actions = np.asarray(chunk.actions)
         if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != len(self.names):
-            return "wrong_shape", f"actions have shape {actions.shape}, expected (H >= 1, {len(self.names)})"
+            return Rejection.WRONG_SHAPE, f"actions have shape {actions.shape}, expected (H >= 1, {len(self.names)})"
         if actions.shape[0] > safety.max_chunk_actions:
-            return "too_long", f"{actions.shape[0]} actions, more than safety.max_chunk_actions = {safety.max_chunk_actions}"
+            return Rejection.TOO_LONG, (f"{actions.shape[0]} actions, more than safety.max_chunk_actions = "
+                                        f"{safety.max_chunk_actions}")
         if not np.all(np.isfinite(actions)):
-            return "non_finite", f"{int(np.count_nonzero(~np.isfinite(actions)))} non-finite action values"
+            return Rejection.NON_FINITE, f"{int(np.count_nonzero(~np.isfinite(actions)))} non-finite action values"
         if not (np.isfinite(chunk.dt) and chunk.dt > 0):
-            return "bad_dt", f"dt = {chunk.dt}"
+            return Rejection.BAD_DT, f"dt = {chunk.dt}"
         action_dt = self.config.control.action_dt
         if abs(chunk.dt - action_dt) > safety.action_dt_tolerance_s:
-            return "bad_spacing", (f"actions {chunk.dt:g} s apart, the embodiment's control.action_dt is {action_dt:g} s "
+            return Rejection.BAD_SPACING, (f"actions {chunk.dt:g} s apart, the embodiment's control.action_dt is {action_dt:g} s "
                                    f"(tolerance {safety.action_dt_tolerance_s:g} s)")
         span_s = (actions.shape[0] - 1) * chunk.dt
         if span_s > safety.max_chunk_duration_s:
-            return "too_long_duration", (f"actions span {span_s:g} s, more than safety.max_chunk_duration_s = "
+            return Rejection.TOO_LONG_DURATION, (f"actions span {span_s:g} s, more than safety.max_chunk_duration_s = "
                                          f"{safety.max_chunk_duration_s:g} s")
         if chunk.stamp_ns is None:
-            return "unstamped", "chunk has no observation stamp"
+            return Rejection.UNSTAMPED, "chunk has no observation stamp"
         age_s = (now_ns - chunk.stamp_ns) / NS_PER_S
         if -age_s > safety.future_stamp_tolerance_s:
-            return "future_stamp", f"stamp is {-age_s:.3f} s in the future (tolerance {safety.future_stamp_tolerance_s} s)"
+            return Rejection.FUTURE_STAMP, (f"stamp is {-age_s:.3f} s in the future "
+                                            f"(tolerance {safety.future_stamp_tolerance_s} s)")
         if age_s > safety.max_chunk_age_s:
-            return "stale", f"observation is {age_s:.3f} s old (max {safety.max_chunk_age_s} s)"
+            return Rejection.STALE, f"observation is {age_s:.3f} s old (max {safety.max_chunk_age_s} s)"
         return None
 
     def prepare(self, chunk: ActionChunk, now_ns: int, context: ChunkContext) -> PreparedChunk:
@@ -124,10 +153,10 @@ class PolicySource:
         actions = np.clip(raw, self.lower, self.upper)
         clamped = int(np.count_nonzero(actions != raw))
         if self.waypoints and context.pose is None:
-            return PreparedChunk(chunk, "no_state", "no odometry yet to place robot-frame waypoints")
+            return PreparedChunk(chunk, Rejection.NO_STATE, "no odometry yet to place robot-frame waypoints")
         missing = [name for name in self.iks if name not in context.arm_joints]
         if missing:
-            return PreparedChunk(chunk, "no_state", f"no joint state yet for arms {missing}")
+            return PreparedChunk(chunk, Rejection.NO_STATE, f"no joint state yet for arms {missing}")
 
         offset = 1 if self.anchored else 0
         plan = np.zeros((actions.shape[0] + offset, self.plan_width))
@@ -171,26 +200,26 @@ class PolicySource:
         return targets
 
     # -- phase 2: bookkeeping ------------------------------------------------------------
-    def reject(self, reason: str, detail: str = "") -> ChunkOutcome:
+    def reject(self, reason: Rejection, detail: str = "") -> ChunkOutcome:
         self.stats.rejected[reason] += 1
         return ChunkOutcome(False, reason, detail)
 
     def accept(self, prepared: PreparedChunk, now_ns: int, current: np.ndarray) -> ChunkOutcome:
         """``current`` is the plan-space value of the command now (where a fade from nothing starts)."""
         if prepared.rejection is not None or prepared.trajectory is None:
-            return self.reject(prepared.rejection or "malformed", prepared.detail)
+            return self.reject(prepared.rejection or Rejection.MALFORMED, prepared.detail)
         chunk = prepared.chunk
         stamp = int(chunk.stamp_ns)  # type: ignore[arg-type]
         newest = self.stats.newest_stamp_ns
         if newest is not None and stamp == newest:
-            return self.reject("duplicate", f"a chunk stamped {stamp} was already accepted")
+            return self.reject(Rejection.DUPLICATE, f"a chunk stamped {stamp} was already accepted")
         if newest is not None and stamp < newest:
-            return self.reject("out_of_order", f"stamp {stamp} is older than the newest chunk's {newest}")
+            return self.reject(Rejection.OUT_OF_ORDER, f"stamp {stamp} is older than the newest chunk's {newest}")
         due = np.array([chunk.due_ns(k) for k in range(chunk.horizon)])
         skipped = int(np.count_nonzero(due < now_ns))
         self.stats.skipped_actions += skipped
         if prepared.trajectory.end_ns < now_ns:
-            outcome = self.reject("expired", f"all {chunk.horizon} actions are in the past")
+            outcome = self.reject(Rejection.EXPIRED, f"all {chunk.horizon} actions are in the past")
             return ChunkOutcome(False, outcome.reason, outcome.detail, skipped=skipped)
         self.stats.accepted += 1
         self.stats.clamped_actions += prepared.clamped
