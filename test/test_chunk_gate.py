@@ -214,3 +214,14 @@ def test_a_gate_sending_garbage_is_treated_as_failed() -> None:
     finally:
         supervisor.stop()
     assert any(level == "error" and "broken frame" in m for level, m in log.lines), log.lines
+
+
+def test_the_gate_joins_the_controllers_sros2_enclave_and_nothing_else_of_its_arguments() -> None:
+    pytest.importorskip("rclpy", reason="rclpy is not installed: nodes.chunk_gate imports it")
+    from qwen_vla_ros.nodes.chunk_gate import enclave_args
+
+    argv = ["controller", "--ros-args", "-p", "config:=aloha", "--enclave", "/qwen_vla/aloha_controller", "-r", "a:=b"]
+    assert enclave_args(argv) == ["--ros-args", "--enclave", "/qwen_vla/aloha_controller"]
+    assert enclave_args(["controller", "--ros-args", "-e", "/x"]) == ["--ros-args", "--enclave", "/x"]
+    assert enclave_args(["controller", "--enclave", "/not-a-ros-arg"]) == []
+    assert enclave_args(["controller", "--ros-args", "-p", "config:=aloha"]) == []

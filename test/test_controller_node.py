@@ -451,6 +451,7 @@ def test_a_killed_gate_is_reported_and_restarted_no_chunk_sent_while_it_was_down
 
     child = ros_domain.start_process("-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=aloha",
                                      "-p", f'config_overrides:=["{FORWARD_COMMAND}"]')
+    first_gate = second_gate = 0
     try:
         assert ros_domain.spin_until(executor, lambda: int(states.get("gate_pid", 0)) > 0 or child.poll() is not None,
                                      timeout=60)
@@ -481,6 +482,9 @@ def test_a_killed_gate_is_reported_and_restarted_no_chunk_sent_while_it_was_down
             time.sleep(0.05)
         assert process_gone(second_gate), "the chunk gate outlived a killed controller"
     finally:
+        for pid in {int(states.get("gate_pid", 0)), first_gate, second_gate} - {0}:
+            if not process_gone(pid):
+                os.kill(pid, 9)  # a failed run leaves no orphan (it would also hold the controller's output open)
         output = ros_domain.stop_process(child)
         node.destroy_node()
     assert f"chunk gate (pid {first_gate}) failed: exited with code -9" in output, output

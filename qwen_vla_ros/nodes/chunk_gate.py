@@ -10,7 +10,8 @@ period), handing it over on the connection it inherited as ``--fd``
 hundreds of ms with its GIL held; the controller's interpreter never sees those bytes
 (docs/architecture.md, chunk intake).
 
-It exits when the controller does: the kernel sends it SIGTERM when its parent dies
+Under SROS2 it joins the controller's enclave (:func:`enclave_args`). It exits when the
+controller does: the kernel sends it SIGTERM when its parent dies
 (``PR_SET_PDEATHSIG``), and the connection's end (EOF) stops it too.
 """
 from __future__ import annotations
@@ -39,6 +40,18 @@ PR_SET_PDEATHSIG = 1
 REPORT_EVERY_S = 0.5  # counters go out at least this often, so the controller can tell a live gate from a hung one
 
 
+def enclave_args(argv: Sequence[str]) -> list[str]:
+    """The ``--enclave`` of this process's ``--ros-args``, for the gate: under SROS2 it joins the
+    controller's enclave, whose permissions already allow subscribing to the chunk topic."""
+    if "--ros-args" not in argv:
+        return []
+    ros_args = list(argv[argv.index("--ros-args") + 1:])
+    for flag in ("--enclave", "-e"):
+        if flag in ros_args[:-1]:
+            return ["--ros-args", "--enclave", ros_args[ros_args.index(flag) + 1]]
+    return []
+
+
 def start_gate_process(topic: str, max_bytes: int, default_dt: float, node_name: str) -> GateProcess:
     """Start the gate for ``topic`` (resolved: remappings and namespace applied) with a connection to it."""
     parent_end, child_end = socket.socketpair()
@@ -46,7 +59,7 @@ def start_gate_process(topic: str, max_bytes: int, default_dt: float, node_name:
         process = subprocess.Popen(
             [sys.executable, "-m", "qwen_vla_ros.nodes.chunk_gate", "--fd", str(child_end.fileno()),
              "--parent", str(os.getpid()), "--topic", topic, "--max-bytes", str(max_bytes),
-             "--default-dt", repr(default_dt), "--name", node_name],
+             "--default-dt", repr(default_dt), "--name", node_name, *enclave_args(sys.argv)],
             pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL,
         )
     except OSError:
@@ -100,13 +113,15 @@ def main(args: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-bytes", type=int, required=True)
     parser.add_argument("--default-dt", type=float, required=True)
     parser.add_argument("--name", required=True)
-    options = parser.parse_args(args)
+    argv = list(sys.argv[1:] if args is None else args)
+    ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
+    options = parser.parse_args(argv[:len(argv) - len(ros_args)])
     _die_with_parent(options.parent)
     connection = Connection(options.fd)
     apply_dds_profile()
     keep_large_buffers()  # the 15 MB copies are this process's now: keep them cheap for it too
     context = rclpy.context.Context()
-    rclpy.init(args=[], context=context)
+    rclpy.init(args=["chunk_gate", *ros_args], context=context)
     node = rclpy.create_node(options.name, context=context)
     outbox = NewestChunk()
     node.create_subscription(JointTrajectory, options.topic, lambda data: outbox.offer(data, options.max_bytes),
