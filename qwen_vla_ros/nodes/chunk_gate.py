@@ -34,7 +34,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from qwen_vla_ros.gate import FrameKind, GateProcess, NewestChunk, encode_frame
 from qwen_vla_ros.nodes.common import decode_chunk_message, keep_large_buffers
-from qwen_vla_ros.ros_env import apply_dds_profile
+from qwen_vla_ros.ros_env import apply_dds_profile, security_problem
 
 PR_SET_PDEATHSIG = 1
 REPORT_EVERY_S = 0.5  # counters go out at least this often, so the controller can tell a live gate from a hung one
@@ -71,7 +71,11 @@ def start_gate_process(topic: str, max_bytes: int, default_dt: float, node_name:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """SIGTERM when the parent dies; exit now if it already has (it died before prctl took effect)."""
+    """SIGTERM when the parent dies; exit now if it already has (it died before prctl took effect).
+
+    Linux sends it when the *thread* that started the gate ends: the controller's main thread
+    (the first gate) or the supervisor's reader (restarts), both of which live as long as the
+    node; on a clean stop the node ends the gate itself first."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent_pid:
@@ -119,6 +123,11 @@ def main(args: Sequence[str] | None = None) -> int:
     _die_with_parent(options.parent)
     connection = Connection(options.fd)
     apply_dds_profile()
+    insecure = security_problem()
+    if insecure:  # fail closed like every node (run_node); the controller itself refuses first
+        print(f"error: DDS security was asked for but would not hold, so the chunk gate does not start: {insecure}",
+              file=sys.stderr)
+        return 2
     keep_large_buffers()  # the 15 MB copies are this process's now: keep them cheap for it too
     context = rclpy.context.Context()
     rclpy.init(args=["chunk_gate", *ros_args], context=context)
