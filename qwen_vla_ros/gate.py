@@ -193,18 +193,21 @@ class GateSupervisor:
     ``start`` launches a gate process (the node builds its command line); ``deliver`` gets
     every frame but READY and COUNTERS (the node queues chunks and notices for the control
     loop). A gate that exits, closes its connection, sends what is not a frame, or is silent
-    for ``silence_s`` (it reports at least every second) is stopped, logged at ERROR, counted
+    for ``silence_s`` (it reports at least every second; ``startup_s`` before its first frame,
+    since a fresh interpreter importing rclpy takes seconds on a loaded machine) is stopped, logged at ERROR, counted
     in ``failures``, and restarted after ``backoff``; meanwhile no chunk arrives, so the
     controller plays out what it has and holds, as it would for a lost policy.
     """
 
     def __init__(self, start: Callable[[], GateProcess], deliver: Callable[[GateFrame], None], log: Logger, *,
-                 period_s: float, silence_s: float = 10.0, backoff: Backoff | None = None) -> None:
+                 period_s: float, silence_s: float = 10.0, startup_s: float = 120.0,
+                 backoff: Backoff | None = None) -> None:
         self.start_gate = start
         self.deliver = deliver
         self.log = log
         self.period_s = period_s
         self.silence_s = silence_s
+        self.startup_s = startup_s
         self.backoff = backoff or Backoff()
         self.failures = 0
         self.starts = 0
@@ -270,25 +273,36 @@ class GateSupervisor:
                            f"is back, restarting it in {delay:.1f} s (failure {self.failures})")
             if self._stopping.wait(delay):
                 return
+            gate = self._relaunch()
+
+    def _relaunch(self) -> GateProcess | None:
+        """A new gate, trying again after each backoff delay while it cannot start; None once stopping."""
+        while not self._stopping.is_set():
             try:
                 gate = self._launch()
             except _Stopped:
-                return
+                return None
             except OSError as exc:
-                self.log.error(f"chunk gate could not start: {exc}")
-                gate = None  # nothing left to serve; the next stop ends the thread
+                delay = self.backoff.delay(0.0)
+                self.log.error(f"chunk gate could not start ({exc}); trying again in {delay:.1f} s")
+                if self._stopping.wait(delay):
+                    return None
             else:
                 self.log.warning(f"chunk gate restarted (pid {gate.process.pid})")
+                return gate
+        return None
 
     def _serve(self, gate: GateProcess) -> str:
         """Read frames from ``gate`` until it fails; the reason it failed."""
         connection = gate.connection
         try:
             connection.send_bytes(CREDIT)
+            limit_s = self.startup_s  # until its first frame: a fresh interpreter importing rclpy
             while not self._stopping.is_set():
-                if not connection.poll(self.silence_s):
+                if not connection.poll(limit_s):
                     code = gate.process.poll()
-                    return f"exited with code {code}" if code is not None else f"silent for {self.silence_s:g} s"
+                    return f"exited with code {code}" if code is not None else f"silent for {limit_s:g} s"
+                limit_s = self.silence_s
                 received_s = time.monotonic()
                 frame = decode_frame(connection.recv_bytes())
                 self.counters = frame.counters

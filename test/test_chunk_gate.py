@@ -32,15 +32,21 @@ from qwen_vla_ros.gate import (
 
 REPO = Path(__file__).resolve().parent.parent
 # The scripted gate: READY on the first credit, then one chunk per credit (stamp = its count),
-# exiting with code 3 after ``die_after`` chunks (0: never), or sending garbage when asked.
+# exiting with code 3 after ``die_after`` chunks (0: never); or sending garbage, starting slowly
+# (1 s) or hanging (60 s) before its first frame, when asked.
 SCRIPTED_GATE = """
-import os, sys
+import os, sys, time
 import numpy as np
 from multiprocessing.connection import Connection
 from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.gate import FrameKind, encode_frame
-connection, die_after, garbage = Connection(int(sys.argv[1])), int(sys.argv[2]), sys.argv[3] == "garbage"
+connection, die_after, mode = Connection(int(sys.argv[1])), int(sys.argv[2]), sys.argv[3]
+garbage = mode == "garbage"
 sent = 0
+if mode == "hang":
+    time.sleep(60)
+if mode == "slow_start":
+    time.sleep(1.0)
 try:
     connection.recv_bytes()
     connection.send_bytes(encode_frame(FrameKind.READY, {}))
@@ -225,3 +231,24 @@ def test_the_gate_joins_the_controllers_sros2_enclave_and_nothing_else_of_its_ar
     assert enclave_args(["controller", "--ros-args", "-e", "/x"]) == ["--ros-args", "--enclave", "/x"]
     assert enclave_args(["controller", "--enclave", "/not-a-ros-arg"]) == []
     assert enclave_args(["controller", "--ros-args", "-p", "config:=aloha"]) == []
+
+
+def test_a_gate_slower_to_start_than_the_silence_limit_is_waited_for_but_a_hung_one_is_not() -> None:
+    log = Log()
+    slow = GateSupervisor(lambda: scripted_gate(mode="slow_start"), lambda frame: None, log, period_s=0.02,
+                          silence_s=0.3, startup_s=30.0)
+    try:
+        slow.start()
+        assert slow.ready.wait(30.0) and slow.failures == 0, log.lines
+    finally:
+        slow.stop()
+    hung = GateSupervisor(lambda: scripted_gate(mode="hang"), lambda frame: None, log, period_s=0.02,
+                          silence_s=0.3, startup_s=1.0, backoff=Backoff(first_s=5.0))
+    try:
+        hung.start()
+        assert wait_for(lambda: hung.failures == 1, 20.0)
+        gate = hung.gate
+    finally:
+        hung.stop()
+    assert any(level == "error" and "silent for 1 s" in m for level, m in log.lines), log.lines
+    assert gate is None or gate.process.poll() is not None
