@@ -365,8 +365,8 @@ def test_15_mb_chunks_from_another_process_do_not_stall_the_loop_and_the_gate_en
     which stalled its loop 0.47 to 0.57 s (docs/benchmarks.md, chunk abuse); the chunk gate receives
     them in its own process. Two bounds: 200 ms (10 periods), far below that stall and above the
     gaps this shared, loaded VM opens with no chunk at all (up to about 100 ms); and no more than
-    two periods over the longest gap of 3 s just before without abuse, which the code before the
-    gate exceeded by 45 ms at a load of 6 (and the benchmark by 60 to 230 ms). The 60 ms goal is the
+    two periods over the longest gap of the 3 s just before, without abuse (the code before the
+    gate: 45 ms over at a load of 6, 60 to 230 ms over in the benchmark). The 60 ms goal is the
     benchmark's. The chunks are refused by size and counted, and the gate ends with the controller."""
     config = load_embodiment("aloha")
     node = rclpy.create_node("large_chunk_rig", context=ros_domain.context)
