@@ -218,7 +218,8 @@ def run(args: argparse.Namespace, domain: int) -> dict:
     measured = np.array(stamps, dtype=np.int64)
     counters = {kv.key: kv.value for kv in states[-1].status[0].values} if states else {}
     keys = ("chunks_accepted", "chunks_rejected", "chunks_dropped", "rejected_too_large", "rejected_non_finite",
-            "rejected_stale", "rejected_out_of_order", "periods_skipped", "period_error_ms_max")
+            "rejected_stale", "rejected_out_of_order", "periods_skipped", "period_error_ms_max",
+            "gate_received", "gate_too_large", "gate_malformed", "gate_dropped", "gate_failures")
     return {
         "phases": {p["phase"]: {**{k: v for k, v in p.items() if k not in ("phase", "start_ns", "end_ns")},
                                 **phase_figures(measured, p["start_ns"], p["end_ns"])} for p in phases},

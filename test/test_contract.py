@@ -153,6 +153,9 @@ def test_committed_codec_time_convention() -> None:
 IGNORED_TOPICS = {"/rosout", "/parameter_events"}
 
 
+GATE = "qwen_vla_controller_chunk_gate"  # nodes.chunk_gate, started by the controller
+
+
 def _graph(probe, node: str) -> tuple[set, set, set, set]:
     """(publishers, subscriptions, services, clients) of ``node`` as (name, type), rclpy's own left out."""
     def pairs(entries) -> set[tuple[str, str]]:
@@ -228,6 +231,9 @@ def test_running_nodes_have_exactly_their_contract_endpoints(ros_domain, tiny_ch
             running = {name for name, namespace in probe.get_node_names_and_namespaces() if namespace == "/"}
             actual = {name: _graph(probe, name) if name in running else (set(), set(), set(), set())
                       for name in [*expected, "trial_recorder"]}
+            if GATE in running:  # the controller's chunk subscription is its gate's, a child process of its own
+                actual["qwen_vla_controller"] = tuple(mine | gates for mine, gates in zip(
+                    actual["qwen_vla_controller"], _graph(probe, GATE), strict=True))
             published = {topic for topic, _ in probe.get_topic_names_and_types() if probe.count_publishers(topic)}
             recorder_expected = (recorder_contract[0], {s for s in recorder_contract[1] if s[0] in published},
                                  *recorder_contract[2:])
@@ -247,7 +253,7 @@ def test_running_nodes_have_exactly_their_contract_endpoints(ros_domain, tiny_ch
             for topics, offered, find in ((view.publishes, PUBLISHER_QOS, probe.get_publishers_info_by_topic),
                                           (view.subscribes, SUBSCRIPTION_QOS, probe.get_subscriptions_info_by_topic)):
                 for topic in topics:
-                    endpoints = [e for e in find(topic.name) if e.node_name == name]
+                    endpoints = [e for e in find(topic.name) if e.node_name in (name, f"{name}_chunk_gate")]
                     got = {(e.qos_profile.reliability, e.qos_profile.durability) for e in endpoints}
                     if topic.qos is QosKind.ANY and offered is SUBSCRIPTION_QOS:
                         wants = ANY_SUBSCRIPTION_QOS  # one subscription per profile, matching any publisher

@@ -353,3 +353,150 @@ def test_chunk_floods_and_oversized_chunks_from_another_process_neither_starve_t
     assert int(states["rejected_too_large"]) == 2, states
     assert int(states["rejected_non_finite"]) > 0 and int(states["chunks_dropped"]) > 1000, states
     assert "Traceback" not in output, output
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only its zombie (exited, waiting for whoever adopted it to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_15_mb_chunks_from_another_process_do_not_stall_the_loop_and_the_gate_ends_with_the_controller(ros_domain) -> None:
+    """The abuser of bench/chunk_abuse.py sends four 100k-point (15 MB) chunks, 0.25 s apart. Receiving
+    one took 0.13 to 0.46 s of rclpy holding the controller's GIL when the controller subscribed itself,
+    which stalled its loop 0.47 to 0.57 s (docs/benchmarks.md, chunk abuse); the chunk gate receives
+    them in its own process. Two bounds: 200 ms (10 periods), far below that stall and above the
+    gaps this shared, loaded VM opens with no chunk at all (up to about 100 ms); and no more than
+    two periods over the longest gap of the 3 s just before, without abuse (the code before the
+    gate: 45 ms over at a load of 6, 60 to 230 ms over in the benchmark). The 60 ms goal is the
+    benchmark's. The chunks are refused by size and counted, and the gate ends with the controller."""
+    config = load_embodiment("aloha")
+    node = rclpy.create_node("large_chunk_rig", context=ros_domain.context)
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(node)
+    ForwardCommandArms(node, config.arms, ALOHA_START)
+    stamps: list[int] = []
+    states: dict[str, str] = {}
+    node.create_subscription(JointState, "/qwen_vla/controller/command",
+                             lambda m: stamps.append(time_to_ns(m.header.stamp)), RELIABLE)
+    node.create_subscription(DiagnosticArray, "/qwen_vla/controller/state",
+                             lambda m: states.update({v.key: v.value for s in m.status for v in s.values}), 10)
+    child = ros_domain.start_process("-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=aloha",
+                                     "-p", f'config_overrides:=["{FORWARD_COMMAND}"]')
+    abuser = None
+    try:
+        assert ros_domain.spin_until(executor, lambda: int(states.get("gate_pid", 0)) > 0 or child.poll() is not None,
+                                     timeout=60)
+        gate_pid = int(states["gate_pid"])
+        quiet_start = time.time_ns()
+        spin_for(ros_domain, executor, 3.0)  # the loop's gaps on this machine, now, without abuse
+        quiet_end = time.time_ns()
+        abuser = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "chunk_abuse.py"), "--abuse", "--domain", str(ros_domain.domain_id),
+             "--flood-s", "0", "--large", "4"],
+            env=ros_domain.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert ros_domain.spin_until(executor, lambda: abuser.poll() is not None, timeout=120)
+        phases = {p["phase"]: p for p in (json.loads(line) for line in abuser.stdout.read().splitlines() if line.startswith("{"))}
+        spin_for(ros_domain, executor, 1.5)  # the state report catches up
+    finally:
+        if abuser is not None and abuser.poll() is None:
+            abuser.kill()
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+
+    large = phases["large"]
+    assert large["sent"] == 4 and large["bytes_each"] > 15_000_000, phases
+    commands = np.array(stamps, dtype=np.int64)
+    around = commands[(commands >= large["start_ns"] - 200_000_000) & (commands <= large["end_ns"])]
+    gaps_ms = np.diff(around) / 1e6
+    assert len(around) > 0.5 * (large["end_ns"] - large["start_ns"]) / 20e6
+    quiet_gap_ms = np.diff(commands[(commands >= quiet_start) & (commands <= quiet_end)]).max() / 1e6
+    assert gaps_ms.max() < 200.0, f"a 15 MB chunk stalled the loop: gaps over 60 ms {sorted(gaps_ms[gaps_ms > 60])}"
+    assert gaps_ms.max() < quiet_gap_ms + 40.0, f"longest gap {gaps_ms.max():.1f} ms, {quiet_gap_ms:.1f} ms without abuse"
+    assert int(states["gate_too_large"]) == 4 and int(states["rejected_too_large"]) == 4, states
+    assert int(states["gate_failures"]) == 0, states
+    assert "Traceback" not in output, output
+    deadline = time.monotonic() + 5.0
+    while not process_gone(gate_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_gone(gate_pid), "the chunk gate outlived the controller"
+
+
+def test_a_killed_gate_is_reported_and_restarted_no_chunk_sent_while_it_was_down_moves_the_arm(ros_domain) -> None:
+    """SIGKILL the chunk gate mid-run: the controller logs it at ERROR, counts it, keeps commanding
+    (holding where its last plan ended), starts a new gate, and moves again on the next chunk. A chunk
+    published while the gate was down never moves the arm, not even after the new gate subscribes
+    (the topic is volatile: a new subscription gets no old messages). Then SIGKILL the controller
+    itself: the kernel ends its gate (parent-death signal), so no gate is left behind."""
+    config = load_embodiment("aloha")
+    names = tuple(config.action.names)
+    node = rclpy.create_node("gate_kill_rig", context=ros_domain.context)
+    executor = SingleThreadedExecutor(context=ros_domain.context)
+    executor.add_node(node)
+    ForwardCommandArms(node, config.arms, ALOHA_START)
+    commands: list[tuple[int, float]] = []  # (receive time, first channel)
+    states: dict[str, str] = {}
+    node.create_subscription(JointState, "/qwen_vla/controller/command",
+                             lambda m: commands.append((time.monotonic_ns(), m.position[0])), RELIABLE)
+    node.create_subscription(DiagnosticArray, "/qwen_vla/controller/state",
+                             lambda m: states.update({v.key: v.value for s in m.status for v in s.values}), 10)
+    chunks = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", RELIABLE)
+    home = [*ALOHA_START, 0.5, *ALOHA_START, 0.5]
+    assert names[0] == "left_waist" and home[0] == 0.0  # the first channel is the one watched
+
+    def publish_chunk(first_channel: float) -> None:
+        actions = np.tile(home, (50, 1))
+        actions[:, 0] = first_channel
+        chunks.publish(chunk_to_trajectory(ActionChunk(actions, names, 0.02, node.get_clock().now().nanoseconds)))
+
+    def publish_until(first_channel: float, moved) -> bool:
+        """Publish a chunk every 0.2 s, as a policy does, until ``moved`` (a new subscription may not have matched yet)."""
+        for _ in range(50):
+            publish_chunk(first_channel)
+            if ros_domain.spin_until(executor, moved, timeout=0.2):
+                return True
+        return False
+
+    child = ros_domain.start_process("-m", "qwen_vla_ros.nodes.controller", "--ros-args", "-p", "config:=aloha",
+                                     "-p", f'config_overrides:=["{FORWARD_COMMAND}"]')
+    first_gate = second_gate = 0
+    try:
+        assert ros_domain.spin_until(executor, lambda: int(states.get("gate_pid", 0)) > 0 or child.poll() is not None,
+                                     timeout=60)
+        first_gate = int(states["gate_pid"])
+        assert publish_until(0.3, lambda: commands and commands[-1][1] > 0.29), commands[-1:]
+
+        os.kill(first_gate, 9)
+        killed_ns = time.monotonic_ns()
+        for _ in range(5):  # a policy still publishing while its chunks have no way in
+            publish_chunk(-0.3)
+            spin_for(ros_domain, executor, 0.1)
+        assert ros_domain.spin_until(
+            executor, lambda: int(states.get("gate_starts", 0)) == 2 and states.get("gate_alive") == "True", timeout=60
+        ), states
+        second_gate = int(states["gate_pid"])
+        spin_for(ros_domain, executor, 1.0)  # the new gate is subscribed: would an old chunk reach it now?
+        after_kill = [value for stamp, value in commands if stamp > killed_ns]
+        assert len(after_kill) > 50, "the controller stopped commanding when its gate died"
+        assert min(after_kill) > 0.29, f"a chunk sent while the gate was down moved the arm to {min(after_kill)}"
+
+        assert publish_until(0.0, lambda: commands[-1][1] < 0.01), commands[-1:]  # the policy's next chunks, through the new gate
+        assert int(states["gate_failures"]) == 1 and second_gate != first_gate, states
+
+        child.kill()  # no clean shutdown: only the parent-death signal can end the gate now
+        child.wait(timeout=10)
+        deadline = time.monotonic() + 5.0
+        while not process_gone(second_gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_gone(second_gate), "the chunk gate outlived a killed controller"
+    finally:
+        for pid in {int(states.get("gate_pid", 0)), first_gate, second_gate} - {0}:
+            if not process_gone(pid):
+                os.kill(pid, 9)  # a failed run leaves no orphan (it would also hold the controller's output open)
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+    assert f"chunk gate (pid {first_gate}) failed: exited with code -9" in output, output

@@ -7,10 +7,12 @@ node with a different default embodiment (Mobile ALOHA: ``aloha_controller`` wit
 The loop, its lock and the chunk intake are :class:`qwen_vla_ros.control.loop.ControlLoop`
 (no ROS): a thread sleeping to absolute deadlines at ``control.realtime_priority``
 (SCHED_FIFO) where the host allows it, or under ``use_sim_time`` a ROS timer that follows
-``/clock``. Chunks arrive serialized (a raw subscription), are sized before anything decodes
-them, wait in a bounded queue that keeps the newest, and are decoded and prepared on a
-thread of their own. Why the EventsExecutor, SCHED_FIFO on the loop thread and the 50 us GIL
-switch interval: docs/architecture.md, "Executors and timing".
+``/clock``. The chunk subscription lives in a child process, the chunk gate
+(``nodes.chunk_gate``, docs/architecture.md, chunk intake), so no chunk, however large, is
+copied by this interpreter: chunks arrive from it sized and decoded, wait in a bounded queue
+that keeps the newest, and are prepared on a thread of their own. Why the EventsExecutor,
+SCHED_FIFO on the loop thread and the 50 us GIL switch interval: docs/architecture.md,
+"Executors and timing".
 
 Teleoperation: ``/joy`` (sensor_msgs/Joy, from joy_node or our joystick_node) feeds the
 core's arbiter; the mode goes out on ``contract.MODE`` (std_msgs/String, latched)
@@ -64,11 +66,12 @@ from qwen_vla_ros.control import Controller, ControlOutput
 from qwen_vla_ros.control.estop import EstopPublisher, estop_problems
 from qwen_vla_ros.control.loop import ControlLoop, LoopClock, Period
 from qwen_vla_ros.embodiments.base import yaw_from_quaternion
+from qwen_vla_ros.gate import GateFrame, GateSupervisor
 from qwen_vla_ros.nodes.adapters import TwistAdapter, make_adapters
+from qwen_vla_ros.nodes.chunk_gate import start_gate_process
 from qwen_vla_ros.nodes.common import (
     call_trigger_logged,
     declare_configs,
-    keep_large_buffers,
     low_latency_spinner,
     ns_to_time,
     run_node,
@@ -85,7 +88,6 @@ from qwen_vla_ros.nodes.ros_contract import (
     create_service,
     create_subscription,
     create_subscriptions_matching_any,
-    decode_chunk_message,
     diagnostic_array,
     diagnostic_status,
 )
@@ -95,6 +97,7 @@ EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostic
 # Python's default is 5 ms; why 50 us: docs/architecture.md, "Executors and timing".
 GIL_SWITCH_INTERVAL_S = 0.00005
 ESTOP_CHECK_PERIOD_S = 2.0  # how often a publisher that cannot stop the robot is reported again
+GATE_READY_TIMEOUT_S = 30.0  # the gate imports rclpy in a fresh interpreter: seconds on a loaded machine
 
 
 class ControllerNode(Node):
@@ -116,18 +119,28 @@ class ControllerNode(Node):
         if committed_rate > 0 and not publish_committed:
             self.get_logger().info(f"{embodiment.name}: no {COMMITTED.name}, its commands {self.names} are not its "
                                    "action channels (real-time chunking is off for it)")
-        self.loop: ControlLoop[bytes] = ControlLoop(
+        max_chunk_bytes = chunk_message_limit(embodiment.action.names, embodiment.safety.max_chunk_actions)
+        self.loop: ControlLoop[GateFrame] = ControlLoop(
             self.core,
-            decode=partial(decode_chunk_message, default_dt=embodiment.control.action_dt),
+            decode=GateFrame.decoded,
             publish=self._publish_period,
             log=self.get_logger(),
-            max_message_bytes=chunk_message_limit(embodiment.action.names, embodiment.safety.max_chunk_actions),
+            max_message_bytes=max_chunk_bytes,
             queue_depth=runtime.blending.queue_depth,
             committed_every=max(1, round(embodiment.control.rate_hz / committed_rate)) if publish_committed else 0,
             clock=LoopClock(now_ns=self._now),
             alive=self.context.ok,
         )
         self.lock = self.loop.lock
+        # The chunk subscription (serialized, sized before decoding) is the gate's, a process of its own,
+        # started first so that its start-up overlaps ours; a refusal by size reaches the loop as a notice
+        # carrying that size, which the loop refuses again.
+        self.chunk_topic = self.resolve_topic_name(ACTION_CHUNK.name)
+        self.gate = GateSupervisor(
+            partial(start_gate_process, self.chunk_topic, max_chunk_bytes, embodiment.control.action_dt,
+                    f"{self.get_name()}_chunk_gate"),
+            lambda frame: self.loop.submit(frame, frame.size_bytes), self.get_logger(), period_s=self.core.period_s)
+        self.gate.start()
 
         inbound = {topic.name: topic for topic in role_view(NodeRole.CONTROLLER, embodiment).subscribes}
         estop = inbound[embodiment.safety.estop_topic]
@@ -141,9 +154,6 @@ class ControllerNode(Node):
                                 lambda m, name=arm.name: self._on_joint_state(name, m), callback_group=inputs)
         if self.core.layout.base is not None:
             create_subscription(self, inbound[embodiment.base.odom_topic], self._on_odometry, callback_group=inputs)
-        # Serialized: the size is judged before anything decodes it, and decoding is the intake thread's.
-        create_subscription(self, ACTION_CHUNK, lambda data: self.loop.submit(data, len(data)), callback_group=inputs,
-                            raw=True)
         self.estop_topic = estop.name
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_estop_mismatch,
                                             incompatible_type=self._on_estop_mismatch)
@@ -165,6 +175,9 @@ class ControllerNode(Node):
         self.published_mode: str | None = None
         self._publish_mode([])
 
+        if not self.gate.ready.wait(GATE_READY_TIMEOUT_S):  # commanding without taking chunks would look alive
+            self.get_logger().error(f"chunk gate not subscribed to {self.chunk_topic} after {GATE_READY_TIMEOUT_S:g} s: "
+                                    "no chunks are taken in until it is")
         sim_time = bool(self.get_parameter("use_sim_time").value)
         if sim_time:
             self.create_timer(self.core.period_s, self.loop.run_period, callback_group=MutuallyExclusiveCallbackGroup())
@@ -283,9 +296,10 @@ class ControllerNode(Node):
 
     # -- outputs ------------------------------------------------------------------------
     def destroy_node(self) -> None:
-        loop = getattr(self, "loop", None)  # None when a bad config stopped the constructor before it
-        if loop is not None:
-            loop.stop()
+        # The loop first: it publishes until stopped. Absent when a bad config stopped the constructor before them.
+        for part in ("loop", "gate"):
+            if hasattr(self, part):
+                getattr(self, part).stop()
         super().destroy_node()
 
     def _publish_period(self, period: Period) -> None:
@@ -310,6 +324,8 @@ class ControllerNode(Node):
         now = self._now()
         status = self.loop.status(now)
         status.update(self.heartbeat.figures())
+        gate = self.gate.figures()
+        status.update(gate, chunks_dropped=status["chunks_dropped"] + gate["gate_dropped"])  # newer ones took their place
         level = {"estop": Level.ERROR, "stale": Level.WARN, "waiting": Level.WARN,
                  # never heard from (starting up) is a warning; a policy that went silent an error
                  "policy_lost": Level.ERROR if status["policy_losses"] else Level.WARN}
@@ -321,7 +337,6 @@ class ControllerNode(Node):
 
 def _main(default_embodiment: str, args: Sequence[str] | None) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    keep_large_buffers()  # an oversized chunk is still received (then refused): keep that cheap for the loop
     return run_node(
         ControllerNode,
         args,
