@@ -28,7 +28,7 @@ FORWARD = "outputs=[{adapter: forward_command, arms: [left, right]}]"
 
 # Who publishes each fixed topic, as the nodes are meant to (docs/architecture.md, the issue).
 PUBLISHERS = {
-    "/qwen_vla/action_chunk": {"policy_node"},
+    "/qwen_vla/action_chunk": {"policy_node", "expert_node"},  # the scripted expert in the policy's place (collect)
     "/qwen_vla/controller/committed": {"qwen_vla_controller"},
     "/qwen_vla/controller/command": {"qwen_vla_controller"},
     "/qwen_vla/controller/state": {"qwen_vla_controller"},
@@ -39,6 +39,10 @@ PUBLISHERS = {
     "/qwen_vla/sim/success": {"sim_node"},
     "/qwen_vla/trial/next_condition": {"trial_recorder"},
     "/clock": {"sim_node"},
+    "/qwen_vla/policy/heartbeat": {"policy_node"},
+    "/qwen_vla/sim/randomization": {"operator"},
+    "/qwen_vla/expert/command": {"operator"},
+    "/qwen_vla/expert/status": {"expert_node"},
 }
 
 

@@ -25,15 +25,16 @@ import numpy as np
 import yaml
 
 from qwen_vla_ros.chunk import NS_PER_S
+from qwen_vla_ros.contract import ACTION_CHUNK, COMMAND, DIAGNOSTICS, MODE
 from qwen_vla_ros.recording.trial import TrialRecord, TrialStore
 
 PAGE = "view.html"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
-COMMAND_TOPIC = "/qwen_vla/controller/command"
-CHUNK_TOPIC = "/qwen_vla/action_chunk"
-MODE_TOPIC = "/qwen_vla/mode"
-DIAGNOSTICS_TOPIC = "/diagnostics"
+COMMAND_TOPIC = COMMAND.name
+CHUNK_TOPIC = ACTION_CHUNK.name
+MODE_TOPIC = MODE.name
+DIAGNOSTICS_TOPIC = DIAGNOSTICS.name
 REJECTED_KEY = "chunks_rejected"
 MIN_Y_SPAN = 0.05  # rad or normalised: the smallest joint panel range
 VIDEO_WIDTH_MAX = 640  # larger frames are scaled down: the page stays a few MB
