@@ -115,7 +115,7 @@ HEARTBEAT = Topic(
     "liveness and clock offset between hosts: header.stamp = sender's ROS time, source = host/node",
 )
 POLICY_HEARTBEAT = Topic(
-    "/qwen_vla/policy/heartbeat", "std_msgs/msg/Header", QosKind.SENSOR, _roles(P), _roles(C),
+    "/qwen_vla/policy/heartbeat", "std_msgs/msg/Header", QosKind.SENSOR, _roles(P, E), _roles(C),
     "policy liveness, from a thread of its own every safety.policy_timeout_s / 5: stamp = sender's ROS time, "
     "frame_id = host/node; the controller holds when it stops (docs/safety.md)",
 )

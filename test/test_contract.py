@@ -39,7 +39,7 @@ PUBLISHERS = {
     "/qwen_vla/sim/success": {"sim_node"},
     "/qwen_vla/trial/next_condition": {"trial_recorder"},
     "/clock": {"sim_node"},
-    "/qwen_vla/policy/heartbeat": {"policy_node"},
+    "/qwen_vla/policy/heartbeat": {"policy_node", "expert_node"},
     "/qwen_vla/sim/randomization": {"operator"},
     "/qwen_vla/expert/command": {"operator"},
     "/qwen_vla/expert/status": {"expert_node"},

@@ -144,7 +144,7 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
     for key, value in graph.environment.items():
         os.environ.setdefault(key, value)
     group = ProcessGroup(graph.processes, echo=None, log_dir=output / "logs")
-    monitor = Monitor(graph.embodiment.arms[0].joint_state_topic)
+    monitor = Monitor(graph.embodiment)
     link = ConditionLink(monitor)
     with StopSignals() as signals:
         try:
@@ -194,7 +194,7 @@ def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, st
     link.set(fields, instruction)
     for _ in range(20):  # the latched randomisation reaches the sim asynchronously: the reset echoes it
         time.sleep(0.25)
-        reset, message = monitor.trigger(SIM_RESET.name)
+        reset, message = monitor.trigger(SIM_RESET)
         if not reset:
             result.problem = f"the sim did not reset: {message}"
             return result

@@ -25,6 +25,7 @@ from std_msgs.msg import String
 from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.contract import ACTION_CHUNK, EXPERT_COMMAND, EXPERT_STATUS
 from qwen_vla_ros.nodes.common import declare_configs, run_node
+from qwen_vla_ros.nodes.heartbeat import PolicyHeartbeat
 from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory, create_publisher, create_subscription
 from qwen_vla_ros.sim.playback import TrajectoryPlayer
 from qwen_vla_ros.sim.scripted import ArmFrames, Trajectory, home_trajectory, plan_transfer
@@ -55,6 +56,8 @@ class ExpertNode(Node):
         self.last_action = home_trajectory(config, period_s, np.zeros(len(config.action.names)),
                                            self.frames, period_s).actions[-1]
         self.chunks = create_publisher(self, ACTION_CHUNK)
+        # In the policy's place, so the controller's watchdog hears it as it would the policy.
+        self.liveness = PolicyHeartbeat(self, config.safety.policy_timeout_s)
         self.status = create_publisher(self, EXPERT_STATUS)
         commands = MutuallyExclusiveCallbackGroup()  # planning takes seconds; chunks keep flowing meanwhile
         create_subscription(self, EXPERT_COMMAND, self._on_command, callback_group=commands)
@@ -119,6 +122,13 @@ class ExpertNode(Node):
                 self.last_action = player.trajectory.actions[-1]
                 self.player = None  # the controller holds the last chunk's final pose
                 self._report(command, "done")
+
+
+    def destroy_node(self) -> None:
+        liveness = getattr(self, "liveness", None)  # absent when a bad config stopped the constructor before it
+        if liveness is not None:
+            liveness.stop()
+        super().destroy_node()
 
 
 def main(args: Sequence[str] | None = None) -> int:
