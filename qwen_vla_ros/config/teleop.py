@@ -22,7 +22,7 @@ class AxisButton(StrictModel):
     threshold: float = Field(ge=-1.0, le=1.0)
 
     @model_validator(mode="after")
-    def _sided(self) -> "AxisButton":
+    def _sided(self) -> AxisButton:
         if self.threshold == 0.0:
             raise ValueError("an axis button's threshold must be non-zero: its sign says which way is 'pressed'")
         return self
@@ -60,7 +60,7 @@ class TeleopButtons(StrictModel):
         return {name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) is not None}
 
     @model_validator(mode="after")
-    def _distinct(self) -> "TeleopButtons":
+    def _distinct(self) -> TeleopButtons:
         def control(binding: int | AxisButton) -> str:  # two axis buttons may share an axis on opposite sides
             return f"button {binding}" if isinstance(binding, int) else f"axis {binding.axis}{'+' if binding.threshold > 0 else '-'}"
 
@@ -142,7 +142,7 @@ class LeaderFollow(StrictModel):
     gripper_close: float | None = Field(default=None, description="leader gripper joint angle when closed (rad)")
 
     @model_validator(mode="after")
-    def _gripper_constants(self) -> "LeaderFollow":
+    def _gripper_constants(self) -> LeaderFollow:
         if self.enabled and (self.gripper_open is None or self.gripper_close is None):
             raise ValueError("leader_follow needs gripper_open and gripper_close (the leader gripper's joint angles)")
         if self.gripper_open is not None and self.gripper_open == self.gripper_close:
@@ -160,7 +160,7 @@ class Teleop(StrictModel):
     leader_follow: LeaderFollow = Field(default_factory=LeaderFollow)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Teleop":
+    def _consistent(self) -> Teleop:
         jog_buttons = {"gripper_open", "gripper_close", "arm_select", "jog_mode"}
         unused = sorted(k for k in self.buttons.bound() if k in jog_buttons)
         if unused and self.arm is None:

@@ -79,7 +79,7 @@ class SafetyFilter:
         self._ramp_start_ns = None
         self._previous_target = None
 
-    def copy(self) -> "SafetyFilter":
+    def copy(self) -> SafetyFilter:
         """An independent filter for look-ahead; arrays are never mutated in place, so a shallow copy suffices."""
         return copy.copy(self)
 

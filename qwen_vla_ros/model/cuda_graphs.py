@@ -135,7 +135,7 @@ class GraphRunner:
 class CudaGraphStages(TorchStages):
     """Vision, backbone step and the whole K-step sampler as replayed graphs of the torch modules."""
 
-    def __init__(self, policy: "Policy", capture: Capture | None = None, max_graphs: int = 8) -> None:
+    def __init__(self, policy: Policy, capture: Capture | None = None, max_graphs: int = 8) -> None:
         if capture is None:
             if policy.device.type != "cuda":
                 raise ValueError(f"CUDA graphs need a cuda device, got {policy.device}")

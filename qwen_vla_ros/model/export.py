@@ -117,7 +117,7 @@ def _dims_spec(dims: dict[int, str], resolve: dict[str, Any]) -> dict[int, Any] 
     return {axis: resolve[form] for axis, form in dims.items()} or None
 
 
-def stage_exports(policy: "Policy", max_cameras: int, cameras: int = 2) -> dict[str, StageExport]:
+def stage_exports(policy: Policy, max_cameras: int, cameras: int = 2) -> dict[str, StageExport]:
     """Example inputs and dynamic axes of every stage, built from shapes alone (no embodiment)."""
     language_model = policy.backbone_model.model.language_model
     trunk = policy.step_backbone.trunk
@@ -266,7 +266,7 @@ def _verify_stage(name: str, stage: StageExport, path: Path, expected: tuple[tor
 
 
 def export_policy(
-    policy: "Policy",
+    policy: Policy,
     out: str | Path,
     fingerprint: str,
     max_cameras: int = DEFAULT_MAX_CAMERAS,

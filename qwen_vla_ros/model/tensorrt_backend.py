@@ -209,7 +209,7 @@ class TensorRTStages(EngineStages):
         super().__init__(engines)
         self.name = f"tensorrt {trt.__version__} {precision.name}"
 
-    def check_task(self, task: "Task") -> None:
+    def check_task(self, task: Task) -> None:
         cameras, prefix = len(task.cameras), len(task.layout.prefix_ids)
         if cameras > self.settings.max_cameras:
             raise ValueError(f"embodiment {task.embodiment.name!r} has {cameras} cameras; the TensorRT profiles "

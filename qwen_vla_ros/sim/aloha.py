@@ -320,7 +320,7 @@ class MujocoAloha:
         mujoco.mj_copyData(self._snapshot, self.model, self.data)
         return self._snapshot
 
-    def make_renderer(self, width: int, height: int) -> "MujocoRenderer":
+    def make_renderer(self, width: int, height: int) -> MujocoRenderer:
         """Call on the thread that will render: the GL context is bound to it."""
         return MujocoRenderer(self, width, height)
 
