@@ -355,8 +355,9 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
         if _dead_required(group, problems):
             break
         summary.sim_time_s = (monitor.sim_stamp_ns - sim_start_ns) / 1e9
+        inference_ms = monitor.figure("policy_node", "inference_ms_p50")
         progress.show(f"sim {summary.sim_time_s:5.1f}/{args.duration:g} s  chunks {monitor.chunks:4d}  control "
-                      f"{monitor.recent_rate():5.1f} Hz  inference p50 {monitor.figure('policy_node', 'inference_ms_p50'):6.1f} ms"
+                      f"{monitor.recent_rate():5.1f} Hz  inference p50 {inference_ms:6.1f} ms"
                       f"  success {monitor.success}")
         if summary.sim_time_s >= args.duration:
             break

@@ -207,8 +207,8 @@ def check_keystore(keystore: str, processes: Sequence[ProcessSpec], embodiment: 
     if missing:
         raise ValueError(
             f"security: keystore {keystore} has no enclave for {', '.join(missing)}; create them with "
-            f"'qwen-vla-ros security policy --embodiment {embodiment} -o policy.xml' and 'ros2 security generate_artifacts -k {keystore} "
-            "-p policy.xml' (docs/security.md)"
+            f"'qwen-vla-ros security policy --embodiment {embodiment} -o policy.xml' and "
+            f"'ros2 security generate_artifacts -k {keystore} -p policy.xml' (docs/security.md)"
         )
 
 

@@ -148,7 +148,7 @@ class Quantiles(StrictModel):
     def _ordered(self) -> Quantiles:
         if len(self.q01) != len(self.q99):
             raise ValueError(f"q01 has {len(self.q01)} values but q99 has {len(self.q99)}")
-        bad = [i for i, (lo, hi) in enumerate(zip(self.q01, self.q99)) if not lo < hi]
+        bad = [i for i, (lo, hi) in enumerate(zip(self.q01, self.q99, strict=True)) if not lo < hi]
         if bad:
             raise ValueError(f"q01 must be below q99, violated at indices {bad}")
         return self

@@ -62,7 +62,9 @@ class TeleopButtons(StrictModel):
     @model_validator(mode="after")
     def _distinct(self) -> TeleopButtons:
         def control(binding: int | AxisButton) -> str:  # two axis buttons may share an axis on opposite sides
-            return f"button {binding}" if isinstance(binding, int) else f"axis {binding.axis}{'+' if binding.threshold > 0 else '-'}"
+            if isinstance(binding, int):
+                return f"button {binding}"
+            return f"axis {binding.axis}{'+' if binding.threshold > 0 else '-'}"
 
         controls: dict[str, list[str]] = {}
         for name, binding in self.bound().items():

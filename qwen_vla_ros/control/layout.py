@@ -108,7 +108,7 @@ class CommandLayout:
                     for name, axis_max, axis_acc in zip(
                         WAYPOINT_COMMAND_CHANNELS,
                         (part.max_linear, part.max_angular),
-                        (part.linear_acceleration, part.angular_acceleration),
+                        (part.linear_acceleration, part.angular_acceleration), strict=True,
                     ):
                         base_index.append(add(name, [Limits(lower=-axis_max, upper=axis_max, velocity=axis_acc)], True))
                 continue

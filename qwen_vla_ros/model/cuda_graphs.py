@@ -55,7 +55,7 @@ def eager_capture(function: Function, inputs: Tensors) -> tuple[Callable[[], Non
     outputs = _as_tuple(function(*inputs))
 
     def replay() -> None:
-        for static, fresh in zip(outputs, _as_tuple(function(*inputs))):
+        for static, fresh in zip(outputs, _as_tuple(function(*inputs)), strict=True):
             static.copy_(fresh)
 
     return replay, outputs
@@ -123,7 +123,7 @@ class GraphRunner:
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
         self._graphs.move_to_end(key)
-        for static, fresh in zip(captured.inputs, inputs):
+        for static, fresh in zip(captured.inputs, inputs, strict=True):
             static.copy_(fresh)
         captured.replay()
         return tuple(output.clone() for output in captured.outputs)

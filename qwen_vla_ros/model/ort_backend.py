@@ -161,7 +161,7 @@ class OrtModel:
         binding = self.session.io_binding()
         device_type, device_id = self.device.type, self.device.index or 0
         kept = []  # the bound memory must outlive the run
-        for name, tensor in zip(self.input_names, inputs):
+        for name, tensor in zip(self.input_names, inputs, strict=True):
             tensor = tensor.to(self.device).contiguous()
             kept.append(tensor)
             binding.bind_input(name, device_type, device_id, _NUMPY_TYPES[tensor.dtype], tuple(tensor.shape),

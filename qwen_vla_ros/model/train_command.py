@@ -21,7 +21,10 @@ def _train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{dataset} is not a LeRobot dataset (no meta/info.json)")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--output {out} exists and is not empty; choose a new directory")
-    say = (lambda text: print(text, file=sys.stderr, flush=True))
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory(prefix="qwen_vla_train_") as scratch:
         source = Path(args.init).expanduser() if args.init else make_checkpoint(args.size, Path(scratch) / "init", args.seed)
         policy = load_policy(source)

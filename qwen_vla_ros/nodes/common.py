@@ -73,7 +73,7 @@ def keep_large_buffers(warm_bytes: int = LARGE_BUFFER_BYTES) -> bool:
 
 
 def joint_positions(msg: JointState) -> dict[str, float]:
-    return dict(zip(msg.name, msg.position))
+    return dict(zip(msg.name, msg.position, strict=False))
 
 
 def call_trigger_logged(node: Node, client: Any, label: str, provider: str) -> None:

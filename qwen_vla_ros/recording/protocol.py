@@ -136,7 +136,7 @@ class Protocol(StrictModel):
             return [self.check_condition(c) for c in self.conditions]
         if self.design == "factorial":
             names = [f.name for f in self.factors]
-            return [dict(zip(names, levels)) for levels in itertools.product(*(f.level_names for f in self.factors))]
+            return [dict(zip(names, levels, strict=True)) for levels in itertools.product(*(f.level_names for f in self.factors))]
         baseline = {f.name: f.level_names[0] for f in self.factors}
         varied = [{**baseline, f.name: level} for f in self.factors for level in f.level_names[1:]]
         return [baseline, *varied]

@@ -162,7 +162,7 @@ def plot(report: Report, path: Path) -> None:
     widths = [len(groups) + 0.5 for _, groups in panels]
     figure = Figure(figsize=(2.0 + 1.1 * sum(widths), 4.2))
     axes = figure.subplots(1, len(panels), sharey=True, squeeze=False, gridspec_kw={"width_ratios": widths})[0]
-    for axis, (title, groups) in zip(axes, panels):
+    for axis, (title, groups) in zip(axes, panels, strict=True):
         rates = [g.rate or 0.0 for g in groups]
         errors = [
             [(g.rate - g.interval[0]) if g.trials else 0.0 for g in groups],

@@ -118,13 +118,13 @@ def _map_arm(model: mujoco.MjModel, arm: Arm, prefix: str) -> _MjArm:
         raise ConfigError("sim", [f"arm {arm.name!r} has no gripper; the ALOHA MJCF arms all have one"])
     joint_ids = [_id(model, mujoco.mjtObj.mjOBJ_JOINT, f"{prefix}/{j}", "joint") for j in arm.joint_names]
     finger_ids = [_id(model, mujoco.mjtObj.mjOBJ_JOINT, f"{prefix}/{f}", "joint") for f in INTERBOTIX_FINGERS]
-    finger_actuators = tuple(_actuator_for(model, j, f) for j, f in zip(finger_ids, INTERBOTIX_FINGERS))
+    finger_actuators = tuple(_actuator_for(model, j, f) for j, f in zip(finger_ids, INTERBOTIX_FINGERS, strict=True))
     close, open_ = model.actuator_ctrlrange[finger_actuators[0]]
     return _MjArm(
         arm=arm,
         qpos=np.array([model.jnt_qposadr[j] for j in joint_ids]),
         qvel=np.array([model.jnt_dofadr[j] for j in joint_ids]),
-        actuators=np.array([_actuator_for(model, j, n) for j, n in zip(joint_ids, arm.joint_names)]),
+        actuators=np.array([_actuator_for(model, j, n) for j, n in zip(joint_ids, arm.joint_names, strict=True)]),
         lower=np.array([j.limits.lower for j in arm.joints]),
         upper=np.array([j.limits.upper for j in arm.joints]),
         finger_qpos=tuple(int(model.jnt_qposadr[j]) for j in finger_ids),

@@ -74,7 +74,7 @@ def commands(sim: MujocoAloha, plan: list[Waypoint], arm_name: str = "right") ->
         steps = max(1, round(waypoint.duration_s / sim.period_s))
         for k in range(1, steps + 1):
             joints = previous + (waypoint.joints - previous) * k / steps
-            yield ArmCommand(dict(zip(arm.joint_names, joints)), normalized_to_joint(waypoint.gripper, arm.gripper))
+            yield ArmCommand(dict(zip(arm.joint_names, joints, strict=True)), normalized_to_joint(waypoint.gripper, arm.gripper))
         previous = waypoint.joints
 
 
