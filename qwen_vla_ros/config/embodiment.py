@@ -265,3 +265,10 @@ class EmbodimentConfig(StrictModel):
             if arm.name == name:
                 return arm
         raise KeyError(f"embodiment {self.name!r} has no arm {name!r}; arms: {[a.name for a in self.arms]}")
+
+    def require_base(self, needed_by: str) -> Base:
+        """The base section, where ``needed_by`` found that the embodiment drives or reads one; a
+        KeyError naming both rather than an AttributeError on None when that finding was wrong."""
+        if self.base is None:
+            raise KeyError(f"{needed_by} needs a base, but embodiment {self.name!r} has none")
+        return self.base
