@@ -124,7 +124,7 @@ def run_collect(args: argparse.Namespace) -> CollectSummary:
     for key, value in graph.environment.items():
         os.environ.setdefault(key, value)
     group = ProcessGroup(graph.processes, echo=None, log_dir=output / "logs")
-    monitor = Monitor(graph.embodiment.arms[0].joint_state_topic)
+    monitor = Monitor.for_embodiment(graph.embodiment)
     link = ExpertLink(monitor)
     with StopSignals() as signals:
         try:
@@ -161,7 +161,7 @@ def _episode(args: argparse.Namespace, link: ExpertLink, monitor: Monitor, group
     if not _run_command(link, {"command": "home", "duration_s": 2.0}, group, stop, problems, 30.0):
         episode.problem = "; ".join(problems)
         return episode
-    reset, message = monitor.trigger(SIM_RESET.name)
+    reset, message = monitor.trigger(SIM_RESET)
     if not reset:
         episode.problem = f"the sim did not reset: {message}"
         return episode

@@ -22,6 +22,7 @@ from typing import Any
 
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import Exit, ProcessGroup, StopSignals, report_to_stderr, run_log_dir
+from qwen_vla_ros.config import EmbodimentConfig
 from qwen_vla_ros.contract import (
     ACTION_CHUNK,
     COMMAND,
@@ -176,6 +177,18 @@ class Monitor:
         self._thread = threading.Thread(target=self._spin, name="demo_monitor", daemon=True)
         self._thread.start()
 
+    @classmethod
+    def for_embodiment(cls, embodiment: EmbodimentConfig) -> Monitor:
+        """Watching the first arm's joint states (their stamps are the sim clock), as the contract's monitor role reads them."""
+        watched = {topic.name: topic for topic in role_view(NodeRole.MONITOR, embodiment).subscribes}
+        return cls(watched[embodiment.arms[0].joint_state_topic])
+
+    def sim_time_ns(self) -> int:
+        """The sim clock of the last joint state; callers wait for the first one before they ask."""
+        if self.sim_stamp_ns is None:
+            raise RuntimeError("no joint state from the sim yet, so its clock is unknown")
+        return self.sim_stamp_ns
+
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
 
@@ -229,6 +242,8 @@ class Monitor:
             if not future.done():
                 return False, f"{service.name} did not answer within {timeout_s:g} s"
             result = future.result()
+            if result is None:  # the call itself failed (the service went away)
+                return False, f"{service.name} failed: {future.exception()}"
             return bool(result.success), str(result.message)
         finally:
             self.node.destroy_client(client)
@@ -305,8 +320,7 @@ def run_demo(args: argparse.Namespace) -> Summary:
         os.environ.setdefault(key, value)  # the monitor joins the same DDS setup as the nodes
     os.environ.update(graph.required_environment)  # single-host mode: the monitor's apply_dds_profile confines it too
     group = ProcessGroup(graph.processes, echo=None, log_dir=logs)
-    watched = {topic.name: topic for topic in role_view(NodeRole.MONITOR, graph.embodiment).subscribes}
-    monitor = Monitor(watched[graph.embodiment.arms[0].joint_state_topic])
+    monitor = Monitor.for_embodiment(graph.embodiment)
     progress = Progress()
     with StopSignals() as signals:
         try:
@@ -348,13 +362,13 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
         return
     summary.trial_id = message.split()[0]
     monitor.counting = True
-    sim_start_ns = monitor.sim_stamp_ns
+    sim_start_ns = monitor.sim_time_ns()
     wall_start = time.monotonic()
     wall_limit = 3 * args.duration + 30  # the sim keeps real time; far beyond that something is stuck
     while not stop.is_set():
         if _dead_required(group, problems):
             break
-        summary.sim_time_s = (monitor.sim_stamp_ns - sim_start_ns) / 1e9
+        summary.sim_time_s = (monitor.sim_time_ns() - sim_start_ns) / 1e9
         inference_ms = monitor.figure("policy_node", "inference_ms_p50")
         progress.show(f"sim {summary.sim_time_s:5.1f}/{args.duration:g} s  chunks {monitor.chunks:4d}  control "
                       f"{monitor.recent_rate():5.1f} Hz  inference p50 {inference_ms:6.1f} ms"

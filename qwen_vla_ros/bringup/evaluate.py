@@ -144,7 +144,7 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
     for key, value in graph.environment.items():
         os.environ.setdefault(key, value)
     group = ProcessGroup(graph.processes, echo=None, log_dir=output / "logs")
-    monitor = Monitor(graph.embodiment.arms[0].joint_state_topic)
+    monitor = Monitor.for_embodiment(graph.embodiment)
     link = ConditionLink(monitor)
     with StopSignals() as signals:
         try:
@@ -194,7 +194,7 @@ def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, st
     link.set(fields, instruction)
     for _ in range(20):  # the latched randomisation reaches the sim asynchronously: the reset echoes it
         time.sleep(0.25)
-        reset, message = monitor.trigger(SIM_RESET.name)
+        reset, message = monitor.trigger(SIM_RESET)
         if not reset:
             result.problem = f"the sim did not reset: {message}"
             return result
@@ -212,10 +212,10 @@ def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, st
         return result
     result.trial_id = message.split()[0]
     monitor.success = False  # the latched flag of the previous trial; the sim republishes every period
-    sim_start = monitor.sim_stamp_ns
+    sim_start = monitor.sim_time_ns()
     wall_limit = time.monotonic() + 3 * args.timeout + 30
     while not stop.is_set() and not _dead_required(group, []):
-        result.sim_time_s = (monitor.sim_stamp_ns - sim_start) / 1e9
+        result.sim_time_s = (monitor.sim_time_ns() - sim_start) / 1e9
         if monitor.success or result.sim_time_s >= args.timeout or time.monotonic() > wall_limit:
             break
         time.sleep(0.05)
