@@ -87,6 +87,10 @@ class TeleopButtons(StrictModel):
 JogAxes = list[Annotated[int, Field(ge=0)] | None]
 
 
+def _no_rotation_axes() -> list[int | None]:
+    return [None, None, None]
+
+
 class TeleopBase(StrictModel):
     """teleop_twist_joy's mapping: linear.x = scale_linear * axis, angular.z = scale_angular * axis."""
 
@@ -113,7 +117,7 @@ class TeleopArm(StrictModel):
     mode: Literal["cartesian", "joint"] = Field(default="cartesian", description="jog mode at start; jog_mode toggles")
     linear_axes: JogAxes = Field(min_length=3, max_length=3, description="joy axes for x, y, z")
     angular_axes: JogAxes = Field(
-        default_factory=lambda: [None, None, None], min_length=3, max_length=3, description="joy axes for roll, pitch, yaw"
+        default_factory=_no_rotation_axes, min_length=3, max_length=3, description="joy axes for roll, pitch, yaw"
     )
     joint_axes: JogAxes = Field(min_length=1, description="joy axis per arm joint, driver order (joint mode)")
     linear_speed: float = Field(default=0.05, gt=0, description="m/s at full deflection")

@@ -56,6 +56,13 @@ class SafetyFilter:
         return self.state is not None
 
     @property
+    def position(self) -> np.ndarray:
+        """The filtered command position; RuntimeError before :meth:`reset` has given the filter a start."""
+        if self.state is None:
+            raise RuntimeError("the safety filter has no position before reset()")
+        return self.state.position
+
+    @property
     def ramping(self) -> bool:
         return self._ramp_pending or self._ramp_start_ns is not None
 
