@@ -33,8 +33,12 @@ def _train(args: argparse.Namespace) -> int:
         policy.set_task(embodiment, frames.instruction)
         say(f"training the head of {source} on {len(frames.states)} frames of {dataset} for {args.steps} steps")
         log_every = max(1, args.steps // 20)
-        result = train_head(policy, frames, args.steps, args.batch_size, args.lr, args.seed,
-                            lambda step, loss: step % log_every == 0 and say(f"step {step:6d}  loss {loss:.4f}"))
+
+        def log_step(step: int, loss: float) -> None:
+            if step % log_every == 0:
+                say(f"step {step:6d}  loss {loss:.4f}")
+
+        result = train_head(policy, frames, args.steps, args.batch_size, args.lr, args.seed, log_step)
         save_trained(policy, source, out)
     record = {"dataset": str(dataset.resolve()), "init": str(args.init or f"random {args.size}, seed {args.seed}"),
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,

@@ -292,9 +292,9 @@ def _write_jpeg_images(root: Any, images: Any, stream: Iterable[tuple[str, list[
     padded = int(lengths.max()) if lengths.size else 0
     for name in cameras:
         dataset = images.create_dataset(name, (steps, padded), dtype=np.uint8, chunks=(1, padded))
-        for row, buffer in enumerate(encoded[name]):
-            if buffer is not None:
-                dataset[row, : len(buffer)] = buffer
+        for row, frame_bytes in enumerate(encoded[name]):
+            if frame_bytes is not None:
+                dataset[row, : len(frame_bytes)] = frame_bytes
     root.create_dataset("compress_len", data=lengths)
 
 

@@ -276,4 +276,4 @@ def announce(protocol: Protocol | None, upcoming: NextTrial | None, override: Co
         return json.dumps({"protocol": None, "condition": {}, "source": "none"})
     if upcoming is None:
         return json.dumps({"protocol": name, "done": True, "total": len(protocol.schedule())})
-    return json.dumps({**upcoming.to_dict(name), "source": "protocol"})
+    return json.dumps({**upcoming.to_dict(protocol.name), "source": "protocol"})
