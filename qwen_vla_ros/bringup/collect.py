@@ -124,7 +124,7 @@ def run_collect(args: argparse.Namespace) -> CollectSummary:
     for key, value in graph.environment.items():
         os.environ.setdefault(key, value)
     group = ProcessGroup(graph.processes, echo=None, log_dir=output / "logs")
-    monitor = Monitor.for_embodiment(graph.embodiment)
+    monitor = Monitor(graph.embodiment)
     link = ExpertLink(monitor)
     with StopSignals() as signals:
         try:

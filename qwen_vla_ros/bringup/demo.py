@@ -22,7 +22,7 @@ from typing import Any
 
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import Exit, ProcessGroup, StopSignals, report_to_stderr, run_log_dir
-from qwen_vla_ros.config import EmbodimentConfig
+from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.contract import (
     ACTION_CHUNK,
     COMMAND,
@@ -31,7 +31,6 @@ from qwen_vla_ros.contract import (
     TRIAL_SERVICES,
     NodeRole,
     Service,
-    Topic,
     role_view,
 )
 from qwen_vla_ros.recording.trial import TrialStore
@@ -148,7 +147,8 @@ class Summary:
 class Monitor:
     """An in-process rclpy node watching the graph: chunks, commands, sim time, success, diagnostics."""
 
-    def __init__(self, joint_states: Topic) -> None:
+    def __init__(self, embodiment: EmbodimentConfig) -> None:
+        """Watches the first arm's joint states (the sim's clock) and the runtime topics the contract gives a monitor."""
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
@@ -169,25 +169,14 @@ class Monitor:
         self.diagnostics: dict[str, dict[str, str]] = {}
         create_subscription(self.node, ACTION_CHUNK, self._on_chunk)
         create_subscription(self.node, COMMAND, self._on_command, depth=COMMAND_QUEUE_DEPTH)
-        create_subscription(self.node, joint_states, self._on_joint_state)
+        watched = {topic.name: topic for topic in role_view(NodeRole.MONITOR, embodiment).subscribes}
+        create_subscription(self.node, watched[embodiment.arms[0].joint_state_topic], self._on_joint_state)
         create_subscription(self.node, SIM_SUCCESS, self._on_success)
         create_subscription(self.node, DIAGNOSTICS, self._on_diagnostics)
         self.seen_chunk = False
         self.seen_command = False
         self._thread = threading.Thread(target=self._spin, name="demo_monitor", daemon=True)
         self._thread.start()
-
-    @classmethod
-    def for_embodiment(cls, embodiment: EmbodimentConfig) -> Monitor:
-        """Watching the first arm's joint states (their stamps are the sim clock), as the contract's monitor role reads them."""
-        watched = {topic.name: topic for topic in role_view(NodeRole.MONITOR, embodiment).subscribes}
-        return cls(watched[embodiment.arms[0].joint_state_topic])
-
-    def sim_time_ns(self) -> int:
-        """The sim clock of the last joint state; callers wait for the first one before they ask."""
-        if self.sim_stamp_ns is None:
-            raise RuntimeError("no joint state from the sim yet, so its clock is unknown")
-        return self.sim_stamp_ns
 
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
@@ -197,6 +186,12 @@ class Monitor:
                 self.executor.spin_once(timeout_sec=0.1)
         except (ExternalShutdownException, RuntimeError):  # the context closed under us
             pass
+
+    def sim_time_ns(self) -> int:
+        """The sim clock of the last joint state; callers wait for the first one before they ask."""
+        if self.sim_stamp_ns is None:
+            raise RuntimeError("no joint state from the sim yet, so its clock is unknown")
+        return self.sim_stamp_ns
 
     @staticmethod
     def _stamp(msg: Any) -> int:
@@ -320,7 +315,7 @@ def run_demo(args: argparse.Namespace) -> Summary:
         os.environ.setdefault(key, value)  # the monitor joins the same DDS setup as the nodes
     os.environ.update(graph.required_environment)  # single-host mode: the monitor's apply_dds_profile confines it too
     group = ProcessGroup(graph.processes, echo=None, log_dir=logs)
-    monitor = Monitor.for_embodiment(graph.embodiment)
+    monitor = Monitor(graph.embodiment)
     progress = Progress()
     with StopSignals() as signals:
         try:

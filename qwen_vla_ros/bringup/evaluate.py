@@ -144,7 +144,7 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
     for key, value in graph.environment.items():
         os.environ.setdefault(key, value)
     group = ProcessGroup(graph.processes, echo=None, log_dir=output / "logs")
-    monitor = Monitor.for_embodiment(graph.embodiment)
+    monitor = Monitor(graph.embodiment)
     link = ConditionLink(monitor)
     with StopSignals() as signals:
         try:
