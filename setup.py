@@ -71,7 +71,10 @@ RECORDING = ["rosbags>=0.10", "mcap", "mcap-ros2-support", "h5py", "matplotlib",
 SIM = ["mujoco>=3.2", "gym-aloha"]
 CAMERA = ["pyrealsense2>=2.50; platform_machine == 'x86_64'"]  # Debian also needs apt libusb-1.0-0
 TELEOP = ["evdev; sys_platform == 'linux'"]
-TEST = ["pytest", "pytest-timeout", "hypothesis", "yourdfpy", "scipy", "psutil"]
+# ruff and mypy are pinned: a new release adds rules and inference, and CI (scripts/bootstrap.sh lint)
+# must not start failing on code nobody touched.
+LINT = ["ruff==0.17.6", "mypy==2.4.1"]
+TEST = ["pytest", "pytest-timeout", "hypothesis", "yourdfpy", "scipy", "psutil", *LINT]
 
 setup(
     name=PACKAGE,

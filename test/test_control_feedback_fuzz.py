@@ -72,7 +72,7 @@ def feedback_script(draw: st.DrawFn, arms: int, base: bool) -> list[tuple[tuple[
 def moving_chunk(controller: Controller, now_ns: int) -> ActionChunk:
     """A chunk that moves every channel a little around the middle of its range, for the whole run."""
     limits = judged_limits(controller.config.name, controller.policy.names) \
-        if controller.layout.commands_are_actions else None
+        if controller.config.commands_are_actions else None
     dt = controller.config.control.action_dt
     steps = math.ceil(PERIODS * controller.period_s / dt) + 10
     phase = np.arange(steps)[:, None] * dt

@@ -389,7 +389,7 @@ class Signals:
         self.stop, self.wake = self._Signal(self, "stop"), self._Signal(self, "wake")
 
     class _Signal:
-        def __init__(self, owner: "Signals", name: str) -> None:
+        def __init__(self, owner: Signals, name: str) -> None:
             self.owner, self.name = owner, name
 
         def is_set(self) -> bool:

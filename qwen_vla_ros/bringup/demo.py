@@ -187,6 +187,12 @@ class Monitor:
         except (ExternalShutdownException, RuntimeError):  # the context closed under us
             pass
 
+    def sim_time_ns(self) -> int:
+        """The sim clock of the last joint state; callers wait for the first one before they ask."""
+        if self.sim_stamp_ns is None:
+            raise RuntimeError("no joint state from the sim yet, so its clock is unknown")
+        return self.sim_stamp_ns
+
     @staticmethod
     def _stamp(msg: Any) -> int:
         return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
@@ -231,6 +237,8 @@ class Monitor:
             if not future.done():
                 return False, f"{service.name} did not answer within {timeout_s:g} s"
             result = future.result()
+            if result is None:  # the call itself failed (the service went away)
+                return False, f"{service.name} failed: {future.exception()}"
             return bool(result.success), str(result.message)
         finally:
             self.node.destroy_client(client)
@@ -349,15 +357,16 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
         return
     summary.trial_id = message.split()[0]
     monitor.counting = True
-    sim_start_ns = monitor.sim_stamp_ns
+    sim_start_ns = monitor.sim_time_ns()
     wall_start = time.monotonic()
     wall_limit = 3 * args.duration + 30  # the sim keeps real time; far beyond that something is stuck
     while not stop.is_set():
         if _dead_required(group, problems):
             break
-        summary.sim_time_s = (monitor.sim_stamp_ns - sim_start_ns) / 1e9
+        summary.sim_time_s = (monitor.sim_time_ns() - sim_start_ns) / 1e9
+        inference_ms = monitor.figure("policy_node", "inference_ms_p50")
         progress.show(f"sim {summary.sim_time_s:5.1f}/{args.duration:g} s  chunks {monitor.chunks:4d}  control "
-                      f"{monitor.recent_rate():5.1f} Hz  inference p50 {monitor.figure('policy_node', 'inference_ms_p50'):6.1f} ms"
+                      f"{monitor.recent_rate():5.1f} Hz  inference p50 {inference_ms:6.1f} ms"
                       f"  success {monitor.success}")
         if summary.sim_time_s >= args.duration:
             break

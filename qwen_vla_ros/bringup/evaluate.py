@@ -212,10 +212,10 @@ def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, st
         return result
     result.trial_id = message.split()[0]
     monitor.success = False  # the latched flag of the previous trial; the sim republishes every period
-    sim_start = monitor.sim_stamp_ns
+    sim_start = monitor.sim_time_ns()
     wall_limit = time.monotonic() + 3 * args.timeout + 30
     while not stop.is_set() and not _dead_required(group, []):
-        result.sim_time_s = (monitor.sim_stamp_ns - sim_start) / 1e9
+        result.sim_time_s = (monitor.sim_time_ns() - sim_start) / 1e9
         if monitor.success or result.sim_time_s >= args.timeout or time.monotonic() > wall_limit:
             break
         time.sleep(0.05)

@@ -95,11 +95,12 @@ class BringupOptions:
         if unknown:
             raise ValueError(f"unknown launch arguments {unknown}; known: {sorted(LAUNCH_ARGUMENTS)}")
         text = {name: values.get(name, default) for name, (default, _) in LAUNCH_ARGUMENTS.items()}
-        flags = {name: parse_bool(name, text[name]) for name in ("use_sim", "record", "joystick", "multi_host")}
         return cls(
             embodiment, text["checkpoint"], text["backend"], config=text["config"], instruction=text["instruction"],
             runtime_config=text["runtime_config"], output_dir=text["output_dir"],
-            namespaces=parse_namespaces(text["namespaces"]), security=text["security"].strip(), **flags,
+            namespaces=parse_namespaces(text["namespaces"]), security=text["security"].strip(),
+            use_sim=parse_bool("use_sim", text["use_sim"]), record=parse_bool("record", text["record"]),
+            joystick=parse_bool("joystick", text["joystick"]), multi_host=parse_bool("multi_host", text["multi_host"]),
         )
 
 
@@ -207,8 +208,8 @@ def check_keystore(keystore: str, processes: Sequence[ProcessSpec], embodiment: 
     if missing:
         raise ValueError(
             f"security: keystore {keystore} has no enclave for {', '.join(missing)}; create them with "
-            f"'qwen-vla-ros security policy --embodiment {embodiment} -o policy.xml' and 'ros2 security generate_artifacts -k {keystore} "
-            "-p policy.xml' (docs/security.md)"
+            f"'qwen-vla-ros security policy --embodiment {embodiment} -o policy.xml' and "
+            f"'ros2 security generate_artifacts -k {keystore} -p policy.xml' (docs/security.md)"
         )
 
 

@@ -22,7 +22,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from types import FrameType
+from typing import Any, TextIO
 
 import yaml
 
@@ -234,7 +235,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.received: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
         self.received = signum

@@ -50,14 +50,14 @@ class Limits(StrictModel):
     acceleration: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Limits":
+    def _ordered(self) -> Limits:
         if not (math.isfinite(self.lower) and math.isfinite(self.upper)):
             raise ValueError(f"lower ({self.lower}) and upper ({self.upper}) must be finite")
         if self.lower >= self.upper:
             raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
         return self
 
-    def contains(self, other: "Limits") -> bool:
+    def contains(self, other: Limits) -> bool:
         """True when ``other`` lies within these bounds in position, velocity and acceleration."""
         inside = self.lower <= other.lower and other.upper <= self.upper
         for mine, theirs in ((self.velocity, other.velocity), (self.acceleration, other.acceleration)):

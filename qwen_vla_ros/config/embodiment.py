@@ -110,13 +110,13 @@ class EmbodimentConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _unique_part_names(self) -> "EmbodimentConfig":
+    def _unique_part_names(self) -> EmbodimentConfig:
         require_unique([c.name for c in self.cameras], "camera names")
         require_unique([a.name for a in self.arms], "arm names")
         return self
 
     @model_validator(mode="after")
-    def _every_action_channel_driven_once(self) -> "EmbodimentConfig":
+    def _every_action_channel_driven_once(self) -> EmbodimentConfig:
         """Each action channel has exactly one driver (arm joint, ee_delta, gripper or base), and a
         joint-position channel stays inside the limits of the joint it drives."""
         channels = {c.name: c for c in self.action.channels}
@@ -154,7 +154,7 @@ class EmbodimentConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _state_sources_exist(self) -> "EmbodimentConfig":
+    def _state_sources_exist(self) -> EmbodimentConfig:
         arms = self.arms_by_name
         for channel in self.state.channels:
             source = channel.source
@@ -172,7 +172,7 @@ class EmbodimentConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _normalization_fits_the_spaces(self) -> "EmbodimentConfig":
+    def _normalization_fits_the_spaces(self) -> EmbodimentConfig:
         for part, stats, count in (
             ("action", self.normalization.action, len(self.action.channels)),
             ("state", self.normalization.state, len(self.state.channels)),
@@ -182,7 +182,7 @@ class EmbodimentConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _outputs_drive_every_part(self) -> "EmbodimentConfig":
+    def _outputs_drive_every_part(self) -> EmbodimentConfig:
         arms = self.arms_by_name
         for output in self.outputs:
             for arm_name in getattr(output, "arms", []):
@@ -198,7 +198,7 @@ class EmbodimentConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _teleop_fits_the_parts(self) -> "EmbodimentConfig":
+    def _teleop_fits_the_parts(self) -> EmbodimentConfig:
         teleop, arms = self.teleop, self.arms_by_name
         if teleop.base is not None and self.base is None:
             raise ValueError("teleop.base is set but the embodiment has no base")
@@ -224,7 +224,7 @@ class EmbodimentConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _sim_fits_the_parts(self) -> "EmbodimentConfig":
+    def _sim_fits_the_parts(self) -> EmbodimentConfig:
         arms = self.arms_by_name
         if isinstance(self.sim, MujocoAlohaSim):
             unknown = sorted(set(self.sim.camera_map) - {c.name for c in self.cameras})
@@ -265,3 +265,10 @@ class EmbodimentConfig(StrictModel):
             if arm.name == name:
                 return arm
         raise KeyError(f"embodiment {self.name!r} has no arm {name!r}; arms: {[a.name for a in self.arms]}")
+
+    def require_base(self, needed_by: str) -> Base:
+        """The base section, where ``needed_by`` found that the embodiment drives or reads one; a
+        KeyError naming both rather than an AttributeError on None when that finding was wrong."""
+        if self.base is None:
+            raise KeyError(f"{needed_by} needs a base, but embodiment {self.name!r} has none")
+        return self.base

@@ -2,7 +2,7 @@
 the mobile base, and the command adapters that reach their drivers."""
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -38,7 +38,7 @@ class CameraSourceVideo(StrictModel):
 
 
 CameraSource = Annotated[
-    Union[CameraSourceTopic, CameraSourceRealsense, CameraSourceBag, CameraSourceVideo],
+    CameraSourceTopic | CameraSourceRealsense | CameraSourceBag | CameraSourceVideo,
     Field(discriminator="type"),
 ]
 
@@ -90,7 +90,7 @@ class Gripper(StrictModel):
         return require_rate_limits(limits)
 
     @model_validator(mode="after")
-    def _distinct(self) -> "Gripper":
+    def _distinct(self) -> Gripper:
         if self.joint_open == self.joint_close:
             raise ValueError("joint_open and joint_close must differ")
         if self.finger_open == self.finger_close:
@@ -142,7 +142,7 @@ class Arm(StrictModel):
     urdf_prefix: str = Field(default="", description="prefix of this arm's joint names in the URDF")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Arm":
+    def _consistent(self) -> Arm:
         require_unique([j.name for j in self.joints], f"arm {self.name!r} joint names")
         if len(self.kinematics.screw_axes) != len(self.joints):
             raise ValueError(
@@ -181,7 +181,7 @@ class Base(StrictModel):
     tracker: PathTracker = Field(default_factory=PathTracker)
 
     @model_validator(mode="after")
-    def _channel_count(self) -> "Base":
+    def _channel_count(self) -> Base:
         expected = 2 if self.mode == "twist" else 3
         if len(self.channels) != expected:
             raise ValueError(f"base mode {self.mode!r} needs {expected} channels, got {len(self.channels)}")
@@ -221,6 +221,6 @@ class TwistOutput(StrictModel):
 
 
 OutputAdapter = Annotated[
-    Union[InterbotixOutput, JointTrajectoryOutput, ForwardCommandOutput, TwistOutput],
+    InterbotixOutput | JointTrajectoryOutput | ForwardCommandOutput | TwistOutput,
     Field(discriminator="adapter"),
 ]

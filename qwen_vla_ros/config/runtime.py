@@ -145,7 +145,7 @@ class RuntimeConfig(StrictModel):
     tensorrt: TensorRTSettings = Field(default_factory=TensorRTSettings)
 
     @model_validator(mode="after")
-    def _device_fits_backend(self) -> "RuntimeConfig":
+    def _device_fits_backend(self) -> RuntimeConfig:
         if self.backend == "tensorrt" and not self.device.startswith("cuda"):
             raise ValueError(f"backend 'tensorrt' needs a cuda device, got {self.device!r}")
         return self

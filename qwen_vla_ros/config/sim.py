@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -25,7 +25,7 @@ class Interval(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Interval":
+    def _ordered(self) -> Interval:
         if not (math.isfinite(self.lower) and math.isfinite(self.upper)):
             raise ValueError(f"interval ends must be finite, got [{self.lower}, {self.upper}]")
         if self.lower > self.upper:
@@ -103,4 +103,4 @@ class KinematicBaseSim(SimCommon):
     type: Literal["kinematic_base"]
 
 
-SimConfig = Annotated[Union[MujocoAlohaSim, KinematicArmSim, KinematicBaseSim], Field(discriminator="type")]
+SimConfig = Annotated[MujocoAlohaSim | KinematicArmSim | KinematicBaseSim, Field(discriminator="type")]

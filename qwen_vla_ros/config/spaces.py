@@ -5,7 +5,7 @@ vector; normalisation statistics map them to and from the model's units.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -70,7 +70,7 @@ class OdometrySource(StrictModel):
 
 
 StateSource = Annotated[
-    Union[JointSource, GripperSource, EndEffectorSource, OdometrySource], Field(discriminator="kind")
+    JointSource | GripperSource | EndEffectorSource | OdometrySource, Field(discriminator="kind")
 ]
 
 
@@ -129,7 +129,7 @@ class MeanStd(StrictModel):
         return std
 
     @model_validator(mode="after")
-    def _same_length(self) -> "MeanStd":
+    def _same_length(self) -> MeanStd:
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
         return self
@@ -145,10 +145,10 @@ class Quantiles(StrictModel):
     q99: list[float]
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Quantiles":
+    def _ordered(self) -> Quantiles:
         if len(self.q01) != len(self.q99):
             raise ValueError(f"q01 has {len(self.q01)} values but q99 has {len(self.q99)}")
-        bad = [i for i, (lo, hi) in enumerate(zip(self.q01, self.q99)) if not lo < hi]
+        bad = [i for i, (lo, hi) in enumerate(zip(self.q01, self.q99, strict=True)) if not lo < hi]
         if bad:
             raise ValueError(f"q01 must be below q99, violated at indices {bad}")
         return self
@@ -163,7 +163,7 @@ class Normalization(StrictModel):
     state: MeanStd | Quantiles
 
     @model_validator(mode="after")
-    def _stats_match_mode(self) -> "Normalization":
+    def _stats_match_mode(self) -> Normalization:
         expected = MeanStd if self.mode == "mean_std" else Quantiles
         for part in ("action", "state"):
             if not isinstance(getattr(self, part), expected):

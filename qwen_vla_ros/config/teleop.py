@@ -22,7 +22,7 @@ class AxisButton(StrictModel):
     threshold: float = Field(ge=-1.0, le=1.0)
 
     @model_validator(mode="after")
-    def _sided(self) -> "AxisButton":
+    def _sided(self) -> AxisButton:
         if self.threshold == 0.0:
             raise ValueError("an axis button's threshold must be non-zero: its sign says which way is 'pressed'")
         return self
@@ -60,9 +60,11 @@ class TeleopButtons(StrictModel):
         return {name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) is not None}
 
     @model_validator(mode="after")
-    def _distinct(self) -> "TeleopButtons":
+    def _distinct(self) -> TeleopButtons:
         def control(binding: int | AxisButton) -> str:  # two axis buttons may share an axis on opposite sides
-            return f"button {binding}" if isinstance(binding, int) else f"axis {binding.axis}{'+' if binding.threshold > 0 else '-'}"
+            if isinstance(binding, int):
+                return f"button {binding}"
+            return f"axis {binding.axis}{'+' if binding.threshold > 0 else '-'}"
 
         controls: dict[str, list[str]] = {}
         for name, binding in self.bound().items():
@@ -83,6 +85,10 @@ class TeleopButtons(StrictModel):
 
 
 JogAxes = list[Annotated[int, Field(ge=0)] | None]
+
+
+def _no_rotation_axes() -> list[int | None]:
+    return [None, None, None]
 
 
 class TeleopBase(StrictModel):
@@ -111,7 +117,7 @@ class TeleopArm(StrictModel):
     mode: Literal["cartesian", "joint"] = Field(default="cartesian", description="jog mode at start; jog_mode toggles")
     linear_axes: JogAxes = Field(min_length=3, max_length=3, description="joy axes for x, y, z")
     angular_axes: JogAxes = Field(
-        default_factory=lambda: [None, None, None], min_length=3, max_length=3, description="joy axes for roll, pitch, yaw"
+        default_factory=_no_rotation_axes, min_length=3, max_length=3, description="joy axes for roll, pitch, yaw"
     )
     joint_axes: JogAxes = Field(min_length=1, description="joy axis per arm joint, driver order (joint mode)")
     linear_speed: float = Field(default=0.05, gt=0, description="m/s at full deflection")
@@ -142,7 +148,7 @@ class LeaderFollow(StrictModel):
     gripper_close: float | None = Field(default=None, description="leader gripper joint angle when closed (rad)")
 
     @model_validator(mode="after")
-    def _gripper_constants(self) -> "LeaderFollow":
+    def _gripper_constants(self) -> LeaderFollow:
         if self.enabled and (self.gripper_open is None or self.gripper_close is None):
             raise ValueError("leader_follow needs gripper_open and gripper_close (the leader gripper's joint angles)")
         if self.gripper_open is not None and self.gripper_open == self.gripper_close:
@@ -160,7 +166,7 @@ class Teleop(StrictModel):
     leader_follow: LeaderFollow = Field(default_factory=LeaderFollow)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Teleop":
+    def _consistent(self) -> Teleop:
         jog_buttons = {"gripper_open", "gripper_close", "arm_select", "jog_mode"}
         unused = sorted(k for k in self.buttons.bound() if k in jog_buttons)
         if unused and self.arm is None:

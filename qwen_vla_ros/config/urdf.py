@@ -67,7 +67,7 @@ def urdf_joints(path: Path) -> dict[str, UrdfJoint]:
     return _read_joints(str(path), path.stat().st_mtime_ns)
 
 
-def _limit_problems(where: str, limits: "Limits", joint: UrdfJoint, urdf: str) -> list[str]:
+def _limit_problems(where: str, limits: Limits, joint: UrdfJoint, urdf: str) -> list[str]:
     source = f"joint {joint.name!r} in {urdf}"
     problems = []
     if joint.type != "continuous" and joint.lower is not None and limits.lower < joint.lower - TOLERANCE:
@@ -81,7 +81,7 @@ def _limit_problems(where: str, limits: "Limits", joint: UrdfJoint, urdf: str) -
     return problems
 
 
-def urdf_limit_problems(config: "EmbodimentConfig") -> list[str]:
+def urdf_limit_problems(config: EmbodimentConfig) -> list[str]:
     """One line per config limit outside the URDF, each naming its field path; empty when all fit."""
     path = resolve_urdf(config.robot.urdf)
     if not path.is_file():

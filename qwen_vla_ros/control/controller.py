@@ -132,8 +132,10 @@ class Controller:
             raise
 
     def update_odometry(self, pose: Sequence[float], twist: Sequence[float], stamp_ns: int, now_ns: int) -> None:
+        x, y, yaw = pose
+        linear, angular = twist
         try:
-            self.feedback.update_odometry(*pose, *twist, stamp_ns=stamp_ns, now_ns=now_ns)
+            self.feedback.update_odometry(x, y, yaw, linear, angular, stamp_ns=stamp_ns, now_ns=now_ns)
         except ValueError:
             self.bad_feedback += 1
             raise
@@ -313,7 +315,7 @@ class Controller:
         if self.active == self.teleop.name and self.safety.ramping:
             self.safety.cancel_ramp()  # teleop targets start from the command: no gap to ramp over, after a takeover or a reset
         if self.active is not None:
-            self.sources[self.active].tick(now_ns, self.safety.state.position, self.safety.elapsed_s(now_ns))
+            self.sources[self.active].tick(now_ns, self.safety.position, self.safety.elapsed_s(now_ns))
         target, mode = self._target(now_ns, fresh, policy_alive)
         if mode == "holding" and self.mode == "running":
             self.holds += 1

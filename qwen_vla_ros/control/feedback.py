@@ -82,7 +82,7 @@ class Feedback:
     def update_joint_state(self, arm: str, names: Sequence[str], positions: Sequence[float], stamp_ns: int, now_ns: int) -> None:
         """Raises KeyError naming an unknown arm or missing joints, ValueError for non-finite values."""
         layout = self._arm(arm)
-        values: Mapping[str, float] = dict(zip(names, positions))
+        values: Mapping[str, float] = dict(zip(names, positions, strict=False))
         missing = [name for name in layout.arm.joint_names if name not in values]
         if missing:
             raise KeyError(f"joint state for arm {arm!r} lacks joints {missing}")

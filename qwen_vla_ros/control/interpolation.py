@@ -66,7 +66,7 @@ class Trajectory:
             self._poly = BPoly.from_derivatives(times, knot_derivatives(knots, self.dt, DERIVATIVES[method]))
 
     @classmethod
-    def constant(cls, values: np.ndarray, start_ns: int) -> "Trajectory":
+    def constant(cls, values: np.ndarray, start_ns: int) -> Trajectory:
         return cls(start_ns, 1.0, np.asarray(values, dtype=float)[None, :], "linear")
 
     @property

@@ -20,6 +20,14 @@ from qwen_vla_ros.embodiments.gripper import normalized_limits, normalized_to_jo
 WAYPOINT_COMMAND_CHANNELS = ("base_linear", "base_angular")
 
 
+def _joint_channels(arm: Arm) -> list[str]:
+    """The action channel of each joint of an arm driven joint by joint (the config requires one per joint)."""
+    channels = [j.channel for j in arm.joints if j.channel is not None]
+    if len(channels) != len(arm.joints):
+        raise ValueError(f"arm {arm.name!r} is driven joint by joint but has joints without an action channel")
+    return channels
+
+
 @dataclass(frozen=True)
 class ArmLayout:
     arm: Arm
@@ -87,8 +95,9 @@ class CommandLayout:
                 owner[name] = arm
             if arm.gripper is not None and arm.gripper.channel is not None:
                 owner[arm.gripper.channel] = arm
-        for name in config.base.channels if config.base else []:
-            owner[name] = config.base
+        if config.base is not None:
+            for name in config.base.channels:
+                owner[name] = config.base
 
         joint_index: dict[str, dict[str, int]] = {arm.name: {} for arm in config.arms}
         gripper_index: dict[str, int] = {}
@@ -108,7 +117,7 @@ class CommandLayout:
                     for name, axis_max, axis_acc in zip(
                         WAYPOINT_COMMAND_CHANNELS,
                         (part.max_linear, part.max_angular),
-                        (part.linear_acceleration, part.angular_acceleration),
+                        (part.linear_acceleration, part.angular_acceleration), strict=True,
                     ):
                         base_index.append(add(name, [Limits(lower=-axis_max, upper=axis_max, velocity=axis_acc)], True))
                 continue
@@ -133,7 +142,7 @@ class CommandLayout:
                 arm=arm,
                 joint_index=np.array([joint_index[arm.name][j.name] for j in arm.joints]),
                 gripper_index=gripper_index.get(arm.name),
-                joint_action=None if arm.ee_delta else np.array([action[j.channel] for j in arm.joints]),
+                joint_action=None if arm.ee_delta else np.array([action[c] for c in _joint_channels(arm)]),
                 ee_action=np.array([action[c] for c in arm.ee_delta.channels]) if arm.ee_delta else None,
                 gripper_action=action[arm.gripper.channel] if arm.gripper and arm.gripper.channel else None,
             )

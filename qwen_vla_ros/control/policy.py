@@ -65,7 +65,7 @@ REJECTION_REASONS = tuple(Rejection)
 @dataclass(frozen=True)
 class PreparedChunk:
     chunk: ActionChunk
-    rejection: str | None = None
+    rejection: Rejection | None = None
     detail: str = ""
     trajectory: Trajectory | None = None
     clamped: int = 0
@@ -75,7 +75,7 @@ class PreparedChunk:
 @dataclass(frozen=True)
 class ChunkOutcome:
     accepted: bool
-    reason: str | None = None
+    reason: Rejection | None = None
     detail: str = ""
     skipped: int = 0
     clamped: int = 0

@@ -56,6 +56,13 @@ class SafetyFilter:
         return self.state is not None
 
     @property
+    def position(self) -> np.ndarray:
+        """The filtered command position; RuntimeError before :meth:`reset` has given the filter a start."""
+        if self.state is None:
+            raise RuntimeError("the safety filter has no position before reset()")
+        return self.state.position
+
+    @property
     def ramping(self) -> bool:
         return self._ramp_pending or self._ramp_start_ns is not None
 
@@ -79,7 +86,7 @@ class SafetyFilter:
         self._ramp_start_ns = None
         self._previous_target = None
 
-    def copy(self) -> "SafetyFilter":
+    def copy(self) -> SafetyFilter:
         """An independent filter for look-ahead; arrays are never mutated in place, so a shallow copy suffices."""
         return copy.copy(self)
 

@@ -63,7 +63,7 @@ class ArmIK:
         self.settings = settings
 
     @classmethod
-    def from_config(cls, arm: Arm) -> "ArmIK":
+    def from_config(cls, arm: Arm) -> ArmIK:
         settings = arm.ee_delta or EndEffectorDelta(channels=["dx", "dy", "dz", "droll", "dpitch", "dyaw"])
         lower = np.array([j.limits.lower for j in arm.joints])
         upper = np.array([j.limits.upper for j in arm.joints])

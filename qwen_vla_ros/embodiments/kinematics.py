@@ -19,7 +19,7 @@ class ArmKinematics:
     screw_axes: np.ndarray  # 6 x n, space-frame screws (w, v) as columns
 
     @classmethod
-    def from_config(cls, arm: Arm) -> "ArmKinematics":
+    def from_config(cls, arm: Arm) -> ArmKinematics:
         home = np.asarray(arm.kinematics.home, dtype=float)
         screws = np.asarray(arm.kinematics.screw_axes, dtype=float).T
         return cls(home=home, screw_axes=screws)

@@ -20,7 +20,7 @@ __all__ = ["Policy", "load_policy"]
 
 def load_policy(
     path: str | Path, backend: str = "torch", device: Any = "cpu", dtype: Any = None, options: Any = None
-) -> "Policy":
+) -> Policy:
     """Load a checkpoint directory (see docs/model.md for the layout) into a Policy.
 
     ``backend``: ``torch``, ``onnxruntime`` or ``tensorrt``; ``options``: a

@@ -56,7 +56,7 @@ class Trunk(nn.Module):
     def empty_state(self, device: torch.device, dtype: torch.dtype) -> State:
         """The state before any token: zero conv windows and recurrences, no keys or values."""
         state: list[torch.Tensor] = []
-        for layer, kind in zip(self.layers, self.layer_types):
+        for layer, kind in zip(self.layers, self.layer_types, strict=True):
             if kind == "linear_attention":
                 mixer = layer.linear_attn
                 state.append(torch.zeros(1, mixer.conv_dim, mixer.conv_kernel_size, device=device, dtype=dtype))
@@ -86,7 +86,7 @@ class Trunk(nn.Module):
             raise ValueError(f"state has {len(state)} tensors, expected {2 * len(self.layers)}")
         collected: dict[int, torch.Tensor] = {}
         new_state: list[torch.Tensor] = []
-        for index, (layer, kind) in enumerate(zip(self.layers, self.layer_types)):
+        for index, (layer, kind) in enumerate(zip(self.layers, self.layer_types, strict=True)):
             first, second = state[2 * index], state[2 * index + 1]
             mixed_input = layer.input_layernorm(hidden)
             if kind == "linear_attention":

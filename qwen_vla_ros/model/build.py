@@ -289,7 +289,7 @@ def make_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
 
 
 def build_policy(size: str, device: str = "cpu", dtype: str | torch.dtype | None = None, seed: int = 0,
-                 options: "BackendOptions | None" = None) -> Any:
+                 options: BackendOptions | None = None) -> Any:
     """A Policy on random weights built in memory (no checkpoint on disk): how ``full`` is benchmarked.
 
     Its stages are the torch backend's under ``options`` (CUDA graphs on cuda unless turned

@@ -97,7 +97,7 @@ class ActionHeadSettings(StrictModel):
     frequency_dim: int = Field(default=256, gt=0, description="sinusoidal timestep embedding size")
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "ActionHeadSettings":
+    def _heads_divide_width(self) -> ActionHeadSettings:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.frequency_dim % 2:
@@ -123,7 +123,7 @@ class EmbodimentEntry(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _sizes(self) -> "EmbodimentEntry":
+    def _sizes(self) -> EmbodimentEntry:
         for part, names, mask in (
             ("action", self.action_channels, self.action_mask),
             ("state", self.state_channels, self.state_mask),
@@ -153,7 +153,7 @@ class Manifest(StrictModel):
     embodiments: dict[str, EmbodimentEntry] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _fits_head(self) -> "Manifest":
+    def _fits_head(self) -> Manifest:
         head = self.action_head
         for name, entry in self.embodiments.items():
             if entry.chunk_length > head.chunk_length:

@@ -55,7 +55,7 @@ def eager_capture(function: Function, inputs: Tensors) -> tuple[Callable[[], Non
     outputs = _as_tuple(function(*inputs))
 
     def replay() -> None:
-        for static, fresh in zip(outputs, _as_tuple(function(*inputs))):
+        for static, fresh in zip(outputs, _as_tuple(function(*inputs)), strict=True):
             static.copy_(fresh)
 
     return replay, outputs
@@ -123,7 +123,7 @@ class GraphRunner:
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
         self._graphs.move_to_end(key)
-        for static, fresh in zip(captured.inputs, inputs):
+        for static, fresh in zip(captured.inputs, inputs, strict=True):
             static.copy_(fresh)
         captured.replay()
         return tuple(output.clone() for output in captured.outputs)
@@ -135,7 +135,7 @@ class GraphRunner:
 class CudaGraphStages(TorchStages):
     """Vision, backbone step and the whole K-step sampler as replayed graphs of the torch modules."""
 
-    def __init__(self, policy: "Policy", capture: Capture | None = None, max_graphs: int = 8) -> None:
+    def __init__(self, policy: Policy, capture: Capture | None = None, max_graphs: int = 8) -> None:
         if capture is None:
             if policy.device.type != "cuda":
                 raise ValueError(f"CUDA graphs need a cuda device, got {policy.device}")

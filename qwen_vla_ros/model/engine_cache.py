@@ -75,7 +75,7 @@ def shapes_fit(profile: ProfileShapes, shapes: dict[str, Shape]) -> list[str]:
     outside = []
     for name, shape in shapes.items():
         low, _, high = profile[name]
-        if len(shape) != len(low) or any(not lo <= s <= hi for lo, s, hi in zip(low, shape, high)):
+        if len(shape) != len(low) or any(not lo <= s <= hi for lo, s, hi in zip(low, shape, high, strict=True)):
             outside.append(f"{name} {shape} not within {low}..{high}")
     return outside
 

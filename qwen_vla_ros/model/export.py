@@ -117,7 +117,7 @@ def _dims_spec(dims: dict[int, str], resolve: dict[str, Any]) -> dict[int, Any] 
     return {axis: resolve[form] for axis, form in dims.items()} or None
 
 
-def stage_exports(policy: "Policy", max_cameras: int, cameras: int = 2) -> dict[str, StageExport]:
+def stage_exports(policy: Policy, max_cameras: int, cameras: int = 2) -> dict[str, StageExport]:
     """Example inputs and dynamic axes of every stage, built from shapes alone (no embodiment)."""
     language_model = policy.backbone_model.model.language_model
     trunk = policy.step_backbone.trunk
@@ -213,7 +213,7 @@ def _tensor_specs(names: list[str], tensors: Sequence[torch.Tensor], dims: list[
             shape=[dim.get(axis, size) for axis, size in enumerate(tensor.shape)],
             dtype=str(tensor.dtype).removeprefix("torch."),
         )
-        for name, tensor, dim in zip(names, tensors, dims)
+        for name, tensor, dim in zip(names, tensors, dims, strict=True)
     ]
 
 
@@ -232,7 +232,7 @@ def _quiet_exporter() -> Iterator[None]:
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
@@ -258,15 +258,15 @@ def _verify_stage(name: str, stage: StageExport, path: Path, expected: tuple[tor
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {n: t.numpy() for n, t in zip(stage.input_names, stage.inputs)})
-    difference = max(float(np.max(np.abs(o - e.numpy()))) for o, e in zip(outputs, expected))
+    outputs = session.run(None, {n: t.numpy() for n, t in zip(stage.input_names, stage.inputs, strict=True)})
+    difference = max(float(np.max(np.abs(o - e.numpy()))) for o, e in zip(outputs, expected, strict=True))
     if not difference <= VERIFY_TOLERANCE:
         raise OnnxExportError(f"{name}: ONNX Runtime differs from torch by {difference:.3g} on the example inputs")
     return difference
 
 
 def export_policy(
-    policy: "Policy",
+    policy: Policy,
     out: str | Path,
     fingerprint: str,
     max_cameras: int = DEFAULT_MAX_CAMERAS,

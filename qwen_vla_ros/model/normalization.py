@@ -25,7 +25,7 @@ class ChannelNormalizer:
     scale: np.ndarray
 
     @classmethod
-    def from_stats(cls, stats: MeanStd | Quantiles) -> "ChannelNormalizer":
+    def from_stats(cls, stats: MeanStd | Quantiles) -> ChannelNormalizer:
         if isinstance(stats, MeanStd):
             return cls(np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64))
         low, high = np.asarray(stats.q01, np.float64), np.asarray(stats.q99, np.float64)

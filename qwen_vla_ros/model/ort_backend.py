@@ -97,7 +97,7 @@ def provider_options(providers: Sequence[str], device: torch.device, stream: int
     return options
 
 
-def session_options(settings: OnnxRuntimeSettings, flush_denormals: bool) -> "onnxruntime.SessionOptions":
+def session_options(settings: OnnxRuntimeSettings, flush_denormals: bool) -> onnxruntime.SessionOptions:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -139,7 +139,7 @@ class OrtModel:
     """One ONNX model, called with torch tensors; the outputs are torch tensors on the same device."""
 
     def __init__(self, path: Path, providers: Sequence[str], options: list[dict[str, str]],
-                 session: "onnxruntime.SessionOptions", device: torch.device, stream: ExternalStream) -> None:
+                 session: onnxruntime.SessionOptions, device: torch.device, stream: ExternalStream) -> None:
         import onnxruntime
 
         self.path = path
@@ -161,7 +161,7 @@ class OrtModel:
         binding = self.session.io_binding()
         device_type, device_id = self.device.type, self.device.index or 0
         kept = []  # the bound memory must outlive the run
-        for name, tensor in zip(self.input_names, inputs):
+        for name, tensor in zip(self.input_names, inputs, strict=True):
             tensor = tensor.to(self.device).contiguous()
             kept.append(tensor)
             binding.bind_input(name, device_type, device_id, _NUMPY_TYPES[tensor.dtype], tuple(tensor.shape),
@@ -198,7 +198,7 @@ class OnnxRuntimeStages(EngineStages):
         LOG.info("onnxruntime %s on %s: requested providers %s; sessions use %s", onnxruntime.__version__, device,
                  list(settings.providers), self.session_providers)
 
-    def check_task(self, task: "Task") -> None:
+    def check_task(self, task: Task) -> None:
         cameras = len(task.cameras)
         if cameras > self.manifest.max_cameras:
             raise ValueError(

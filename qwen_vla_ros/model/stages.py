@@ -40,7 +40,7 @@ class Stages:
 
     name = "abstract"
 
-    def check_task(self, task: "Task") -> None:
+    def check_task(self, task: Task) -> None:
         """Raise ValueError before ``set_task`` swaps in a task these stages cannot run."""
 
     def vision(self, pixel_patches: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,

@@ -141,7 +141,7 @@ class TensorRTEngine:
         return table[dtype]
 
     def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        shapes = {name: tuple(t.shape) for name, t in zip(self.inputs, tensors)}
+        shapes = {name: tuple(t.shape) for name, t in zip(self.inputs, tensors, strict=True)}
         outside = shapes_fit(self.profile, shapes)
         if outside:
             raise ValueError(f"{self.name} engine: inputs outside its optimisation profile: {outside}")
@@ -150,7 +150,7 @@ class TensorRTEngine:
 
     def _enqueue(self, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         kept = []  # the bound memory must outlive the enqueue
-        for name, tensor in zip(self.inputs, tensors):
+        for name, tensor in zip(self.inputs, tensors, strict=True):
             tensor = tensor.to(self.device, self.dtypes[name]).contiguous()
             kept.append(tensor)
             self.context.set_input_shape(name, tuple(tensor.shape))
@@ -209,7 +209,7 @@ class TensorRTStages(EngineStages):
         super().__init__(engines)
         self.name = f"tensorrt {trt.__version__} {precision.name}"
 
-    def check_task(self, task: "Task") -> None:
+    def check_task(self, task: Task) -> None:
         cameras, prefix = len(task.cameras), len(task.layout.prefix_ids)
         if cameras > self.settings.max_cameras:
             raise ValueError(f"embodiment {task.embodiment.name!r} has {cameras} cameras; the TensorRT profiles "

@@ -21,7 +21,10 @@ def _train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{dataset} is not a LeRobot dataset (no meta/info.json)")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--output {out} exists and is not empty; choose a new directory")
-    say = (lambda text: print(text, file=sys.stderr, flush=True))
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory(prefix="qwen_vla_train_") as scratch:
         source = Path(args.init).expanduser() if args.init else make_checkpoint(args.size, Path(scratch) / "init", args.seed)
         policy = load_policy(source)
@@ -30,8 +33,12 @@ def _train(args: argparse.Namespace) -> int:
         policy.set_task(embodiment, frames.instruction)
         say(f"training the head of {source} on {len(frames.states)} frames of {dataset} for {args.steps} steps")
         log_every = max(1, args.steps // 20)
-        result = train_head(policy, frames, args.steps, args.batch_size, args.lr, args.seed,
-                            lambda step, loss: step % log_every == 0 and say(f"step {step:6d}  loss {loss:.4f}"))
+
+        def log_step(step: int, loss: float) -> None:
+            if step % log_every == 0:
+                say(f"step {step:6d}  loss {loss:.4f}")
+
+        result = train_head(policy, frames, args.steps, args.batch_size, args.lr, args.seed, log_step)
         save_trained(policy, source, out)
     record = {"dataset": str(dataset.resolve()), "init": str(args.init or f"random {args.size}, seed {args.seed}"),
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,

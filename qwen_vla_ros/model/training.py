@@ -59,7 +59,8 @@ def read_lerobot(root: Path, chunk_length: int, stride: int = 1, max_frames: int
     wanted = set(rows.tolist())
     for key in keys:
         capture = cv2.VideoCapture(str(root / info["video_path"].format(video_key=key, chunk_index=0, file_index=0)))
-        kept, index = [], 0
+        kept: list[np.ndarray] = []
+        index = 0
         while len(kept) < len(rows):
             ok, frame = capture.read()
             if not ok:

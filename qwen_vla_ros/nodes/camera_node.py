@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor
@@ -61,11 +62,12 @@ def selected_cameras(cameras: Sequence[Camera], names: Sequence[str]) -> list[Ca
 
 
 class CameraNode(Node):
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__("camera_node", **kwargs)
         config, runtime = declare_configs(self, "aloha")
         retry_max_s = float(self.declare_parameter("retry_max_s", 10.0, ParameterDescriptor(dynamic_typing=True)).value)
-        names = [n for n in self.declare_parameter("cameras", [""], ParameterDescriptor(dynamic_typing=True)).value or [] if n]
+        requested: list[str] = self.declare_parameter("cameras", [""], ParameterDescriptor(dynamic_typing=True)).value or []
+        names = [n for n in requested if n]
         if not retry_max_s > 0:
             raise ConfigError("camera_node parameters", [f"retry_max_s must be > 0, got {retry_max_s}"])
         self.config = config

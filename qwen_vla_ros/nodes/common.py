@@ -73,7 +73,7 @@ def keep_large_buffers(warm_bytes: int = LARGE_BUFFER_BYTES) -> bool:
 
 
 def joint_positions(msg: JointState) -> dict[str, float]:
-    return dict(zip(msg.name, msg.position))
+    return dict(zip(msg.name, msg.position, strict=False))
 
 
 def call_trigger_logged(node: Node, client: Any, label: str, provider: str) -> None:
@@ -103,7 +103,7 @@ def string_list_parameter(node: Node, name: str) -> list[str]:
     from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 
     descriptor = ParameterDescriptor(type=ParameterType.PARAMETER_STRING_ARRAY, dynamic_typing=True)
-    value = node.declare_parameter(name, [""], descriptor).value
+    value: list[str] | None = node.declare_parameter(name, [""], descriptor).value
     return [v for v in (value or []) if v]
 
 
@@ -112,8 +112,8 @@ def declare_configs(node: Node, default_embodiment: str) -> tuple[EmbodimentConf
 
     A bad file raises ConfigError; :func:`run_node` turns that into a logged error and exit 2.
     """
-    embodiment_source = node.declare_parameter("config", default_embodiment).value
-    runtime_source = node.declare_parameter("runtime_config", "").value
+    embodiment_source: str = node.declare_parameter("config", default_embodiment).value
+    runtime_source: str = node.declare_parameter("runtime_config", "").value
     embodiment_overrides = dict(parse_override(t) for t in string_list_parameter(node, "config_overrides"))
     runtime_overrides = dict(parse_override(t) for t in string_list_parameter(node, "runtime_overrides"))
     embodiment = load_embodiment(embodiment_source, embodiment_overrides)

@@ -151,9 +151,10 @@ class ControllerNode(Node):
         inputs = ReentrantCallbackGroup()
         for arm in self.core.layout.arms:
             create_subscription(self, inbound[arm.arm.joint_state_topic],
-                                lambda m, name=arm.name: self._on_joint_state(name, m), callback_group=inputs)
+                                partial(self._on_joint_state, arm.name), callback_group=inputs)
         if self.core.layout.base is not None:
-            create_subscription(self, inbound[embodiment.base.odom_topic], self._on_odometry, callback_group=inputs)
+            odom_topic = embodiment.require_base("base odometry").odom_topic
+            create_subscription(self, inbound[odom_topic], self._on_odometry, callback_group=inputs)
         self.estop_topic = estop.name
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_estop_mismatch,
                                             incompatible_type=self._on_estop_mismatch)
@@ -165,9 +166,9 @@ class ControllerNode(Node):
         self.heartbeat = Heartbeat(self, runtime.clock_check, callback_group=inputs)
 
         create_subscription(self, inbound[embodiment.teleop.joy_topic], self._on_joy, callback_group=inputs)
-        for arm in self.core.teleop.leaders.arms:  # empty unless leader_follow is enabled
-            create_subscription(self, inbound[embodiment.teleop.leader_follow.topics[arm]],
-                                lambda m, name=arm: self._on_leader(name, m), callback_group=inputs)
+        for leader in self.core.teleop.leaders.arms:  # empty unless leader_follow is enabled
+            create_subscription(self, inbound[embodiment.teleop.leader_follow.topics[leader]],
+                                partial(self._on_leader, leader), callback_group=inputs)
         self.estop_pub = create_publisher(self, estop)
         self.mode_pub = create_publisher(self, MODE)
         self.trial_clients = {event: create_client(self, service) for event, service in TRIAL_SERVICES.items()}

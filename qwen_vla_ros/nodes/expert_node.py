@@ -111,7 +111,7 @@ class ExpertNode(Node):
     def _tick(self) -> None:
         with self.lock:
             player, command = self.player, self.current
-            if player is None:
+            if player is None or command is None:  # set together under the lock: both or neither
                 return
             now_ns = self.get_clock().now().nanoseconds
             chunk = player.chunk(now_ns)

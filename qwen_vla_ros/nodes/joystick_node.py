@@ -38,7 +38,9 @@ class JoystickNode(Node):
         self.publisher = self.create_publisher(Joy, JOYSTICK_OUTPUT, PUBLISHER_QOS[JOY_QOS])
         try:
             self.reader = JoystickReader(
-                open_device or partial(open_joystick, path, name),
+                # evdev annotates InputDevice.path as str | bytes and capabilities() as overloads, so its stubs
+                # miss the Device protocol the reader uses (which a real InputDevice fulfils).
+                open_device or partial(open_joystick, path, name),  # type: ignore[arg-type]
                 self._publish,
                 self.get_logger(),
                 deadzone=float(self.declare_parameter("deadzone", 0.05).value),

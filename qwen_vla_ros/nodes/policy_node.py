@@ -13,7 +13,10 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from nav_msgs.msg import Odometry as OdometryMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
@@ -45,10 +48,13 @@ from qwen_vla_ros.perception.images import ImageHeader, header_problem, model_rg
 from qwen_vla_ros.perception.state import Odometry, StateAssembler
 from qwen_vla_ros.perception.sync import FAULTS, ObservationSync
 
+if TYPE_CHECKING:  # torch is imported only when a policy is loaded
+    from qwen_vla_ros.model.policy import Policy
+
 IMAGE_WARNING_PERIOD_S = 5.0
 
 
-def load_policy_for(checkpoint: str, runtime: RuntimeConfig) -> object:
+def load_policy_for(checkpoint: str, runtime: RuntimeConfig) -> Policy:
     """The model, set up as the runtime config says; any checkpoint problem is a ConfigError (exit 2)."""
     if not checkpoint:
         raise ConfigError("policy_node", ["no checkpoint: set the 'checkpoint' parameter or 'checkpoint' in the runtime config"])
@@ -63,11 +69,11 @@ def load_policy_for(checkpoint: str, runtime: RuntimeConfig) -> object:
 
 
 class PolicyNode(Node):
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__("policy_node", **kwargs)
         embodiment, runtime = declare_configs(self, "aloha")
-        checkpoint = self.declare_parameter("checkpoint", "").value or runtime.checkpoint or ""
-        instruction = self.declare_parameter("instruction", "").value or runtime.instruction
+        checkpoint: str = self.declare_parameter("checkpoint", "").value or runtime.checkpoint or ""
+        instruction: str = self.declare_parameter("instruction", "").value or runtime.instruction
         seed = int(self.declare_parameter("seed", -1).value)
         policy = load_policy_for(checkpoint, runtime)
         self.config = embodiment
@@ -91,12 +97,12 @@ class PolicyNode(Node):
 
         inbound = {topic.name: topic for topic in role_view(NodeRole.POLICY, embodiment).subscribes}
         for name, camera in self.cameras.items():
-            create_subscription(self, inbound[camera.topic], lambda m, n=name: self._on_image(n, m))
+            create_subscription(self, inbound[camera.topic], partial(self._on_image, name))
         for arm in embodiment.arms:
             if arm.name in self.sync.assembler.arms:
-                create_subscription(self, inbound[arm.joint_state_topic], lambda m, a=arm.name: self._on_joints(a, m))
+                create_subscription(self, inbound[arm.joint_state_topic], partial(self._on_joints, arm.name))
         if self.sync.assembler.needs_base:
-            create_subscription(self, inbound[embodiment.base.odom_topic], self._on_odometry)
+            create_subscription(self, inbound[embodiment.require_base("policy odometry").odom_topic], self._on_odometry)
         create_subscription(self, COMMITTED, self._on_committed)
         create_subscription(self, MODE, self._on_mode)
         create_subscription(self, INSTRUCTION, self._on_instruction)
@@ -139,7 +145,7 @@ class PolicyNode(Node):
         self.sync.add_frame(camera, time_to_ns(msg.header.stamp), msg, self._now_ns())
         self._wake.set()
 
-    def _decode(self, camera: str, msg: Image) -> object:
+    def _decode(self, camera: str, msg: Image) -> np.ndarray:
         return model_rgb(msg_to_image(msg), msg.encoding, *self.input_size)
 
     def _on_joints(self, arm: str, msg: JointState) -> None:

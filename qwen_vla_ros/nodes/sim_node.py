@@ -15,6 +15,8 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -65,6 +67,23 @@ def _interbotix_installed() -> bool:
     return True
 
 
+# Message -> ArmCommand for each command interface, bound to their arm (and Interbotix name) with partial.
+def _forward_command(arm: Arm, msg: Any) -> ArmCommand:
+    return decode_forward_command(msg.data, arm)
+
+
+def _joint_trajectory(arm: Arm, msg: Any) -> ArmCommand:
+    return decode_joint_trajectory(msg.joint_names, [p.positions for p in msg.points], arm)
+
+
+def _joint_group(arm: Arm, group_name: str, msg: Any) -> ArmCommand:
+    return decode_joint_group(msg.name, msg.cmd, arm, group_name)
+
+
+def _joint_single(arm: Arm, gripper_name: str, msg: Any) -> ArmCommand:
+    return decode_joint_single(msg.name, msg.cmd, arm, gripper_name)
+
+
 class SimNode(Node):
     def __init__(self) -> None:
         super().__init__("sim_node")
@@ -95,7 +114,9 @@ class SimNode(Node):
         self.outbound = {topic.name: topic for topic in view.publishes}
         self.inbound = {topic.name: topic for topic in view.subscribes}
         self.joint_publishers = {a.name: create_publisher(self, self.outbound[a.joint_state_topic]) for a in config.arms}
-        self.odom_publisher = create_publisher(self, self.outbound[config.base.odom_topic]) if self.sim.has_base else None
+        self.odom_publisher = (
+            create_publisher(self, self.outbound[config.require_base("sim odometry").odom_topic]) if self.sim.has_base else None
+        )
         self.success_publisher = create_publisher(self, SIM_SUCCESS) if self.sim.has_task else None
         self.clock_publisher = None if realtime else create_publisher(self, CLOCK)
         self.diagnostics = create_publisher(self, DIAGNOSTICS)
@@ -138,18 +159,15 @@ class SimNode(Node):
             for arm_name in output.arms:
                 arm = self.config.arm(arm_name)
                 if isinstance(output, ForwardCommandOutput):
-                    self._listen(output.topic, arm, lambda m, a=arm: decode_forward_command(m.data, a))
+                    self._listen(output.topic, arm, partial(_forward_command, arm))
                 elif isinstance(output, JointTrajectoryOutput):
-                    self._listen(output.topic, arm,
-                                 lambda m, a=arm: decode_joint_trajectory(m.joint_names, [p.positions for p in m.points], a))
+                    self._listen(output.topic, arm, partial(_joint_trajectory, arm))
                 elif isinstance(output, InterbotixOutput):
                     if not interbotix:
                         missing_interbotix.append(arm_name)
                         continue
-                    self._listen(output.group_topic, arm,
-                                 lambda m, a=arm, o=output: decode_joint_group(m.name, m.cmd, a, o.group_name))
-                    self._listen(output.single_topic, arm,
-                                 lambda m, a=arm, o=output: decode_joint_single(m.name, m.cmd, a, o.gripper_name))
+                    self._listen(output.group_topic, arm, partial(_joint_group, arm, output.group_name))
+                    self._listen(output.single_topic, arm, partial(_joint_single, arm, output.gripper_name))
                 commanded.add(arm_name)
         uncommanded = [a.name for a in self.config.arms if a.name not in commanded]
         if uncommanded:
@@ -162,10 +180,10 @@ class SimNode(Node):
                 )
             raise ConfigError(f"{self.config.name} outputs", problems)
 
-    def _listen(self, template: str, arm: Arm, decode: Callable[[object], ArmCommand]) -> None:
+    def _listen(self, template: str, arm: Arm, decode: Callable[[Any], ArmCommand]) -> None:
         topic = self.inbound[template.format(namespace=arm.namespace)]
 
-        def on_command(msg: object) -> None:
+        def on_command(msg: Any) -> None:
             try:
                 command = decode(msg)
             except ValueError as exc:
@@ -233,7 +251,7 @@ class SimNode(Node):
             msg.header.stamp = stamp
             self.joint_publishers[name].publish(msg)
         base = self.sim.base_state()
-        if base is not None:
+        if base is not None and self.odom_publisher is not None:  # both exist exactly when the sim has a base
             self.odom_publisher.publish(self._odometry(base, stamp))
         if self.success_publisher is not None:
             self.success_publisher.publish(Bool(data=bool(self.sim.success())))

@@ -31,7 +31,7 @@ class Odometry:
 
 def pose_components(pose: np.ndarray) -> dict[str, float]:
     """x, y, z and extrinsic x-y-z roll, pitch, yaw: the BridgeData convention of the deltas."""
-    return dict(zip(POSE_COMPONENTS, (float(v) for v in pose_to_xyzrpy(pose))))
+    return dict(zip(POSE_COMPONENTS, (float(v) for v in pose_to_xyzrpy(pose)), strict=True))
 
 
 class StateAssembler:

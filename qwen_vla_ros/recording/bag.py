@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from rosbags.interfaces import Nodetype
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
@@ -33,7 +33,7 @@ from qwen_vla_ros.errors import QwenVlaError
 
 INTERFACES_DIR = Path(__file__).resolve().parent.parent / "interfaces"
 METADATA_FILE = "metadata.yaml"
-BAG_VERSION = 8  # the newest rosbag2 metadata version Humble's ros2 bag reads
+BAG_VERSION: Literal[8] = 8  # the newest rosbag2 metadata version Humble's ros2 bag reads
 
 
 class BagError(QwenVlaError, RuntimeError):
@@ -126,7 +126,7 @@ class RosbagsBagWriter:
         self._writer = Writer(path, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
         storage = self._writer.storage
-        if not (hasattr(storage, "close_chunk") and hasattr(storage, "chunk") and hasattr(storage, "bio")):
+        if storage is None or not (hasattr(storage, "close_chunk") and hasattr(storage, "chunk") and hasattr(storage, "bio")):
             self._writer.abort()
             raise BagError("this rosbags version's MCAP writer has no close_chunk/bio; periodic flushing needs them")
         self._connections: dict[str, Any] = {}
@@ -142,7 +142,8 @@ class RosbagsBagWriter:
         self._writer.write(self._connections[topic], timestamp_ns, data)
 
     def flush(self) -> None:
-        storage = self._writer.storage
+        # The MCAP writer's chunk, close_chunk and bio (checked in __init__) are not on rosbags' StorageWriter type.
+        storage: Any = self._writer.storage
         if storage.chunk.msgs:  # a chunk without messages would carry an empty time range
             storage.close_chunk()
         storage.bio.flush()

@@ -136,7 +136,7 @@ def _command_row(message: Any, channels: Sequence[str]) -> list[float]:
         if len(positions) != len(channels):
             raise DatasetExportError(f"unnamed command has {len(positions)} values, expected {len(channels)}")
         return positions
-    named = dict(zip(message.name, positions))
+    named = dict(zip(message.name, positions, strict=False))
     missing = [c for c in channels if c not in named]
     if missing:
         raise DatasetExportError(f"command on {COMMAND_TOPIC} lacks action channels {missing}")
@@ -184,7 +184,7 @@ def resample(bag: Path, layout: EpisodeLayout, typestore: Any) -> Resampled:
         if topic in topic_to_arm:
             arms[topic_to_arm[topic]].stamps.append(stamp)
             arms[topic_to_arm[topic]].rows.append(
-                (dict(zip(message.name, message.position)), dict(zip(message.name, message.velocity)))
+                (dict(zip(message.name, message.position, strict=False)), dict(zip(message.name, message.velocity, strict=False)))
             )
         elif topic == COMMAND_TOPIC:
             commands.stamps.append(stamp)
@@ -290,11 +290,11 @@ def _write_jpeg_images(root: Any, images: Any, stream: Iterable[tuple[str, list[
             encoded[name][row] = buffer.reshape(-1)  # held frames share one encoding
     lengths = np.array([[len(b) if b is not None else 0 for b in encoded[name]] for name in cameras])
     padded = int(lengths.max()) if lengths.size else 0
-    for index, name in enumerate(cameras):
+    for name in cameras:
         dataset = images.create_dataset(name, (steps, padded), dtype=np.uint8, chunks=(1, padded))
-        for row, buffer in enumerate(encoded[name]):
-            if buffer is not None:
-                dataset[row, : len(buffer)] = buffer
+        for row, frame_bytes in enumerate(encoded[name]):
+            if frame_bytes is not None:
+                dataset[row, : len(frame_bytes)] = frame_bytes
     root.create_dataset("compress_len", data=lengths)
 
 

@@ -95,7 +95,7 @@ class LeRobotWriter:
         if camera not in self.videos:
             path = self.out / VIDEO_PATH.format(video_key=video_key(camera), chunk_index=0, file_index=0)
             path.parent.mkdir(parents=True, exist_ok=True)
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_CODEC[0]), self.fps, (shape[1], shape[0]))
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*VIDEO_CODEC[0]), self.fps, (shape[1], shape[0]))
             if not writer.isOpened():
                 raise DatasetExportError(f"OpenCV cannot write {VIDEO_CODEC[1]} video to {path}")
             self.videos[camera], self.shapes[camera] = writer, shape

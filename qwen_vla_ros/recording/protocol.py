@@ -136,7 +136,7 @@ class Protocol(StrictModel):
             return [self.check_condition(c) for c in self.conditions]
         if self.design == "factorial":
             names = [f.name for f in self.factors]
-            return [dict(zip(names, levels)) for levels in itertools.product(*(f.level_names for f in self.factors))]
+            return [dict(zip(names, levels, strict=True)) for levels in itertools.product(*(f.level_names for f in self.factors))]
         baseline = {f.name: f.level_names[0] for f in self.factors}
         varied = [{**baseline, f.name: level} for f in self.factors for level in f.level_names[1:]]
         return [baseline, *varied]
@@ -276,4 +276,4 @@ def announce(protocol: Protocol | None, upcoming: NextTrial | None, override: Co
         return json.dumps({"protocol": None, "condition": {}, "source": "none"})
     if upcoming is None:
         return json.dumps({"protocol": name, "done": True, "total": len(protocol.schedule())})
-    return json.dumps({**upcoming.to_dict(name), "source": "protocol"})
+    return json.dumps({**upcoming.to_dict(protocol.name), "source": "protocol"})

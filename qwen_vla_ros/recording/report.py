@@ -154,6 +154,14 @@ def to_markdown(report: Report, chart: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _error_bar(group: GroupStats) -> tuple[float, float]:
+    """How far the Wilson interval reaches below and above the rate; none for a group without trials."""
+    rate, interval = group.rate, group.interval
+    if rate is None or interval is None:
+        return 0.0, 0.0
+    return rate - interval[0], interval[1] - rate
+
+
 def plot(report: Report, path: Path) -> None:
     """Success rate per factor level with Wilson 95% error bars, one panel per factor."""
     from matplotlib.figure import Figure
@@ -162,12 +170,10 @@ def plot(report: Report, path: Path) -> None:
     widths = [len(groups) + 0.5 for _, groups in panels]
     figure = Figure(figsize=(2.0 + 1.1 * sum(widths), 4.2))
     axes = figure.subplots(1, len(panels), sharey=True, squeeze=False, gridspec_kw={"width_ratios": widths})[0]
-    for axis, (title, groups) in zip(axes, panels):
+    for axis, (title, groups) in zip(axes, panels, strict=True):
         rates = [g.rate or 0.0 for g in groups]
-        errors = [
-            [(g.rate - g.interval[0]) if g.trials else 0.0 for g in groups],
-            [(g.interval[1] - g.rate) if g.trials else 0.0 for g in groups],
-        ]
+        bars = [_error_bar(g) for g in groups]
+        errors = [[below for below, _ in bars], [above for _, above in bars]]
         positions = range(len(groups))
         axis.bar(positions, rates, width=0.6, yerr=errors, capsize=4, color="#4878a8")
         axis.set_xticks(list(positions), [f"{g.label}\n(n={g.trials})" for g in groups], rotation=30, ha="right")

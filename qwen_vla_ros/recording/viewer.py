@@ -16,7 +16,7 @@ import io
 import json
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,16 +97,18 @@ class _VideoSink:
     """One camera's frames into a VP8 WebM file (the codec every browser plays)."""
 
     def __init__(self, path: Path, fps: float) -> None:
-        self.path, self.fps, self.writer, self.size = path, fps, None, None
+        self.path, self.fps = path, fps
+        self.writer: Any = None  # a cv2.VideoWriter once the first frame gives the size (cv2 is imported late)
+        self.size: tuple[int, int] | None = None
 
     def add(self, rgb: np.ndarray) -> None:
         import cv2
 
-        if self.writer is None:
+        if self.writer is None or self.size is None:  # set together, on the first frame
             height, width = rgb.shape[:2]
             scale = min(1.0, VIDEO_WIDTH_MAX / width)
             self.size = (max(2, round(width * scale)) // 2 * 2, max(2, round(height * scale)) // 2 * 2)
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"vp08"), self.fps, self.size)
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*"vp08"), self.fps, self.size)
             if not self.writer.isOpened():
                 raise RuntimeError("opencv cannot write VP8 WebM video here")
         frame = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA) if rgb.shape[1::-1] != self.size else rgb
@@ -136,7 +138,7 @@ def read_trial(bag: Path, start_ns: int, video_dir: Path) -> TrialData:
         for connection, timestamp, raw in reader.messages():
             at_s = (timestamp - start_ns) / NS_PER_S
             if connection.msgtype == IMAGE_TYPE:
-                message = reader.deserialize(raw, connection.msgtype)
+                message: Any = reader.deserialize(raw, connection.msgtype)
                 rgb = _rgb(message)
                 if rgb is not None:
                     sinks[connection.topic].add(rgb)
@@ -305,7 +307,7 @@ def write_trial_page(trial_dir: Path) -> Path:
     return page
 
 
-def write_report_page(out: Path, report_markdown: str, chart: Path, trial_pages: dict[str, Path | str]) -> Path:
+def write_report_page(out: Path, report_markdown: str, chart: Path, trial_pages: Mapping[str, Path | str]) -> Path:
     """``out/report.html``: the report's tables, its plot embedded, a link to each trial's page."""
     parts, table = [], []
     for line in report_markdown.splitlines() + [""]:

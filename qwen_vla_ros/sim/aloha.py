@@ -23,7 +23,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless; must precede the mujoco i
 import mujoco  # noqa: E402
 
 from qwen_vla_ros.config.embodiment import EmbodimentConfig  # noqa: E402
-from qwen_vla_ros.config.hardware import Arm  # noqa: E402
+from qwen_vla_ros.config.hardware import Arm, Gripper  # noqa: E402
 from qwen_vla_ros.config.loader import ConfigError  # noqa: E402
 from qwen_vla_ros.config.sim import AlohaRandomization, MujocoAlohaSim  # noqa: E402
 from qwen_vla_ros.embodiments.gripper import (  # noqa: E402
@@ -94,6 +94,7 @@ class _MjArm:
     """Where one config arm lives in the MJCF: qpos/qvel addresses and actuator ids."""
 
     arm: Arm
+    gripper: Gripper  # the arm's, which every ALOHA MJCF arm has
     qpos: np.ndarray
     qvel: np.ndarray
     actuators: np.ndarray
@@ -117,18 +118,20 @@ def _map_arm(model: mujoco.MjModel, arm: Arm, prefix: str) -> _MjArm:
     if arm.gripper is None:
         raise ConfigError("sim", [f"arm {arm.name!r} has no gripper; the ALOHA MJCF arms all have one"])
     joint_ids = [_id(model, mujoco.mjtObj.mjOBJ_JOINT, f"{prefix}/{j}", "joint") for j in arm.joint_names]
-    finger_ids = [_id(model, mujoco.mjtObj.mjOBJ_JOINT, f"{prefix}/{f}", "joint") for f in INTERBOTIX_FINGERS]
-    finger_actuators = tuple(_actuator_for(model, j, f) for j, f in zip(finger_ids, INTERBOTIX_FINGERS))
+    left_name, right_name = INTERBOTIX_FINGERS
+    left, right = (_id(model, mujoco.mjtObj.mjOBJ_JOINT, f"{prefix}/{f}", "joint") for f in (left_name, right_name))
+    finger_actuators = (_actuator_for(model, left, left_name), _actuator_for(model, right, right_name))
     close, open_ = model.actuator_ctrlrange[finger_actuators[0]]
     return _MjArm(
         arm=arm,
+        gripper=arm.gripper,
         qpos=np.array([model.jnt_qposadr[j] for j in joint_ids]),
         qvel=np.array([model.jnt_dofadr[j] for j in joint_ids]),
-        actuators=np.array([_actuator_for(model, j, n) for j, n in zip(joint_ids, arm.joint_names)]),
+        actuators=np.array([_actuator_for(model, j, n) for j, n in zip(joint_ids, arm.joint_names, strict=True)]),
         lower=np.array([j.limits.lower for j in arm.joints]),
         upper=np.array([j.limits.upper for j in arm.joints]),
-        finger_qpos=tuple(int(model.jnt_qposadr[j]) for j in finger_ids),
-        finger_qvel=tuple(int(model.jnt_dofadr[j]) for j in finger_ids),
+        finger_qpos=(int(model.jnt_qposadr[left]), int(model.jnt_qposadr[right])),
+        finger_qvel=(int(model.jnt_dofadr[left]), int(model.jnt_dofadr[right])),
         finger_actuators=finger_actuators,
         finger_close=float(close),
         finger_open=float(open_),
@@ -181,7 +184,7 @@ class MujocoAloha:
             index = mj.arm.joint_names.index(name)
             self.data.ctrl[mj.actuators[index]] = np.clip(value, mj.lower[index], mj.upper[index])
         if command.gripper_angle is not None:
-            opening = float(np.clip(joint_to_normalized(command.gripper_angle, mj.arm.gripper), 0.0, 1.0))
+            opening = float(np.clip(joint_to_normalized(command.gripper_angle, mj.gripper), 0.0, 1.0))
             finger = lerp(mj.finger_close, mj.finger_open, opening)
             self.data.ctrl[mj.finger_actuators[0]] = finger
             self.data.ctrl[mj.finger_actuators[1]] = -finger
@@ -198,7 +201,7 @@ class MujocoAloha:
 
     def state(self, arm_name: str) -> ArmState:
         mj = self.arms[arm_name]
-        gripper = mj.arm.gripper
+        gripper = mj.gripper
         left, right = self.gripper_openings(arm_name)
         travel = mj.finger_open - mj.finger_close
         left_rate = self.data.qvel[mj.finger_qvel[0]] / travel  # opening per second
@@ -300,7 +303,9 @@ class MujocoAloha:
             shown = distractor is not None
             model.geom_rgba[self._distractor_geom, 3] = 1.0 if shown else 0.0
             model.geom_contype[self._distractor_geom] = model.geom_conaffinity[self._distractor_geom] = int(shown)
-            model.geom_pos[self._distractor_geom] = [*distractor, DISTRACTOR_HALF_HEIGHT_M] if shown else [0.0, 0.0, -1.0]
+            model.geom_pos[self._distractor_geom] = (
+                [*distractor, DISTRACTOR_HALF_HEIGHT_M] if distractor is not None else [0.0, 0.0, -1.0]
+            )
         mujoco.mj_forward(model, data)
         return conditions
 
@@ -320,7 +325,7 @@ class MujocoAloha:
         mujoco.mj_copyData(self._snapshot, self.model, self.data)
         return self._snapshot
 
-    def make_renderer(self, width: int, height: int) -> "MujocoRenderer":
+    def make_renderer(self, width: int, height: int) -> MujocoRenderer:
         """Call on the thread that will render: the GL context is bound to it."""
         return MujocoRenderer(self, width, height)
 

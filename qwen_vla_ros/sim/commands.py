@@ -62,7 +62,7 @@ def decode_forward_command(data: Sequence[float], arm: Arm) -> ArmCommand:
             f"({', '.join(arm.joint_names)}{', gripper' if arm.gripper else ''}), got {len(data)}"
         )
     values = _finite(data, f"forward_command for arm {arm.name!r}")
-    joints = dict(zip(arm.joint_names, values))
+    joints = dict(zip(arm.joint_names, values, strict=False))
     return ArmCommand(joints, values[-1] if arm.gripper is not None else None)
 
 
@@ -78,7 +78,7 @@ def decode_joint_trajectory(joint_names: Sequence[str], points: Sequence[Sequenc
     unknown = [n for n in joint_names if n not in known]
     if unknown:
         raise ValueError(f"joint_trajectory names joints {unknown} that arm {arm.name!r} does not have: {sorted(known)}")
-    values = dict(zip(joint_names, _finite(positions, f"joint_trajectory for arm {arm.name!r}")))
+    values = dict(zip(joint_names, _finite(positions, f"joint_trajectory for arm {arm.name!r}"), strict=True))
     gripper_angle = values.pop(gripper_joint, None) if gripper_joint else None
     return ArmCommand(values, gripper_angle)
 
@@ -89,7 +89,7 @@ def decode_joint_group(name: str, cmd: Sequence[float], arm: Arm, group_name: st
         raise ValueError(f"JointGroupCommand for unknown group {name!r}; arm {arm.name!r} has group {group_name!r}")
     if len(cmd) != len(arm.joints):
         raise ValueError(f"JointGroupCommand {name!r} needs {len(arm.joints)} values, got {len(cmd)}")
-    return ArmCommand(dict(zip(arm.joint_names, _finite(cmd, f"JointGroupCommand {name!r}"))))
+    return ArmCommand(dict(zip(arm.joint_names, _finite(cmd, f"JointGroupCommand {name!r}"), strict=True)))
 
 
 def decode_joint_single(name: str, cmd: float, arm: Arm, gripper_name: str) -> ArmCommand:

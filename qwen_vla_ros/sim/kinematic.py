@@ -60,7 +60,7 @@ class _LimitedAxes:
     target: np.ndarray
 
     @classmethod
-    def from_limits(cls, limits: list[Limits], initial: np.ndarray) -> "_LimitedAxes":
+    def from_limits(cls, limits: list[Limits], initial: np.ndarray) -> _LimitedAxes:
         lower = np.array([lim.lower for lim in limits])
         upper = np.array([lim.upper for lim in limits])
         start = np.clip(np.asarray(initial, dtype=float), lower, upper)

@@ -97,7 +97,7 @@ class FrameGrabber:
                 with self._wake:
                     while self._job is None and not self._stopping:
                         self._wake.wait()
-                    if self._stopping:
+                    if self._stopping or self._job is None:  # not stopping: the wait ended because a job came
                         return
                     snapshot, stamp_ns = self._job
                     self._job = None
@@ -204,8 +204,8 @@ class SimLoop:
         return due
 
     def _maybe_capture(self) -> None:
-        if self._camera_period_ns is None or self.pacer.offset_ns < self._next_camera_ns:
-            return
+        if self._grabber is None or self._camera_period_ns is None or self.pacer.offset_ns < self._next_camera_ns:
+            return  # (no grabber is also no camera period)
         if not self.pacer.realtime:
             self._grabber.wait_idle()
         self._grabber.offer(self.sim.snapshot, self.stamp_ns())

@@ -18,6 +18,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.hardware import Arm, Gripper
 from qwen_vla_ros.embodiments.gripper import normalized_to_joint
 from qwen_vla_ros.embodiments.ik import ArmIK
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
@@ -66,15 +67,26 @@ def pick_plan(sim: MujocoAloha, arm_name: str = "right", lift_m: float = 0.15) -
     return [Waypoint(above, 1.0, 1.5), Waypoint(at, 1.0, 1.0), Waypoint(at, 0.0, 1.0), Waypoint(lifted, 0.0, 1.5)]
 
 
+def _aloha_channels(arm: Arm) -> tuple[list[str], Gripper, str]:
+    """Joint action channels, gripper and gripper channel of an arm the expert drives: ALOHA arms have
+    all of them; for an arm without, a ValueError naming it."""
+    joint_channels = [j.channel for j in arm.joints if j.channel is not None]
+    gripper = arm.gripper
+    if len(joint_channels) != len(arm.joints) or gripper is None or gripper.channel is None:
+        raise ValueError(f"arm {arm.name!r} lacks joint or gripper action channels; the scripted expert drives both")
+    return joint_channels, gripper, gripper.channel
+
+
 def commands(sim: MujocoAloha, plan: list[Waypoint], arm_name: str = "right") -> Iterator[ArmCommand]:
     """One command per control period, moving linearly in joint space between waypoints."""
     arm = sim.config.arm(arm_name)
+    _, gripper, _ = _aloha_channels(arm)
     previous = sim.data.qpos[sim.arms[arm_name].qpos].copy()
     for waypoint in plan:
         steps = max(1, round(waypoint.duration_s / sim.period_s))
         for k in range(1, steps + 1):
             joints = previous + (waypoint.joints - previous) * k / steps
-            yield ArmCommand(dict(zip(arm.joint_names, joints)), normalized_to_joint(waypoint.gripper, arm.gripper))
+            yield ArmCommand(dict(zip(arm.joint_names, joints, strict=True)), normalized_to_joint(waypoint.gripper, gripper))
         previous = waypoint.joints
 
 
@@ -278,13 +290,14 @@ def plan_transfer(config: EmbodimentConfig, period_s: float, cube: np.ndarray, f
     length = max(len(joints) for joints, _ in tracks.values())
     actions = np.zeros((length, len(names)))
     for arm in config.arms:
+        joint_channels, _, gripper_channel = _aloha_channels(arm)
         joints, grippers = tracks[arm.name]
         pad = length - len(joints)
         joints = np.vstack([joints, np.repeat(joints[-1:], pad, axis=0)])
         grippers = np.concatenate([grippers, np.repeat(grippers[-1:], pad)])
-        for index, joint in enumerate(arm.joints):
-            actions[:, names.index(joint.channel)] = joints[:, index]
-        actions[:, names.index(arm.gripper.channel)] = grippers
+        for index, channel in enumerate(joint_channels):
+            actions[:, names.index(channel)] = joints[:, index]
+        actions[:, names.index(gripper_channel)] = grippers
     handover_s = sum(w.duration_s for w in plans["right"][:7])
     return Trajectory(actions, names, period_s, {"pick": 0.0, "handover": handover_s})
 
@@ -301,9 +314,10 @@ def home_trajectory(config: EmbodimentConfig, period_s: float, current: np.ndarr
     names = tuple(config.action.names)
     home = np.array(current, dtype=float)
     for arm in config.arms:
-        for index, joint in enumerate(arm.joints):
-            home[names.index(joint.channel)] = frames.start_joints[arm.name][index]
-        home[names.index(arm.gripper.channel)] = 1.0
+        joint_channels, _, gripper_channel = _aloha_channels(arm)
+        for index, channel in enumerate(joint_channels):
+            home[names.index(channel)] = frames.start_joints[arm.name][index]
+        home[names.index(gripper_channel)] = 1.0
     steps = max(1, round(duration_s / period_s))
     eased = 0.5 - 0.5 * np.cos(np.pi * np.arange(1, steps + 1) / steps)
     actions = current + (home - current) * eased[:, None]
@@ -313,13 +327,14 @@ def home_trajectory(config: EmbodimentConfig, period_s: float, current: np.ndarr
 def action_commands(config: EmbodimentConfig, action: np.ndarray) -> dict[str, ArmCommand]:
     """One action vector as per-arm commands (gripper as the driver's motor angle), for physics-only runs."""
     names = list(config.action.names)
-    return {
-        arm.name: ArmCommand(
-            {joint.name: float(action[names.index(joint.channel)]) for joint in arm.joints},
-            normalized_to_joint(float(action[names.index(arm.gripper.channel)]), arm.gripper),
+    per_arm: dict[str, ArmCommand] = {}
+    for arm in config.arms:
+        joint_channels, gripper, gripper_channel = _aloha_channels(arm)
+        per_arm[arm.name] = ArmCommand(
+            {name: float(action[names.index(c)]) for name, c in zip(arm.joint_names, joint_channels, strict=True)},
+            normalized_to_joint(float(action[names.index(gripper_channel)]), gripper),
         )
-        for arm in config.arms
-    }
+    return per_arm
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,11 @@ class FrameRenderer(Protocol):
     def close(self) -> None: ...
 
 
+def _translation(transform: np.ndarray) -> tuple[float, float, float]:
+    x, y, z = transform[:3, 3]
+    return float(x), float(y), float(z)
+
+
 class Simulation:
     """Arms (MuJoCo or kinematic) plus an optional kinematic base, advanced one control period per step."""
 
@@ -138,10 +143,9 @@ class Simulation:
             base = self._base.state() if self._base is not None else None
             return SyntheticScene(
                 end_effectors={
-                    name: tuple(float(v) for v in self._kinematics[name].forward(arm.joint_positions)[:3, 3])
-                    for name, arm in self._arms.items()
+                    name: _translation(self._kinematics[name].forward(arm.joint_positions)) for name, arm in self._arms.items()
                 },
-                grippers={name: arm.gripper_normalized for name, arm in self._arms.items() if arm.arm.gripper},
+                grippers={name: g for name, arm in self._arms.items() if (g := arm.gripper_normalized) is not None},
                 base_pose=(base.x, base.y, base.yaw) if base is not None else None,
             )
 

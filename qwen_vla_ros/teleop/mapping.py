@@ -7,6 +7,7 @@ same deadzone; nothing here imports anything above config.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ class Joy:
         return 0.0 if index is None else float(self.axes[index])
 
 
-def parse_joy(axes: list[float] | np.ndarray, buttons: list[int] | np.ndarray, teleop: Teleop, now_ns: int) -> Joy:
+def parse_joy(axes: Sequence[float] | np.ndarray, buttons: Sequence[int] | np.ndarray, teleop: Teleop, now_ns: int) -> Joy:
     """ValueError when the message cannot drive this mapping: a different gamepad, or a broken driver."""
     axes = np.asarray(axes, dtype=float)
     buttons = np.asarray(buttons)
