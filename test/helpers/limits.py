@@ -13,6 +13,7 @@ file itself.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,8 +50,15 @@ REVIEWED_BASE_SPEED = {"aloha_mobile": {"base_linear": 0.7, "base_angular": 1.0}
 
 
 def raw_config(embodiment: str) -> dict[str, Any]:
-    """``config/<embodiment>.yaml`` as PyYAML reads it, nothing of qwen_vla_ros involved."""
-    return yaml.safe_load((REPO / "config" / f"{embodiment}.yaml").read_text())
+    """``config/<embodiment>.yaml`` as PyYAML reads it, nothing of qwen_vla_ros involved (read afresh each
+    call, so a test that rewrites the file is judged against what it wrote; parsed once per content)."""
+    return copy.deepcopy(_parsed((REPO / "config" / f"{embodiment}.yaml").read_text()))
+
+
+@cache
+def _parsed(text: str) -> dict[str, Any]:
+    """Hypothesis judges hundreds of examples against the same file: parse each text once."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 @cache
