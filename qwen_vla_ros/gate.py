@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from qwen_vla_ros.chunk import ActionChunk
+from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.log import Logger
 
 CREDIT = b"c"
@@ -324,7 +325,7 @@ class GateSupervisor:
         return "stopping"
 
 
-class _Stopped(Exception):
+class _Stopped(QwenVlaError):
     """The supervisor stopped while a gate was starting."""
 
 

@@ -38,7 +38,8 @@ def test_missing_tools_are_named_not_hidden(monkeypatch: pytest.MonkeyPatch, tmp
 def test_cli_prints_exports_for_a_built_package(interbotix_msgs, capsys: pytest.CaptureFixture[str]) -> None:
     if interbotix_msgs.built is None:
         pytest.skip("interbotix_xs_msgs is installed here, so the bundled copy is not built")
-    assert cli_main(["build-interfaces"]) == 0
+    cache = interbotix_msgs.built.prefix.parent.parent  # the fixture's build cache: <cache>/<package>-<key>/install
+    assert cli_main(["build-interfaces", "--cache", str(cache)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("=")[0] for line in lines] == ["export PYTHONPATH", "export LD_LIBRARY_PATH", "export AMENT_PREFIX_PATH"]
     assert str(interbotix_msgs.built.python_path) in lines[0]

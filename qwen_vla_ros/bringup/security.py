@@ -154,7 +154,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Each node may publish and subscribe exactly its contract topics; only /qwen_vla/operator may "
         "reset the e-stop. Feed it to 'ros2 security generate_artifacts -k KEYSTORE -p FILE'.",
     )
-    policy.add_argument("--embodiment", choices=EMBODIMENTS, default="aloha")
+    policy.add_argument("--embodiment", choices=EMBODIMENTS, default="aloha",
+                        help="the embodiment whose graph the policy covers (aloha)")
     policy.add_argument("--config", default="", help="embodiment YAML file of your robot (default: the shipped one)")
     policy.add_argument("-o", "--output", default="", metavar="FILE", help="where to write it (default: stdout)")
     policy.set_defaults(handler=_policy)

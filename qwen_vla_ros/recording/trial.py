@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config.loader import ConfigError, read_yaml, validate
+from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.recording.protocol import Protocol
 
 Outcome = Literal["success", "failure", "aborted", "incomplete"]
@@ -115,7 +116,7 @@ def write_yaml_atomically(path: Path, data: Any) -> None:
     os.replace(scratch, path)
 
 
-class DamagedTrialError(ValueError):
+class DamagedTrialError(QwenVlaError, ValueError):
     """A trial file names a path that does not stay inside its own trial directory."""
 
 
