@@ -363,3 +363,21 @@ def test_the_intake_prepares_at_most_one_chunk_a_period_however_fast_they_come()
     periods = elapsed / (PERIOD_NS / NS_PER_S)
     assert submitted > 3 * (periods + 1), "not a flood: the bound below would not be tested"
     assert len(decoded) <= periods + 1, (len(decoded), elapsed)
+
+
+def test_a_lost_and_a_returning_policy_are_logged_through_rclpys_logger_without_failing_the_period() -> None:
+    """rclpy's logger (the one nodes inject) refuses a call site that logs at two severities: the
+    loop once logged both liveness changes from one line, and the period that should report the
+    returning policy raised instead of commanding. Uses rclpy's real logger (no node needed)."""
+    rclpy_logging = pytest.importorskip("rclpy.logging", reason="rclpy is not installed: pip install '.[ros-wheels]'")
+    core, fake = accepting_core()
+    timeout_ns = round(core.config.safety.policy_timeout_s * 1e9)
+    published: list[int] = []
+    loop = make_loop(core, fake, rclpy_logging.get_logger("test_liveness_logging"), lambda p: published.append(p.now_ns))
+    loop.run_period()  # heartbeat fresh: running
+    fake.t_ns += 2 * timeout_ns
+    loop.run_period()  # silent past the timeout: lost (error)
+    core.policy_heartbeat(fake.now_ns())
+    fake.t_ns += MS
+    loop.run_period()  # back: found (info), from the same loop
+    assert len(published) == 3 and loop.status(fake.now_ns())["periods_failed"] == 0

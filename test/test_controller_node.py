@@ -316,6 +316,7 @@ def test_chunk_floods_and_oversized_chunks_from_another_process_neither_starve_t
     executor = SingleThreadedExecutor(context=ros_domain.context)
     executor.add_node(node)
     ForwardCommandArms(node, config.arms, ALOHA_START)
+    PolicyPulse(node)  # the policy is alive (as policy_node's heartbeat thread says): chunks may drive
     stamps: list[int] = []
     states: dict[str, str] = {}
     node.create_subscription(JointState, "/qwen_vla/controller/command",
@@ -378,6 +379,7 @@ def test_15_mb_chunks_from_another_process_do_not_stall_the_loop_and_the_gate_en
     executor = SingleThreadedExecutor(context=ros_domain.context)
     executor.add_node(node)
     ForwardCommandArms(node, config.arms, ALOHA_START)
+    PolicyPulse(node)  # the policy is alive (as policy_node's heartbeat thread says): chunks may drive
     stamps: list[int] = []
     states: dict[str, str] = {}
     node.create_subscription(JointState, "/qwen_vla/controller/command",
@@ -438,6 +440,7 @@ def test_a_killed_gate_is_reported_and_restarted_no_chunk_sent_while_it_was_down
     executor = SingleThreadedExecutor(context=ros_domain.context)
     executor.add_node(node)
     ForwardCommandArms(node, config.arms, ALOHA_START)
+    PolicyPulse(node)  # the policy is alive (as policy_node's heartbeat thread says): chunks may drive
     commands: list[tuple[int, float]] = []  # (receive time, first channel)
     states: dict[str, str] = {}
     node.create_subscription(JointState, "/qwen_vla/controller/command",

@@ -235,7 +235,11 @@ class ControlLoop(Generic[Message]):
             committed = self.core.committed(now) if due else None
         self.periods += 1
         for event in liveness:  # a lost policy is an error the operator must see; its return is news
-            (self.log.error if event.change == "lost" else self.log.info)(event.message)
+            # Two call sites: rclpy's logger refuses one call site logging at two severities.
+            if event.change == "lost":
+                self.log.error(event.message)
+            else:
+                self.log.info(event.message)
         self.publish(Period(now, output, committed, transitions))
 
     def _pace(self) -> None:

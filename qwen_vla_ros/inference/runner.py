@@ -268,8 +268,11 @@ class PolicyRunner:
         self.counters.skipped[skip.reason] += 1
         self.last_skip = skip
         if self.throttle.ready((skip.reason, skip.subject), now_ns):
-            level = self.log.error if skip.reason in RUNNER_ERRORS else self.log.warning
-            level(f"no inference: {skip.message}")
+            # Two call sites: rclpy's logger refuses one call site logging at two severities.
+            if skip.reason in RUNNER_ERRORS:
+                self.log.error(f"no inference: {skip.message}")
+            else:
+                self.log.warning(f"no inference: {skip.message}")
         return StepResult(StepOutcome.SKIPPED, skip=skip)
 
     # ------------------------------------------------------------------ reporting
