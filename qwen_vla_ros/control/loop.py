@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -183,7 +183,7 @@ class ControlLoop(Generic[Message]):
         if size_bytes > self.max_message_bytes:
             with self.lock:
                 outcome = self.core.reject_too_large(size_bytes, self.max_message_bytes)
-            self._log_once(self.log.warning, "too_large", f"rejected action chunk (too_large): {outcome.detail}")
+            self._log_once("warning", "too_large", f"rejected action chunk (too_large): {outcome.detail}")
             return
         self.chunks.put(message)
 
@@ -193,7 +193,7 @@ class ControlLoop(Generic[Message]):
             try:
                 self._prepare(message)
             except Exception as exc:  # noqa: BLE001 - one bad chunk must not stop the chunks after it
-                self._log_once(self.log.error, "chunk", f"chunk handling failed: {exc!r}")
+                self._log_once("error", "chunk", f"chunk handling failed: {exc!r}")
             rest_ns = self.core.period_ns - (self.clock.monotonic_ns() - started_ns)
             if rest_ns > 0:
                 self._stopping.wait(rest_ns / NS_PER_S)  # at most one chunk a period
@@ -212,10 +212,10 @@ class ControlLoop(Generic[Message]):
             with self.lock:
                 outcome = self.core.accept(prepared, self.clock.now_ns())
         if not outcome.accepted:
-            self._log_once(self.log.warning, f"rejected {outcome.reason}",
+            self._log_once("warning", f"rejected {outcome.reason}",
                            f"rejected action chunk ({outcome.reason}): {outcome.detail}")
         for warning in outcome.warnings:
-            self._log_once(self.log.warning, "chunk warning", warning)
+            self._log_once("warning", "chunk warning", warning)
 
     # -- periods ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -255,8 +255,10 @@ class ControlLoop(Generic[Message]):
             try:
                 self.run_period(scheduled=not woken)
             except Exception as exc:  # noqa: BLE001 - a dead loop would leave the robot on its last command
+                if not self.alive():
+                    break  # the context shut down mid-period (Ctrl-C, SIGTERM): that is the stop, not a fault
                 self.failed_periods += 1
-                self._log_once(self.log.error, "period", f"control period failed: {exc!r}")
+                self._log_once("error", "period", f"control period failed: {exc!r}")
 
     def _raise_priority(self) -> None:
         priority = self.core.config.control.realtime_priority
@@ -281,10 +283,16 @@ class ControlLoop(Generic[Message]):
                       periods_skipped=self.deadlines.skipped, periods_failed=self.failed_periods)
         return status
 
-    def _log_once(self, level: Callable[[str], Any], key: str, message: str) -> None:
-        """``message`` unless the same kind was logged within the last second (a flood must not flood the log)."""
+    def _log_once(self, severity: Literal["warning", "error"], key: str, message: str) -> None:
+        """``message`` unless the same kind was logged within the last second (a flood must not flood the log).
+
+        One call site per severity: rclpy's logger refuses a call site that logs at two.
+        """
         now = self.clock.monotonic_ns()
         last = self._logged_ns.get(key)
         if last is None or now - last >= LOG_PERIOD_NS:
             self._logged_ns[key] = now
-            level(message)
+            if severity == "error":
+                self.log.error(message)
+            else:
+                self.log.warning(message)
