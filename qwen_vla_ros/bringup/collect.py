@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor, _dead_required, _wait
+from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor, _dead_required, _wait, join_graph_dds, stop_nodes
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr
 from qwen_vla_ros.contract import EXPERT_COMMAND, EXPERT_STATUS, INSTRUCTION, SIM_RESET, TRIAL_SERVICES
@@ -121,8 +120,7 @@ def run_collect(args: argparse.Namespace) -> CollectSummary:
     )
     graph = build_graph(options)
     summary = CollectSummary(str(output))
-    for key, value in graph.environment.items():
-        os.environ.setdefault(key, value)
+    join_graph_dds(graph)
     group = ProcessGroup(graph.processes, echo=None, log_dir=output / "logs")
     monitor = Monitor(graph.embodiment)
     link = ExpertLink(monitor)
@@ -142,11 +140,7 @@ def run_collect(args: argparse.Namespace) -> CollectSummary:
                         f"{'success' if episode.success else 'failure'}"
                         + (f" ({episode.problem})" if episode.problem else ""))
         finally:
-            say("stopping the nodes")
-            for ended in group.stop():
-                if ended.returncode not in (0, -2):
-                    summary.problems.append(ended.describe())
-            monitor.close()
+            stop_nodes(group, monitor, summary.problems, say)
     if signals.received is not None:
         summary.problems.append("interrupted")
     return summary

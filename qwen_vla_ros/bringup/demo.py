@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
+from qwen_vla_ros.bringup.graph import BringupOptions, Graph, build_graph
 from qwen_vla_ros.bringup.runner import Exit, ProcessGroup, StopSignals, report_to_stderr, run_log_dir
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.contract import (
@@ -298,6 +298,23 @@ def _dead_required(group: ProcessGroup, problems: list[str]) -> bool:
     return any(e.required for e in exits)
 
 
+def join_graph_dds(graph: Graph) -> None:
+    """This process (the monitor) joins the DDS setup of the nodes it starts: their RMW, and in
+    single-host mode the confined profile its own ``apply_dds_profile`` then picks too."""
+    for key, value in graph.environment.items():
+        os.environ.setdefault(key, value)
+    os.environ.update(graph.required_environment)
+
+
+def stop_nodes(group: ProcessGroup, monitor: Monitor, problems: list[str], say: Callable[[str], None]) -> None:
+    """Stop every node (SIGINT first), record those that ended badly (SIGINT's -2 is the clean end), then the monitor."""
+    say("stopping the nodes")
+    for ended in group.stop():
+        if ended.returncode not in (0, -2):
+            problems.append(ended.describe())
+    monitor.close()
+
+
 def run_demo(args: argparse.Namespace) -> Summary:
     say = report_to_stderr
     checkpoint, random_weights = ensure_checkpoint(args.checkpoint, say=say)
@@ -311,9 +328,7 @@ def run_demo(args: argparse.Namespace) -> Summary:
     graph = build_graph(options)
     summary = Summary(ok=False, checkpoint=str(checkpoint), random_weights=random_weights,
                       control_rate_target_hz=graph.embodiment.control.rate_hz, logs=str(logs))
-    for key, value in graph.environment.items():
-        os.environ.setdefault(key, value)  # the monitor joins the same DDS setup as the nodes
-    os.environ.update(graph.required_environment)  # single-host mode: the monitor's apply_dds_profile confines it too
+    join_graph_dds(graph)
     group = ProcessGroup(graph.processes, echo=None, log_dir=logs)
     monitor = Monitor(graph.embodiment)
     progress = Progress()
@@ -323,11 +338,7 @@ def run_demo(args: argparse.Namespace) -> Summary:
             group.start()
             _run_trial(args, group, monitor, signals.event, progress, summary, output)
         finally:
-            say("stopping the nodes")
-            for ended in group.stop():
-                if ended.returncode not in (0, -2):
-                    summary.problems.append(ended.describe())
-            monitor.close()
+            stop_nodes(group, monitor, summary.problems, say)
     if signals.received is not None:
         summary.problems.append("interrupted")
     summary.ok = not summary.problems and summary.chunks > 0 and summary.trial_yaml is not None

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor, _dead_required, _wait, ensure_checkpoint
+from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor, _dead_required, _wait, ensure_checkpoint, join_graph_dds, stop_nodes
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr
 from qwen_vla_ros.contract import INSTRUCTION, SIM_RANDOMIZATION, SIM_RESET, TRIAL_SERVICES
@@ -141,8 +140,7 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
     )
     graph = build_graph(options)
     summary = EvalSummary(str(output), str(checkpoint))
-    for key, value in graph.environment.items():
-        os.environ.setdefault(key, value)
+    join_graph_dds(graph)
     group = ProcessGroup(graph.processes, echo=None, log_dir=output / "logs")
     monitor = Monitor(graph.embodiment)
     link = ConditionLink(monitor)
@@ -169,11 +167,7 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
             summary.inference_ms_p50 = monitor.figure(POLICY_DIAGNOSTICS, "inference_ms_p50")
             summary.inference_ms_p99 = monitor.figure(POLICY_DIAGNOSTICS, "inference_ms_p99")
         finally:
-            say("stopping the nodes")
-            for ended in group.stop():
-                if ended.returncode not in (0, -2):
-                    summary.problems.append(ended.describe())
-            monitor.close()
+            stop_nodes(group, monitor, summary.problems, say)
     if signals.received is not None:
         summary.problems.append("interrupted")
     if (output / TrialStore.INDEX).is_file():
