@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from qwen_vla_ros.chunk import ActionChunk
-from qwen_vla_ros.errors import QwenVlaError
+from qwen_vla_ros.errors import MalformedMessageError, QwenVlaError
 from qwen_vla_ros.log import Logger
 
 CREDIT = b"c"
@@ -63,9 +63,9 @@ class GateFrame:
     size_bytes: int = 0
 
     def decoded(self) -> ActionChunk:
-        """The chunk, or ValueError for a message the gate could not decode (counted as malformed)."""
+        """The chunk, or MalformedMessageError for a message the gate could not decode (counted as malformed)."""
         if self.chunk is None:
-            raise ValueError(self.detail or f"no chunk in a {self.kind.name} frame")
+            raise MalformedMessageError(self.detail or f"no chunk in a {self.kind.name} frame")
         return self.chunk
 
 

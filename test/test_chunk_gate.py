@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from qwen_vla_ros.chunk import ActionChunk
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.gate import (
     NOTICE_DEPTH,
     Backoff,
@@ -117,7 +118,7 @@ def test_an_unstamped_chunk_stays_unstamped_and_notices_carry_size_or_detail() -
     too_large = decode_frame(encode_frame(FrameKind.TOO_LARGE, {"too_large": 1}, size_bytes=15_200_000))
     assert too_large.size_bytes == 15_200_000 and too_large.counters["too_large"] == 1
     malformed = decode_frame(encode_frame(FrameKind.MALFORMED, {}, detail="not a serialized JointTrajectory"))
-    with pytest.raises(ValueError, match="not a serialized JointTrajectory"):
+    with pytest.raises(MalformedMessageError, match="not a serialized JointTrajectory"):
         malformed.decoded()
 
 
