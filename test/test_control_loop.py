@@ -311,13 +311,13 @@ def test_a_chunk_that_cannot_be_decoded_is_counted_as_malformed_and_the_next_one
 
 
 def test_a_decoder_bug_is_a_logged_fault_not_a_malformed_chunk() -> None:
-    """Only MalformedMessageError counts as a malformed chunk: a TypeError in the decoder is a bug,
+    """Only MalformedMessageError counts as a malformed chunk: a bare ValueError in the decoder is a bug,
     logged with its traceback, and the chunks after it are still taken."""
     core, fake = accepting_core()
 
     def decode(message: object) -> ActionChunk:
         if message == "bug":
-            raise TypeError("decoder bug")
+            raise ValueError("decoder bug")
         return ActionChunk(np.tile(aloha_action(), (50, 1)), core.policy.names, 0.02, fake.now_ns() - 30 * MS)
 
     log = Log()
@@ -334,7 +334,7 @@ def test_a_decoder_bug_is_a_logged_fault_not_a_malformed_chunk() -> None:
     status = loop.status(fake.now_ns())
     assert status["rejected_malformed"] == 0 and status["chunks_accepted"] == 1
     [logged] = log.of("error")
-    assert "TypeError: decoder bug" in logged and "Traceback" in logged
+    assert "ValueError: decoder bug" in logged and "Traceback" in logged
 
 # -- blending work per period -------------------------------------------------------------
 

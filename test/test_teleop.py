@@ -101,8 +101,11 @@ def test_joy_that_does_not_fit_the_mapping_is_refused_and_counted() -> None:
     with pytest.raises(MalformedMessageError, match="not finite"):
         controller.update_joy([float("nan")] * AXES, [0] * BUTTONS, now)
     assert controller.status(now)["joy_rejected"] == 3
-    with pytest.raises(TypeError):  # a caller's bug, not a bad message: it propagates and is not counted
-        controller.update_joy(None, [0] * BUTTONS, now)  # type: ignore[arg-type]
+    # Axes that are not numbers cannot come from a Joy message (rclpy types it): a caller's bug, whose
+    # ValueError propagates as it is and is not counted as a rejected Joy.
+    with pytest.raises(ValueError, match="could not convert") as raised:
+        controller.update_joy(["x"] * AXES, [0] * BUTTONS, now)  # type: ignore[list-item]
+    assert not isinstance(raised.value, MalformedMessageError)
     assert controller.status(now)["joy_rejected"] == 3
     assert controller.arbiter.mode == "policy"
 
