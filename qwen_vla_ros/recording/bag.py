@@ -386,7 +386,8 @@ def _copy_complete_records(source: Path, writer: Writer, typestore: Typestore) -
                     writer.write(connections[record.channel_id], record.log_time, record.data)
         except BagError:
             raise
-        except Exception as exc:  # EndOfFile, or a record cut in half that fails to unpack
+        except Exception as exc:  # noqa: BLE001 - a torn file fails the mcap parser in many types (EndOfFile,
+            # struct.error, a decompressor's own): reading stops there, and the reason names the type
             return f"{source.name} ends without a footer, reading stopped at {type(exc).__name__}"
     return ""
 
