@@ -18,6 +18,7 @@ import shutil
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -230,6 +231,7 @@ class Monitor:
         self.sim_stamp_ns: int | None = None
         self.success = False
         self.diagnostics: dict[str, dict[str, str]] = {}
+        self.reports: Counter[str] = Counter()  # diagnostics messages per source, to wait for a fresh one
         self.joint_low: dict[str, float] = {}  # per measured joint, while counting: how far the robot moved
         self.joint_high: dict[str, float] = {}
         create_subscription(self.node, ACTION_CHUNK, self._on_chunk)
@@ -291,7 +293,17 @@ class Monitor:
 
     def _on_diagnostics(self, msg: Any) -> None:
         for status in msg.status:
-            self.diagnostics[status.name.split(":")[0]] = {kv.key: kv.value for kv in status.values}
+            source = status.name.split(":")[0]
+            self.diagnostics[source] = {kv.key: kv.value for kv in status.values}
+            self.reports[source] += 1
+
+    def fresh(self, source: str, timeout_s: float = 2.5 * DIAGNOSTICS_PERIOD_S) -> dict[str, str]:
+        """``source``'s next diagnostics after this call (its last one if none comes within ``timeout_s``)."""
+        seen = self.reports[source]
+        deadline = time.monotonic() + timeout_s
+        while self.reports[source] == seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.diagnostics.get(source, {})
 
     def figure(self, source: str, key: str) -> float:
         try:
@@ -464,7 +476,7 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
         if not _wait(condition, group, stop, deadline - time.monotonic(), problems, what, show):
             return
         progress.show(f"{what} ({time.monotonic() - begun:.0f} s)", final=True)
-    before = chunk_counters(monitor.diagnostics.get(CONTROLLER_DIAGNOSTICS, {}))
+    before = chunk_counters(monitor.fresh(CONTROLLER_DIAGNOSTICS))  # counts up to now, then the trial starts
     started, message = monitor.trigger(TRIAL_SERVICES["trial_start"])
     if not started:
         problems.append(f"the recorder did not start a trial: {message}")
@@ -497,8 +509,7 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
     if not stopped:
         problems.append(f"the recorder did not stop the trial: {message}")
     summary.moved_rad = monitor.moved_rad()
-    time.sleep(1.1 * DIAGNOSTICS_PERIOD_S)  # one more controller diagnostics message covers the trial's last chunks
-    after = chunk_counters(monitor.diagnostics.get(CONTROLLER_DIAGNOSTICS, {}))
+    after = chunk_counters(monitor.fresh(CONTROLLER_DIAGNOSTICS))  # the trial's last chunks included
     count_chunks(summary, {key: after[key] - before.get(key, 0) for key in after})
     summary.chunks = monitor.chunks
     summary.commands = len(monitor.command_stamps)
