@@ -50,7 +50,7 @@ RANDOM_SIZE = "tiny"  # the random checkpoint's size: on a 2-core CPU its chunks
 MIN_EXECUTED_FRACTION = 0.9  # below this share of chunks executed, the demo failed (issue 20 §5)
 MIN_MOVED_RAD = 0.01  # a joint must move this far for the chunks to count as moving the robot; at rest < 0.0005
 CONTROLLER_DIAGNOSTICS = "qwen_vla/controller"
-DIAGNOSTICS_PERIOD_S = 1.0  # the controller's diagnostics period: one more after the trial covers its last chunks
+DIAGNOSTICS_PERIOD_S = 1.0  # the controller publishes its chunk counts this often: the trial's are read fresh at start and end
 RANDOM_WEIGHTS_NOTICE = (
     "The demo runs a checkpoint with RANDOM weights (--random-weights): the arms move aimlessly "
     "but safely, inside the controller's position, velocity and acceleration limits. To run real weights, "
