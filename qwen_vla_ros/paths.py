@@ -58,3 +58,8 @@ def urdf_dir() -> Path:
 
 def launch_dir() -> Path:
     return share_dir() / "launch"
+
+
+def reference_checkpoint_dir() -> Path:
+    """Where the shipped reference checkpoint (ALOHA transfer-cube, issue 20) lives; it may not exist yet."""
+    return share_dir() / "checkpoints" / "aloha_transfer_cube"

@@ -186,6 +186,25 @@ def test_runtime_rejects_tensorrt_on_cpu() -> None:
         load_runtime(None, {"backend": "tensorrt", "device": "cpu"})
 
 
+def test_study_tools_are_off_by_default_and_bounded() -> None:
+    """The added delay holds chunks back, so it is 0 unless asked for, and never beyond the
+    chunk age the ALOHA safety section allows (read from its YAML), where it could only be refused."""
+    import yaml
+
+    from qwen_vla_ros.paths import config_dir
+
+    runtime = load_runtime()
+    assert runtime.study.added_delay_s == 0.0 and runtime.execution == "asynchronous"
+    assert runtime.rtc.guidance_limit == "min(beta,K)"
+    max_age_s = yaml.safe_load((config_dir() / "aloha.yaml").read_text())["safety"]["max_chunk_age_s"]
+    assert load_runtime(None, {"study.added_delay_s": max_age_s}).study.added_delay_s == max_age_s
+    for bad in (-0.1, max_age_s + 0.1):
+        with pytest.raises(ConfigError, match="study.added_delay_s"):
+            load_runtime(None, {"study.added_delay_s": bad})
+    with pytest.raises(ConfigError, match="rtc.guidance_limit"):
+        load_runtime(None, {"rtc.guidance_limit": "K"})
+
+
 def test_shared_anchor_limits_are_equal_for_both_arms() -> None:
     """YAML anchors keep the two ALOHA arms' limits identical; a wrong anchor would show here."""
     config = load_embodiment("aloha")

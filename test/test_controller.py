@@ -68,6 +68,28 @@ def test_late_chunk_skips_the_actions_already_in_the_past() -> None:
     np.testing.assert_allclose(controller.policy.target(now, controller.feedback), rows[5], atol=1e-12)
 
 
+def test_synchronous_execution_runs_a_chunk_from_its_arrival_and_still_refuses_stale_ones() -> None:
+    """``execution: synchronous`` (stop, infer, execute): the robot stood still during inference,
+    so the late chunk above runs from its first action; the age limit still holds."""
+    controller, _, now = started(execution="synchronous", **LATEST)
+    rows = np.array([aloha_action(ALOHA_START + [0.01 * k, 0, 0, 0, 0, 0]) for k in range(50)])
+    outcome = controller.submit(aloha_chunk(now - 100 * MS, rows), now)
+    assert outcome.accepted and outcome.skipped == 0
+    np.testing.assert_allclose(controller.policy.target(now, controller.feedback), rows[0], atol=1e-12)
+    np.testing.assert_allclose(controller.policy.target(now + 100 * MS, controller.feedback), rows[5], atol=1e-12)
+    short = np.array([aloha_action(ALOHA_START + 0.02)] * 10)  # 0.18 s of actions, observed 0.75 s before arrival
+    controller.policy_heartbeat(now + 700 * MS)  # the policy is alive throughout, as in a real run
+    assert controller.submit(aloha_chunk(now - 50 * MS, short), now + 700 * MS).accepted
+    max_age_ns = round(controller.config.safety.max_chunk_age_s * NS_PER_S)
+    controller.policy_heartbeat(now - 40 * MS + max_age_ns + 50 * MS)
+    stale = controller.submit(aloha_chunk(now - 40 * MS, short), now - 40 * MS + max_age_ns + 50 * MS)
+    assert not stale.accepted and stale.reason == "stale"
+    asynchronous, _, later = started(**LATEST)
+    asynchronous.policy_heartbeat(later)
+    expired = asynchronous.submit(aloha_chunk(later - 750 * MS, short), later)
+    assert not expired.accepted and expired.reason == "expired", "negative control: asynchronous, it is past"
+
+
 def test_out_of_order_and_duplicate_chunks_are_ignored() -> None:
     controller, _, now = started(**LATEST)
     first = np.array([aloha_action(ALOHA_START + 0.1)] * 50)

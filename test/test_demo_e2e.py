@@ -81,35 +81,82 @@ def longest_run(flags: np.ndarray) -> int:
     return longest
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, tiny_checkpoint):
-    """Run the demo once; the tests below judge its summary, trial.yaml and bag."""
+def run_demo(output: Path, checkpoint: Path, duration_s: float, domain: int, *extra: str) -> subprocess.CompletedProcess:
     from qwen_vla_ros.ros_env import with_dds_profile
 
-    output = tmp_path_factory.mktemp("demo")
     repo = Path(__file__).resolve().parent.parent
     env = with_dds_profile(os.environ)
-    env.update(ROS_DOMAIN_ID=str(150 + os.getpid() % 50), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                PYTHONPATH=os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")])))
-    result = subprocess.run(
-        [sys.executable, "-m", "qwen_vla_ros.cli", "demo", "--checkpoint", str(tiny_checkpoint), "--duration",
-         str(DURATION_S), "--output", str(output), "--json"],
+    return subprocess.run(
+        [sys.executable, "-m", "qwen_vla_ros.cli", "demo", "--checkpoint", str(checkpoint), "--duration",
+         str(duration_s), "--output", str(output), "--json", *extra],
         cwd=repo, env=env, capture_output=True, text=True, timeout=240,
     )
-    assert result.returncode == 0, f"demo failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, tiny_checkpoint):
+    """Run the demo once; the tests below judge its summary, trial.yaml and bag. Exit 1 (chunks
+    too late on a loaded machine) still gives a run to judge; the verdict has its own test."""
+    result = run_demo(tmp_path_factory.mktemp("demo"), tiny_checkpoint, DURATION_S, 150 + os.getpid() % 50)
+    assert result.returncode in (0, 1), f"demo failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["ok"] == (result.returncode == 0) and not summary["problems"], result.stderr[-4000:]
     record = yaml.safe_load(Path(summary["trial_yaml"]).read_text())
     return summary, record, read_bag(Path(summary["bag"])), result.stderr
 
 
 def test_summary_reports_the_trial_and_random_weights(demo) -> None:
     summary, record, _, stderr = demo
-    assert summary["ok"] and summary["chunks"] > 0 and summary["sim_time_s"] >= DURATION_S
+    assert summary["chunks"] > 0 and summary["sim_time_s"] >= DURATION_S
     assert summary["inference_ms_p50"] > 0 and summary["inference_ms_p99"] >= summary["inference_ms_p50"]
     assert summary["outcome"] == record["outcome"] and record["outcome"] in ("success", "failure")
     assert record["outcome"] == ("success" if summary["success"] else "failure")
     assert "RANDOM weights" not in stderr, "a given checkpoint is not called random"
     assert "chunks" in stderr and "control" in stderr, "progress is shown"
+
+
+def test_summary_counts_the_chunks_the_controller_executed_and_how_far_the_robot_moved(demo) -> None:
+    """Judged against the bag: the chunks that reached the controller (accepted, rejected or
+    dropped) are those recorded on the chunk topic during the trial, give or take the chunks
+    around its start and end (the controller counts once a second), and the robot moved as far
+    as its recorded joint states say."""
+    summary, _, topics, _ = demo
+    recorded_chunks = len(topics["/qwen_vla/action_chunk"])
+    arrived = summary["chunks_accepted"] + summary["chunks_rejected"] + summary["chunks_dropped"]
+    assert arrived > 0 and summary["executed_fraction"] == pytest.approx(summary["chunks_accepted"] / arrived)
+    assert abs(arrived - recorded_chunks) <= 3, (summary, recorded_chunks)
+    assert summary["chunks_accepted"] <= recorded_chunks
+    assert sum(summary["rejections"].values()) == summary["chunks_rejected"]
+    config = load_embodiment("aloha")
+    ranges = []
+    for arm in config.arms:
+        positions = np.array([m.position for _, m in topics[arm.joint_state_topic]])
+        ranges.append((positions.max(axis=0) - positions.min(axis=0)).max())
+    assert summary["moved_rad"] > 0.01 and summary["moved_rad"] == pytest.approx(max(ranges), rel=0.05)
+
+
+def test_the_tiny_checkpoints_chunks_arrive_in_time_and_the_demo_passes(demo) -> None:
+    """The timing claim of issue 20 §5, on this machine: nine in ten chunks executed. Under heavy
+    load (uptime over the core count) inference stalls can expire chunks: that is a finding
+    (docs/benchmarks.md), not a reason to loosen the bound."""
+    summary, _, _, _ = demo
+    assert summary["executed_fraction"] >= 0.9 and summary["ok"], (
+        f"load {os.getloadavg()}: {summary['shortfalls']}, inference p99 {summary['inference_ms_p99']} ms")
+    assert summary["shortfalls"] == []
+
+
+def test_a_demo_whose_chunks_arrive_too_late_fails_and_says_why(tmp_path, tiny_checkpoint, ros_domain) -> None:
+    """Chunks held back by the study delay at the chunk-age limit (2 s, safety.max_chunk_age_s)
+    arrive stale: the controller refuses them all, the robot is not moved by any, and the demo
+    exits 1 naming the reason, where publishing chunks once sufficed."""
+    result = run_demo(tmp_path, tiny_checkpoint, 6.0, ros_domain.domain_id, "-r", "study.added_delay_s=2.0")
+    assert result.returncode == 1, f"{result.stdout}\n{result.stderr[-3000:]}"
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not summary["ok"] and summary["chunks"] > 0, "chunks were published"
+    assert summary["chunks_accepted"] == 0 and summary["rejections"].get("stale", 0) >= 1, summary
+    assert any("executed" in line for line in summary["shortfalls"]), summary["shortfalls"]
 
 
 def test_bag_holds_every_recorded_topic_with_the_counts_of_trial_yaml(demo) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from qwen_vla_ros import __version__
 from qwen_vla_ros.bringup.cli import resolve_checkpoint
-from qwen_vla_ros.bringup.demo import Summary
+from qwen_vla_ros.bringup.demo import RANDOM_SIZE, Summary
 from qwen_vla_ros.bringup.runner import run_log_dir
 from qwen_vla_ros.cli import build_parser, main
 from qwen_vla_ros.recording.session import RecorderIdentity, TrialSession
@@ -55,21 +55,26 @@ def _up_args(*argv: str) -> argparse.Namespace:
 
 
 def test_up_sim_without_a_checkpoint_uses_the_demos_cached_one(tmp_path, monkeypatch, tiny_checkpoint) -> None:
+    """Where no reference checkpoint is shipped (here: a path that does not exist)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    cached = tmp_path / "qwen_vla_ros" / "checkpoints" / "small"
+    monkeypatch.setattr("qwen_vla_ros.bringup.cli.reference_checkpoint_dir", lambda: tmp_path / "no_reference")
+    cached = tmp_path / "qwen_vla_ros" / "checkpoints" / RANDOM_SIZE
     cached.parent.mkdir(parents=True)
     cached.symlink_to(tiny_checkpoint, target_is_directory=True)
     said: list[str] = []
     assert resolve_checkpoint(_up_args("--sim"), say=said.append) == str(cached)
     assert str(cached) in said[0]
+    monkeypatch.setattr("qwen_vla_ros.bringup.cli.reference_checkpoint_dir", lambda: tiny_checkpoint)
+    assert resolve_checkpoint(_up_args("--sim"), say=said.append) == str(tiny_checkpoint), "a shipped one comes first"
     assert resolve_checkpoint(_up_args("--sim", "--checkpoint", "/given")) == "/given"
 
 
 def test_up_without_any_checkpoint_names_the_flag_and_the_path(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr("qwen_vla_ros.bringup.cli.reference_checkpoint_dir", lambda: tmp_path / "no_reference")
     assert main(["up", "aloha", "--sim"]) == 2
     error = capsys.readouterr().err
-    assert "--checkpoint DIR" in error and str(tmp_path / "qwen_vla_ros" / "checkpoints" / "small") in error
+    assert "--checkpoint DIR" in error and str(tmp_path / "qwen_vla_ros" / "checkpoints" / RANDOM_SIZE) in error
     assert "qwen-vla-ros demo" in error and "Traceback" not in error
     runtime = tmp_path / "runtime.yaml"
     runtime.write_text((ROOT / "config" / "runtime.yaml").read_text().replace("checkpoint: null", "checkpoint: /lab/ckpt"))

@@ -44,6 +44,16 @@ def test_remaining_trigger_waits_for_the_chunk_to_run_low() -> None:
     assert scheduler.decide(T0 + 700 * MS) == "infer"
 
 
+def test_synchronous_execution_waits_for_the_chunk_to_run_out() -> None:
+    """Stop, infer, execute: no inference before the last action, whatever the trigger says."""
+    scheduler = InferenceScheduler(InferenceSchedule(trigger="remaining", remaining_threshold_s=0.3), synchronous=True)
+    assert scheduler.decide(T0) == "infer"
+    scheduler.started(T0, "infer")
+    scheduler.published(T0 + 1 * S)
+    assert scheduler.decide(T0 + 700 * MS) == "wait" and scheduler.decide(T0 + 999 * MS) == "wait"
+    assert scheduler.decide(T0 + 1 * S) == "infer"
+
+
 def test_other_modes_keep_the_model_warm_and_policy_mode_asks_for_a_chunk_at_once() -> None:
     scheduler = InferenceScheduler(InferenceSchedule(trigger="rate", replan_hz=1.0, keep_warm_s=2.0))
     scheduler.started(T0, "infer")
@@ -332,6 +342,51 @@ def test_runner_delay_covers_elapsed_time_and_measured_latency(tiny_policy) -> N
     assert chunk.metadata["delay_steps"] == 8, "the p90 latency of 150 ms covers ceil(7.5) actions"
     np.testing.assert_allclose(chunk.actions[:8], [hold] * 8, atol=1e-4)
     assert runner.counters.rtc_chunks == 2 and runner.last_delay_steps == 8
+
+
+def test_the_study_delay_holds_each_chunk_back_before_it_is_published(tiny_policy) -> None:
+    """``study.added_delay_s``: the runner waits that long after inference, then publishes with the
+    observation's stamp, so the chunk is that much older on arrival; inference time is unchanged."""
+    runner, sync, clock, log, published, config = make_runner(
+        tiny_policy, {"schedule.trigger": "rate", "study.added_delay_s": 0.3, "rtc.enabled": False})
+    holds: list[tuple[float, int]] = []
+
+    def sleep(seconds: float) -> None:
+        holds.append((seconds, len(published)))
+        clock.now_ns += round(seconds * S)
+
+    runner.sleep = sleep
+    feed_observation(sync, config, clock.now_ns)
+    observed_ns = clock.now_ns
+    chunk = runner.step().chunk
+    assert holds == [(0.3, 0)], "held back once, before anything was published"
+    assert chunk.stamp_ns == observed_ns and published == [chunk]
+    figures = runner.figures(clock.now_ns)
+    assert figures["observation_age_at_publish_ms_p50"] >= 300.0
+    assert figures["inference_ms_p50"] < 100.0, "the hold is not inference time (the test clock ticks 1 ms a read)"
+    quick, quick_sync, quick_clock, _, _, _ = make_runner(tiny_policy, {"schedule.trigger": "rate"})
+    quick.sleep = sleep
+    feed_observation(quick_sync, config, quick_clock.now_ns)
+    quick.step()
+    assert len(holds) == 1, "off by default: no hold"
+
+
+def test_synchronous_runner_infers_again_once_the_chunk_has_run_from_its_publication(tiny_policy) -> None:
+    """The controller executes a synchronous chunk from its arrival (about its publication), so the
+    next inference is due a chunk's span after publication, not after the observation."""
+    runner, sync, clock, log, published, config = make_runner(
+        tiny_policy, {"execution": "synchronous", "study.added_delay_s": 0.5, "rtc.enabled": False})
+    runner.sleep = lambda seconds: setattr(clock, "now_ns", clock.now_ns + round(seconds * S))
+    feed_observation(sync, config, clock.now_ns)
+    chunk = runner.step().chunk
+    span_ns = chunk.due_ns(chunk.horizon - 1) - chunk.stamp_ns
+    published_ns = clock.now_ns
+    assert published_ns - chunk.stamp_ns >= S // 2
+    clock.now_ns = chunk.stamp_ns + span_ns + 100 * MS  # past the stamp-based end, before the executed end
+    feed_observation(sync, config, clock.now_ns)
+    assert runner.step().outcome == "wait"
+    clock.now_ns = published_ns + span_ns
+    assert runner.step().outcome == "published"
 
 
 def test_runner_with_rtc_off_ignores_committed_actions(tiny_policy) -> None:

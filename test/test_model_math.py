@@ -78,3 +78,13 @@ def test_guidance_weight_schedule() -> None:
     assert guidance_weight(0.5, 10.0, steps=10) == pytest.approx(2.0)  # (1-tau)/(tau r^2) at tau=1/2
     assert guidance_weight(1.0, 10.0, steps=10) == 0.0
     assert guidance_weight(0.01, 5.0, steps=10) == 5.0
+
+
+def test_guidance_weight_without_the_step_cap_is_the_reference_beta() -> None:
+    """``rtc.guidance_limit: beta``: the first step's weight is beta_max (10 at the shipped
+    defaults, K = 4), as in Black et al.'s reference implementation; later steps follow the
+    same (1 - tau) / (tau r^2) schedule, capped at beta_max."""
+    assert guidance_weight(0.0, 10.0, steps=4, cap_at_steps=False) == 10.0
+    assert guidance_weight(0.0, 10.0, steps=4, cap_at_steps=True) == 4.0
+    assert guidance_weight(0.25, 10.0, steps=4, cap_at_steps=False) == pytest.approx(0.75 / (0.25 * 0.9))
+    assert guidance_weight(0.25, 10.0, steps=4) == pytest.approx(0.75 / (0.25 * 0.9))  # at K = 4 only step 1 differs

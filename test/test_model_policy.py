@@ -167,6 +167,26 @@ def test_guidance_pulls_the_sample_towards_the_previous_chunk(policy, make_image
     torch.testing.assert_close(unguided_weights, free)
 
 
+def test_the_runtime_configs_guidance_limit_reaches_the_sampler(tiny_checkpoint: Path, make_images) -> None:
+    """``rtc.guidance_limit``: ``min(beta,K)`` (shipped) and ``beta`` give different guided chunks
+    at K = 2, where the first step's weight is 2 against 10; unguided chunks are the same."""
+    from qwen_vla_ros.config import load_runtime
+    from qwen_vla_ros.model.loading import load_policy_from_config
+
+    chunks = {}
+    for limit in ("min(beta,K)", "beta"):
+        runtime = load_runtime(None, {"checkpoint": str(tiny_checkpoint), "denoising_steps": 2,
+                                      "rtc.guidance_limit": limit})
+        loaded = load_policy_from_config(runtime)
+        assert loaded.guidance_capped_at_steps == (limit == "min(beta,K)")
+        images, state = observation(loaded, make_images)
+        committed = decelerating(state, 20)
+        chunks[limit] = (loaded.infer(images, state, committed=committed, delay_steps=3, seed=4).actions,
+                         loaded.infer(images, state, seed=4).actions)
+    assert np.abs(chunks["beta"][0] - chunks["min(beta,K)"][0]).max() > 1e-4, "the cap changes the guided chunk"
+    np.testing.assert_array_equal(chunks["beta"][1], chunks["min(beta,K)"][1])
+
+
 def test_checkpoint_statistics_win_over_the_yaml(tiny_checkpoint: Path, tmp_path: Path, make_images) -> None:
     copy = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, copy)

@@ -5,10 +5,11 @@ import argparse
 import os
 from collections.abc import Callable
 
-from qwen_vla_ros.bringup.demo import cache_root
+from qwen_vla_ros.bringup.demo import RANDOM_SIZE, cache_root
 from qwen_vla_ros.bringup.graph import EMBODIMENTS, LAUNCH_ARGUMENTS, BringupOptions, build_graph, parse_namespaces
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr, shutdown, supervise
 from qwen_vla_ros.config import load_runtime, parse_override
+from qwen_vla_ros.paths import reference_checkpoint_dir
 from qwen_vla_ros.ros_env import dds_notice
 
 
@@ -27,21 +28,25 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_checkpoint(args: argparse.Namespace, say: Callable[[str], None] = print) -> str:
     """The checkpoint ``up`` passes on: --checkpoint, else the runtime config's, else (with --sim)
-    the demo's cached random checkpoint; with none of them a FileNotFoundError that names the
-    flag and the path, before any node starts."""
+    the shipped reference checkpoint, else the demo's cached random checkpoint; with none of
+    them a FileNotFoundError that names the flag and the path, before any node starts."""
     if args.checkpoint:
         return args.checkpoint
     overrides = dict(parse_override(text) for text in args.runtime_override)
     if load_runtime(args.runtime_config or None, overrides).checkpoint:
         return ""  # the nodes read it from the runtime config
-    cached = cache_root() / "checkpoints" / "small"
+    shipped = reference_checkpoint_dir()
+    if args.sim and (shipped / "qwen_vla.json").is_file():
+        say(f"no --checkpoint: using the reference checkpoint {shipped}")
+        return str(shipped)
+    cached = cache_root() / "checkpoints" / RANDOM_SIZE
     if args.sim and (cached / "qwen_vla.json").is_file():
         say(f"no --checkpoint: using the demo's cached checkpoint {cached} (random weights)")
         return str(cached)
-    build = "run `qwen-vla-ros demo` once to build one there, or " if args.sim else ""
+    build = "run `qwen-vla-ros demo --random-weights` once to build one there, or " if args.sim else ""
     raise FileNotFoundError(
         f"no checkpoint: pass --checkpoint DIR (a directory with qwen_vla.json) or set 'checkpoint' in "
-        f"--runtime-config; {build}`qwen-vla-ros make-checkpoint --size small {cached}` makes a random one there"
+        f"--runtime-config; {build}`qwen-vla-ros make-checkpoint --size {RANDOM_SIZE} {cached}` makes a random one there"
         + (", which `up --sim` then uses" if args.sim else ""))
 
 

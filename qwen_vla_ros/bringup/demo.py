@@ -2,8 +2,11 @@
 
 Brings ALOHA up in simulation (sim, policy, controller, recorder) through the runner, runs one
 recorded trial for a given span of simulated time with a progress line, stops it (labelled by
-the sim's success flag), shuts everything down and prints what happened. With no
-``--checkpoint`` it builds a small random checkpoint once and caches it.
+the sim's success flag), shuts everything down and prints what happened: chunks accepted and
+rejected (by reason), the share executed, how far the robot moved and the task's success. It
+exits non-zero unless at least 90% of the chunks were executed and they moved the robot, since
+chunks published but refused prove nothing. With no ``--checkpoint`` it runs the shipped
+reference checkpoint; random weights only with ``--random-weights``.
 """
 from __future__ import annotations
 
@@ -15,13 +18,16 @@ import shutil
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from qwen_vla_ros.bringup.graph import BringupOptions, Graph, build_graph
 from qwen_vla_ros.bringup.runner import Exit, ProcessGroup, StopSignals, report_to_stderr, run_log_dir
+from qwen_vla_ros.config import load_runtime, parse_override
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.contract import (
     ACTION_CHUNK,
@@ -33,33 +39,58 @@ from qwen_vla_ros.contract import (
     Service,
     role_view,
 )
+from qwen_vla_ros.control.policy import REJECTION_REASONS
+from qwen_vla_ros.errors import QwenVlaError
+from qwen_vla_ros.paths import reference_checkpoint_dir
 from qwen_vla_ros.recording.trial import TrialStore
 
 EMBODIMENT = "aloha"
 COMMAND_QUEUE_DEPTH = 100  # every command is counted for the achieved rate: a deep queue drops none
+RANDOM_SIZE = "tiny"  # the random checkpoint's size: on a 2-core CPU its chunks arrive in time (docs/benchmarks.md)
+MIN_EXECUTED_FRACTION = 0.9  # below this share of chunks executed, the demo failed (issue 20 §5)
+MIN_MOVED_RAD = 0.01  # a joint must move this far for the chunks to count as moving the robot; at rest < 0.0005
+CONTROLLER_DIAGNOSTICS = "qwen_vla/controller"
+DIAGNOSTICS_PERIOD_S = 1.0  # the controller publishes its chunk counts this often: the trial's are read fresh at start and end
 RANDOM_WEIGHTS_NOTICE = (
-    "The demo's default checkpoint has RANDOM weights (Qwen-VLA's weights are not public): the arms move aimlessly "
+    "The demo runs a checkpoint with RANDOM weights (--random-weights): the arms move aimlessly "
     "but safely, inside the controller's position, velocity and acceleration limits. To run real weights, "
     "pass --checkpoint DIR with a checkpoint directory in the same layout (backbone/, action_head.safetensors, "
     "qwen_vla.json; see docs/model.md)."
 )
 
 
+class NoCheckpointError(QwenVlaError, FileNotFoundError):
+    """No checkpoint to run: none given, none shipped, and random weights not asked for."""
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen_vla_ros"
 
 
-def ensure_checkpoint(path: str | None, size: str = "small", say: Callable[[str], None] = print) -> tuple[Path, bool]:
+def ensure_checkpoint(path: str | None, size: str = RANDOM_SIZE, say: Callable[[str], None] = print,
+                      random_weights: bool = False, reference: Path | None = None) -> tuple[Path, bool]:
     """(checkpoint directory, whether it has random weights built here).
 
-    A given path must hold a checkpoint; otherwise a ``size`` random checkpoint is built once
-    into the per-user cache (written beside and renamed, so an interrupted build is redone).
+    A given path must hold a checkpoint. Without one: the shipped reference checkpoint
+    (``reference``, default :func:`reference_checkpoint_dir`) if this installation has it, or,
+    only when ``random_weights`` is asked for, a ``size`` random checkpoint built once into the
+    per-user cache (written beside and renamed, so an interrupted build is redone). Random
+    weights are never a silent fallback: they move the arms aimlessly, which is no demo of a policy.
     """
     if path:
         root = Path(path).expanduser()
         if not (root / "qwen_vla.json").is_file():
             raise FileNotFoundError(f"{root} is not a checkpoint directory (no qwen_vla.json)")
         return root, False
+    if not random_weights:
+        shipped = reference if reference is not None else reference_checkpoint_dir()
+        if (shipped / "qwen_vla.json").is_file():
+            say(f"using the reference checkpoint {shipped}")
+            return shipped, False
+        raise NoCheckpointError(
+            f"no checkpoint: this installation ships no reference checkpoint (looked in {shipped}); "
+            "pass --checkpoint DIR, or --random-weights to run a random checkpoint that moves the arms aimlessly"
+        )
     root = cache_root() / "checkpoints" / size
     if (root / "qwen_vla.json").is_file():
         say(f"using the cached {size} random checkpoint {root}")
@@ -90,6 +121,12 @@ class Summary:
     duration_s: float = 0.0
     sim_time_s: float = 0.0
     chunks: int = 0
+    chunks_accepted: int = 0
+    chunks_rejected: int = 0
+    chunks_dropped: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    executed_fraction: float = math.nan
+    moved_rad: float = 0.0
     commands: int = 0
     control_rate_hz: float = math.nan
     control_rate_target_hz: float = math.nan
@@ -103,6 +140,29 @@ class Summary:
     bag: str | None = None
     logs: str | None = None
     problems: list[str] = field(default_factory=list)
+    shortfalls: list[str] = field(default_factory=list)
+
+    def judge(self) -> None:
+        """Set ``shortfalls`` and ``ok``: the run must have worked (no problems, a recorded trial),
+        executed at least ``MIN_EXECUTED_FRACTION`` of its chunks, and moved the robot; chunks
+        that the controller refused or that moved nothing prove nothing (issue 20 §5)."""
+        shortfalls = []
+        if math.isnan(self.executed_fraction):
+            shortfalls.append("no chunk reached the controller during the trial")
+        elif self.executed_fraction < MIN_EXECUTED_FRACTION:
+            shortfalls.append(f"only {self.executed_fraction:.0%} of chunks were executed (at least "
+                              f"{MIN_EXECUTED_FRACTION:.0%} must be): {self.rejection_text()}; a chunk that arrives "
+                              "after its actions are due is refused, so the model is too slow for this machine")
+        if self.moved_rad < MIN_MOVED_RAD:
+            shortfalls.append(f"the robot moved {self.moved_rad:.4f} rad at most (at least {MIN_MOVED_RAD:g} rad "
+                              "must be): no chunk moved it")
+        self.shortfalls = shortfalls
+        self.ok = not self.problems and not shortfalls and self.trial_yaml is not None
+
+    def rejection_text(self) -> str:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.rejections.items()))
+        return f"{self.chunks_rejected} rejected" + (f" ({reasons})" if reasons else "") + \
+            f", {self.chunks_dropped} dropped unread"
 
     def text(self) -> str:
         def number(value: float, unit: str = "") -> str:
@@ -112,6 +172,9 @@ class Summary:
             "demo " + ("finished" if self.ok else "FAILED"),
             f"  trial              {self.trial_id} ({self.outcome}), {self.sim_time_s:.1f} s simulated",
             f"  chunks published   {self.chunks}",
+            f"  chunks executed    {self.chunks_accepted} accepted, {self.rejection_text()}: "
+            f"{'n/a' if math.isnan(self.executed_fraction) else f'{self.executed_fraction:.0%}'} executed",
+            f"  robot moved        {self.moved_rad:.3f} rad (the largest range of a measured joint)",
             f"  inference latency  p50 {number(self.inference_ms_p50, ' ms')}, p99 {number(self.inference_ms_p99, ' ms')}",
             f"  control rate       {number(self.control_rate_hz, ' Hz')} (target {self.control_rate_target_hz:g} Hz, "
             f"{self.commands} commands)",
@@ -122,6 +185,7 @@ class Summary:
             f"  node logs          {self.logs}",
         ]
         lines += [f"  problem: {p}" for p in self.problems]
+        lines += [f"  FAILED: {s}" for s in self.shortfalls]
         if self.random_weights:
             lines.append(RANDOM_WEIGHTS_NOTICE)
         lines += self.next_steps()
@@ -167,10 +231,14 @@ class Monitor:
         self.sim_stamp_ns: int | None = None
         self.success = False
         self.diagnostics: dict[str, dict[str, str]] = {}
+        self.reports: Counter[str] = Counter()  # diagnostics messages per source, to wait for a fresh one
+        self.joint_low: dict[str, float] = {}  # per measured joint, while counting: how far the robot moved
+        self.joint_high: dict[str, float] = {}
         create_subscription(self.node, ACTION_CHUNK, self._on_chunk)
         create_subscription(self.node, COMMAND, self._on_command, depth=COMMAND_QUEUE_DEPTH)
         watched = {topic.name: topic for topic in role_view(NodeRole.MONITOR, embodiment).subscribes}
-        create_subscription(self.node, watched[embodiment.arms[0].joint_state_topic], self._on_joint_state)
+        for arm in embodiment.arms:
+            create_subscription(self.node, watched[arm.joint_state_topic], partial(self._on_joint_state, arm.name))
         create_subscription(self.node, SIM_SUCCESS, self._on_success)
         create_subscription(self.node, DIAGNOSTICS, self._on_diagnostics)
         self.seen_chunk = False
@@ -207,15 +275,35 @@ class Monitor:
         if self.counting:
             self.command_stamps.append(self._stamp(msg))
 
-    def _on_joint_state(self, msg: Any) -> None:
+    def _on_joint_state(self, arm: str, msg: Any) -> None:
         self.sim_stamp_ns = self._stamp(msg)
+        if not self.counting:
+            return
+        for name, position in zip(msg.name, msg.position, strict=False):  # a short message must not stop the monitor
+            key = f"{arm}/{name}"
+            self.joint_low[key] = min(position, self.joint_low.get(key, position))
+            self.joint_high[key] = max(position, self.joint_high.get(key, position))
+
+    def moved_rad(self) -> float:
+        """The largest range any measured joint covered while counting (0 before anything was measured)."""
+        return max((self.joint_high[k] - self.joint_low[k] for k in self.joint_low), default=0.0)
 
     def _on_success(self, msg: Any) -> None:
         self.success = bool(msg.data)
 
     def _on_diagnostics(self, msg: Any) -> None:
         for status in msg.status:
-            self.diagnostics[status.name.split(":")[0]] = {kv.key: kv.value for kv in status.values}
+            source = status.name.split(":")[0]
+            self.diagnostics[source] = {kv.key: kv.value for kv in status.values}
+            self.reports[source] += 1
+
+    def fresh(self, source: str, timeout_s: float = 2.5 * DIAGNOSTICS_PERIOD_S) -> dict[str, str]:
+        """``source``'s next diagnostics after this call (its last one if none comes within ``timeout_s``)."""
+        seen = self.reports[source]
+        deadline = time.monotonic() + timeout_s
+        while self.reports[source] == seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.diagnostics.get(source, {})
 
     def figure(self, source: str, key: str) -> float:
         try:
@@ -317,13 +405,15 @@ def stop_nodes(group: ProcessGroup, monitor: Monitor, problems: list[str], say: 
 
 def run_demo(args: argparse.Namespace) -> Summary:
     say = report_to_stderr
-    checkpoint, random_weights = ensure_checkpoint(args.checkpoint, say=say)
+    load_runtime(None, dict(parse_override(text) for text in args.runtime_override))  # a bad one: exit 2 now
+    checkpoint, random_weights = ensure_checkpoint(args.checkpoint, say=say, random_weights=args.random_weights)
     if random_weights:
         say(RANDOM_WEIGHTS_NOTICE)
     output = Path(args.output).expanduser().resolve()
     logs = run_log_dir(output / "logs")
     options = BringupOptions(EMBODIMENT, str(checkpoint), args.backend, use_sim=True, record=True, joystick=False,
                              instruction=args.instruction, output_dir=str(output),
+                             runtime_overrides=args.runtime_override,
                              node_parameters={"sim_node": {"seed": args.seed}, "trial_recorder": {"log_dir": str(logs)}})
     graph = build_graph(options)
     summary = Summary(ok=False, checkpoint=str(checkpoint), random_weights=random_weights,
@@ -341,8 +431,31 @@ def run_demo(args: argparse.Namespace) -> Summary:
             stop_nodes(group, monitor, summary.problems, say)
     if signals.received is not None:
         summary.problems.append("interrupted")
-    summary.ok = not summary.problems and summary.chunks > 0 and summary.trial_yaml is not None
+    summary.judge()
     return summary
+
+
+def chunk_counters(figures: dict[str, str]) -> dict[str, int]:
+    """The controller's chunk counts from its diagnostics: accepted, rejected, dropped and ``rejected_<reason>``."""
+    wanted = {"chunks_accepted", "chunks_rejected", "chunks_dropped", *(f"rejected_{r}" for r in REJECTION_REASONS)}
+    counts = {}
+    for key in wanted & figures.keys():
+        try:
+            counts[key] = int(float(figures[key]))
+        except ValueError:
+            continue
+    return counts
+
+
+def count_chunks(summary: Summary, counts: dict[str, int]) -> None:
+    """The trial's chunk figures from the difference of the controller's counters over it."""
+    summary.chunks_accepted = counts.get("chunks_accepted", 0)
+    summary.chunks_rejected = counts.get("chunks_rejected", 0)
+    summary.chunks_dropped = counts.get("chunks_dropped", 0)
+    summary.rejections = {key.removeprefix("rejected_"): n for key, n in counts.items()
+                          if key.startswith("rejected_") and n > 0}
+    arrived = summary.chunks_accepted + summary.chunks_rejected + summary.chunks_dropped
+    summary.executed_fraction = summary.chunks_accepted / arrived if arrived else math.nan
 
 
 def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, stop: threading.Event,
@@ -352,7 +465,8 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
     stages: tuple[tuple[str, Callable[[], bool]], ...] = (
         ("starting nodes", lambda: monitor.sim_stamp_ns is not None),
         ("loading model", lambda: "policy_node" in monitor.diagnostics),  # policy_node reports once loaded
-        ("waiting for the first chunk", lambda: monitor.seen_chunk and monitor.seen_command),
+        ("waiting for the first chunk", lambda: monitor.seen_chunk and monitor.seen_command
+         and CONTROLLER_DIAGNOSTICS in monitor.diagnostics),
     )
     for what, condition in stages:
         begun = time.monotonic()
@@ -362,6 +476,7 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
         if not _wait(condition, group, stop, deadline - time.monotonic(), problems, what, show):
             return
         progress.show(f"{what} ({time.monotonic() - begun:.0f} s)", final=True)
+    before = chunk_counters(monitor.fresh(CONTROLLER_DIAGNOSTICS))  # counts up to now, then the trial starts
     started, message = monitor.trigger(TRIAL_SERVICES["trial_start"])
     if not started:
         problems.append(f"the recorder did not start a trial: {message}")
@@ -393,6 +508,9 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
     stopped, message = monitor.trigger(stop_service)
     if not stopped:
         problems.append(f"the recorder did not stop the trial: {message}")
+    summary.moved_rad = monitor.moved_rad()
+    after = chunk_counters(monitor.fresh(CONTROLLER_DIAGNOSTICS))  # the trial's last chunks included
+    count_chunks(summary, {key: after[key] - before.get(key, 0) for key in after})
     summary.chunks = monitor.chunks
     summary.commands = len(monitor.command_stamps)
     summary.control_rate_hz = achieved_rate(monitor.command_stamps)
@@ -423,11 +541,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="run ALOHA in MuJoCo with the policy, controller and recorder for one trial",
         description="Sim, policy, controller and recorder for ALOHA; one recorded trial; a summary and what to run "
-        "next. " + RANDOM_WEIGHTS_NOTICE,
+        f"next. Exits 1 when under {MIN_EXECUTED_FRACTION:.0%} of the chunks were executed or none moved the robot. "
+        + RANDOM_WEIGHTS_NOTICE,
     )
     parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint directory (default: a small random one, built once into "
-                        "$XDG_CACHE_HOME/qwen_vla_ros/checkpoints/small)")
+                        help=f"checkpoint directory (default: the shipped reference checkpoint, "
+                        f"{reference_checkpoint_dir()}, where this installation has it)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help=f"without --checkpoint: a {RANDOM_SIZE} checkpoint with random weights, built once into "
+                        f"$XDG_CACHE_HOME/qwen_vla_ros/checkpoints/{RANDOM_SIZE} (the arms move aimlessly)")
+    parser.add_argument("-r", "--runtime-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted runtime-config key for the policy and controller, e.g. "
+                        "study.added_delay_s=0.2 (repeatable; docs/configuration.md)")
     parser.add_argument("--duration", type=float, default=20.0, help="simulated seconds of the trial (20)")
     parser.add_argument("--output", default="~/qwen_vla_trials/demo", help="trials, bags and node logs (%(default)s)")
     parser.add_argument("--instruction", default="", help="task instruction (default: the runtime config's)")

@@ -27,6 +27,7 @@ from typing import Any
 from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor, _dead_required, _wait, ensure_checkpoint, join_graph_dds, stop_nodes
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr
+from qwen_vla_ros.config import load_runtime, parse_override
 from qwen_vla_ros.contract import INSTRUCTION, SIM_RANDOMIZATION, SIM_RESET, TRIAL_SERVICES
 from qwen_vla_ros.recording.protocol import Protocol, load_protocol, next_trial
 from qwen_vla_ros.recording.report import build_report, plot, to_markdown, wilson_interval
@@ -128,13 +129,14 @@ def _completed(output: Path) -> list[dict[str, str]]:
 
 def run_eval(args: argparse.Namespace) -> EvalSummary:
     say = report_to_stderr
+    load_runtime(None, dict(parse_override(text) for text in args.runtime_override))  # a bad one: exit 2 now
     checkpoint, _ = ensure_checkpoint(args.checkpoint, say=say)
     protocol = load_protocol(args.protocol)
     output = Path(args.output).expanduser().resolve()
     overrides = [f"sim.success={args.success}"] if args.success else []
     options = BringupOptions(
         EMBODIMENT, str(checkpoint), args.backend, use_sim=True, record=True, joystick=False, output_dir=str(output),
-        config_overrides=overrides,
+        config_overrides=overrides, runtime_overrides=args.runtime_override,
         node_parameters={"sim_node": {"seed": args.seed},
                          "trial_recorder": {"protocol": str(Path(args.protocol).expanduser().resolve())}},
     )
@@ -260,6 +262,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="the sim's success signal (default: the embodiment config's)")
     parser.add_argument("--backend", default="", help="torch | onnxruntime | tensorrt (default: the runtime config's)")
     parser.add_argument("--seed", type=int, default=0, help="sim randomisation seed (0)")
+    parser.add_argument("-r", "--runtime-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted runtime-config key for the policy and controller, e.g. execution=synchronous "
+                        "(repeatable; the execution-strategy study's strategies, docs/evaluation.md)")
     parser.add_argument("--settle", type=float, default=0.5, help="seconds between reset and trial start (0.5)")
     parser.add_argument("--startup-timeout", type=float, default=180.0,
                         help="seconds to wait for the first chunk and command (180)")

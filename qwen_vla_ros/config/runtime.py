@@ -58,11 +58,31 @@ class RealTimeChunking(StrictModel):
 
     The policy passes at most ``max(delay_steps, execution_horizon)`` committed actions: the
     frozen ones plus the overlap over which the new chunk is guided towards the old plan.
+    ``guidance_limit`` caps the guidance weight beta(tau) (largest at the first step):
+    ``min(beta,K)`` at the denoising step count K as well as ``max_guidance_weight`` (one
+    Euler step never overshoots), ``beta`` at ``max_guidance_weight`` only, as the reference
+    implementation does; the execution-strategy study compares them (docs/evaluation.md).
     """
 
     enabled: bool = True
     max_guidance_weight: float = Field(default=10.0, ge=0)
+    guidance_limit: Literal["min(beta,K)", "beta"] = "min(beta,K)"
     execution_horizon: int = Field(default=10, ge=1)
+
+
+MAX_ADDED_DELAY_S = 2.0  # the safety section's max_chunk_age_s is 2 s: a longer hold-back could only be refused
+
+
+class StudySettings(StrictModel):
+    """Study tools, off by default: not for running a robot.
+
+    ``added_delay_s`` holds each chunk back for that long after inference before the policy
+    publishes it, so the execution-strategy study can run one checkpoint at the inference
+    delays of slower hardware (docs/evaluation.md). The chunk keeps its observation stamp,
+    so the controller sees the longer delay as it would see a slower model.
+    """
+
+    added_delay_s: float = Field(default=0.0, ge=0.0, le=MAX_ADDED_DELAY_S)
 
 
 class ObservationSync(StrictModel):
@@ -121,6 +141,13 @@ class TensorRTSettings(StrictModel):
 
 
 class RuntimeConfig(StrictModel):
+    """``execution`` ``asynchronous`` infers while the robot executes the previous chunk (the
+    runtime's design); ``synchronous`` is the execution-strategy study's baseline: stop, infer,
+    execute. The policy starts an inference only once the previous chunk has run out as the
+    controller executes it, and the controller executes each chunk from its arrival rather than
+    from its observation stamp (the robot stood still in between, so nothing of it is late).
+    The schedule's trigger is then unused."""
+
     checkpoint: str | None = Field(default=None, description="checkpoint directory; None means none loaded yet")
     backend: Backend = "torch"
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
@@ -136,6 +163,7 @@ class RuntimeConfig(StrictModel):
     )
     denoising_steps: int | None = Field(default=None, ge=1, le=10, description="None: the checkpoint's default")
     instruction: str = ""
+    execution: Literal["asynchronous", "synchronous"] = "asynchronous"
     blending: Blending = Field(default_factory=Blending)
     schedule: InferenceSchedule = Field(default_factory=InferenceSchedule)
     rtc: RealTimeChunking = Field(default_factory=RealTimeChunking)
@@ -143,6 +171,7 @@ class RuntimeConfig(StrictModel):
     clock_check: ClockCheck = Field(default_factory=ClockCheck)
     onnxruntime: OnnxRuntimeSettings = Field(default_factory=OnnxRuntimeSettings)
     tensorrt: TensorRTSettings = Field(default_factory=TensorRTSettings)
+    study: StudySettings = Field(default_factory=StudySettings)
 
     @model_validator(mode="after")
     def _device_fits_backend(self) -> RuntimeConfig:

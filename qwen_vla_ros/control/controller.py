@@ -103,7 +103,7 @@ class Controller:
         if self.period_ns <= 0:
             raise ConfigError(config.name, [f"control.rate_hz: {config.control.rate_hz:g} gives a period of {self.period_ns} ns"])
         self.feedback = Feedback(self.layout, config.safety)
-        self.policy = PolicySource(config, self.layout, runtime.blending)
+        self.policy = PolicySource(config, self.layout, runtime.blending, runtime.execution == "synchronous")
         self.teleop = TeleopSource(config, self.layout)
         self.liveness = PolicyLiveness(config.safety.policy_timeout_s)
         self._liveness_events: list[LivenessEvent] = []

@@ -9,6 +9,11 @@ A chunk goes through two phases so a node can keep the expensive one off its loc
 - ``accept``: reject duplicates and chunks older than the newest one, count the actions
   already in the past, and hand over to the new plan through the blender.
 
+A plan starts at the chunk's observation stamp: actions due while the policy inferred are
+already past when it arrives. With ``synchronous`` execution (``RuntimeConfig.execution``, the
+execution-strategy study's stop-infer-execute baseline) the robot stood still during
+inference, so the plan starts at the chunk's arrival instead and none of it is past.
+
 Plan vectors are command vectors, plus (x, y, yaw) at the end for a waypoint base, whose
 (v, omega) the path tracker fills in when sampled.
 """
@@ -95,8 +100,10 @@ class ChunkStats:
 class PolicySource:
     name = "policy"
 
-    def __init__(self, config: EmbodimentConfig, layout: CommandLayout, blending: Blending):
+    def __init__(self, config: EmbodimentConfig, layout: CommandLayout, blending: Blending,
+                 synchronous: bool = False):
         self.config = config
+        self.synchronous = synchronous
         self.layout = layout
         self.names = tuple(config.action.names)
         self.lower = np.array([c.limits.lower for c in config.action.channels])
@@ -177,7 +184,7 @@ class PolicySource:
             plan[offset:, len(self.layout):] = local_to_world(context.pose, actions[:, base.action_index])
             if offset:
                 plan[0, len(self.layout):] = context.pose
-        start_ns = int(chunk.stamp_ns)  # type: ignore[arg-type]  # judged above
+        start_ns = now_ns if self.synchronous else int(chunk.stamp_ns)  # type: ignore[arg-type]  # judged above
         trajectory = Trajectory(start_ns, chunk.dt, plan, self.config.control.interpolation)
         return PreparedChunk(chunk, trajectory=trajectory, clamped=clamped, warnings=tuple(warnings))
 
@@ -215,7 +222,8 @@ class PolicySource:
             return self.reject(Rejection.DUPLICATE, f"a chunk stamped {stamp} was already accepted")
         if newest is not None and stamp < newest:
             return self.reject(Rejection.OUT_OF_ORDER, f"stamp {stamp} is older than the newest chunk's {newest}")
-        due = np.array([chunk.due_ns(k) for k in range(chunk.horizon)])
+        shift_ns = prepared.trajectory.start_ns - stamp  # 0, or the wait until arrival when synchronous
+        due = np.array([chunk.due_ns(k) + shift_ns for k in range(chunk.horizon)])
         skipped = int(np.count_nonzero(due < now_ns))
         self.stats.skipped_actions += skipped
         if prepared.trajectory.end_ns < now_ns:

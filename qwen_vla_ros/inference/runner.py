@@ -6,13 +6,15 @@ new input wakes it (``wake``), or ``stop``. A failing step is logged and retried
 later, since the thread must outlive any one failure. ``PolicyRunner.step`` applies a
 pending instruction (one prefix rebuild), asks the scheduler whether an inference is due,
 takes a synchronised observation, adds the committed actions for real-time chunking, runs
-the model and hands the chunk, stamped with the observation's stamp, to ``publish``.
+the model and hands the chunk, stamped with the observation's stamp, to ``publish`` (held
+back first by ``study.added_delay_s``, a study tool that is off by default).
 Everything it decides is counted for /diagnostics and logged through a keyed throttle, so a
 camera that is gone is named once every few seconds rather than at every attempt.
 """
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -103,6 +105,7 @@ class PolicyRunner:
         log: Logger,
         instruction: str,
         seed: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.policy = policy
         self.embodiment = embodiment
@@ -113,7 +116,9 @@ class PolicyRunner:
         self.clock = clock
         self.log = log
         self.seed = seed
-        self.scheduler = InferenceScheduler(runtime.schedule)
+        self.sleep = sleep
+        self.synchronous = runtime.execution == "synchronous"
+        self.scheduler = InferenceScheduler(runtime.schedule, self.synchronous)
         self.committed = CommittedHistory(embodiment.action.names)
         self.rtc = runtime.rtc.enabled and embodiment.commands_are_actions
         if runtime.rtc.enabled and not self.rtc:
@@ -211,6 +216,8 @@ class PolicyRunner:
             return self._skipped(
                 Skip(SkipReason.NONFINITE_ACTIONS, "model", "the model produced non-finite actions"), finished_ns
             )
+        if self.runtime.study.added_delay_s > 0:  # the study's slower model: the result is held back
+            self.sleep(self.runtime.study.added_delay_s)
         if self.scheduler.mode != POLICY:  # the operator took over while the model ran
             self.counters.discarded += 1
             return StepResult(StepOutcome.DISCARDED)
@@ -226,7 +233,9 @@ class PolicyRunner:
         self.last_delay_steps = delay_steps
         self.last_chunk_stamp_ns = observation.stamp_ns
         self._last_observation_ns = observation.stamp_ns
-        self.scheduler.published(stamped.due_ns(stamped.horizon - 1))
+        span_ns = stamped.due_ns(stamped.horizon - 1) - observation.stamp_ns
+        # synchronous: the controller executes the chunk from its arrival, about now
+        self.scheduler.published((published_ns if self.synchronous else observation.stamp_ns) + span_ns)
         return StepResult(StepOutcome.PUBLISHED, chunk=stamped)
 
     # ------------------------------------------------------------------ parts

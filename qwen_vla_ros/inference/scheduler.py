@@ -5,7 +5,9 @@ fall below ``remaining_threshold_s`` (trigger ``remaining``) or every ``1 / repl
 (trigger ``rate``); the first chunk, and the first after a return to ``policy``, start at
 once so the controller has a fresh chunk before it runs out. In ``teleop`` and ``hold``
 nothing is published, but an unpublished inference every ``keep_warm_s`` keeps the model
-warm.
+warm. ``synchronous`` execution (the study's stop-infer-execute baseline) replaces the
+trigger: the next inference starts once the last chunk has run out, as the controller, which
+then times a chunk from its arrival, executes it.
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ IDLE_WAIT_S = 0.05  # longest sleep between decisions when nothing is due
 
 
 class InferenceScheduler:
-    def __init__(self, schedule: InferenceSchedule) -> None:
+    def __init__(self, schedule: InferenceSchedule, synchronous: bool = False) -> None:
         self.schedule = schedule
+        self.synchronous = synchronous
         self._mode = POLICY
         self._chunk_end_ns: int | None = None
         self._last_start_ns: int | None = None
@@ -65,6 +68,8 @@ class InferenceScheduler:
             if schedule.keep_warm_s <= 0:
                 return None
             return 0 if self._last_any_ns is None else self._last_any_ns + round(schedule.keep_warm_s * NS_PER_S)
+        if self.synchronous:
+            return 0 if self._chunk_end_ns is None else self._chunk_end_ns
         if schedule.trigger == "rate":
             return 0 if self._last_start_ns is None else self._last_start_ns + round(NS_PER_S / schedule.replan_hz)
         if self._chunk_end_ns is None:

@@ -167,7 +167,7 @@ class CudaGraphStages(TorchStages):
         inputs: tuple[torch.Tensor, ...] = (features, state, noise, mask)
         if guidance is not None:
             inputs += (guidance.target, guidance.weights)
-        extra = (steps, None if guidance is None else guidance.max_weight)
+        extra = (steps, None if guidance is None else (guidance.max_weight, guidance.cap_at_steps))
         with timer.stage("sample_graph"):
             return self.runners["sample"](lambda: self._sampler(inputs, steps, guidance), inputs, extra)[0]
 
@@ -181,6 +181,7 @@ class CudaGraphStages(TorchStages):
             guided_step = trace_guided(head, (noise, torch.zeros(1, device=noise.device), state, mask, target,
                                               weights, *kv), symbolic=False)
         max_weight = None if guidance is None else guidance.max_weight
+        cap_at_steps = guidance is None or guidance.cap_at_steps
 
         def run(features: torch.Tensor, state: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
                 *rtc: torch.Tensor) -> torch.Tensor:
@@ -197,6 +198,7 @@ class CudaGraphStages(TorchStages):
             def pull(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 return guided_step(x, t, state, mask, target, weights, *kv)
 
-            return euler_sample(velocity, noise, mask, steps, Guidance(target, weights, max_weight), pull=pull)
+            return euler_sample(velocity, noise, mask, steps, Guidance(target, weights, max_weight, cap_at_steps),
+                                pull=pull)
 
         return run

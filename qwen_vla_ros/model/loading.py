@@ -260,4 +260,5 @@ def load_policy_from_config(config: RuntimeConfig) -> Policy:
     if config.denoising_steps is not None:
         policy.num_steps = config.denoising_steps
     policy.max_guidance_weight = config.rtc.max_guidance_weight
+    policy.guidance_capped_at_steps = config.rtc.guidance_limit == "min(beta,K)"
     return policy

@@ -97,6 +97,7 @@ class Policy:
         config = backbone_model.config
         self.vision_tokens = VisionTokens(config.image_token_id, config.vision_start_token_id, config.vision_end_token_id)
         self.max_guidance_weight = DEFAULT_MAX_GUIDANCE
+        self.guidance_capped_at_steps = True  # rtc.guidance_limit "min(beta,K)"; load_policy_from_config sets it
         self.timer: NullTimer = NullTimer()
         self.flush_denormals = device.type == "cpu"  # see model.denormals; load_policy sets it from its options
         self._num_steps = manifest.sampling.default_steps
@@ -322,6 +323,7 @@ class Policy:
             target=torch.from_numpy(target).to(self.device).unsqueeze(0),
             weights=torch.from_numpy(weights.astype(np.float32)).to(self.device).view(1, -1, 1),
             max_weight=self.max_guidance_weight,
+            cap_at_steps=self.guidance_capped_at_steps,
         )
 
     # ---------------------------------------------------------------- input checks

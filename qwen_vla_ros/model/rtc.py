@@ -31,17 +31,18 @@ def prefix_weights(delay_steps: int, overlap: int, horizon: int) -> np.ndarray:
     return weights
 
 
-def guidance_weight(tau: float, max_weight: float, steps: int) -> float:
+def guidance_weight(tau: float, max_weight: float, steps: int, cap_at_steps: bool = True) -> float:
     """min(beta_max, K, (1 - tau) / (tau r^2)) with r^2 = (1 - tau)^2 / (tau^2 + (1 - tau)^2).
 
     The cap at K keeps one Euler step's guidance gain beta / K at most 1, so few-step
     sampling cannot overshoot the previous chunk (beta_max 10 at K = 2 would step 5x past
     it). At the paper's operating points (5 steps with beta_max 5, LeRobot's 10 with 10)
-    the cap is inactive.
+    the cap is inactive. ``cap_at_steps`` False drops it, as the reference implementation
+    does (``rtc.guidance_limit: beta``), for the execution-strategy study to compare.
     """
     if tau >= 1.0:
         return 0.0
-    limit = min(max_weight, float(steps))
+    limit = min(max_weight, float(steps)) if cap_at_steps else max_weight
     if tau <= 0.0:
         return limit
     r_squared = (1.0 - tau) ** 2 / (tau**2 + (1.0 - tau) ** 2)

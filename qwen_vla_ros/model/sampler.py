@@ -31,6 +31,7 @@ class Guidance:
     target: torch.Tensor  # (1, H, A) previous chunk, normalised and padded
     weights: torch.Tensor  # (1, H, 1) soft prefix mask
     max_weight: float
+    cap_at_steps: bool = True  # beta(tau) also capped at the step count K (rtc.guidance_limit)
 
 
 def velocity_and_pull(
@@ -121,6 +122,6 @@ def euler_sample(
             else:
                 assert pull is not None  # set above whenever guidance is
                 v, correction = pull(x, t)
-                v = v + guidance_weight(tau, guidance.max_weight, steps) * correction * mask
+                v = v + guidance_weight(tau, guidance.max_weight, steps, guidance.cap_at_steps) * correction * mask
             x = x + v / steps
     return x
