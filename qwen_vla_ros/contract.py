@@ -181,6 +181,34 @@ SIM_RESET = Service(
 
 SERVICES: tuple[Service, ...] = (ESTOP_RESET, TRIAL_START, TRIAL_SUCCESS, TRIAL_FAILURE, TRIAL_ABORT, SIM_RESET)
 
+# The Interbotix xs_sdk driver's services under each arm's namespace, called by the controller's preflight
+# (docs/operation.md, "Interbotix preflight"); ``{namespace}`` is ``arms[].namespace``.
+DRIVER_SERVICES: tuple[Service, ...] = (
+    Service("/{namespace}/get_robot_info", "interbotix_xs_msgs/srv/RobotInfo", _roles(D), _roles(C),
+            "a joint group's or joint's mode, joint names, limits, sleep positions and joint-state indices"),
+    Service("/{namespace}/set_operating_modes", "interbotix_xs_msgs/srv/OperatingModes", _roles(D), _roles(C),
+            "sets the operating mode and profile (only with configure_robot:=true)"),
+    Service("/{namespace}/set_motor_registers", "interbotix_xs_msgs/srv/RegisterValues", _roles(D), _roles(C),
+            "writes a motor register: the gripper's current limit (only with configure_robot:=true)"),
+)
+
+
+def driver_services(namespace: str) -> dict[str, Service]:
+    """One arm's :data:`DRIVER_SERVICES`, by the service's own name (``get_robot_info``)."""
+    services = {}
+    for template in DRIVER_SERVICES:
+        name = template.name.format(namespace=namespace)
+        services[name.rsplit("/", 1)[1]] = Service(name, template.srv_type, template.servers, template.clients,
+                                                   template.summary)
+    return services
+
+
+def config_services(config: EmbodimentConfig) -> tuple[Service, ...]:
+    """The driver services the controller calls for ``config``: those of every arm of an ``interbotix`` output."""
+    return tuple(service for output in config.outputs if isinstance(output, InterbotixOutput)
+                 for arm in output.arms for service in driver_services(config.arm(arm).namespace).values())
+
+
 # The trial recorder's services, by the teleop button that calls them.
 TRIAL_SERVICES: dict[str, Service] = {
     "trial_start": TRIAL_START,

@@ -78,6 +78,7 @@ from qwen_vla_ros.nodes.common import (
     time_to_ns,
 )
 from qwen_vla_ros.nodes.heartbeat import Heartbeat
+from qwen_vla_ros.nodes.interbotix_driver import InterbotixPreflight
 from qwen_vla_ros.nodes.ros_contract import (
     ANY_SUBSCRIPTION_QOS,
     Level,
@@ -180,9 +181,12 @@ class ControllerNode(Node):
             self.get_logger().error(f"chunk gate not subscribed to {self.chunk_topic} after {GATE_READY_TIMEOUT_S:g} s: "
                                     "no chunks are taken in until it is")
         sim_time = bool(self.get_parameter("use_sim_time").value)
-        if sim_time:
-            self.create_timer(self.core.period_s, self.loop.run_period, callback_group=MutuallyExclusiveCallbackGroup())
-        self.loop.start(paced=not sim_time)
+        # Interbotix drivers are asked what they are first; on a mismatch the loop never starts (docs/operation.md).
+        if InterbotixPreflight(self, embodiment, sim_time).passed:
+            if sim_time:
+                self.create_timer(self.core.period_s, self.loop.run_period,
+                                  callback_group=MutuallyExclusiveCallbackGroup())
+            self.loop.start(paced=not sim_time)
         self.create_timer(1.0 / state_rate, self._publish_state, callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
             f"{embodiment.name}: {len(self.names)} command channels at {embodiment.control.rate_hz:g} Hz, "
