@@ -8,6 +8,7 @@ the driver's layout. Expected values come from config/aloha.yaml and the public 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,63 @@ def test_configure_robot_writes_modes_and_gripper_current_then_verifies(ros_doma
         assert order.index("joint_group") > order.index("get_robot_info")
         assert driver.facts.gripper_mode == "current_based_position"
     assert not refusals(diagnostics)
+
+
+def test_move_to_start_reaches_the_yaml_pose_before_the_first_policy_command(ros_domain, interbotix_msgs) -> None:
+    """The arms stand at all-zero joints; a policy sends chunks whose left waist is 0.3 rad from the moment the
+    move is asked for. No such command may reach a driver before the controller reports that the arms arrived."""
+    import numpy as np
+    from helpers.dds_robots import PolicyPulse
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+    from trajectory_msgs.msg import JointTrajectory
+
+    from qwen_vla_ros.chunk import ActionChunk
+    from qwen_vla_ros.config import load_embodiment
+    from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory
+
+    node, executor, drivers, _ = start_rig(ros_domain, {arm: DriverFacts(initial=[0.0] * 6) for arm in ARMS})
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=rclpy.qos.DurabilityPolicy.TRANSIENT_LOCAL)
+    published: list[String] = []
+    node.create_subscription(String, "/qwen_vla/controller/start_pose", published.append, latched)
+    chunks = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk", reliable)
+    PolicyPulse(node)
+    config = load_embodiment("aloha")
+    pose = ALOHA_YAML["start_pose"]
+    policy_row = np.r_[pose["joints"]["left"], 0.5, pose["joints"]["right"], 0.5]
+    policy_row[0] = 0.3  # the policy's signature: left waist
+
+    sending = {"on": False}
+
+    def send_chunk() -> None:
+        if sending["on"]:
+            now = node.get_clock().now().nanoseconds
+            chunk = ActionChunk(np.tile(policy_row, (50, 1)), tuple(config.action.names), 0.02, now - 20_000_000)
+            chunks.publish(chunk_to_trajectory(chunk))
+
+    node.create_timer(0.1, send_chunk)
+    client = node.create_client(Trigger, "/qwen_vla/controller/move_to_start")
+    child = start_controller(ros_domain, interbotix_msgs)
+    try:
+        assert ros_domain.spin_until(executor, lambda: bool(drivers["left"].called("joint_group"))
+                                     or child.poll() is not None, timeout=START_TIMEOUT_S), "controller never commanded"
+        assert client.wait_for_service(timeout_sec=10.0)
+        sending["on"] = True
+        future = client.call_async(Trigger.Request())
+        assert ros_domain.spin_until(executor, lambda: bool(published), timeout=pose["timeout_s"] + 10.0)
+        answered = drivers["left"].calls[-1][0]  # nothing the stand-in recorded after this came before the outcome
+        ros_domain.spin_until(executor, lambda: abs(drivers["left"].joints[0] - 0.3) < 1e-3, timeout=10.0)
+    finally:
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+    assert future.done() and future.result().success, output
+    outcome = json.loads(published[-1].data)
+    assert outcome["arrived"] and outcome["pose"] == pose["joints"], (outcome, output)
+    assert all(error <= pose["tolerance_rad"] for error in outcome["error_rad"].values())
+    before = [fields["cmd"] for t, name, fields in drivers["left"].calls if name == "joint_group" and t <= answered]
+    assert before and all(abs(cmd[0]) < 1e-6 for cmd in before), "a policy command reached the arm before arrival"
+    np.testing.assert_allclose(before[-1], pose["joints"]["left"], atol=pose["tolerance_rad"])
+    assert abs(drivers["left"].joints[0] - 0.3) < 1e-3, "after arrival the policy has the arms"

@@ -168,3 +168,54 @@ def test_a_gripper_mode_that_does_not_read_a_motor_angle_is_a_config_error() -> 
     with pytest.raises(ConfigError, match="gripper_mode"):
         load_embodiment("aloha", {"outputs": [{"adapter": "interbotix", "arms": ["left", "right"],
                                                "preflight": {"gripper_mode": "pwm"}}]})
+
+
+# -- start pose ---------------------------------------------------------------------------
+
+def test_the_start_pose_is_reached_within_the_yaml_limits_and_judged_from_joint_states() -> None:
+    """From all-zero joints to ALOHA's START_ARM_POSE (robots.md) through the controller's own safety stages."""
+    from helpers.robots import FollowingRobot, make_controller, rate_limit_violations, run
+    from helpers.limits import judged_limits
+
+    from qwen_vla_ros.control.start_pose import StartPoseSource
+
+    controller = make_controller("aloha")
+    robot = FollowingRobot(controller, np.zeros(len(controller.layout)))
+    start_ns = 1_000_000_000
+    outputs, now = run(controller, robot, start_ns, 5)  # started, holding where the arms are
+    source = StartPoseSource(controller.layout, controller.config.start_pose)
+    controller.add_source(source)
+    assert not source.arrived(controller.feedback.measured())
+    source.begin(controller.safety.position)
+    controller.select_source(source.name)
+    periods = 0
+    while not source.arrived(controller.feedback.measured()) and periods < 500:
+        more, now = run(controller, robot, now + controller.period_ns, 1)
+        outputs += more
+        periods += 1
+    yaml_pose = ALOHA_YAML["start_pose"]
+    assert source.arrived(controller.feedback.measured()), source.errors(controller.feedback.measured())
+    for arm in controller.layout.arms:
+        np.testing.assert_allclose(controller.feedback.measured()[arm.joint_index], yaml_pose["joints"][arm.name],
+                                   atol=yaml_pose["tolerance_rad"])
+    assert periods * controller.period_s < yaml_pose["timeout_s"]
+    positions = np.array([o.positions for o in outputs])
+    stamps = np.array([o.stamp_ns for o in outputs])
+    too_fast, too_sharp = rate_limit_violations(judged_limits("aloha", controller.layout.names), positions, stamps,
+                                                controller.period_s)
+    assert not too_fast.any() and not too_sharp.any()
+    # Only the arm joints were aimed at: the grippers stayed where they were.
+    grippers = [arm.gripper_index for arm in controller.layout.arms]
+    np.testing.assert_allclose(positions[:, grippers], 0.0)
+
+
+def test_a_start_pose_outside_a_joint_limit_or_for_an_unknown_arm_is_a_config_error() -> None:
+    from qwen_vla_ros.config import ConfigError
+
+    shoulder_lower = ALOHA_YAML["x-limits"]["shoulder"]["lower"]
+    with pytest.raises(ConfigError, match="shoulder"):
+        load_embodiment("aloha", {"start_pose.joints.left": [0.0, shoulder_lower - 0.1, 1.16, 0.0, -0.3, 0.0]})
+    with pytest.raises(ConfigError, match="unknown arm 'middle'"):
+        load_embodiment("aloha", {"start_pose.joints": {"middle": [0.0] * 6}})
+    with pytest.raises(ConfigError, match="5 values for 6 joints"):
+        load_embodiment("aloha", {"start_pose.joints.left": [0.0] * 5})

@@ -52,7 +52,8 @@ def _up(args: argparse.Namespace) -> int:
         config=args.config, instruction=args.instruction, runtime_config=args.runtime_config,
         output_dir=args.output_dir, namespaces=parse_namespaces(args.namespaces), multi_host=args.multi_host,
         security=args.security, config_overrides=args.config_override, runtime_overrides=args.runtime_override,
-        configure_robot=args.configure_robot, node_parameters={} if args.sim_cameras or not args.sim else {"sim_node": {"camera_rate_hz": 0.0}},
+        configure_robot=args.configure_robot,
+        node_parameters={} if args.sim_cameras or not args.sim else {"sim_node": {"camera_rate_hz": 0.0}},
     )
     graph = build_graph(options)
     print(dds_notice({**os.environ, **graph.required_environment}), flush=True)

@@ -188,6 +188,15 @@ class Base(StrictModel):
         return self
 
 
+class StartPose(StrictModel):
+    """Where the arms go before the policy gets control (docs/operation.md, "Start pose"): moved there
+    within the joints' velocity and acceleration limits, then confirmed from joint states."""
+
+    joints: dict[str, list[float]] = Field(min_length=1, description="arm name -> positions of arms[].joints, rad")
+    tolerance_rad: float = Field(default=0.05, gt=0, description="largest joint error that counts as arrived")
+    timeout_s: float = Field(default=15.0, gt=0, description="not arrived this long after the request: refused")
+
+
 class InterbotixPreflight(StrictModel):
     """What the controller asks each xs_sdk driver before its first command (docs/operation.md,
     "Interbotix preflight"): modes, joint names and their joint-state order, limits."""

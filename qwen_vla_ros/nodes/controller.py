@@ -92,6 +92,7 @@ from qwen_vla_ros.nodes.ros_contract import (
     diagnostic_array,
     diagnostic_status,
 )
+from qwen_vla_ros.nodes.start_pose import StartPoseService
 from qwen_vla_ros.teleop.arbitration import Transition
 
 EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostics, none waits for another
@@ -163,6 +164,7 @@ class ControllerNode(Node):
         self.create_timer(ESTOP_CHECK_PERIOD_S, self._check_estop_publishers, callback_group=inputs)
         create_subscription(self, POLICY_HEARTBEAT, self._on_policy_heartbeat, callback_group=inputs)
         create_service(self, ESTOP_RESET, self._on_estop_reset, callback_group=inputs)
+        self.start_pose = StartPoseService(self, self.core, self.lock, embodiment)  # move_to_start (docs/operation.md)
         # Chunks carry the policy host's observation stamps: this is where a clock offset bites.
         self.heartbeat = Heartbeat(self, runtime.clock_check, callback_group=inputs)
 

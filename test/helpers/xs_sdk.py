@@ -39,6 +39,7 @@ class DriverFacts:
     upper: list[float] = field(default_factory=lambda: list(VX300S_UPPER))
     velocity: list[float] = field(default_factory=lambda: [math.pi] * 6)
     serve: bool = True  # False: the driver is not there (no service ever answers)
+    initial: list[float] = field(default_factory=lambda: list(START))  # where the arm stands at start
 
 
 class XsSdkArm:
@@ -51,7 +52,7 @@ class XsSdkArm:
         self.facts = facts or DriverFacts()
         self.calls: list[tuple[float, str, dict]] = []  # (time.monotonic(), service or topic, fields)
         self.registers: dict[tuple[str, str], int] = {}
-        self.joints, self.gripper_angle = list(START), 1.0
+        self.joints, self.gripper_angle = list(self.facts.initial), 1.0
         if self.facts.serve:
             for name, srv_type, handler in (("get_robot_info", RobotInfo, self._robot_info),
                                             ("set_operating_modes", OperatingModes, self._operating_modes),
