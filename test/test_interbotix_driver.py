@@ -206,3 +206,66 @@ def test_move_to_start_reaches_the_yaml_pose_before_the_first_policy_command(ros
     assert before and all(abs(cmd[0]) < 1e-6 for cmd in before), "a policy command reached the arm before arrival"
     np.testing.assert_allclose(before[-1], pose["joints"]["left"], atol=pose["tolerance_rad"])
     assert abs(drivers["left"].joints[0] - 0.3) < 1e-3, "after arrival the policy has the arms"
+
+
+@pytest.mark.parametrize("sleep_pose", [False, True])
+def test_at_shutdown_the_arms_hold_before_commands_stop(ros_domain, interbotix_msgs, sleep_pose: bool) -> None:
+    """The policy keeps the left waist swinging until SIGTERM. The last command the controller sends moves no arm
+    channel faster than hand_back.rest_velocity (the arms hold at rest), with sleep_pose at the stand-in driver's
+    joint_sleep_positions."""
+    import time
+
+    import numpy as np
+    from helpers.dds_robots import PolicyPulse
+    from helpers.xs_sdk import VX300S_SLEEP
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    from qwen_vla_ros.chunk import ActionChunk
+    from qwen_vla_ros.config import load_embodiment
+    from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory
+
+    node, executor, drivers, _ = start_rig(ros_domain, {})
+    chunks = node.create_publisher(JointTrajectory, "/qwen_vla/action_chunk",
+                                   QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    PolicyPulse(node)
+    config = load_embodiment("aloha")
+    pose = ALOHA_YAML["start_pose"]["joints"]
+
+    def send_chunk() -> None:
+        now = node.get_clock().now().nanoseconds
+        rows = np.tile(np.r_[pose["left"], 0.5, pose["right"], 0.5], (50, 1))
+        rows[:, 0] = 0.5 * np.sin(now / 1e9 + np.arange(50) * 0.02)
+        chunks.publish(chunk_to_trajectory(ActionChunk(rows, tuple(config.action.names), 0.02, now - 20_000_000)))
+
+    node.create_timer(0.1, send_chunk)
+    sent: list[JointState] = []  # the controller's own record of each command, with its velocity
+    node.create_subscription(JointState, "/qwen_vla/controller/command", sent.append,
+                             QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    child = start_controller(ros_domain, interbotix_msgs, f'config_overrides:=["hand_back.sleep_pose={str(sleep_pose).lower()}"]')
+    try:
+        moving = ros_domain.spin_until(executor, lambda: len({round(c["cmd"][0], 3) for c in drivers["left"].called(
+            "joint_group")}) > 20 or child.poll() is not None, timeout=START_TIMEOUT_S)
+        assert moving and child.poll() is None, ros_domain.stop_process(child)
+        stopped_at = time.monotonic()
+        child.terminate()
+        ros_domain.spin_until(executor, lambda: child.poll() is not None, timeout=30.0)
+    finally:
+        output = ros_domain.stop_process(child)
+        node.destroy_node()
+    assert child.returncode == 0 and "Traceback" not in output, output
+    markers = ["hand-back: holding", "hand-back: the arms hold at rest; commands stopped"]
+    if sleep_pose:
+        markers.insert(0, "hand-back: moving to the sleep pose")
+    positions = [output.find(marker) for marker in markers]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), output
+    rest_velocity = ALOHA_YAML["hand_back"]["rest_velocity"]
+    last = sent[-1]
+    moving = {name: v for name, v in zip(last.name, last.velocity, strict=True) if abs(v) > rest_velocity}
+    assert not moving, f"the last command still moved {moving}"
+    for arm, driver in drivers.items():
+        after = [fields["cmd"] for t, name, fields in driver.calls if name == "joint_group" and t > stopped_at]
+        assert after, (arm, output)
+        if sleep_pose:
+            np.testing.assert_allclose(after[-1], VX300S_SLEEP, atol=ALOHA_YAML["start_pose"]["tolerance_rad"])

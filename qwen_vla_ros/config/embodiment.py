@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from qwen_vla_ros.config.base import MAX_RATE_HZ, StrictModel, require_unique
-from qwen_vla_ros.config.hardware import Arm, Base, Camera, OutputAdapter, StartPose, TwistOutput
+from qwen_vla_ros.config.hardware import Arm, Base, Camera, HandBack, OutputAdapter, StartPose, TwistOutput
 from qwen_vla_ros.config.sim import KinematicArmSim, MujocoAlohaSim, SimConfig
 from qwen_vla_ros.config.spaces import (
     ActionSpace,
@@ -96,6 +96,7 @@ class EmbodimentConfig(StrictModel):
     safety: Safety = Field(default_factory=Safety)
     sim: SimConfig | None = None
     start_pose: StartPose | None = None
+    hand_back: HandBack = Field(default_factory=HandBack)
 
     @model_validator(mode="after")
     def _chunk_bounds_fit_timing(self) -> EmbodimentConfig:

@@ -197,6 +197,15 @@ class StartPose(StrictModel):
     timeout_s: float = Field(default=15.0, gt=0, description="not arrived this long after the request: refused")
 
 
+class HandBack(StrictModel):
+    """How the controller lets go of the arms at shutdown (docs/operation.md, "Hand-back"): they hold,
+    and commands stop only once every arm channel is at rest."""
+
+    sleep_pose: bool = Field(default=False, description="first move the arms to the driver's joint_sleep_positions")
+    rest_velocity: float = Field(default=1e-3, gt=0, description="rad/s under which an arm channel counts as holding")
+    timeout_s: float = Field(default=10.0, gt=0, description="longest the hand-back may take before commands stop")
+
+
 class InterbotixPreflight(StrictModel):
     """What the controller asks each xs_sdk driver before its first command (docs/operation.md,
     "Interbotix preflight"): modes, joint names and their joint-state order, limits."""

@@ -16,10 +16,9 @@ from qwen_vla_ros.control.layout import CommandLayout
 
 
 class StartPoseSource:
-    name = "start_pose"
-
-    def __init__(self, layout: CommandLayout, pose: StartPose):
-        self.layout, self.pose = layout, pose
+    def __init__(self, layout: CommandLayout, pose: StartPose, name: str = "start_pose"):
+        """``name``: the source's name in the controller (the hand-back's sleep pose is another one)."""
+        self.layout, self.pose, self.name = layout, pose, name
         self.goal: np.ndarray | None = None
 
     def begin(self, command: np.ndarray) -> None:

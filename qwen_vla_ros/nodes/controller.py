@@ -77,6 +77,7 @@ from qwen_vla_ros.nodes.common import (
     run_node,
     time_to_ns,
 )
+from qwen_vla_ros.nodes.hand_back import HandBack
 from qwen_vla_ros.nodes.heartbeat import Heartbeat
 from qwen_vla_ros.nodes.interbotix_driver import InterbotixPreflight
 from qwen_vla_ros.nodes.ros_contract import (
@@ -183,12 +184,16 @@ class ControllerNode(Node):
             self.get_logger().error(f"chunk gate not subscribed to {self.chunk_topic} after {GATE_READY_TIMEOUT_S:g} s: "
                                     "no chunks are taken in until it is")
         sim_time = bool(self.get_parameter("use_sim_time").value)
-        # Interbotix drivers are asked what they are first; on a mismatch the loop never starts (docs/operation.md).
-        if InterbotixPreflight(self, embodiment, sim_time).passed:
+        # Interbotix drivers are asked what they are first; on a mismatch the loop never starts. At shutdown the arms
+        # hold before commands stop (docs/operation.md, "Interbotix preflight", "Hand-back").
+        preflight = InterbotixPreflight(self, embodiment, sim_time)
+        if preflight.passed:
             if sim_time:
                 self.create_timer(self.core.period_s, self.loop.run_period,
                                   callback_group=MutuallyExclusiveCallbackGroup())
             self.loop.start(paced=not sim_time)
+        self.hand_back = HandBack(self, self.core, self.lock, self.loop, embodiment, preflight.sleep_positions,
+                                  commanding=preflight.passed)
         self.create_timer(1.0 / state_rate, self._publish_state, callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
             f"{embodiment.name}: {len(self.names)} command channels at {embodiment.control.rate_hz:g} Hz, "

@@ -117,25 +117,31 @@ def _first_joint_state(node: Node, executor: SingleThreadedExecutor, topic_name:
 
 
 def check_drivers(parent: Node, config: EmbodimentConfig, configure: bool,
-                  log: Callable[[str], None]) -> list[Mismatch]:
-    """Configure (when asked) and check every arm of every ``interbotix`` output; the mismatches found."""
+                  log: Callable[[str], object]) -> tuple[list[Mismatch], dict[str, list[float]]]:
+    """Configure (when asked) and check every arm of every ``interbotix`` output: the mismatches found, and
+    each answering arm group's sleep positions (for the hand-back)."""
     node = Node(f"{parent.get_name()}_interbotix_preflight", context=parent.context)
     executor = SingleThreadedExecutor(context=parent.context)
     executor.add_node(node)
     found: list[Mismatch] = []
+    sleep_positions: dict[str, list[float]] = {}
     try:
         for output in (o for o in config.outputs if isinstance(o, InterbotixOutput) and o.preflight.enabled):
             for arm in (config.arm(name) for name in output.arms):
-                found += _check_arm(node, executor, config, arm, output, configure, log)
+                mismatches, group = _check_arm(node, executor, config, arm, output, configure, log)
+                found += mismatches
+                if group is not None:
+                    sleep_positions[arm.name] = list(group.sleep_positions)
     finally:
         executor.remove_node(node)
         executor.shutdown()
         node.destroy_node()
-    return found
+    return found, sleep_positions
 
 
 def _check_arm(node: Node, executor: SingleThreadedExecutor, config: EmbodimentConfig, arm: Arm,
-               output: InterbotixOutput, configure: bool, log: Callable[[str], None]) -> list[Mismatch]:
+               output: InterbotixOutput, configure: bool,
+               log: Callable[[str], object]) -> tuple[list[Mismatch], DriverInfo | None]:
     timeout_s = output.preflight.timeout_s
     driver = ArmDriver(node, executor, arm, timeout_s)
     if configure:
@@ -143,14 +149,14 @@ def _check_arm(node: Node, executor: SingleThreadedExecutor, config: EmbodimentC
             service = "set_operating_modes" if isinstance(write, ModeWrite) else "set_motor_registers"
             if not driver.write(write):
                 return [Mismatch(arm.name, write.name, f"{service} ({write})", "answered",
-                                 f"no answer within {timeout_s:g} s")]
+                                 f"no answer within {timeout_s:g} s")], None
             log(f"configure_robot: arm {arm.name!r} ({arm.namespace}): {service} {write}")
     answers = ArmAnswers(
         group=driver.robot_info(GROUP, output.group_name),
         gripper=driver.robot_info(SINGLE, output.gripper_name) if arm.gripper is not None else None,
         joint_state_names=_first_joint_state(node, executor, arm.joint_state_topic, config, timeout_s),
     )
-    return check_arm(arm, output, answers)
+    return check_arm(arm, output, answers), answers.group
 
 
 class InterbotixPreflight:
@@ -166,6 +172,7 @@ class InterbotixPreflight:
         configure = bool(node.declare_parameter("configure_robot", False).value)
         outputs = [o for o in config.outputs if isinstance(o, InterbotixOutput)]
         self.mismatches: list[Mismatch] = []
+        self.sleep_positions: dict[str, list[float]] = {}  # arm -> the driver's joint_sleep_positions
         if not outputs or sim_time:
             # Under simulated time sim_node stands in for the drivers and serves none of their services.
             return
@@ -173,7 +180,7 @@ class InterbotixPreflight:
             node.get_logger().warning(f"{config.name}: Interbotix preflight disabled in the config: the drivers' "
                                       "modes and limits are not checked")
             return
-        self.mismatches = check_drivers(node, config, configure, node.get_logger().info)
+        self.mismatches, self.sleep_positions = check_drivers(node, config, configure, node.get_logger().info)
         if self.mismatches:
             node.get_logger().error(refusal_message(self.mismatches))
             self.publisher = create_publisher(node, DIAGNOSTICS)
