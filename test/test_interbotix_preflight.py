@@ -174,8 +174,8 @@ def test_a_gripper_mode_that_does_not_read_a_motor_angle_is_a_config_error() -> 
 
 def test_the_start_pose_is_reached_within_the_yaml_limits_and_judged_from_joint_states() -> None:
     """From all-zero joints to ALOHA's START_ARM_POSE (robots.md) through the controller's own safety stages."""
-    from helpers.robots import FollowingRobot, make_controller, rate_limit_violations, run
     from helpers.limits import judged_limits
+    from helpers.robots import FollowingRobot, make_controller, rate_limit_violations, run
 
     from qwen_vla_ros.control.start_pose import StartPoseSource
 
