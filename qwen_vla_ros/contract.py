@@ -154,9 +154,10 @@ EXPERT_STATUS = Topic(
     'JSON of the expert\'s latest command: {"id": n, "command": ..., "state": "running" | "done" | "error", "detail": ...}',
 )
 START_POSE = Topic(
-    "/qwen_vla/controller/start_pose", "std_msgs/msg/String", QosKind.LATCHED, _roles(C), _roles(M),
+    "/qwen_vla/controller/start_pose", "std_msgs/msg/String", QosKind.LATCHED, _roles(C), _roles(R, M),
     'JSON of the last move to the start pose: {"pose": {arm: joints}, "arrived": bool, "interrupted": bool, '
-    '"error_rad": {arm: largest joint error measured}}; the policy has control again only after arrived: true',
+    '"error_rad": {arm: largest joint error measured}}; the policy has control again only after arrived: true; the '
+    'next trial record keeps it',
 )
 
 RUNTIME_TOPICS: tuple[Topic, ...] = (
