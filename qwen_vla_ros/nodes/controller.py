@@ -193,7 +193,7 @@ class ControllerNode(Node):
                                   callback_group=MutuallyExclusiveCallbackGroup())
             self.loop.start(paced=not sim_time)
         self.hand_back = HandBack(self, self.core, self.lock, self.loop, embodiment, preflight.sleep_positions,
-                                  commanding=preflight.passed)
+                                  commanding=preflight.passed, sim_time=sim_time)
         self.create_timer(1.0 / state_rate, self._publish_state, callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
             f"{embodiment.name}: {len(self.names)} command channels at {embodiment.control.rate_hz:g} Hz, "

@@ -32,10 +32,12 @@ SLEEP_SOURCE = "sleep_pose"
 
 class HandBack:
     def __init__(self, node: Node, core: Controller, lock: Any, loop: ControlLoop[Any], config: EmbodimentConfig,
-                 sleep_positions: Mapping[str, Sequence[float]], commanding: bool):
-        """``lock`` guards ``core``; ``commanding``: the loop was started (a refused preflight never starts it)."""
+                 sleep_positions: Mapping[str, Sequence[float]], commanding: bool, sim_time: bool):
+        """``lock`` guards ``core``; ``commanding``: the loop was started (a refused preflight never starts it).
+        Under ``sim_time`` the loop steps with /clock, which stops with sim_node at the same shutdown: the arms
+        are simulated, so the hand-back holds and stops without waiting for a rest that may never be computed."""
         self.node, self.core, self.lock, self.loop = node, core, lock, loop
-        self.settings, self.commanding = config.hand_back, commanding
+        self.settings, self.commanding, self.sim_time = config.hand_back, commanding, sim_time
         self.requested = threading.Event()
         self.sleep_source: StartPoseSource | None = None
         if self.settings.sleep_pose:
@@ -73,7 +75,7 @@ class HandBack:
             return
         deadline = time.monotonic() + self.settings.timeout_s
         with self.lock:
-            can_move = self.core.safety.started and not self.core.estop
+            can_move = self.core.safety.started and not self.core.estop and not self.sim_time
             if can_move and self.sleep_source is not None:
                 self.sleep_source.begin(self.core.safety.position)
                 self.core.select_source(self.sleep_source.name)
@@ -85,6 +87,10 @@ class HandBack:
         with self.lock:
             self.core.select_source(None)
         log.info("hand-back: holding")
+        if self.sim_time:
+            self.loop.stop()
+            log.info("hand-back: simulated time, commands stopped without waiting for rest")
+            return
         started = self.core.safety.started
         time.sleep(2 * self.core.period_s)  # the hold reaches the command
         rested = started and self._wait(deadline, self._at_rest)
