@@ -153,10 +153,16 @@ EXPERT_STATUS = Topic(
     "/qwen_vla/expert/status", "std_msgs/msg/String", QosKind.LATCHED, _roles(E), _roles(OP, R),
     'JSON of the expert\'s latest command: {"id": n, "command": ..., "state": "running" | "done" | "error", "detail": ...}',
 )
+START_POSE = Topic(
+    "/qwen_vla/controller/start_pose", "std_msgs/msg/String", QosKind.LATCHED, _roles(C), _roles(R, M),
+    'JSON of the last move to the start pose: {"pose": {arm: joints}, "arrived": bool, "interrupted": bool, '
+    '"error_rad": {arm: largest joint error measured}}; the policy has control again only after arrived: true; the '
+    'next trial record keeps it',
+)
 
 RUNTIME_TOPICS: tuple[Topic, ...] = (
     ACTION_CHUNK, COMMITTED, COMMAND, CONTROLLER_STATE, DIAGNOSTICS, HEARTBEAT, POLICY_HEARTBEAT, MODE, INSTRUCTION,
-    SIM_SUCCESS, NEXT_CONDITION, CLOCK, SIM_RANDOMIZATION, EXPERT_COMMAND, EXPERT_STATUS,
+    SIM_SUCCESS, NEXT_CONDITION, CLOCK, SIM_RANDOMIZATION, EXPERT_COMMAND, EXPERT_STATUS, START_POSE,
 )
 
 ESTOP_RESET = Service(
@@ -178,8 +184,42 @@ SIM_RESET = Service(
     "resets the sim with task randomisation; message = JSON of the conditions drawn (seed, reset, object_pose "
     "[x, y, z, yaw], optional light_scale, table_rgb)",
 )
+MOVE_TO_START = Service(
+    "/qwen_vla/controller/move_to_start", "std_srvs/srv/Trigger", _roles(C), _roles(OP),
+    "starts moving every arm to the config's start_pose within its limits (answered at once); the policy gets "
+    "control back only when joint states confirm the arrival, reported on /qwen_vla/controller/start_pose",
+)
 
-SERVICES: tuple[Service, ...] = (ESTOP_RESET, TRIAL_START, TRIAL_SUCCESS, TRIAL_FAILURE, TRIAL_ABORT, SIM_RESET)
+SERVICES: tuple[Service, ...] = (ESTOP_RESET, TRIAL_START, TRIAL_SUCCESS, TRIAL_FAILURE, TRIAL_ABORT, SIM_RESET,
+                                 MOVE_TO_START)
+
+# The Interbotix xs_sdk driver's services under each arm's namespace, called by the controller's preflight
+# (docs/operation.md, "Interbotix preflight"); ``{namespace}`` is ``arms[].namespace``.
+DRIVER_SERVICES: tuple[Service, ...] = (
+    Service("/{namespace}/get_robot_info", "interbotix_xs_msgs/srv/RobotInfo", _roles(D), _roles(C),
+            "a joint group's or joint's mode, joint names, limits, sleep positions and joint-state indices"),
+    Service("/{namespace}/set_operating_modes", "interbotix_xs_msgs/srv/OperatingModes", _roles(D), _roles(C),
+            "sets the operating mode and profile (only with configure_robot:=true)"),
+    Service("/{namespace}/set_motor_registers", "interbotix_xs_msgs/srv/RegisterValues", _roles(D), _roles(C),
+            "writes a motor register: the gripper's current limit (only with configure_robot:=true)"),
+)
+
+
+def driver_services(namespace: str) -> dict[str, Service]:
+    """One arm's :data:`DRIVER_SERVICES`, by the service's own name (``get_robot_info``)."""
+    services = {}
+    for template in DRIVER_SERVICES:
+        name = template.name.format(namespace=namespace)
+        services[name.rsplit("/", 1)[1]] = Service(name, template.srv_type, template.servers, template.clients,
+                                                   template.summary)
+    return services
+
+
+def config_services(config: EmbodimentConfig) -> tuple[Service, ...]:
+    """The driver services the controller calls for ``config``: those of every arm of an ``interbotix`` output."""
+    return tuple(service for output in config.outputs if isinstance(output, InterbotixOutput)
+                 for arm in output.arms for service in driver_services(config.arm(arm).namespace).values())
+
 
 # The trial recorder's services, by the teleop button that calls them.
 TRIAL_SERVICES: dict[str, Service] = {

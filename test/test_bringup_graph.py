@@ -224,3 +224,13 @@ def test_expert_command_source_replaces_the_policy_in_simulation_only() -> None:
         BringupOptions("aloha", use_sim=False, command_source="expert")
     with pytest.raises(ValueError, match="command_source"):
         BringupOptions("aloha", use_sim=True, command_source="teleop")
+
+
+def test_configure_robot_reaches_only_a_real_robots_controller_and_is_off_by_default() -> None:
+    """Nothing is written to the motors unless asked; in simulation there are no motors to write."""
+    assert LAUNCH_ARGUMENTS["configure_robot"][0] == "false"
+    assert "configure_robot" not in build_graph(BringupOptions("aloha")).process("aloha_controller").parameters
+    asked = BringupOptions.from_launch_arguments("aloha", {"configure_robot": "true"})
+    assert build_graph(asked).process("aloha_controller").parameters["configure_robot"] is True
+    simulated = build_graph(BringupOptions("aloha", use_sim=True, configure_robot=True))
+    assert "configure_robot" not in simulated.process("aloha_controller").parameters

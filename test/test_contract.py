@@ -43,6 +43,7 @@ PUBLISHERS = {
     "/qwen_vla/sim/randomization": {"operator"},
     "/qwen_vla/expert/command": {"operator"},
     "/qwen_vla/expert/status": {"expert_node"},
+    "/qwen_vla/controller/start_pose": {"qwen_vla_controller"},
 }
 
 

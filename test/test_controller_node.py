@@ -25,6 +25,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from helpers.dds_robots import ForwardCommandArms, PolicyPulse, TwistBase  # noqa: E402
 from helpers.limits import judged_limits  # noqa: E402
 from helpers.robots import rate_limit_violations  # noqa: E402
+from helpers.xs_sdk import XsSdkArm  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState, TimeReference  # noqa: E402
@@ -100,6 +101,7 @@ def test_aloha_controller_over_dds(ros_domain, interbotix_msgs) -> None:
         node.create_subscription(JointSingleCommand, f"/{arm.namespace}/commands/joint_single",
                                  lambda m, a=arm.name: on_single(a, m), RELIABLE)
         state_publishers[arm.name] = node.create_publisher(JointState, arm.joint_state_topic, 10)
+        XsSdkArm(node, arm.namespace, services_only=True)  # the driver's services, for the controller's preflight
 
     def publish_joint_states():
         for name, arm in arms.items():

@@ -21,6 +21,7 @@ pytest.importorskip("rclpy", reason="rclpy is not installed: pip install '.[ros-
 pytest.importorskip("torch", reason="torch is not installed: pip install '.[model]'")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from helpers.xs_sdk import XsSdkArm  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
@@ -93,6 +94,7 @@ def test_chunks_commands_committed_and_heartbeats_cross_between_distributions(
 
         node.create_subscription(JointGroupCommand, f"/{arm.namespace}/commands/joint_group", on_group, RELIABLE)
         node.create_subscription(JointSingleCommand, f"/{arm.namespace}/commands/joint_single", on_single, RELIABLE)
+        XsSdkArm(node, arm.namespace, services_only=True)  # the driver's services, for the controller's preflight
 
     def publish_states() -> None:
         for arm in config.arms:

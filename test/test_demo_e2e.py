@@ -27,7 +27,7 @@ from rosbags.highlevel import AnyReader  # noqa: E402
 
 from qwen_vla_ros.bringup.graph import sim_overrides  # noqa: E402
 from qwen_vla_ros.config import load_embodiment, parse_override  # noqa: E402
-from qwen_vla_ros.contract import EXPERT_STATUS, INSTRUCTION  # noqa: E402
+from qwen_vla_ros.contract import EXPERT_STATUS, INSTRUCTION, START_POSE  # noqa: E402
 from qwen_vla_ros.control.layout import CommandLayout  # noqa: E402
 from qwen_vla_ros.recording.topics import default_topics  # noqa: E402
 
@@ -165,10 +165,11 @@ def test_bag_holds_every_recorded_topic_with_the_counts_of_trial_yaml(demo) -> N
     for topic, counts in record["topics"].items():
         assert len(topics.get(topic, [])) == counts["messages"], topic
     # Every topic of the recorded set that a node of the demo graph publishes: all but the
-    # operator's (no joystick, no instruction or e-stop sent, no leader arms in the sim) and the
-    # scripted expert's status (the expert runs only when collecting demonstrations).
+    # operator's (no joystick, no instruction or e-stop sent, no leader arms in the sim), the
+    # scripted expert's status (the expert runs only when collecting demonstrations) and the
+    # start-pose outcome (published only after a move_to_start, which the demo does not ask for).
     config = load_embodiment("aloha", dict(parse_override(o) for o in sim_overrides(load_embodiment("aloha"))))
-    silent = {config.teleop.joy_topic, INSTRUCTION.name, config.safety.estop_topic, EXPERT_STATUS.name}
+    silent = {config.teleop.joy_topic, INSTRUCTION.name, config.safety.estop_topic, EXPERT_STATUS.name, START_POSE.name}
     expected = set(default_topics(config)) - silent
     assert "/follower_right/forward_position_controller/commands" in expected and len(expected) >= 14
     missing = sorted(t for t in expected if not topics.get(t))

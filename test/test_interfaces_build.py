@@ -11,7 +11,8 @@ from qwen_vla_ros.interfaces import build
 
 def test_dependencies_are_read_from_field_types() -> None:
     files = build.message_files("interbotix_xs_msgs")
-    assert [f.name for f in files] == ["JointGroupCommand.msg", "JointSingleCommand.msg", "JointTrajectoryCommand.msg"]
+    assert [f.name for f in files] == ["JointGroupCommand.msg", "JointSingleCommand.msg", "JointTrajectoryCommand.msg",
+                                       "OperatingModes.srv", "RegisterValues.srv", "RobotInfo.srv", "TorqueEnable.srv"]
     assert build.message_dependencies(files) == ["trajectory_msgs"]
 
 
@@ -25,7 +26,9 @@ def test_generated_package_is_valid_for_catkin_pkg(tmp_path: Path) -> None:
     assert "rosidl_interface_packages" in [g.name for g in package.member_of_groups]
     cmake = (tmp_path / "src" / "CMakeLists.txt").read_text()
     assert '"msg/JointGroupCommand.msg"' in cmake and "DEPENDENCIES trajectory_msgs" in cmake
-    assert sorted(p.name for p in (tmp_path / "src" / "msg").iterdir()) == [f.name for f in files]
+    assert '"srv/RobotInfo.srv"' in cmake
+    copied = sorted(p.name for folder in ("msg", "srv") for p in (tmp_path / "src" / folder).iterdir())
+    assert copied == sorted(f.name for f in files)
 
 
 def test_missing_tools_are_named_not_hidden(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -471,3 +471,22 @@ def test_writer_choice_and_settings_are_checked_up_front(tmp_path: Path) -> None
         SessionSettings(flush_period_s=0)
     with pytest.raises(InvalidArgumentError, match="trial timeout"):
         SessionSettings(trial_timeout_s=-1)
+
+
+def test_the_start_pose_outcome_before_a_trial_is_kept_in_that_trials_record_only(tmp_path: Path) -> None:
+    """What the controller published on /qwen_vla/controller/start_pose reaches trial.yaml, read back from disk."""
+    import json
+
+    import yaml
+
+    session = _session(tmp_path, protocol=None)
+    outcome = {"pose": {"left": [0.0, -0.96, 1.16, 0.0, -0.3, 0.0]}, "arrived": True, "interrupted": False,
+               "error_rad": {"left": 0.012}}
+    session.on_start_pose(json.dumps(outcome))
+    first = session.start(1 * S)
+    session.stop("success", 2 * S)
+    second = session.start(3 * S)  # no move to the start pose in between
+    session.stop("failure", 4 * S)
+    saved = [yaml.safe_load((TrialStore(tmp_path).trial_dir(record.id) / "trial.yaml").read_text()) for record in (first, second)]
+    assert saved[0]["start_pose"] == outcome
+    assert saved[1]["start_pose"] is None

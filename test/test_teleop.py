@@ -389,3 +389,19 @@ def test_leader_arms_fade_in_from_the_command_then_follow_with_the_gripper_mappe
     assert outputs[90 + stale - 1].positions[right.gripper_index] == pytest.approx(1.0)
     assert_within_limits(controller, outputs)
     assert abs(outputs[90 + stale].positions[0] - target[0]) < 1e-3, "fades in from where it held"
+
+
+@pytest.mark.parametrize("button", ["trial_success", "trial_failure", "trial_abort"])
+def test_a_trial_stop_button_under_the_policy_holds_the_arms_until_resume(button: str) -> None:
+    """Hand-back at the end of a trial: the policy stops commanding and the arms hold; the operator resumes."""
+    teleop = load_embodiment("widowx").teleop
+    arbiter = Arbiter(teleop)
+    pressed = [0] * BUTTONS
+    pressed[getattr(teleop.buttons, button)] = 1
+    events, transitions = arbiter.on_joy(parse_joy([0.0] * AXES, pressed, teleop, 0))
+    assert events == [button] and [(t.previous, t.mode) for t in transitions] == [("policy", "hold")]
+    released = parse_joy([0.0] * AXES, [0] * BUTTONS, teleop, 10 * MS)
+    assert arbiter.on_joy(released)[1] == [] and arbiter.mode == "hold"
+    resume = [0] * BUTTONS
+    resume[teleop.buttons.resume_policy] = 1
+    assert [t.mode for t in arbiter.on_joy(parse_joy([0.0] * AXES, resume, teleop, 20 * MS))[1]] == ["policy"]

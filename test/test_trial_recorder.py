@@ -193,8 +193,9 @@ def test_recorded_trial_matches_what_was_published(harness: Harness, tmp_path: P
     assert [m.data for t, _, m in messages if t == "/qwen_vla/mode"] == ["policy", "teleop", "policy", "teleop"]
 
     record = _trial_yaml(harness.output_dir, "trial_0001")
-    # every field of a finished trial is set; logs only where the bring-up keeps a log folder (log_dir)
-    assert {k for k, v in record.items() if v is None} == {"logs"}, "every field of a finished trial is set"
+    # every field of a finished trial is set; logs only where the bring-up keeps a log folder (log_dir), start_pose
+    # only after a move to the start pose (no controller here)
+    assert {k for k, v in record.items() if v is None} == {"logs", "start_pose"}, "every field of a finished trial is set"
     assert record["embodiment"] == "aloha" and record["robot"] == ALOHA.robot.model
     assert record["checkpoint"] == str(checkpoint) and record["checkpoint_sha256"] == checkpoint_fingerprint(checkpoint)
     assert record["backend"] == "torch" and record["operator"] == "alice"

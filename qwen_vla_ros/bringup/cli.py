@@ -57,6 +57,7 @@ def _up(args: argparse.Namespace) -> int:
         config=args.config, instruction=args.instruction, runtime_config=args.runtime_config,
         output_dir=args.output_dir, namespaces=parse_namespaces(args.namespaces), multi_host=args.multi_host,
         security=args.security, config_overrides=args.config_override, runtime_overrides=args.runtime_override,
+        configure_robot=args.configure_robot,
         node_parameters={} if args.sim_cameras or not args.sim else {"sim_node": {"camera_rate_hz": 0.0}},
     )
     graph = build_graph(options)
@@ -91,6 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", default="", help=LAUNCH_ARGUMENTS["output_dir"][1])
     parser.add_argument("--namespaces", default="", help=LAUNCH_ARGUMENTS["namespaces"][1])
     parser.add_argument("--multi-host", action="store_true", help=LAUNCH_ARGUMENTS["multi_host"][1])
+    parser.add_argument("--configure-robot", action="store_true", help=LAUNCH_ARGUMENTS["configure_robot"][1])
     parser.add_argument("--security", default="", metavar="KEYSTORE", help=LAUNCH_ARGUMENTS["security"][1])
     add_graph_arguments(parser)
     parser.set_defaults(handler=_up)

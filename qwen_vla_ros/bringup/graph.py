@@ -48,6 +48,9 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
                              "(shared memory and loopback); see docs/security.md for what true exposes")),
     "security": ("", ("SROS2 keystore directory: every node runs enforced in enclave /qwen_vla/<node> "
                       "(empty: no DDS security); see docs/security.md")),
+    "configure_robot": ("false", ("before the Interbotix preflight, write each follower's operating modes and "
+                                  "gripper current limit (false: nothing is written to the motors); see "
+                                  "docs/operation.md")),
 }
 
 CONTROLLERS = {  # embodiment -> console script; all are qwen_vla_ros.nodes.controller with `config` set
@@ -75,6 +78,7 @@ class BringupOptions:
     namespaces: Mapping[str, str] = field(default_factory=dict)
     multi_host: bool = False
     security: str = ""  # SROS2 keystore; empty: no DDS security
+    configure_robot: bool = False  # the controller writes the Interbotix modes before its preflight
     config_overrides: Sequence[str] = ()
     runtime_overrides: Sequence[str] = ()
     node_parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # process name -> extra parameters
@@ -101,6 +105,7 @@ class BringupOptions:
             namespaces=parse_namespaces(text["namespaces"]), security=text["security"].strip(),
             use_sim=parse_bool("use_sim", text["use_sim"]), record=parse_bool("record", text["record"]),
             joystick=parse_bool("joystick", text["joystick"]), multi_host=parse_bool("multi_host", text["multi_host"]),
+            configure_robot=parse_bool("configure_robot", text["configure_robot"]),
         )
 
 
@@ -301,7 +306,8 @@ def build_graph(options: BringupOptions) -> Graph:
         processes.append(spec("expert_node", "expert_node", "expert_node"))
     else:
         processes.append(spec("policy_node", "policy_node", "policy_node"))
-    processes.append(spec(CONTROLLERS[options.embodiment], CONTROLLERS[options.embodiment], "controller"))
+    processes.append(spec(CONTROLLERS[options.embodiment], CONTROLLERS[options.embodiment], "controller",
+                          {"configure_robot": True} if options.configure_robot and not options.use_sim else None))
     if options.joystick:  # a missing gamepad is retried, so it never takes the graph down
         processes.append(spec("joystick_node", "joystick_node", "joystick_node", required=False,
                               more_remaps=((JOYSTICK_OUTPUT, config.teleop.joy_topic),)))

@@ -26,7 +26,15 @@ from qwen_vla_ros.bringup.graph import (
     sim_overrides,
 )
 from qwen_vla_ros.config import load_embodiment, parse_override
-from qwen_vla_ros.contract import RUNTIME_TOPICS, SERVICES, NodeRole, Service, Topic, config_topics
+from qwen_vla_ros.contract import (
+    RUNTIME_TOPICS,
+    SERVICES,
+    NodeRole,
+    Service,
+    Topic,
+    config_services,
+    config_topics,
+)
 from qwen_vla_ros.ros_env import enclave_name
 
 POLICY_VERSION = "0.2.0"  # the SROS2 policy schema this writes
@@ -74,7 +82,8 @@ def graph_contract(embodiment: str, config: str = "") -> tuple[list[Topic], list
             topic = Topic(topic.name, topic.msg_type or known.msg_type, topic.qos, topic.publishers | known.publishers,
                           topic.subscribers | known.subscribers, known.summary)
         merged[topic.name] = topic
-    return list(merged.values()), list(SERVICES), list(processes.values())
+    driver_calls = {s.name: s for c in configs for s in config_services(c)}  # the controller's Interbotix preflight
+    return list(merged.values()), [*SERVICES, *driver_calls.values()], list(processes.values())
 
 
 def _role_grant(enclave: str, node: str, role: NodeRole, topics: list[Topic], services: list[Service]) -> Grant:

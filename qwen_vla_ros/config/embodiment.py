@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from qwen_vla_ros.config.base import MAX_RATE_HZ, StrictModel, require_unique
-from qwen_vla_ros.config.hardware import Arm, Base, Camera, OutputAdapter, TwistOutput
+from qwen_vla_ros.config.hardware import Arm, Base, Camera, HandBack, OutputAdapter, StartPose, TwistOutput
 from qwen_vla_ros.config.sim import KinematicArmSim, MujocoAlohaSim, SimConfig
 from qwen_vla_ros.config.spaces import (
     ActionSpace,
@@ -95,6 +95,8 @@ class EmbodimentConfig(StrictModel):
     teleop: Teleop
     safety: Safety = Field(default_factory=Safety)
     sim: SimConfig | None = None
+    start_pose: StartPose | None = None
+    hand_back: HandBack = Field(default_factory=HandBack)
 
     @model_validator(mode="after")
     def _chunk_bounds_fit_timing(self) -> EmbodimentConfig:
@@ -179,6 +181,24 @@ class EmbodimentConfig(StrictModel):
         ):
             if len(stats) != count:
                 raise ValueError(f"normalization.{part} has {len(stats)} values but there are {count} {part} channels")
+        return self
+
+    @model_validator(mode="after")
+    def _start_pose_inside_the_arms(self) -> EmbodimentConfig:
+        """A start pose names known arms, one value per joint, each inside that joint's limits."""
+        if self.start_pose is None:
+            return self
+        arms = self.arms_by_name
+        for arm_name, positions in self.start_pose.joints.items():
+            if arm_name not in arms:
+                raise ValueError(f"start_pose.joints names unknown arm {arm_name!r}")
+            joints = arms[arm_name].joints
+            if len(positions) != len(joints):
+                raise ValueError(f"start_pose.joints.{arm_name} has {len(positions)} values for {len(joints)} joints")
+            for joint, value in zip(joints, positions, strict=True):
+                if not joint.limits.lower <= value <= joint.limits.upper:
+                    raise ValueError(f"start_pose.joints.{arm_name}: {joint.name} = {value} is outside "
+                                     f"[{joint.limits.lower}, {joint.limits.upper}]")
         return self
 
     @model_validator(mode="after")

@@ -188,6 +188,51 @@ class Base(StrictModel):
         return self
 
 
+class StartPose(StrictModel):
+    """Where the arms go before the policy gets control (docs/operation.md, "Start pose"): moved there
+    within the joints' velocity and acceleration limits, then confirmed from joint states."""
+
+    joints: dict[str, list[float]] = Field(min_length=1, description="arm name -> positions of arms[].joints, rad")
+    tolerance_rad: float = Field(default=0.05, gt=0, description="largest joint error that counts as arrived")
+    timeout_s: float = Field(default=15.0, gt=0, description="not arrived this long after the request: refused")
+
+
+class HandBack(StrictModel):
+    """How the controller lets go of the arms at shutdown (docs/operation.md, "Hand-back"): they hold,
+    and commands stop only once every arm channel is at rest."""
+
+    sleep_pose: bool = Field(default=False, description="first move the arms to the driver's joint_sleep_positions")
+    rest_velocity: float = Field(default=1e-3, gt=0, description="rad/s under which an arm channel counts as holding")
+    timeout_s: float = Field(default=10.0, gt=0, description="longest the hand-back may take before commands stop")
+
+
+class InterbotixPreflight(StrictModel):
+    """What the controller asks each xs_sdk driver before its first command (docs/operation.md,
+    "Interbotix preflight"): modes, joint names and their joint-state order, limits."""
+
+    enabled: bool = Field(default=True, description="false only where no xs_sdk driver serves the arms")
+    timeout_s: float = Field(default=5.0, gt=0, description="a driver silent this long is a refusal")
+    arm_mode: Literal["position"] = Field(
+        default="position", description="the arm group's mode: JointGroupCommand carries joint angles in rad")
+    gripper_mode: Literal["position", "ext_position", "current_based_position"] = Field(
+        default="current_based_position",
+        description="the gripper's mode: the adapter sends a motor angle in rad, which only these modes read as one")
+    limit_tolerance: float = Field(
+        default=1e-6, ge=0, le=1e-3,
+        description="rad or rad/s a config limit may pass the driver's by: the driver answers in float32")
+
+
+class InterbotixConfigure(StrictModel):
+    """What ``configure_robot:=true`` writes to each follower's motors before the preflight (as the
+    ALOHA stack does at start-up); nothing is written without that option."""
+
+    profile_type: Literal["velocity", "time"] = "velocity"
+    profile_velocity: int = Field(default=0, ge=0, description="Profile_Velocity register; 0: no profile limit")
+    profile_acceleration: int = Field(default=0, ge=0, description="Profile_Acceleration register; 0: no limit")
+    gripper_current_register: str = Field(default="current_limit", min_length=1)
+    gripper_current_limit: int = Field(default=300, gt=0, description="the gripper motor's current limit register value")
+
+
 class InterbotixOutput(StrictModel):
     """interbotix_xs_sdk: JointGroupCommand for the arm group, JointSingleCommand for the gripper."""
 
@@ -197,6 +242,8 @@ class InterbotixOutput(StrictModel):
     single_topic: str = "/{namespace}/commands/joint_single"
     group_name: str = "arm"
     gripper_name: str = "gripper"
+    preflight: InterbotixPreflight = Field(default_factory=InterbotixPreflight)
+    configure: InterbotixConfigure = Field(default_factory=InterbotixConfigure)
 
 
 class JointTrajectoryOutput(StrictModel):

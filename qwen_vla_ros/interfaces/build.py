@@ -39,7 +39,7 @@ from pathlib import Path
 from qwen_vla_ros.errors import QwenVlaError
 
 INTERFACES_DIR = Path(__file__).resolve().parent
-BUILD_RECIPE_VERSION = "1"  # bump when the generated files below change
+BUILD_RECIPE_VERSION = "2"  # bump when the generated files below change
 
 PACKAGE_XML = """<?xml version="1.0"?>
 <package format="3">
@@ -62,7 +62,9 @@ find_package(ament_cmake REQUIRED)
 find_package(rosidl_default_generators REQUIRED)
 find_package(Python3 REQUIRED COMPONENTS Interpreter Development NumPy)
 {find_depends}
-# Imported targets of PyPI ROS wheels carry include folders of the machine that built them.
+rosidl_generate_interfaces(${{PROJECT_NAME}} {messages} {dependencies})
+# Imported targets of PyPI ROS wheels carry include folders of the machine that built them. After the
+# generation call: services import service_msgs' targets there.
 get_property(_imported DIRECTORY PROPERTY IMPORTED_TARGETS)
 foreach(_target IN LISTS _imported)
   get_target_property(_dirs ${{_target}} INTERFACE_INCLUDE_DIRECTORIES)
@@ -80,7 +82,6 @@ foreach(_target IN LISTS _imported)
     set_target_properties(${{_target}} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${{_fixed}}")
   endif()
 endforeach()
-rosidl_generate_interfaces(${{PROJECT_NAME}} {messages} {dependencies})
 ament_export_dependencies(rosidl_default_runtime)
 ament_package()
 """
@@ -134,9 +135,11 @@ class BuiltInterfaces:
 
 
 def message_files(package: str) -> list[Path]:
-    files = sorted((INTERFACES_DIR / package / "msg").glob("*.msg"))
+    """The package's messages (``msg/*.msg``), then its services (``srv/*.srv``)."""
+    folder = INTERFACES_DIR / package
+    files = sorted((folder / "msg").glob("*.msg")) + sorted((folder / "srv").glob("*.srv"))
     if not files:
-        raise FileNotFoundError(f"no message definitions in {INTERFACES_DIR / package / 'msg'}")
+        raise FileNotFoundError(f"no message or service definitions in {folder}")
     return files
 
 
@@ -191,9 +194,9 @@ def _cache_key(package: str, files: list[Path]) -> str:
 
 def _write_sources(package: str, files: list[Path], source: Path) -> None:
     dependencies = message_dependencies(files)
-    (source / "msg").mkdir(parents=True)
     for path in files:
-        shutil.copy(path, source / "msg" / path.name)
+        (source / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, source / path.parent.name / path.name)
     (source / "package.xml").write_text(
         PACKAGE_XML.format(name=package, depends="".join(f"  <depend>{d}</depend>\n" for d in dependencies))
     )
@@ -201,7 +204,7 @@ def _write_sources(package: str, files: list[Path], source: Path) -> None:
         CMAKE_LISTS.format(
             name=package,
             find_depends="\n".join(f"find_package({d} REQUIRED)" for d in dependencies),
-            messages=" ".join(f'"msg/{p.name}"' for p in files),
+            messages=" ".join(f'"{p.parent.name}/{p.name}"' for p in files),
             dependencies=f"DEPENDENCIES {' '.join(dependencies)}" if dependencies else "",
         )
     )

@@ -77,7 +77,9 @@ from qwen_vla_ros.nodes.common import (
     run_node,
     time_to_ns,
 )
+from qwen_vla_ros.nodes.hand_back import HandBack
 from qwen_vla_ros.nodes.heartbeat import Heartbeat
+from qwen_vla_ros.nodes.interbotix_driver import InterbotixPreflight
 from qwen_vla_ros.nodes.ros_contract import (
     ANY_SUBSCRIPTION_QOS,
     Level,
@@ -91,6 +93,7 @@ from qwen_vla_ros.nodes.ros_contract import (
     diagnostic_array,
     diagnostic_status,
 )
+from qwen_vla_ros.nodes.start_pose import StartPoseService
 from qwen_vla_ros.teleop.arbitration import Transition
 
 EXECUTOR_THREADS = 3  # without the EventsExecutor: chunks, feedback, diagnostics, none waits for another
@@ -162,6 +165,7 @@ class ControllerNode(Node):
         self.create_timer(ESTOP_CHECK_PERIOD_S, self._check_estop_publishers, callback_group=inputs)
         create_subscription(self, POLICY_HEARTBEAT, self._on_policy_heartbeat, callback_group=inputs)
         create_service(self, ESTOP_RESET, self._on_estop_reset, callback_group=inputs)
+        self.start_pose = StartPoseService(self, self.core, self.lock, embodiment)  # move_to_start (docs/operation.md)
         # Chunks carry the policy host's observation stamps: this is where a clock offset bites.
         self.heartbeat = Heartbeat(self, runtime.clock_check, callback_group=inputs)
 
@@ -180,9 +184,16 @@ class ControllerNode(Node):
             self.get_logger().error(f"chunk gate not subscribed to {self.chunk_topic} after {GATE_READY_TIMEOUT_S:g} s: "
                                     "no chunks are taken in until it is")
         sim_time = bool(self.get_parameter("use_sim_time").value)
-        if sim_time:
-            self.create_timer(self.core.period_s, self.loop.run_period, callback_group=MutuallyExclusiveCallbackGroup())
-        self.loop.start(paced=not sim_time)
+        # Interbotix drivers are asked what they are first; on a mismatch the loop never starts. At shutdown the arms
+        # hold before commands stop (docs/operation.md, "Interbotix preflight", "Hand-back").
+        preflight = InterbotixPreflight(self, embodiment, sim_time)
+        if preflight.passed:
+            if sim_time:
+                self.create_timer(self.core.period_s, self.loop.run_period,
+                                  callback_group=MutuallyExclusiveCallbackGroup())
+            self.loop.start(paced=not sim_time)
+        self.hand_back = HandBack(self, self.core, self.lock, self.loop, embodiment, preflight.sleep_positions,
+                                  commanding=preflight.passed, sim_time=sim_time)
         self.create_timer(1.0 / state_rate, self._publish_state, callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
             f"{embodiment.name}: {len(self.names)} command channels at {embodiment.control.rate_hz:g} Hz, "

@@ -24,7 +24,7 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from qwen_vla_ros.config import EMBODIMENTS, ConfigError, EmbodimentConfig, RuntimeConfig
-from qwen_vla_ros.contract import INSTRUCTION, MODE, NEXT_CONDITION, SIM_SUCCESS, TRIAL_SERVICES
+from qwen_vla_ros.contract import INSTRUCTION, MODE, NEXT_CONDITION, SIM_SUCCESS, START_POSE, TRIAL_SERVICES
 from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint
 from qwen_vla_ros.nodes.common import declare_configs, run_node, string_list_parameter
@@ -82,6 +82,7 @@ class TrialRecorderNode(Node):
             MODE.name: lambda data, now: self.session.on_mode(deserialize_message(data, String).data, now),
             INSTRUCTION.name: lambda data, now: self.session.on_instruction(deserialize_message(data, String).data, now),
             SIM_SUCCESS.name: self._on_sim_success,
+            START_POSE.name: lambda data, now: self.session.on_start_pose(deserialize_message(data, String).data),
         }
         self._next_condition = create_publisher(self, NEXT_CONDITION)
         for event, outcome in OUTCOMES.items():

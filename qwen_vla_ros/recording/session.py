@@ -6,10 +6,12 @@ what happens to a trial whose recorder died. The node only feeds messages and ti
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.contract import SIM_SUCCESS
@@ -82,6 +84,7 @@ class TrialSession:
         self._recorder: BagRecorder | None = None
         self._mode: str | None = None
         self._instruction: str | None = None
+        self._start_pose: dict[str, Any] | None = None  # the controller's last move to the start pose, not yet used
         self._latched: dict[str, QueuedMessage] = {}
 
     @property
@@ -120,6 +123,7 @@ class TrialSession:
                 chosen = upcoming.condition if upcoming else {}
             with self._lock:
                 instruction = self._current_instruction(chosen)
+                start_pose, self._start_pose = self._start_pose, None  # belongs to this trial only
             record = self.store.create(
                 {
                     "protocol": self.protocol.name if self.protocol else None,
@@ -136,6 +140,7 @@ class TrialSession:
                     "start_time": iso_time(now_ns),
                     "start_ns": now_ns,
                     "logs": self.identity.logs,
+                    "start_pose": start_pose,
                 }
             )
             try:
@@ -186,6 +191,15 @@ class TrialSession:
             self._record.interventions.append(
                 Intervention(at_s=(now_ns - self._record.start_ns) / NS_PER_S, from_mode=previous or "unknown")
             )
+
+    def on_start_pose(self, text: str) -> None:
+        """The controller's start-pose outcome (JSON, ``contract.START_POSE``): the next trial's record keeps it."""
+        try:
+            outcome = json.loads(text)
+        except json.JSONDecodeError:
+            outcome = {"unreadable": text[:200]}
+        with self._lock:
+            self._start_pose = outcome if isinstance(outcome, dict) else {"unreadable": text[:200]}
 
     def on_instruction(self, text: str, now_ns: int) -> None:
         with self._lock:

@@ -75,6 +75,9 @@ class TrialRecord(Record):
     queue_peak_mb: float | None = Field(default=None, description="most the write queue held")
     notes: list[str] = Field(default_factory=list)
     logs: str | None = Field(default=None, description="folder of the node logs of the run that recorded it")
+    start_pose: dict[str, Any] | None = Field(
+        default=None, description="the controller's move to the start pose just before the trial: pose, arrived, "
+        "error_rad (largest measured joint error per arm); None without one")
 
     def finish(self, outcome: Outcome, end_ns: int) -> None:
         self.outcome = outcome

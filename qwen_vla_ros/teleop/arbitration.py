@@ -34,6 +34,8 @@ ArbitrationMode = Literal["policy", "teleop", "hold"]
 EVENT_BUTTONS = (
     "estop", "resume_policy", "arm_select", "jog_mode", "trial_start", "trial_success", "trial_failure", "trial_abort",
 )
+# Pressed under the policy, these end its control as the trial ends: the arms hold until resume_policy.
+TRIAL_END_EVENTS = ("trial_success", "trial_failure", "trial_abort")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ class Arbiter:
         transitions: list[Transition | None] = []
         if "estop" in events and self.mode == "policy":
             transitions.append(self._go("hold", "e-stop button"))
+        ended = [event for event in TRIAL_END_EVENTS if event in events]
+        if ended and self.mode == "policy":  # the trial is over: the arms hold until resume_policy (docs/operation.md)
+            transitions.append(self._go("hold", f"{ended[0]} button: the trial ended"))
         if joy.pressed(self.buttons.deadman):
             transitions.append(self._go("teleop", "deadman pressed"))
             if "resume_policy" in events:
