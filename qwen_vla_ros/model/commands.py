@@ -121,7 +121,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from qwen_vla_ros.model.export import export_checkpoint
+    from qwen_vla_ros.model.loading import export_checkpoint
 
     if args.format != "onnx":
         raise ValueError(f"--format must be onnx, got {args.format!r}")

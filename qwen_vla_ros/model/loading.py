@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from qwen_vla_ros.config.runtime import OnnxRuntimeSettings, RuntimeConfig, TensorRTSettings
+from qwen_vla_ros.model import export as onnx_export
 from qwen_vla_ros.model.action_head import ActionHead
 from qwen_vla_ros.model.checkpoint import CheckpointError, CheckpointFiles, Manifest, read_checkpoint
 from qwen_vla_ros.model.denormals import flushed_denormals
@@ -143,26 +144,24 @@ def _load_tokenizer(files: CheckpointFiles) -> object:
 
 def _exported(policy: Policy, files: CheckpointFiles | None, model_dir: str | None) -> tuple[Path, ExportManifest]:
     """The ONNX export of this checkpoint: ``model_dir`` as given, or the cache, exporting on demand."""
-    from qwen_vla_ros.model.export import default_export_dir, export_checkpoint, export_policy, matching_export
-
     if files is None:
         raise ValueError("exported backends need a checkpoint directory (its fingerprint keys the export)")
     fingerprint = checkpoint_fingerprint(files.root)
     if model_dir is not None:
         folder = Path(model_dir).expanduser()
-        return folder, matching_export(folder, fingerprint)
-    folder = default_export_dir(fingerprint)
+        return folder, onnx_export.matching_export(folder, fingerprint)
+    folder = onnx_export.default_export_dir(fingerprint)
     if (folder / EXPORT_MANIFEST).is_file():
         try:
-            return folder, matching_export(folder, fingerprint)
+            return folder, onnx_export.matching_export(folder, fingerprint)
         except ValueError as exc:
             LOG.warning("cached ONNX export is unusable (%s); exporting again", exc)
     LOG.info("exporting %s to ONNX in %s (once per checkpoint)", files.root, folder)
     if policy.device.type == "cpu" and policy.dtype == torch.float32:
-        export_policy(policy, folder, fingerprint)
+        onnx_export.export_policy(policy, folder, fingerprint)
     else:
         export_checkpoint(files.root, folder)
-    return folder, matching_export(folder, fingerprint)
+    return folder, onnx_export.matching_export(folder, fingerprint)
 
 
 def _torch_stages(policy: Policy, files: CheckpointFiles | None, options: BackendOptions) -> Stages:
@@ -244,6 +243,21 @@ def _load(files: CheckpointFiles, backend: str, device: torch.device, dtype: tor
     policy.stages = BACKENDS[backend](policy, files, options)
     LOG.info("policy %s: %s stages on %s, %s", files.root, policy.stages.name, device, dtype)
     return policy
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    max_cameras: int = onnx_export.DEFAULT_MAX_CAMERAS,
+    opset: int = onnx_export.DEFAULT_OPSET,
+    progress: Callable[[str], None] = LOG.info,
+) -> Path:
+    """Load a checkpoint as float32 on CPU and export it; ``out`` defaults to the export cache."""
+    fingerprint = checkpoint_fingerprint(checkpoint)
+    target = Path(out).expanduser() if out is not None else onnx_export.default_export_dir(fingerprint)
+    policy = load_policy(checkpoint, backend="torch", device="cpu", dtype="float32")
+    onnx_export.export_policy(policy, target, fingerprint, max_cameras=max_cameras, opset=opset, progress=progress)
+    return target
 
 
 def load_policy_from_config(config: RuntimeConfig) -> Policy:

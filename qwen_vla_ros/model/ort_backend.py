@@ -40,7 +40,7 @@ from qwen_vla_ros.model.stages import EngineStages
 if TYPE_CHECKING:
     import onnxruntime
 
-    from qwen_vla_ros.model.policy import Task
+    from qwen_vla_ros.model.task import Task
 
 LOG = logging.getLogger(__name__)
 QUANTISED_STAGES = ("vision", "step_backbone", "context_kv")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +29,7 @@ from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.config import EMBODIMENTS, EmbodimentConfig, load_embodiment
 from qwen_vla_ros.config.spaces import Normalization
 from qwen_vla_ros.model.action_head import ActionHead
-from qwen_vla_ros.model.backbone import State, StepBackbone, Trunk, VisionEncoder
+from qwen_vla_ros.model.backbone import StepBackbone, Trunk, VisionEncoder
 from qwen_vla_ros.model.checkpoint import MAX_STEPS, MIN_STEPS, EmbodimentEntry, Manifest
 from qwen_vla_ros.model.denormals import flushed_denormals
 from qwen_vla_ros.model.images import PatchSpec, check_images, patchify
@@ -39,33 +38,13 @@ from qwen_vla_ros.model.prompt import TokenLayout, VisionTokens, prefix_text, st
 from qwen_vla_ros.model.rtc import handover_weights, prefix_weights
 from qwen_vla_ros.model.sampler import Guidance, euler_sample
 from qwen_vla_ros.model.stages import Stages, TorchStages
+from qwen_vla_ros.model.task import Task
 from qwen_vla_ros.model.timing import NullTimer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 DEFAULT_MAX_GUIDANCE = 10.0
-
-
-@dataclass(frozen=True)
-class Task:
-    """Everything fixed while the embodiment and instruction are: built once by set_task."""
-
-    embodiment: EmbodimentConfig
-    entry: EmbodimentEntry
-    instruction: str
-    cameras: tuple[str, ...]
-    action_normalizer: ChannelNormalizer
-    state_normalizer: ChannelNormalizer
-    action_mask: torch.Tensor  # (1, 1, action_dim)
-    layout: TokenLayout
-    grid_thw: torch.Tensor  # (cameras, 3)
-    step_template: torch.Tensor  # (1, S, hidden) token embeddings, image slots overwritten per step
-    image_index: torch.Tensor  # (cameras * tokens_per_image,)
-    step_cos: torch.Tensor
-    step_sin: torch.Tensor
-    prefix_state: State
-    prefix_features: torch.Tensor  # (1, P, context_dim)
 
 
 class Policy:

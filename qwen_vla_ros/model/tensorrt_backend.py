@@ -42,7 +42,7 @@ from qwen_vla_ros.model.onnx_manifest import ExportManifest
 from qwen_vla_ros.model.stages import EngineStages
 
 if TYPE_CHECKING:
-    from qwen_vla_ros.model.policy import Task
+    from qwen_vla_ros.model.task import Task
 
 LOG = logging.getLogger(__name__)
 INSTALL_HINT = (
