@@ -22,6 +22,7 @@ from qwen_vla_ros.config import ConfigError, parse_override, validate_config
 from qwen_vla_ros.config.loader import apply_overrides, read_yaml, validate
 from qwen_vla_ros.config.summary import summarize
 from qwen_vla_ros.contract_tables import add_parser as _add_contract
+from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.interfaces import build as build_interfaces
 from qwen_vla_ros.model.commands import add_bench_parser, add_export_parser, add_make_checkpoint_parser
 from qwen_vla_ros.model.train_command import add_parser as _add_train
@@ -107,8 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, FileNotFoundError, ImportError, KeyError, ValueError) as exc:
+    except (QwenVlaError, FileNotFoundError, ImportError) as exc:  # bad input or config, a missing file or extra
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (KeyError, ValueError) as exc:
+        # Bad options that bringup/ and model/ still refuse with the bare builtins (docs/architecture.md,
+        # "Errors"); a KeyError's text is its one argument, not its repr.
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -11,3 +11,18 @@ from __future__ import annotations
 
 class QwenVlaError(Exception):
     """Something qwen_vla_ros judged wrong with its input or environment; the message says what and where."""
+
+
+class MalformedMessageError(QwenVlaError, ValueError):
+    """A message or request received at run time (joint state, odometry, Joy, chunk, committed
+    trajectory, image, driver command, service request) whose content cannot be used.
+
+    The receiving node logs it, counts it, keeps the robot safe and keeps running. A
+    ``ValueError`` as well, for callers that caught the bare ``ValueError``/``KeyError`` these
+    sites raised before (``nodes/controller.py``, ``nodes/sim_node.py``).
+    """
+
+
+class InvalidArgumentError(QwenVlaError, ValueError):
+    """A command-line option, node parameter or service argument given by a person (not a config
+    file: that is ``config.ConfigError``) that cannot be used; the CLI exits 2 with the message."""

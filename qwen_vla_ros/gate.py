@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from qwen_vla_ros.chunk import ActionChunk
-from qwen_vla_ros.errors import QwenVlaError
+from qwen_vla_ros.errors import MalformedMessageError, QwenVlaError
 from qwen_vla_ros.log import Logger
 
 CREDIT = b"c"
@@ -54,6 +54,11 @@ class FrameKind(IntEnum):
     TOO_LARGE = 4  # a message refused by its byte length alone; the value is that length
 
 
+class BrokenFrameError(QwenVlaError, ValueError):
+    """Bytes from the gate that are not a frame :func:`encode_frame` wrote: the gate is broken and is
+    restarted. Only this is; an error raised while handing a good frame on is a bug and propagates."""
+
+
 @dataclass(frozen=True)
 class GateFrame:
     kind: FrameKind
@@ -63,9 +68,9 @@ class GateFrame:
     size_bytes: int = 0
 
     def decoded(self) -> ActionChunk:
-        """The chunk, or ValueError for a message the gate could not decode (counted as malformed)."""
+        """The chunk, or MalformedMessageError for a message the gate could not decode (counted as malformed)."""
         if self.chunk is None:
-            raise ValueError(self.detail or f"no chunk in a {self.kind.name} frame")
+            raise MalformedMessageError(self.detail or f"no chunk in a {self.kind.name} frame")
         return self.chunk
 
 
@@ -86,25 +91,25 @@ def encode_frame(kind: FrameKind, counters: dict[str, int], *, chunk: ActionChun
 
 
 def decode_frame(data: bytes) -> GateFrame:
-    """A frame as :func:`encode_frame` wrote it; ValueError for anything else (the gate is then broken)."""
+    """A frame as :func:`encode_frame` wrote it; BrokenFrameError for anything else (the gate is then broken)."""
     if len(data) < _HEADER.size:
-        raise ValueError(f"gate frame of {len(data)} bytes, shorter than its header")
+        raise BrokenFrameError(f"gate frame of {len(data)} bytes, shorter than its header")
     kind_value, *counts, size_bytes = _HEADER.unpack_from(data)
     try:
         kind = FrameKind(kind_value)
-    except ValueError as exc:
-        raise ValueError(f"unknown gate frame kind {kind_value}") from exc
+    except ValueError as exc:  # FrameKind's own refusal of an unknown value
+        raise BrokenFrameError(f"unknown gate frame kind {kind_value}") from exc
     counters = dict(zip(COUNTERS, counts, strict=True))
     rest = memoryview(data)[_HEADER.size:]
     if kind != FrameKind.CHUNK:
         return GateFrame(kind, counters, detail=bytes(rest).decode(errors="replace"), size_bytes=size_bytes)
     if len(rest) < _CHUNK.size:
-        raise ValueError("gate chunk frame shorter than its chunk header")
+        raise BrokenFrameError("gate chunk frame shorter than its chunk header")
     stamp, has_stamp, dt, rows, columns, names_length = _CHUNK.unpack_from(rest)
     names_end = _CHUNK.size + names_length
     expected = names_end + rows * columns * 8
     if len(rest) != expected:
-        raise ValueError(f"gate chunk frame of {len(rest)} bytes for {rows} x {columns} actions, expected {expected}")
+        raise BrokenFrameError(f"gate chunk frame of {len(rest)} bytes for {rows} x {columns} actions, expected {expected}")
     names = tuple(bytes(rest[_CHUNK.size:names_end]).decode().split("\0")) if names_length else ()
     actions = np.frombuffer(rest[names_end:], dtype="<f8").reshape(rows, columns).copy()
     chunk = ActionChunk(actions, names, dt, stamp if has_stamp else None)
@@ -320,7 +325,7 @@ class GateSupervisor:
                 return f"exited with code {gate.process.wait(timeout=EXIT_WAIT_S)}"
             except subprocess.TimeoutExpired:
                 return f"connection lost ({exc!r})"
-        except ValueError as exc:
+        except BrokenFrameError as exc:
             return f"sent a broken frame ({exc})"
         return "stopping"
 

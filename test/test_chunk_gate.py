@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,9 +19,11 @@ import numpy as np
 import pytest
 
 from qwen_vla_ros.chunk import ActionChunk
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.gate import (
     NOTICE_DEPTH,
     Backoff,
+    BrokenFrameError,
     FrameKind,
     GateFrame,
     GateProcess,
@@ -117,14 +120,14 @@ def test_an_unstamped_chunk_stays_unstamped_and_notices_carry_size_or_detail() -
     too_large = decode_frame(encode_frame(FrameKind.TOO_LARGE, {"too_large": 1}, size_bytes=15_200_000))
     assert too_large.size_bytes == 15_200_000 and too_large.counters["too_large"] == 1
     malformed = decode_frame(encode_frame(FrameKind.MALFORMED, {}, detail="not a serialized JointTrajectory"))
-    with pytest.raises(ValueError, match="not a serialized JointTrajectory"):
+    with pytest.raises(MalformedMessageError, match="not a serialized JointTrajectory"):
         malformed.decoded()
 
 
 @pytest.mark.parametrize("data", [b"", b"\x02" + b"\x00" * 10, b"\x63" + b"\x00" * 40,
                                   encode_frame(FrameKind.CHUNK, {}, chunk=ActionChunk(np.zeros((2, 2)), ("a", "b"), 0.02))[:-8]])
 def test_anything_but_a_whole_frame_is_refused(data: bytes) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(BrokenFrameError):
         decode_frame(data)
 
 
@@ -252,3 +255,25 @@ def test_a_gate_slower_to_start_than_the_silence_limit_is_waited_for_but_a_hung_
         hung.stop()
     assert any(level == "error" and "silent for 1 s" in m for level, m in log.lines), log.lines
     assert gate is None or gate.process.poll() is not None
+
+
+def test_a_bug_handing_a_frame_on_is_not_blamed_on_the_gate(monkeypatch) -> None:
+    """Only BrokenFrameError marks the gate as broken: a ValueError raised by the frame's receiver is a
+    bug on the controller's side. It ends the reader with its traceback (the controller then holds for
+    want of chunks) instead of being logged as a broken gate and hidden by restarts."""
+    log = Log()
+    raised: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
+
+    def deliver(frame: GateFrame) -> None:
+        raise ValueError("receiver bug")
+
+    supervisor = GateSupervisor(scripted_gate, deliver, log, period_s=0.02, backoff=Backoff(first_s=5.0))
+    try:
+        supervisor.start()
+        assert supervisor.ready.wait(30.0)
+        assert wait_for(lambda: bool(raised), 10.0)
+    finally:
+        supervisor.stop()
+    assert isinstance(raised[0], ValueError) and str(raised[0]) == "receiver bug"
+    assert supervisor.failures == 0 and not any("broken frame" in m for _, m in log.lines), log.lines

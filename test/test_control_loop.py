@@ -23,6 +23,7 @@ from qwen_vla_ros.control import Controller
 from qwen_vla_ros.control.blending import Blender
 from qwen_vla_ros.control.interpolation import Trajectory
 from qwen_vla_ros.control.loop import ChunkMailbox, ControlLoop, LoopClock, Period
+from qwen_vla_ros.errors import MalformedMessageError
 
 MS = 1_000_000
 PERIOD_NS = 20 * MS  # config/aloha.yaml: control.rate_hz 50
@@ -196,7 +197,9 @@ def test_a_failing_period_is_logged_and_the_loop_goes_on() -> None:
     assert times == [START_NS + k * PERIOD_NS for k in range(6)]
     assert loop.failed_periods == 2
     # Logged, but not once per period: the second failure within a second is not repeated.
-    assert log.of("error") == ["control period failed: RuntimeError('publisher gone')"]
+    [logged] = log.of("error")
+    assert logged.startswith("control period failed:") and "RuntimeError: publisher gone" in logged
+    assert "Traceback" in logged, "a failed period is a fault: its traceback goes to the log"
 
 
 def test_sched_fifo_is_asked_for_the_configured_priority_and_a_refusal_is_a_warning() -> None:
@@ -289,7 +292,7 @@ def test_a_chunk_that_cannot_be_decoded_is_counted_as_malformed_and_the_next_one
 
     def decode(message: object) -> ActionChunk:
         if message == "garbage":
-            raise ValueError("not a serialized JointTrajectory")
+            raise MalformedMessageError("not a serialized JointTrajectory")
         return ActionChunk(np.tile(aloha_action(), (50, 1)), core.policy.names, 0.02, fake.now_ns() - 30 * MS)
 
     loop = make_loop(core, fake, Log(), lambda period: None, decode=decode, queue_depth=8)
@@ -305,6 +308,33 @@ def test_a_chunk_that_cannot_be_decoded_is_counted_as_malformed_and_the_next_one
     status = loop.status(fake.now_ns())
     assert status["rejected_malformed"] == 1 and status["chunks_accepted"] == 1
 
+
+
+def test_a_decoder_bug_is_a_logged_fault_not_a_malformed_chunk() -> None:
+    """Only MalformedMessageError counts as a malformed chunk: a bare ValueError in the decoder is a bug,
+    logged with its traceback, and the chunks after it are still taken."""
+    core, fake = accepting_core()
+
+    def decode(message: object) -> ActionChunk:
+        if message == "bug":
+            raise ValueError("decoder bug")
+        return ActionChunk(np.tile(aloha_action(), (50, 1)), core.policy.names, 0.02, fake.now_ns() - 30 * MS)
+
+    log = Log()
+    loop = make_loop(core, fake, log, lambda period: None, decode=decode, queue_depth=8)
+    loop.start(paced=False)
+    try:
+        loop.submit("bug", 10)
+        loop.submit("chunk", 10)
+        deadline = time.monotonic() + 5.0
+        while loop.status(0)["chunks_accepted"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        loop.stop()
+    status = loop.status(fake.now_ns())
+    assert status["rejected_malformed"] == 0 and status["chunks_accepted"] == 1
+    [logged] = log.of("error")
+    assert "ValueError: decoder bug" in logged and "Traceback" in logged
 
 # -- blending work per period -------------------------------------------------------------
 

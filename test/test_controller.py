@@ -24,6 +24,7 @@ from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.control import Controller
 from qwen_vla_ros.embodiments.gripper import measured_normalized
 from qwen_vla_ros.embodiments.ik import pose_error
+from qwen_vla_ros.errors import MalformedMessageError
 
 MS = 1_000_000
 LATEST = {"blending.method": "latest"}  # the plan is the newest chunk itself, so targets can be read directly
@@ -41,6 +42,21 @@ def test_nothing_is_commanded_before_joint_states_arrive() -> None:
     controller.submit(aloha_chunk(T0_NS, [aloha_action()] * 5), T0_NS)
     assert controller.step(T0_NS + 20 * MS) is None
 
+
+
+def test_only_a_malformed_joint_state_counts_as_bad_feedback() -> None:
+    """A message that cannot be used is a MalformedMessageError and counted; a caller's bug (an arm
+    the controller does not know, names that are not a sequence) propagates uncounted."""
+    controller = make_controller("aloha")
+    arm = controller.layout.arms[0].arm
+    with pytest.raises(MalformedMessageError, match="lacks joints"):
+        controller.update_joint_state(arm.name, arm.joint_names[1:], [0.0] * (len(arm.joint_names) - 1), T0_NS, T0_NS)
+    assert controller.bad_feedback == 1
+    with pytest.raises(KeyError, match="unknown arm"):
+        controller.update_joint_state("no_such_arm", arm.joint_names, [0.0] * len(arm.joint_names), T0_NS, T0_NS)
+    with pytest.raises(TypeError):
+        controller.update_joint_state(arm.name, None, [0.0], T0_NS, T0_NS)  # type: ignore[arg-type]
+    assert controller.bad_feedback == 1
 
 def test_late_chunk_skips_the_actions_already_in_the_past() -> None:
     controller, _, now = started(**LATEST)
@@ -220,7 +236,7 @@ def test_gripper_is_normalised_in_commands_and_converted_for_the_driver() -> Non
     assert motor == pytest.approx(0.6197 + 0.25 * (1.6214 - 0.6197))  # robots.md follower constants
     finger = 0.0440 + 0.75 * (0.0579 - 0.0440)
     assert measured_normalized({"left_finger": finger}, gripper) == pytest.approx(0.75)
-    with pytest.raises(KeyError, match="left_finger"):
+    with pytest.raises(MalformedMessageError, match="left_finger"):
         measured_normalized({"gripper": 1.0}, gripper)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qwen_vla_ros.config import ConfigError
-from qwen_vla_ros.errors import QwenVlaError
+from qwen_vla_ros.errors import InvalidArgumentError, MalformedMessageError, QwenVlaError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "qwen_vla_ros"
 BUILTIN_BASES = {"Exception", "ValueError", "RuntimeError", "ImportError", "KeyError", "OSError", "TypeError"}
@@ -51,4 +51,12 @@ def test_error_names_are_unique() -> None:
 def test_a_domain_error_is_still_its_builtin() -> None:
     """Callers that catch ValueError keep catching ConfigError."""
     error = ConfigError("x.yaml", ["bad"])
+    assert isinstance(error, QwenVlaError) and isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize("error_class", [MalformedMessageError, InvalidArgumentError])
+def test_message_and_argument_errors_are_still_value_errors(error_class: type[QwenVlaError]) -> None:
+    """nodes/controller.py and nodes/sim_node.py catch the ValueError/KeyError that the control, teleop
+    and sim cores raised before these classes existed; they keep catching them."""
+    error = error_class("bad")
     assert isinstance(error, QwenVlaError) and isinstance(error, ValueError)

@@ -12,6 +12,7 @@ from helpers.readings import aloha_joints
 from qwen_vla_ros.clock_check import FORGET_AFTER_S, MIN_SAMPLES, ClockOffsetEstimator
 from qwen_vla_ros.config import load_embodiment, load_runtime
 from qwen_vla_ros.config.runtime import InferenceSchedule
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.runner import FAILURE_RETRY_S, INPUT_WAIT_S
 from qwen_vla_ros.inference.scheduler import IDLE_WAIT_S, InferenceScheduler
@@ -56,7 +57,7 @@ def test_other_modes_keep_the_model_warm_and_policy_mode_asks_for_a_chunk_at_onc
     never = InferenceScheduler(InferenceSchedule(keep_warm_s=0.0))
     never.set_mode("hold")
     assert never.decide(T0) == "wait" and never.decide(T0 + 100 * S) == "wait"
-    with pytest.raises(ValueError, match="unknown mode 'auto'"):
+    with pytest.raises(MalformedMessageError, match="unknown mode 'auto'"):
         never.set_mode("auto")
 
 
@@ -125,14 +126,14 @@ def test_nothing_is_known_before_the_history_or_after_its_horizon() -> None:
     ],
 )
 def test_unusable_committed_messages_are_errors(names, offsets, rows, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(MalformedMessageError, match=message):
         CommittedHistory(NAMES).add(T0, names, offsets, rows)
 
 
 def test_an_older_committed_message_is_refused() -> None:
     history = CommittedHistory(NAMES)
     committed_message(history, T0, ramp)
-    with pytest.raises(ValueError, match="older"):
+    with pytest.raises(MalformedMessageError, match="older"):
         committed_message(history, T0 - MS, ramp)
 
 
@@ -289,6 +290,22 @@ def test_runner_decodes_the_cameras_side_by_side(tiny_policy) -> None:
     result = runner.step()
     assert result.outcome == "published", result
 
+
+
+def test_runner_skips_a_frame_it_cannot_decode_and_raises_a_decoder_bug(tiny_policy) -> None:
+    """A frame the real decoder refuses (MalformedMessageError) is a bad_image skip; a bug in the
+    decoder (here a ValueError from numpy) is not bad input: step() raises it for run() to log with its traceback."""
+    from qwen_vla_ros.perception.images import model_rgb
+
+    runner, sync, clock, log, published, config = make_runner(tiny_policy)
+    runner.decode = lambda camera, frame: model_rgb(frame, "mono8", 48, 64)
+    feed_observation(sync, config, clock.now_ns)
+    result = runner.step()
+    assert result.outcome == "skipped" and result.skip.reason == "bad_image" and "mono8" in result.skip.message
+    runner.decode = lambda camera, frame: frame.reshape(7, -1)  # 48*64*3 is not a multiple of 7
+    with pytest.raises(ValueError, match="reshape") as raised:
+        runner.step()
+    assert not isinstance(raised.value, MalformedMessageError)
 
 def test_runner_delay_covers_elapsed_time_and_measured_latency(tiny_policy) -> None:
     runner, sync, clock, log, published, config = make_runner(tiny_policy, {"schedule.trigger": "rate"})

@@ -22,6 +22,7 @@ import pytest
 evdev = pytest.importorskip("evdev", reason="evdev is not installed: pip install '.[teleop]'")
 from evdev import AbsInfo, InputEvent, ecodes  # noqa: E402
 
+from qwen_vla_ros.errors import InvalidArgumentError  # noqa: E402
 from qwen_vla_ros.teleop.joystick import JoyState, JoystickDecoder, JoystickReader, button_order, is_joystick  # noqa: E402
 
 STICK = AbsInfo(value=0, min=-32768, max=32767, fuzz=16, flat=128, resolution=0)
@@ -217,7 +218,7 @@ def test_missing_then_unplugged_device_is_logged_and_retried() -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="deadzone"):
+    with pytest.raises(InvalidArgumentError, match="deadzone"):
         JoystickReader(VirtualPad, print, Log(), deadzone=1.0)
 
 

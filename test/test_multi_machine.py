@@ -56,12 +56,15 @@ def test_discovery_server_connects_participants_that_use_the_shipped_profile(ros
     port = str(11811 + ros_domain.domain_id)
     library_path = os.pathsep.join(filter(None, [str(Path(sys.prefix) / "lib"), os.environ.get("LD_LIBRARY_PATH")]))
     # 'fastdds discovery' is a wrapper that starts the server binary: run both in their own
-    # process group and stop the group.
-    server = subprocess.Popen([fastdds, "discovery", "-l", "127.0.0.1", "-p", port],
+    # process group and stop the group. Fast DDS 2 (Jazzy) requires a server id, and 0 is the
+    # id a client gives the first address in ROS_DISCOVERY_SERVER; Fast DDS 3 (Kilted) accepts it.
+    server = subprocess.Popen([fastdds, "discovery", "-i", "0", "-l", "127.0.0.1", "-p", port],
                               env=dict(os.environ, LD_LIBRARY_PATH=library_path), start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert "Server started" in server.stdout.readline() + server.stdout.readline(), "discovery server did not start"
+        banner = "".join(server.stdout.readline() for _ in range(3))
+        # Fast DDS 3 prints "Server started", Fast DDS 2 "Server is running".
+        assert "Server started" in banner or "Server is running" in banner, f"discovery server did not start: {banner}"
         assert "received 1" in run_pair(ros_domain, f"127.0.0.1:{port}", 15)
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -10,6 +10,7 @@ from helpers.readings import START_POSE, aloha_joints
 
 from qwen_vla_ros.config import load_embodiment
 from qwen_vla_ros.config.runtime import ObservationSync as SyncSettings
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.perception.images import ImageHeader, header_problem, model_rgb, size_mismatch
 from qwen_vla_ros.perception.state import Odometry, StateAssembler
 from qwen_vla_ros.perception.sync import Observation, ObservationSync, Skip, SkipReason
@@ -48,7 +49,7 @@ def test_model_rgb_swaps_bgr_and_resizes() -> None:
     small = model_rgb(solid, "bgr8", 64, 64)
     assert small.shape == (64, 64, 3) and small.dtype == np.uint8
     assert np.all(small == (30, 20, 10))
-    with pytest.raises(ValueError, match="mono8"):
+    with pytest.raises(MalformedMessageError, match="mono8"):
         model_rgb(solid[:, :, 0], "mono8", 64, 64)
 
 
@@ -95,14 +96,14 @@ def test_odometry_channels_and_reading_errors() -> None:
     assembler = StateAssembler(config)
     assert assembler.readings == ("base",)
     np.testing.assert_allclose(assembler.assemble({}, Odometry(0.4, -0.2)), [0.4, -0.2])
-    with pytest.raises(KeyError, match="odometry"):
+    with pytest.raises(MalformedMessageError, match="odometry"):
         assembler.assemble({}, None)
-    with pytest.raises(ValueError, match="base_angular"):
+    with pytest.raises(MalformedMessageError, match="base_angular"):
         assembler.assemble({}, Odometry(0.4, float("nan")))
     aloha = load_embodiment("aloha")
     readings = aloha_joints(aloha)
     del readings["right"]["elbow"]
-    with pytest.raises(KeyError, match="'right' has no joint 'elbow'"):
+    with pytest.raises(MalformedMessageError, match="'right' has no joint 'elbow'"):
         StateAssembler(aloha).assemble(readings, None)
 
 
@@ -178,6 +179,20 @@ def test_joint_states_must_be_close_to_the_observation() -> None:
     assert skip.reason == SkipReason.STATE_INVALID and "left_finger" in skip.message
     sync.add_joints("left", T0, aloha_joints(config)["left"], T0)  # nearer than the broken one
     assert isinstance(sync.assemble(T0 + 5 * MS), Observation)
+
+
+def test_a_bug_assembling_the_state_is_raised_not_skipped_as_bad_state() -> None:
+    """Only a MalformedMessageError is an unusable state (a skip). A position that is not a number
+    cannot come from a JointState (rclpy types its fields): it is a caller's bug, and the ValueError
+    float() raises for it propagates instead of reading as bad state."""
+    sync, config = aloha_sync()
+    for camera in CAMERAS:
+        sync.add_frame(camera, T0, camera, T0)
+    sync.add_joints("right", T0, aloha_joints(config)["right"], T0)
+    sync.add_joints("left", T0, {**aloha_joints(config)["left"], "waist": "not a number"}, T0)
+    with pytest.raises(ValueError, match="not a number") as raised:
+        sync.assemble(T0 + 5 * MS)
+    assert not isinstance(raised.value, MalformedMessageError)
 
 
 def test_only_newer_observations_and_unstamped_messages_take_the_receive_time() -> None:

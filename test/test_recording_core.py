@@ -18,6 +18,7 @@ from rosbags.rosbag2 import Reader  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
 from qwen_vla_ros.config import ConfigError, load_embodiment  # noqa: E402
+from qwen_vla_ros.errors import InvalidArgumentError  # noqa: E402
 from qwen_vla_ros.recording.bag import (  # noqa: E402
     BagError,
     Rosbag2PyBagWriter,
@@ -31,7 +32,13 @@ from qwen_vla_ros.recording.bag import (  # noqa: E402
 )
 from qwen_vla_ros.recording.protocol import Protocol  # noqa: E402
 from qwen_vla_ros.recording.session import RecorderIdentity, SessionSettings, TrialError, TrialSession  # noqa: E402
-from qwen_vla_ros.recording.topics import check_types, default_topics, parse_topic_spec, subscription_qos  # noqa: E402
+from qwen_vla_ros.recording.topics import (  # noqa: E402
+    TopicTypeMismatchError,
+    check_types,
+    default_topics,
+    parse_topic_spec,
+    subscription_qos,
+)
 from qwen_vla_ros.recording.trial import TrialStore  # noqa: E402
 from qwen_vla_ros.recording.writer import BagRecorder, MessageQueue, QueuedMessage  # noqa: E402
 
@@ -240,12 +247,12 @@ def test_subscription_qos_matches_every_publisher() -> None:
 def test_topic_specs_and_type_checks() -> None:
     assert parse_topic_spec("/x:std_msgs/msg/String") == ("/x", STRING)
     assert parse_topic_spec("/x") == ("/x", "")
-    with pytest.raises(ValueError, match="absolute"):
+    with pytest.raises(InvalidArgumentError, match="absolute"):
         parse_topic_spec("x")
-    with pytest.raises(ValueError, match="pkg/msg/Type"):
+    with pytest.raises(InvalidArgumentError, match="pkg/msg/Type"):
         parse_topic_spec("/x:String")
     assert check_types({"/x": ""}, "/x", [STRING]) == STRING
-    with pytest.raises(ValueError, match="not the configured"):
+    with pytest.raises(TopicTypeMismatchError, match="not the configured"):
         check_types({"/x": "std_msgs/msg/Bool"}, "/x", [STRING])
 
 
@@ -290,7 +297,7 @@ def test_session_refuses_what_the_state_does_not_allow(tmp_path: Path) -> None:
     session = _session(tmp_path)
     with pytest.raises(TrialError, match="no trial"):
         session.stop("success", S)
-    with pytest.raises(ValueError, match="no level 'dark'"):
+    with pytest.raises(InvalidArgumentError, match="no level 'dark'"):
         session.start(S, condition={"lighting": "dark"})
     session.start(S)
     with pytest.raises(TrialError, match="still recording"):
@@ -448,19 +455,19 @@ def test_trials_recover_cli_reports_damaged_trials_and_leaves_them_alone(tmp_pat
 
 
 def test_writer_choice_and_settings_are_checked_up_front(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="must be one of"):
+    with pytest.raises(InvalidArgumentError, match="must be one of"):
         bag_writer_factory("sqlite")
     if rosbag2_py_available():  # a robot computer: auto means the distribution's writer
         assert bag_writer_factory("auto") is bag_writer_factory("rosbag2_py") is Rosbag2PyBagWriter
     else:
-        with pytest.raises(ValueError, match="rosbag2_py is not importable"):
+        with pytest.raises(InvalidArgumentError, match="rosbag2_py is not importable"):
             bag_writer_factory("rosbag2_py")
         writer = bag_writer_factory("auto", fsync=False)(tmp_path / "bag")
         assert writer.name == "rosbags"
         writer.close()
-    with pytest.raises(ValueError, match="queue size"):
+    with pytest.raises(InvalidArgumentError, match="queue size"):
         SessionSettings(queue_bytes=0)
-    with pytest.raises(ValueError, match="flush period"):
+    with pytest.raises(InvalidArgumentError, match="flush period"):
         SessionSettings(flush_period_s=0)
-    with pytest.raises(ValueError, match="trial timeout"):
+    with pytest.raises(InvalidArgumentError, match="trial timeout"):
         SessionSettings(trial_timeout_s=-1)

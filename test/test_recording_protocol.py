@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from qwen_vla_ros.config import ConfigError
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.paths import config_dir
 from qwen_vla_ros.recording.protocol import Protocol, announce, load_protocol, next_trial, parse_condition
 
@@ -87,9 +88,9 @@ def test_explicit_design_checks_its_conditions() -> None:
 def test_check_condition_names_the_problem() -> None:
     protocol = _protocol()
     assert protocol.check_condition({"background": "plain", "lighting": "dim"}) == {"lighting": "dim", "background": "plain"}
-    with pytest.raises(ValueError, match=r"unknown factors \['weather'\]"):
+    with pytest.raises(InvalidArgumentError, match=r"unknown factors \['weather'\]"):
         protocol.check_condition({"lighting": "dim", "background": "plain", "weather": "rain"})
-    with pytest.raises(ValueError, match=r"no level for factors \['background'\]"):
+    with pytest.raises(InvalidArgumentError, match=r"no level for factors \['background'\]"):
         protocol.check_condition({"lighting": "dim"})
 
 
@@ -108,7 +109,7 @@ def test_parse_condition(text: str, expected: dict) -> None:
 
 @pytest.mark.parametrize("text", ["lighting", "lighting=", "[dim]", "{lighting: [a, b]}"])
 def test_parse_condition_rejects_what_is_not_a_mapping(text: str) -> None:
-    with pytest.raises(ValueError, match="condition"):
+    with pytest.raises(InvalidArgumentError, match="condition"):
         parse_condition(text)
 
 

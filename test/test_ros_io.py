@@ -19,6 +19,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
+from qwen_vla_ros.errors import MalformedMessageError  # noqa: E402
 from qwen_vla_ros.nodes.common import EventsSpinner, low_latency_spinner, seconds_to_duration  # noqa: E402
 from qwen_vla_ros.nodes.ros_contract import (  # noqa: E402
     chunk_to_trajectory,
@@ -63,7 +64,7 @@ def _trajectory(rows: list[list[float]], times: list[float]) -> JointTrajectory:
     ],
 )
 def test_structurally_broken_chunks_raise(rows, times, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(MalformedMessageError, match=message):
         trajectory_to_chunk(_trajectory(rows, times), default_dt=0.02)
 
 
@@ -90,9 +91,9 @@ def test_image_with_row_padding_is_cropped_by_step() -> None:
 
 
 def test_bad_images_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match="unsupported image encoding '16UC1'"):
+    with pytest.raises(MalformedMessageError, match="unsupported image encoding '16UC1'"):
         msg_to_image(Image(height=1, width=1, encoding="16UC1", step=2, data=bytes(2)))
-    with pytest.raises(ValueError, match="buffer too small"):
+    with pytest.raises(MalformedMessageError, match="buffer too small"):
         msg_to_image(Image(height=4, width=4, encoding="rgb8", step=12, data=bytes(10)))
     with pytest.raises(ValueError, match="uint8"):
         image_to_msg(np.zeros((4, 4, 3), np.float32), "rgb8", 0)

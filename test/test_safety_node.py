@@ -310,3 +310,21 @@ def test_policy_heartbeat_beats_from_its_own_thread_while_the_node_is_busy(ros_d
     gaps_s = np.diff([start, *during, end]) / 1e9
     # The beats' own stamps (when the heartbeat thread sent them): no gap the watchdog would take for a lost policy.
     assert gaps_s.max() < timeout_s, f"heartbeat gap {gaps_s.max():.3f} s during the busy period ({len(during)} beats)"
+
+
+def test_a_policy_heartbeat_that_fails_while_its_node_lives_is_logged(ros_domain, capfd) -> None:
+    """The beats end either way (and the controller then holds, policy lost); only the shutdown ends
+    them quietly. A publisher that fails while the context is up is a fault, and the log names it."""
+    from qwen_vla_ros.nodes.heartbeat import PolicyHeartbeat
+
+    node = rclpy.create_node("failing_policy", context=ros_domain.context)
+    heartbeat = PolicyHeartbeat(node, ALOHA_YAML["safety"]["policy_timeout_s"])
+    try:
+        node.destroy_publisher(heartbeat.publisher)  # the next beat's publish fails
+        heartbeat.thread.join(timeout=10)
+        assert not heartbeat.thread.is_alive()
+    finally:
+        heartbeat.stop()
+        node.destroy_node()
+    err = capfd.readouterr().err
+    assert "policy heartbeat stopped" in err and "Traceback" in err, err[-2000:]

@@ -58,7 +58,7 @@ def test_expert_actions_stay_within_the_yaml_limits() -> None:
 def test_unreachable_meeting_point_is_refused_with_the_pose() -> None:
     sim = transfer_sim()
     sim.reset(np.random.default_rng(0))
-    with pytest.raises(ValueError, match="out of the arm's reach"):
+    with pytest.raises(scripted.UnreachablePoseError, match="out of the arm's reach"):
         scripted.transfer_trajectory(sim.mujoco, scripted.TransferSettings(meet=(0.0, 0.5, 1.5)))
 
 
@@ -75,3 +75,34 @@ def test_player_cuts_chunks_on_the_trajectory_grid_and_holds_the_end() -> None:
     tail = player.chunk(1_000_000_000 + 180_000_000)  # index 9: the last action, repeated
     np.testing.assert_array_equal(tail.actions[:, 0], [9, 9, 9, 9])
     assert not player.done(1_000_000_000 + 199_000_000) and player.done(1_000_000_000 + 200_000_000)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("not json", "not JSON"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    ('{"command": "home", "duration_s": "2"}', "duration_s must be a positive number"),
+    ('{"command": "home", "duration_s": -1}', "duration_s must be a positive number"),
+    ('{"command": "plan"}', "object_position must be 3 finite numbers, got None"),
+    ('{"command": "plan", "object_position": [0.1, "x", 0.0]}', "object_position must be 3 finite"),
+    ('{"command": "plan", "object_position": [0.1, 0.2]}', "object_position must be 3 finite"),
+])
+def test_expert_commands_that_cannot_be_used_are_malformed_messages(text: str, words: str) -> None:
+    """The expert node refuses exactly these (and reports them on its status); anything else it raises is a bug."""
+    from qwen_vla_ros.errors import MalformedMessageError
+    from qwen_vla_ros.nodes.expert_node import command_duration_s, command_object_position, parse_command
+
+    with pytest.raises(MalformedMessageError, match=words):
+        command = parse_command(text)
+        if command.get("command") == "home":
+            command_duration_s(command)
+        else:
+            command_object_position(command)
+
+
+def test_expert_command_fields_are_read_as_sent() -> None:
+    from qwen_vla_ros.nodes.expert_node import command_duration_s, command_object_position, parse_command
+
+    assert command_duration_s(parse_command('{"command": "home"}')) == 2.0
+    assert command_duration_s(parse_command('{"command": "home", "duration_s": 3}')) == 3.0
+    position = command_object_position(parse_command('{"command": "plan", "object_position": [0.1, -0.2, 0.02]}'))
+    np.testing.assert_array_equal(position, [0.1, -0.2, 0.02])

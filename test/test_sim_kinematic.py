@@ -16,6 +16,7 @@ from qwen_vla_ros.embodiments.gripper import (
     normalized_to_finger,
     normalized_to_joint,
 )
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.sim.commands import (
     ArmCommand,
     decode_forward_command,
@@ -143,7 +144,7 @@ def test_base_stops_after_the_cmd_vel_timeout() -> None:
     assert base.state().linear == pytest.approx(0.5), "still inside the 300 ms timeout"
     _drive(base, 1.0, None, start_s=now)
     assert base.state().linear == 0.0
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(MalformedMessageError, match="finite"):
         base.command(float("nan"), 0.0, 0.0)
 
 
@@ -151,20 +152,20 @@ def test_forward_command_needs_the_joints_and_the_gripper() -> None:
     command = decode_forward_command([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.2], ARM)
     assert command.joints == dict(zip(ARM.joint_names, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]))
     assert command.gripper_angle == 1.2
-    with pytest.raises(ValueError, match="needs 7 values"):
+    with pytest.raises(MalformedMessageError, match="needs 7 values"):
         decode_forward_command([0.0] * 6, ARM)
-    with pytest.raises(ValueError, match="non-finite values at indices \\[2\\]"):
+    with pytest.raises(MalformedMessageError, match="non-finite values at indices \\[2\\]"):
         decode_forward_command([0.0, 0.0, float("nan"), 0.0, 0.0, 0.0, 1.0], ARM)
 
 
 def test_joint_trajectory_takes_one_point_with_driver_names() -> None:
     command = decode_joint_trajectory(["elbow", "gripper"], [[0.3, 0.9]], ARM)
     assert command == ArmCommand({"elbow": 0.3}, 0.9)
-    with pytest.raises(ValueError, match="exactly one point"):
+    with pytest.raises(MalformedMessageError, match="exactly one point"):
         decode_joint_trajectory(["elbow"], [[0.1], [0.2]], ARM)
-    with pytest.raises(ValueError, match="'left/elbow'"):
+    with pytest.raises(MalformedMessageError, match="'left/elbow'"):
         decode_joint_trajectory(["left/elbow"], [[0.1]], ARM)
-    with pytest.raises(ValueError, match="1 joint names but 2 positions"):
+    with pytest.raises(MalformedMessageError, match="1 joint names but 2 positions"):
         decode_joint_trajectory(["elbow"], [[0.1, 0.2]], ARM)
 
 
@@ -172,9 +173,9 @@ def test_interbotix_group_and_single_commands() -> None:
     assert decode_joint_group("arm", [0.0] * 6, ARM, "arm").joints == dict.fromkeys(ARM.joint_names, 0.0)
     assert decode_joint_single("gripper", 1.1, ARM, "gripper") == ArmCommand(gripper_angle=1.1)
     assert decode_joint_single("waist", 0.4, ARM, "gripper") == ArmCommand({"waist": 0.4})
-    with pytest.raises(ValueError, match="unknown group 'arms'"):
+    with pytest.raises(MalformedMessageError, match="unknown group 'arms'"):
         decode_joint_group("arms", [0.0] * 6, ARM, "arm")
-    with pytest.raises(ValueError, match="unknown joint 'thumb'"):
+    with pytest.raises(MalformedMessageError, match="unknown joint 'thumb'"):
         decode_joint_single("thumb", 0.0, ARM, "gripper")
 
 

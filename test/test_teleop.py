@@ -25,6 +25,7 @@ from qwen_vla_ros.config.teleop import AxisButton
 from qwen_vla_ros.control import Controller
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.teleop.arbitration import Arbiter
 from qwen_vla_ros.teleop.mapping import apply_deadzone, parse_joy
 
@@ -93,12 +94,18 @@ def test_button_events_fire_once_per_press_and_again_after_the_joystick_expired(
 
 def test_joy_that_does_not_fit_the_mapping_is_refused_and_counted() -> None:
     controller, robot, now = started("widowx")
-    with pytest.raises(ValueError, match="Joy has 6 buttons but teleop.buttons uses index 10"):
+    with pytest.raises(MalformedMessageError, match="Joy has 6 buttons but teleop.buttons uses index 10"):
         controller.update_joy([0.0] * AXES, [1] * 6, now)
-    with pytest.raises(ValueError, match="uses axis 7"):
+    with pytest.raises(MalformedMessageError, match="uses axis 7"):
         controller.update_joy([0.0] * 5, [0] * BUTTONS, now)
-    with pytest.raises(ValueError, match="not finite"):
+    with pytest.raises(MalformedMessageError, match="not finite"):
         controller.update_joy([float("nan")] * AXES, [0] * BUTTONS, now)
+    assert controller.status(now)["joy_rejected"] == 3
+    # Axes that are not numbers cannot come from a Joy message (rclpy types it): a caller's bug, whose
+    # ValueError propagates as it is and is not counted as a rejected Joy.
+    with pytest.raises(ValueError, match="could not convert") as raised:
+        controller.update_joy(["x"] * AXES, [0] * BUTTONS, now)  # type: ignore[list-item]
+    assert not isinstance(raised.value, MalformedMessageError)
     assert controller.status(now)["joy_rejected"] == 3
     assert controller.arbiter.mode == "policy"
 

@@ -89,7 +89,7 @@ def urdf_limit_problems(config: EmbodimentConfig) -> list[str]:
     try:
         joints = urdf_joints(path)
     except Exception as exc:  # noqa: BLE001 - xacro evaluates Python expressions: any error can surface
-        return [f"robot.urdf: cannot expand {path}: {exc}"]
+        return [f"robot.urdf: cannot expand {path}: {type(exc).__name__}: {exc}"]
     problems = []
     for arm_index, arm in enumerate(config.arms):
         limited = [(f"arms[{arm_index}].joints[{i}]", j.name, j.limits) for i, j in enumerate(arm.joints)]

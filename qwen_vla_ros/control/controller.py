@@ -46,12 +46,14 @@ import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
+from qwen_vla_ros.config.loader import ConfigError
 from qwen_vla_ros.config.runtime import RuntimeConfig
 from qwen_vla_ros.control.feedback import ChunkContext, Feedback
 from qwen_vla_ros.control.layout import CommandLayout
 from qwen_vla_ros.control.liveness import LivenessEvent, PolicyLiveness
 from qwen_vla_ros.control.policy import REJECTION_REASONS, ChunkOutcome, PolicySource, PreparedChunk, Rejection
 from qwen_vla_ros.control.safety import SafetyCounts, SafetyFilter
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.teleop.arbitration import Arbiter, ArbitrationMode, Transition
 from qwen_vla_ros.teleop.jog import TeleopSource
 from qwen_vla_ros.teleop.mapping import parse_joy
@@ -99,7 +101,7 @@ class Controller:
         self.period_s = config.control.period_s
         self.period_ns = round(self.period_s * NS_PER_S)
         if self.period_ns <= 0:
-            raise ValueError(f"control.rate_hz = {config.control.rate_hz:g} gives a period of {self.period_ns} ns")
+            raise ConfigError(config.name, [f"control.rate_hz: {config.control.rate_hz:g} gives a period of {self.period_ns} ns"])
         self.feedback = Feedback(self.layout, config.safety)
         self.policy = PolicySource(config, self.layout, runtime.blending)
         self.teleop = TeleopSource(config, self.layout)
@@ -124,10 +126,10 @@ class Controller:
 
     # -- feedback -----------------------------------------------------------------------
     def update_joint_state(self, arm: str, names: Sequence[str], positions: Sequence[float], stamp_ns: int, now_ns: int) -> None:
-        """Raises KeyError/ValueError (and counts it) for a message that cannot be used."""
+        """Raises MalformedMessageError (and counts it) for a message that cannot be used."""
         try:
             self.feedback.update_joint_state(arm, names, positions, stamp_ns, now_ns)
-        except (KeyError, ValueError):
+        except MalformedMessageError:
             self.bad_feedback += 1
             raise
 
@@ -136,7 +138,7 @@ class Controller:
         linear, angular = twist
         try:
             self.feedback.update_odometry(x, y, yaw, linear, angular, stamp_ns=stamp_ns, now_ns=now_ns)
-        except ValueError:
+        except MalformedMessageError:
             self.bad_feedback += 1
             raise
 
@@ -229,12 +231,12 @@ class Controller:
     def update_joy(self, axes: Sequence[float], buttons: Sequence[int], now_ns: int) -> JoyOutcome:
         """A Joy message: mode changes apply at once, e-stop and jog buttons act here; trial events are the caller's.
 
-        Raises ValueError (and counts it) for a message that does not fit the teleop mapping;
-        it is ignored, so a joystick sending only such messages expires like a silent one.
+        Raises MalformedMessageError (and counts it) for a message that does not fit the teleop
+        mapping; it is ignored, so a joystick sending only such messages expires like a silent one.
         """
         try:
             joy = parse_joy(axes, buttons, self.config.teleop, now_ns)
-        except ValueError:
+        except MalformedMessageError:
             self.joy_rejected += 1
             raise
         events, transitions = self.arbiter.on_joy(joy)
@@ -251,10 +253,10 @@ class Controller:
         return JoyOutcome(events, transitions)
 
     def update_leader(self, arm: str, names: Sequence[str], positions: Sequence[float], now_ns: int) -> None:
-        """A leader arm's joint state (ALOHA); KeyError/ValueError (counted) when it cannot be used."""
+        """A leader arm's joint state (ALOHA); MalformedMessageError (counted) when it cannot be used."""
         try:
             self.teleop.leaders.update(arm, names, positions, now_ns)
-        except (KeyError, ValueError):
+        except MalformedMessageError:
             self.bad_feedback += 1
             raise
 

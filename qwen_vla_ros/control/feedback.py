@@ -19,6 +19,7 @@ from qwen_vla_ros.config.embodiment import Safety
 from qwen_vla_ros.control.layout import ArmLayout, CommandLayout
 from qwen_vla_ros.embodiments.base import wrap_angle
 from qwen_vla_ros.embodiments.gripper import measured_normalized
+from qwen_vla_ros.errors import MalformedMessageError
 
 HISTORY_LENGTH = 256  # ~2.5 s of 100 Hz joint states: longer than any sane inference latency
 
@@ -80,22 +81,23 @@ class Feedback:
         self._yaw = 0.0
 
     def update_joint_state(self, arm: str, names: Sequence[str], positions: Sequence[float], stamp_ns: int, now_ns: int) -> None:
-        """Raises KeyError naming an unknown arm or missing joints, ValueError for non-finite values."""
+        """MalformedMessageError names missing joints or non-finite values; KeyError an arm the
+        controller has no subscription for (a programming error)."""
         layout = self._arm(arm)
         values: Mapping[str, float] = dict(zip(names, positions, strict=False))
         missing = [name for name in layout.arm.joint_names if name not in values]
         if missing:
-            raise KeyError(f"joint state for arm {arm!r} lacks joints {missing}")
+            raise MalformedMessageError(f"joint state for arm {arm!r} lacks joints {missing}")
         joints = np.array([values[name] for name in layout.arm.joint_names], dtype=float)
         gripper = measured_normalized(values, layout.gripper) if layout.gripper is not None else None
         if not np.all(np.isfinite(joints)) or (gripper is not None and not np.isfinite(gripper)):
-            raise ValueError(f"joint state for arm {arm!r} has non-finite positions")
+            raise MalformedMessageError(f"joint state for arm {arm!r} has non-finite positions")
         self.arms[arm].add(ArmSample(stamp_ns, joints, gripper), now_ns)
 
     def update_odometry(self, x: float, y: float, yaw: float, linear: float, angular: float, stamp_ns: int, now_ns: int) -> None:
         values = np.array([x, y, yaw, linear, angular], dtype=float)
         if not np.all(np.isfinite(values)):
-            raise ValueError("odometry has non-finite values")
+            raise MalformedMessageError("odometry has non-finite values")
         self._yaw = yaw if self._raw_yaw is None else self._yaw + wrap_angle(yaw - self._raw_yaw)
         self._raw_yaw = yaw
         self.odometry.add(OdometrySample(stamp_ns, np.array([x, y, self._yaw]), values[3:]), now_ns)

@@ -15,6 +15,7 @@ import numpy as np
 from qwen_vla_ros.config.base import Limits
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.config.hardware import Arm, Base, Gripper
+from qwen_vla_ros.config.loader import ConfigError
 from qwen_vla_ros.embodiments.gripper import normalized_limits, normalized_to_joint
 
 WAYPOINT_COMMAND_CHANNELS = ("base_linear", "base_angular")
@@ -80,7 +81,8 @@ class CommandLayout:
 
         def add(name: str, limits: list[Limits], is_velocity: bool = False) -> int:
             if name in names:
-                raise ValueError(f"command channel {name!r} appears twice; give the arms distinct urdf_prefix values")
+                raise ConfigError(config.name, [
+                    f"arms: command channel {name!r} appears twice; give the arms distinct urdf_prefix values"])
             names.append(name)
             bounds.append(_tightest(limits))
             velocity_channel.append(is_velocity)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ import numpy as np
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.control.controller import Controller, ControlOutput
 from qwen_vla_ros.control.pacing import Deadlines
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.log import Logger
 from qwen_vla_ros.teleop.arbitration import Transition
 
@@ -133,7 +135,7 @@ class ControlLoop(Generic[Message]):
         set_priority: Callable[[int], None] = set_fifo_priority,
         alive: Callable[[], bool] = lambda: True,
     ) -> None:
-        """``decode`` turns a received message into a chunk (ValueError: malformed);
+        """``decode`` turns a received message into a chunk (MalformedMessageError: malformed);
         ``publish`` sends a period's output; ``alive`` is False once the process shuts down."""
         self.core = core
         self.lock = threading.Lock()
@@ -192,8 +194,9 @@ class ControlLoop(Generic[Message]):
             started_ns = self.clock.monotonic_ns()
             try:
                 self._prepare(message)
-            except Exception as exc:  # noqa: BLE001 - one bad chunk must not stop the chunks after it
-                self._log_once("error", "chunk", f"chunk handling failed: {exc!r}")
+            except Exception:  # noqa: BLE001 - one failure must not stop the chunks after it (malformed ones are
+                # rejected in _prepare): this is a fault, so its traceback goes to the log
+                self._log_once("error", "chunk", f"chunk handling failed:\n{traceback.format_exc()}")
             rest_ns = self.core.period_ns - (self.clock.monotonic_ns() - started_ns)
             if rest_ns > 0:
                 self._stopping.wait(rest_ns / NS_PER_S)  # at most one chunk a period
@@ -202,7 +205,7 @@ class ControlLoop(Generic[Message]):
         now = self.clock.now_ns()
         try:
             chunk = self.decode(message)
-        except ValueError as exc:
+        except MalformedMessageError as exc:
             with self.lock:
                 outcome = self.core.reject_malformed(str(exc))
         else:
@@ -254,11 +257,11 @@ class ControlLoop(Generic[Message]):
             self.wakeup.clear()  # a takeover this period serves is not served twice
             try:
                 self.run_period(scheduled=not woken)
-            except Exception as exc:  # noqa: BLE001 - a dead loop would leave the robot on its last command
+            except Exception:  # noqa: BLE001 - a dead loop would leave the robot on its last command
                 if not self.alive():
                     break  # the context shut down mid-period (Ctrl-C, SIGTERM): that is the stop, not a fault
                 self.failed_periods += 1
-                self._log_once("error", "period", f"control period failed: {exc!r}")
+                self._log_once("error", "period", f"control period failed:\n{traceback.format_exc()}")
 
     def _raise_priority(self) -> None:
         priority = self.core.config.control.realtime_priority

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from qwen_vla_ros.config.base import Limits
 from qwen_vla_ros.config.hardware import Gripper
+from qwen_vla_ros.errors import MalformedMessageError
 
 
 def lerp(close: float, open_: float, normalized: float) -> float:
@@ -43,10 +44,10 @@ def state_joint_name(gripper: Gripper) -> str:
 
 
 def measured_normalized(positions: Mapping[str, float], gripper: Gripper) -> float:
-    """Opening from a joint-state message (name -> position); KeyError names a missing joint."""
+    """Opening from a joint-state message (name -> position); MalformedMessageError names a missing joint."""
     name = state_joint_name(gripper)
     if name not in positions:
-        raise KeyError(f"joint state has no {name!r} (gripper state_from={gripper.state_from!r})")
+        raise MalformedMessageError(f"joint state has no {name!r} (gripper state_from={gripper.state_from!r})")
     value = positions[name]
     return finger_to_normalized(value, gripper) if gripper.state_from == "finger" else joint_to_normalized(value, gripper)
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
+from qwen_vla_ros.errors import MalformedMessageError
 
 KEEP_S = 2.0  # history kept behind the newest message: longer than any observation age we accept
 
@@ -35,20 +36,20 @@ class CommittedHistory:
         self._lock = threading.Lock()
 
     def add(self, stamp_ns: int, names: Sequence[str], offsets_s: Sequence[float], positions: Sequence[Sequence[float]]) -> None:
-        """Merge one committed message. ValueError says why a message cannot be used."""
+        """Merge one committed message. MalformedMessageError says why a message cannot be used."""
         if tuple(names) != self.names:
-            raise ValueError(f"committed joint_names {list(names)} are not the action channels {list(self.names)}")
+            raise MalformedMessageError(f"committed joint_names {list(names)} are not the action channels {list(self.names)}")
         rows = np.asarray(positions, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] != len(self.names):
-            raise ValueError(f"committed positions must be (points, {len(self.names)}), got shape {rows.shape}")
+            raise MalformedMessageError(f"committed positions must be (points, {len(self.names)}), got shape {rows.shape}")
         if not np.all(np.isfinite(rows)):
-            raise ValueError("committed positions are not finite")
+            raise MalformedMessageError("committed positions are not finite")
         offsets = np.round(np.asarray(offsets_s, dtype=np.float64) * NS_PER_S).astype(np.int64)
         if offsets.shape != (rows.shape[0],) or offsets[0] <= 0 or np.any(np.diff(offsets) <= 0):
-            raise ValueError("committed time_from_start must be positive and increasing, one per point")
+            raise MalformedMessageError("committed time_from_start must be positive and increasing, one per point")
         with self._lock:
             if self._newest_stamp_ns is not None and stamp_ns < self._newest_stamp_ns:
-                raise ValueError("committed message is older than one already merged; it was superseded")
+                raise MalformedMessageError("committed message is older than one already merged; it was superseded")
             self._newest_stamp_ns = stamp_ns
             keep = (self._times <= stamp_ns) & (self._times >= stamp_ns - self.keep_ns)
             self._times = np.concatenate([self._times[keep], stamp_ns + offsets])

@@ -24,6 +24,7 @@ import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import EmbodimentConfig, RuntimeConfig
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.imaging import map_frames
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.scheduler import POLICY, Decision, InferenceScheduler
@@ -187,7 +188,7 @@ class PolicyRunner:
         try:
             cameras = list(observation.frames)
             images = dict(zip(cameras, map_frames(self.decode, cameras, observation.frames.values()), strict=True))
-        except ValueError as exc:
+        except MalformedMessageError as exc:
             return self._skipped(Skip(SkipReason.BAD_IMAGE, "image", str(exc)), now_ns)
         committed, delay_steps = self._committed(observation, now_ns) if decision == "infer" else (None, 0)
         self.scheduler.started(now_ns, decision)

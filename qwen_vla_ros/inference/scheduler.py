@@ -14,6 +14,7 @@ from typing import Literal
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config.runtime import InferenceSchedule
+from qwen_vla_ros.errors import MalformedMessageError
 
 POLICY, TELEOP, HOLD = "policy", "teleop", "hold"
 MODES = (POLICY, TELEOP, HOLD)
@@ -37,7 +38,7 @@ class InferenceScheduler:
     def set_mode(self, mode: str) -> bool:
         """Switch mode; True when it changed. Entering ``policy`` asks for a chunk at once."""
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
+            raise MalformedMessageError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
         with self._lock:
             if mode == self._mode:
                 return False

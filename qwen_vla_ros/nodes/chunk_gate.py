@@ -32,6 +32,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from trajectory_msgs.msg import JointTrajectory
 
 from qwen_vla_ros.contract import ACTION_CHUNK
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.gate import FrameKind, GateProcess, NewestChunk, encode_frame
 from qwen_vla_ros.nodes.common import keep_large_buffers
 from qwen_vla_ros.nodes.ros_contract import SUBSCRIPTION_QOS, decode_chunk_message
@@ -97,7 +98,7 @@ def _hand_over(connection: Connection, outbox: NewestChunk, default_dt: float, c
                 try:
                     frame = encode_frame(FrameKind.CHUNK, outbox.snapshot(),
                                          chunk=decode_chunk_message(item, default_dt))
-                except ValueError as exc:
+                except MalformedMessageError as exc:
                     kind, detail, _ = outbox.malformed(str(exc))
                     frame = encode_frame(kind, outbox.snapshot(), detail=detail)
             else:

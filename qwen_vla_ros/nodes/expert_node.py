@@ -24,11 +24,43 @@ from std_msgs.msg import String
 
 from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.contract import ACTION_CHUNK, EXPERT_COMMAND, EXPERT_STATUS
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.nodes.common import declare_configs, run_node
 from qwen_vla_ros.nodes.heartbeat import PolicyHeartbeat
 from qwen_vla_ros.nodes.ros_contract import chunk_to_trajectory, create_publisher, create_subscription
 from qwen_vla_ros.sim.playback import TrajectoryPlayer
-from qwen_vla_ros.sim.scripted import ArmFrames, Trajectory, home_trajectory, plan_transfer
+from qwen_vla_ros.sim.scripted import ArmFrames, Trajectory, UnreachablePoseError, home_trajectory, plan_transfer
+
+
+def parse_command(text: str) -> dict[str, Any]:
+    """The JSON object of an expert command; MalformedMessageError for anything else."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedMessageError(f"not JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise MalformedMessageError(f"expected a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+def command_duration_s(command: dict[str, Any], default_s: float = 2.0) -> float:
+    """``duration_s`` of a ``home`` command: a positive finite number of seconds."""
+    value = command.get("duration_s", default_s)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise MalformedMessageError(f"duration_s must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def command_object_position(command: dict[str, Any]) -> np.ndarray:
+    """``object_position`` of a ``plan``/``play`` command: 3 finite numbers (metres, world frame)."""
+    value = command.get("object_position")
+    if not isinstance(value, list) or len(value) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise MalformedMessageError(f"object_position must be 3 finite numbers, got {value!r}")
+    position = np.asarray(value, dtype=float)
+    if not np.all(np.isfinite(position)):
+        raise MalformedMessageError(f"object_position must be 3 finite numbers, got {value!r}")
+    return position
 
 
 class ExpertNode(Node):
@@ -72,12 +104,9 @@ class ExpertNode(Node):
     def _on_command(self, message: String) -> None:
         command: dict[str, Any] = {}
         try:
-            parsed = json.loads(message.data)
-            if not isinstance(parsed, dict):
-                raise TypeError(f"expected a JSON object, got {type(parsed).__name__}")
-            command = parsed
+            command = parse_command(message.data)
             trajectory = self._plan(command)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (MalformedMessageError, UnreachablePoseError) as exc:
             self.get_logger().error(f"{EXPERT_COMMAND.name}: refused {message.data!r}: {exc}")
             self._report(command, "error", str(exc))
             return
@@ -94,19 +123,15 @@ class ExpertNode(Node):
     def _plan(self, command: dict[str, Any]) -> Trajectory:
         kind = command.get("command")
         if kind == "home":
-            return home_trajectory(self.config, self.period_s, self.last_action, self.frames,
-                                   float(command.get("duration_s", 2.0)))
+            return home_trajectory(self.config, self.period_s, self.last_action, self.frames, command_duration_s(command))
         if kind == "play" and "object_position" not in command:
             if self.planned is None:
-                raise ValueError("'play' without object_position needs a 'plan' first")
+                raise MalformedMessageError("'play' without object_position needs a 'plan' first")
             planned, self.planned = self.planned, None
             return planned
         if kind in ("plan", "play"):
-            position = np.asarray(command["object_position"], dtype=float)
-            if position.shape != (3,) or not np.all(np.isfinite(position)):
-                raise ValueError(f"object_position must be 3 finite numbers, got {command['object_position']!r}")
-            return plan_transfer(self.config, self.period_s, position, self.frames)
-        raise ValueError(f"unknown command {kind!r}; use 'home', 'plan' or 'play'")
+            return plan_transfer(self.config, self.period_s, command_object_position(command), self.frames)
+        raise MalformedMessageError(f"unknown command {kind!r}; use 'home', 'plan' or 'play'")
 
     def _tick(self) -> None:
         with self.lock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import traceback
 
 from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
@@ -95,7 +96,9 @@ class PolicyHeartbeat:
             message.stamp = ns_to_time(self.node.get_clock().now().nanoseconds)
             try:
                 self.publisher.publish(message)
-            except Exception:  # noqa: BLE001 - the context is shutting down: no more beats is the right outcome
+            except Exception:  # noqa: BLE001 - whatever stops the beats, the controller holds the robot (policy lost)
+                if self.node.context.ok():  # not the shutdown, where no more beats is the right outcome: a fault
+                    self.node.get_logger().error(f"policy heartbeat stopped:\n{traceback.format_exc()}")
                 return
 
     def stop(self) -> None:

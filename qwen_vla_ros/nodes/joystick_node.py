@@ -22,6 +22,7 @@ from sensor_msgs.msg import Joy
 
 from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.contract import JOY_QOS, JOYSTICK_OUTPUT
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.nodes.common import run_node
 from qwen_vla_ros.nodes.ros_contract import PUBLISHER_QOS
 from qwen_vla_ros.teleop.joystick import Device, JoyState, JoystickReader, open_joystick
@@ -47,7 +48,7 @@ class JoystickNode(Node):
                 autorepeat_rate=float(self.declare_parameter("autorepeat_rate", 20.0).value),
                 retry_period_s=float(self.declare_parameter("retry_period_s", 1.0).value),
             )
-        except ValueError as exc:
+        except InvalidArgumentError as exc:
             raise ConfigError("joystick_node parameters", [str(exc)]) from exc
         self._stop = threading.Event()
         # SIGINT/SIGTERM shut the context down before run_node closes the node: stop the reader

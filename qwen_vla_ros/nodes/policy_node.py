@@ -29,6 +29,7 @@ from trajectory_msgs.msg import JointTrajectory
 from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.config import ConfigError, RuntimeConfig
 from qwen_vla_ros.contract import ACTION_CHUNK, COMMITTED, DIAGNOSTICS, INSTRUCTION, MODE, NodeRole, role_view
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.inference.runner import PolicyRunner
 from qwen_vla_ros.inference.scheduler import POLICY
 from qwen_vla_ros.log import KeyedThrottle
@@ -160,14 +161,14 @@ class PolicyNode(Node):
     def _on_committed(self, msg: JointTrajectory) -> None:
         try:
             self.runner.committed.add(*trajectory_to_committed(msg))
-        except ValueError as exc:
+        except MalformedMessageError as exc:
             self.committed_rejected += 1
             self.get_logger().warning(f"{COMMITTED.name} ignored: {exc}", throttle_duration_sec=5.0)
 
     def _on_mode(self, msg: String) -> None:
         try:
             self.runner.set_mode(msg.data)
-        except ValueError as exc:
+        except MalformedMessageError as exc:
             self.get_logger().error(f"{MODE.name}: {exc}; keeping mode {self.runner.scheduler.mode!r}")
         self._wake.set()
 

@@ -30,6 +30,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.contract import QosKind, Service, Topic
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.nodes.common import duration_to_seconds, ns_to_time, seconds_to_duration, time_to_ns
 
 BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "mono8": 1}
@@ -139,24 +140,24 @@ def chunk_to_trajectory(chunk: ActionChunk, frame_id: str = "") -> JointTrajecto
 def trajectory_to_chunk(msg: JointTrajectory, default_dt: float) -> ActionChunk:
     """Structural decoding only; the control core judges values, dt and timing.
 
-    Raises ValueError when the message cannot be a chunk at all: no points, rows of
+    Raises MalformedMessageError when the message cannot be a chunk at all: no points, rows of
     different lengths, or points that are not evenly spaced in time. A single-point chunk
     takes ``default_dt`` since its spacing cannot be read from it.
     """
     if not msg.points:
-        raise ValueError("chunk has no points")
+        raise MalformedMessageError("chunk has no points")
     widths = {len(p.positions) for p in msg.points}
     if len(widths) != 1:
-        raise ValueError(f"chunk points have different lengths {sorted(widths)}")
+        raise MalformedMessageError(f"chunk points have different lengths {sorted(widths)}")
     actions = np.array([p.positions for p in msg.points], dtype=np.float64).reshape(len(msg.points), widths.pop())
     times = np.array([duration_to_seconds(p.time_from_start) for p in msg.points])
     if len(times) > 1:
         steps = np.diff(times)
         dt = float(steps[0])
         if not np.allclose(steps, dt, atol=1e-6):
-            raise ValueError(f"chunk points are not evenly spaced in time (steps {steps.min():g}..{steps.max():g} s)")
+            raise MalformedMessageError(f"chunk points are not evenly spaced in time (steps {steps.min():g}..{steps.max():g} s)")
         if abs(times[0]) > 1e-6:
-            raise ValueError(f"first point must be at time_from_start 0, got {times[0]:g} s")
+            raise MalformedMessageError(f"first point must be at time_from_start 0, got {times[0]:g} s")
     else:
         dt = default_dt
     return ActionChunk(actions, tuple(msg.joint_names), dt, time_to_ns(msg.header.stamp))
@@ -175,11 +176,11 @@ def chunk_message_limit(channel_names: Sequence[str], max_actions: int) -> int:
 
 
 def decode_chunk_message(data: bytes, default_dt: float) -> ActionChunk:
-    """A serialized ``JointTrajectory`` -> chunk; ValueError when it is not one."""
+    """A serialized ``JointTrajectory`` -> chunk; MalformedMessageError when it is not one."""
     try:
         message = deserialize_message(data, JointTrajectory)
-    except Exception as exc:  # rclpy raises its RMWError, not a ValueError, for bytes that are not CDR
-        raise ValueError(f"not a serialized JointTrajectory ({len(data)} bytes): {exc}") from exc
+    except RuntimeError as exc:  # rclpy's RMWError (a RuntimeError) for bytes that are not CDR
+        raise MalformedMessageError(f"not a serialized JointTrajectory ({len(data)} bytes): {exc}") from exc
     return trajectory_to_chunk(message, default_dt)
 
 
@@ -230,11 +231,11 @@ def image_to_msg(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str 
 def msg_to_image(msg: Image) -> np.ndarray:
     """A read-only HxWxC (or HxW for mono8) view on the message buffer, honouring ``step``."""
     if msg.encoding not in BYTES_PER_PIXEL:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r}; expected one of {sorted(BYTES_PER_PIXEL)}")
+        raise MalformedMessageError(f"unsupported image encoding {msg.encoding!r}; expected one of {sorted(BYTES_PER_PIXEL)}")
     channels = BYTES_PER_PIXEL[msg.encoding]
     row_bytes = msg.width * channels
     if msg.step < row_bytes or len(msg.data) < msg.step * msg.height:
-        raise ValueError(
+        raise MalformedMessageError(
             f"image buffer too small: {len(msg.data)} bytes for {msg.height} rows of step {msg.step} "
             f"({msg.width}x{msg.height} {msg.encoding})"
         )

@@ -9,6 +9,7 @@ Topics are subscribed once a publisher appears, with QoS matched to the publishe
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,14 @@ from std_srvs.srv import Trigger
 
 from qwen_vla_ros.config import EMBODIMENTS, ConfigError, EmbodimentConfig, RuntimeConfig
 from qwen_vla_ros.contract import INSTRUCTION, MODE, NEXT_CONDITION, SIM_SUCCESS, TRIAL_SERVICES
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint
 from qwen_vla_ros.nodes.common import declare_configs, run_node, string_list_parameter
 from qwen_vla_ros.nodes.ros_contract import create_publisher, create_service, message_class
 from qwen_vla_ros.recording.bag import bag_writer_factory
 from qwen_vla_ros.recording.protocol import load_protocol, parse_condition
 from qwen_vla_ros.recording.session import RecorderIdentity, SessionSettings, TrialError, TrialSession
-from qwen_vla_ros.recording.topics import check_types, recorded_topics, subscription_qos
+from qwen_vla_ros.recording.topics import TopicTypeMismatchError, check_types, recorded_topics, subscription_qos
 from qwen_vla_ros.recording.trial import Outcome, TrialRecord, TrialStore
 
 OUTCOMES: dict[str, Outcome | None] = {  # by trial service: None starts a trial
@@ -65,7 +67,7 @@ class TrialRecorderNode(Node):
                 embodiment, string_list_parameter(self, "topics"), string_list_parameter(self, "exclude_topics")
             )
             store = TrialStore(output_dir)
-        except (ValueError, OSError) as exc:
+        except (InvalidArgumentError, OSError) as exc:
             raise ConfigError("trial_recorder parameters", [str(exc)]) from exc
         self.session = TrialSession(store, self._identity(embodiment, runtime), protocol, open_writer, settings,
                                     expected_topics=self._wanted)
@@ -92,7 +94,7 @@ class TrialRecorderNode(Node):
         )
         try:
             self._announce(self._condition_override())
-        except ValueError as exc:
+        except InvalidArgumentError as exc:
             raise ConfigError("parameter condition", [str(exc)]) from exc
         self._tick()
 
@@ -136,7 +138,7 @@ class TrialRecorderNode(Node):
             if parameter.name == "condition":
                 try:
                     override = self._condition_override(str(parameter.value))
-                except (ValueError, KeyError) as exc:
+                except InvalidArgumentError as exc:
                     return SetParametersResult(successful=False, reason=f"condition rejected: {exc}")
                 self._announce(override)
         return SetParametersResult(successful=True)
@@ -152,7 +154,7 @@ class TrialRecorderNode(Node):
                 else:
                     record = self.session.stop(outcome, self._now())
                     response.message = self._summary(record)
-            except (TrialError, ValueError, KeyError) as exc:
+            except (TrialError, InvalidArgumentError) as exc:
                 response.success, response.message = False, str(exc)
                 self.get_logger().warning(response.message)
                 return response
@@ -198,7 +200,7 @@ class TrialRecorderNode(Node):
             try:
                 msgtype = check_types(self._wanted, topic, advertised[topic])
                 message_type = message_class(msgtype)
-            except (ValueError, ImportError) as exc:
+            except (TopicTypeMismatchError, ImportError) as exc:  # ImportError: a type not installed here
                 self._unrecordable.add(topic)
                 self.get_logger().error(f"not recording {topic}: {exc}")
                 continue
@@ -232,8 +234,11 @@ class TrialRecorderNode(Node):
             if decode is not None:
                 try:
                     decode(data, now)
-                except Exception as exc:  # a malformed message must not stop the recording
-                    self.get_logger().error(f"cannot decode {topic}: {exc}", throttle_duration_sec=5.0)
+                except Exception:  # noqa: BLE001 - the message is already queued for the bag; whatever its
+                    # decoding for the session's bookkeeping raises (rclpy's RMWError for bytes that are not
+                    # CDR, or a bug) must not end the recording and lose the trial: logged with its traceback
+                    self.get_logger().error(f"cannot decode {topic}:\n{traceback.format_exc()}",
+                                            throttle_duration_sec=5.0)
 
         return receive
 

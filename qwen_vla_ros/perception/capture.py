@@ -104,7 +104,8 @@ class CameraCapture:
                 self._disconnect(source, str(exc))
                 source = None
                 continue
-            except Exception as exc:  # noqa: BLE001 - a camera thread must outlive any one bad frame
+            except Exception as exc:  # noqa: BLE001 - a camera thread must outlive any one bad frame (driver and
+                # opencv errors come in their own types); the reason, with its type, is logged and counted
                 self._disconnect(source, f"{type(exc).__name__}: {exc}")
                 source = None
                 continue
@@ -131,11 +132,12 @@ class CameraCapture:
         try:
             source = self.open_source(self.camera)
             source.open()
-        except Exception as exc:  # noqa: BLE001 - SourceError, or a driver error of any kind
+        except Exception as exc:  # noqa: BLE001 - SourceError, or a driver error in its own type (pyrealsense2,
+            # opencv): the camera thread retries whatever it is, and a foreign error is named with its type
             self.counts.connect_failures += 1
-            self.counts.last_error = str(exc)
+            self.counts.last_error = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
             delay = self.backoff.next()
-            self.log.warning(f"{self.label}: cannot open: {exc}; retrying in {delay:g} s")
+            self.log.warning(f"{self.label}: cannot open: {self.counts.last_error}; retrying in {delay:g} s")
             stop.wait(delay)
             return None
         self.backoff.reset()
@@ -151,5 +153,5 @@ class CameraCapture:
         self.log.warning(f"{self.label}: lost ({reason}); reconnecting")
         try:
             source.close()
-        except Exception as exc:  # noqa: BLE001 - closing a dead device may fail too
-            self.log.warning(f"{self.label}: close failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - closing a dead device may fail too, in the driver's own type
+            self.log.warning(f"{self.label}: close failed: {type(exc).__name__}: {exc}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.imaging import fit_frame
 
 COLOUR_ENCODINGS = ("rgb8", "bgr8")
@@ -55,5 +56,5 @@ def size_mismatch(camera: str, header: ImageHeader, width: int, height: int) -> 
 def model_rgb(view: np.ndarray, encoding: str, height: int, width: int) -> np.ndarray:
     """An HxWx3 RGB uint8 frame at the model's resolution from a (read-only) view (:func:`fit_frame`)."""
     if encoding not in COLOUR_ENCODINGS:
-        raise ValueError(f"cannot make RGB from encoding {encoding!r}")
+        raise MalformedMessageError(f"cannot make RGB from encoding {encoding!r}")
     return fit_frame(view, height, width, swap_red_blue=encoding == "bgr8")

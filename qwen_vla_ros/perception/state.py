@@ -18,6 +18,7 @@ from qwen_vla_ros.config.spaces import EndEffectorSource, GripperSource, JointSo
 from qwen_vla_ros.embodiments.gripper import measured_normalized
 from qwen_vla_ros.embodiments.ik import pose_to_xyzrpy
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
+from qwen_vla_ros.errors import MalformedMessageError
 
 BASE = "base"  # the reading key of odometry, beside the arm names
 POSE_COMPONENTS = ("x", "y", "z", "roll", "pitch", "yaw")
@@ -53,20 +54,20 @@ class StateAssembler:
         return self.arms + ((BASE,) if self.needs_base else ())
 
     def assemble(self, joints: Mapping[str, Mapping[str, float]], odometry: Odometry | None) -> np.ndarray:
-        """State in robot units. KeyError names a joint or reading that is missing; ValueError
-        names channels that are not finite."""
+        """State in robot units. MalformedMessageError names a joint or reading that is missing, or
+        channels that are not finite."""
         poses: dict[str, dict[str, float]] = {}
         values = np.empty(len(self.names), dtype=np.float64)
         for index, channel in enumerate(self.config.state.channels):
             source = channel.source
             if isinstance(source, OdometrySource):
                 if odometry is None:
-                    raise KeyError(f"state channel {channel.name!r} needs odometry and none was received")
+                    raise MalformedMessageError(f"state channel {channel.name!r} needs odometry and none was received")
                 values[index] = getattr(odometry, source.field)
                 continue
             positions = joints.get(source.arm)
             if positions is None:
-                raise KeyError(f"state channel {channel.name!r} needs joint states of arm {source.arm!r}")
+                raise MalformedMessageError(f"state channel {channel.name!r} needs joint states of arm {source.arm!r}")
             if isinstance(source, JointSource):
                 values[index] = _position(positions, source.joint, source.arm)
             elif isinstance(source, GripperSource):
@@ -77,7 +78,7 @@ class StateAssembler:
                 values[index] = poses[source.arm][source.component]
         bad = [self.names[i] for i in np.flatnonzero(~np.isfinite(values))]
         if bad:
-            raise ValueError(f"state channel(s) {bad} are not finite")
+            raise MalformedMessageError(f"state channel(s) {bad} are not finite")
         return values
 
     def _gripper(self, arm_name: str, positions: Mapping[str, float]) -> float:
@@ -86,8 +87,8 @@ class StateAssembler:
             raise KeyError(f"arm {arm_name!r} has no gripper to read")
         try:
             return measured_normalized(positions, gripper)
-        except KeyError as exc:
-            raise KeyError(f"arm {arm_name!r}: {exc.args[0]}; it has {sorted(positions)}") from None
+        except MalformedMessageError as exc:
+            raise MalformedMessageError(f"arm {arm_name!r}: {exc}; it has {sorted(positions)}") from None
 
     def _pose(self, arm_name: str, positions: Mapping[str, float]) -> dict[str, float]:
         arm = self.config.arm(arm_name)
@@ -99,4 +100,4 @@ def _position(positions: Mapping[str, float], joint: str, arm: str) -> float:
     try:
         return float(positions[joint])
     except KeyError:
-        raise KeyError(f"joint state of arm {arm!r} has no joint {joint!r}; it has {sorted(positions)}") from None
+        raise MalformedMessageError(f"joint state of arm {arm!r} has no joint {joint!r}; it has {sorted(positions)}") from None

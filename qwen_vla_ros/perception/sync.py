@@ -24,6 +24,7 @@ import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config.runtime import ObservationSync as SyncSettings
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.perception.state import BASE, Odometry, StateAssembler
 
 FRAMES_KEPT = 8  # per camera: enough to pair a 30 Hz camera with a slower one within tolerance
@@ -144,9 +145,8 @@ class ObservationSync:
         odometry = picked[BASE].value if BASE in picked else None
         try:
             state = self.assembler.assemble(joints, odometry)
-        except (KeyError, ValueError) as exc:
-            message = exc.args[0] if exc.args else str(exc)
-            return Skip(SkipReason.STATE_INVALID, "state", f"state not usable: {message}")
+        except MalformedMessageError as exc:
+            return Skip(SkipReason.STATE_INVALID, "state", f"state not usable: {exc}")
         return Observation(
             stamp_ns=stamp_ns,
             frames={c: s.value for c, s in chosen.items()},

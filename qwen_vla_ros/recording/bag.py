@@ -29,7 +29,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.base import TypesysError
 from rosbags.typesys.store import Typestore
 
-from qwen_vla_ros.errors import QwenVlaError
+from qwen_vla_ros.errors import InvalidArgumentError, QwenVlaError
 
 INTERFACES_DIR = Path(__file__).resolve().parent.parent / "interfaces"
 METADATA_FILE = "metadata.yaml"
@@ -254,9 +254,9 @@ def bag_writer_factory(prefer: str = "auto", fsync: bool = True) -> Callable[[Pa
     Checked up front, so a wrong choice stops the recorder at start-up, not at the first trial.
     """
     if prefer not in WRITERS:
-        raise ValueError(f"bag writer must be one of {list(WRITERS)}, got {prefer!r}")
+        raise InvalidArgumentError(f"bag writer must be one of {list(WRITERS)}, got {prefer!r}")
     if prefer == "rosbag2_py" and not rosbag2_py_available():
-        raise ValueError("bag writer 'rosbag2_py' was asked for but rosbag2_py is not importable; source ROS 2")
+        raise InvalidArgumentError("bag writer 'rosbag2_py' was asked for but rosbag2_py is not importable; source ROS 2")
     if prefer != "rosbags" and rosbag2_py_available():
         return Rosbag2PyBagWriter
     typestore = typestore_for_distro()
@@ -386,7 +386,8 @@ def _copy_complete_records(source: Path, writer: Writer, typestore: Typestore) -
                     writer.write(connections[record.channel_id], record.log_time, record.data)
         except BagError:
             raise
-        except Exception as exc:  # EndOfFile, or a record cut in half that fails to unpack
+        except Exception as exc:  # noqa: BLE001 - a torn file fails the mcap parser in many types (EndOfFile,
+            # struct.error, a decompressor's own): reading stops there, and the reason names the type
             return f"{source.name} ends without a footer, reading stopped at {type(exc).__name__}"
     return ""
 

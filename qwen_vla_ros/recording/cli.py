@@ -42,8 +42,9 @@ def _trial_pages(root: Path, out: Path, write_missing: bool) -> dict[str, str]:
         if write_missing and not page.is_file():
             try:
                 write_trial_page(page.parent)
-            except Exception as exc:  # noqa: BLE001 - one unreadable bag must not sink the report of all trials
-                print(f"{record.id}: no page: {exc}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - one unreadable bag (rosbags, numpy and opencv fail in types of
+                # their own) must not sink the report of all trials; the error is named with its type
+                print(f"{record.id}: no page: {type(exc).__name__}: {exc}", file=sys.stderr)
         if page.is_file():
             pages[record.id] = os.path.relpath(page, out)
     return pages

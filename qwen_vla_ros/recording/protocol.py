@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from qwen_vla_ros.config.base import StrictModel, require_unique
 from qwen_vla_ros.config.loader import read_yaml, validate
 from qwen_vla_ros.config.sim import AlohaRandomization
+from qwen_vla_ros.errors import InvalidArgumentError
 
 Condition = dict[str, str]
 """factor name -> level name, in the protocol's factor order."""
@@ -102,7 +103,7 @@ class Protocol(StrictModel):
             for index, condition in enumerate(self.conditions):
                 try:
                     self.check_condition(condition)
-                except ValueError as exc:
+                except InvalidArgumentError as exc:
                     raise ValueError(f"conditions[{index}]: {exc}") from None
             keys = [condition_key(self.check_condition(c)) for c in self.conditions]
             if len(set(keys)) != len(keys):
@@ -118,17 +119,17 @@ class Protocol(StrictModel):
         raise KeyError(f"protocol {self.name!r} has no factor {name!r}; factors: {[f.name for f in self.factors]}")
 
     def check_condition(self, condition: Mapping[str, str]) -> Condition:
-        """A full condition in factor order, or ValueError naming the unknown factor or level."""
+        """A full condition in factor order, or InvalidArgumentError naming the unknown factor or level."""
         known = {f.name: f for f in self.factors}
         unknown = sorted(set(condition) - set(known))
         if unknown:
-            raise ValueError(f"unknown factors {unknown}; the protocol's factors are {sorted(known)}")
+            raise InvalidArgumentError(f"unknown factors {unknown}; the protocol's factors are {sorted(known)}")
         missing = [name for name in known if name not in condition]
         if missing:
-            raise ValueError(f"condition sets no level for factors {missing}")
+            raise InvalidArgumentError(f"condition sets no level for factors {missing}")
         for name, level in condition.items():
             if level not in known[name].level_names:
-                raise ValueError(f"factor {name!r} has no level {level!r}; levels: {known[name].level_names}")
+                raise InvalidArgumentError(f"factor {name!r} has no level {level!r}; levels: {known[name].level_names}")
         return {f.name: str(condition[f.name]) for f in self.factors}
 
     def condition_list(self) -> list[Condition]:
@@ -254,15 +255,15 @@ def parse_condition(text: str) -> Condition:
         for pair in pairs:
             key, sep, value = pair.partition("=")
             if not sep or not key.strip() or not value.strip():
-                raise ValueError(f"condition entries must be factor=level, got {pair!r}")
+                raise InvalidArgumentError(f"condition entries must be factor=level, got {pair!r}")
             parsed[key.strip()] = value.strip()
         return parsed
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"condition is neither factor=level pairs nor a YAML mapping: {exc}") from None
+        raise InvalidArgumentError(f"condition is neither factor=level pairs nor a YAML mapping: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(v, (str, int, float, bool)) for v in data.values()):
-        raise ValueError(f"condition must map factor names to level names, got {text!r}")
+        raise InvalidArgumentError(f"condition must map factor names to level names, got {text!r}")
     return {str(k): str(v) for k, v in data.items()}
 
 

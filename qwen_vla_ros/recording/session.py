@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.contract import SIM_SUCCESS
-from qwen_vla_ros.errors import QwenVlaError
+from qwen_vla_ros.errors import InvalidArgumentError, QwenVlaError
 from qwen_vla_ros.recording.bag import BagError, BagSummary, BagWriter, repair_bag
 from qwen_vla_ros.recording.protocol import Condition, NextTrial, Protocol, announce, next_trial
 from qwen_vla_ros.recording.trial import VERDICTS, Intervention, Outcome, TopicCounts, TrialRecord, TrialStore, iso_time
@@ -50,11 +50,11 @@ class SessionSettings:
 
     def __post_init__(self) -> None:
         if self.queue_bytes <= 0:
-            raise ValueError(f"queue size must be positive, got {self.queue_bytes} bytes")
+            raise InvalidArgumentError(f"queue size must be positive, got {self.queue_bytes} bytes")
         if self.flush_period_s <= 0:
-            raise ValueError(f"flush period must be positive, got {self.flush_period_s} s")
+            raise InvalidArgumentError(f"flush period must be positive, got {self.flush_period_s} s")
         if self.trial_timeout_s < 0:
-            raise ValueError(f"trial timeout must be 0 (none) or positive, got {self.trial_timeout_s} s")
+            raise InvalidArgumentError(f"trial timeout must be 0 (none) or positive, got {self.trial_timeout_s} s")
 
 
 class TrialSession:
@@ -140,7 +140,8 @@ class TrialSession:
             )
             try:
                 writer = self._open_writer(self.store.bag_dir(record))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - rosbag2_py and rosbags fail in types of their own; the trial
+                # is kept on record as incomplete with the error's type, and the caller gets a TrialError
                 record.finish("incomplete", now_ns)
                 record.notes.append(f"could not open the bag: {type(exc).__name__}: {exc}")
                 self.store.save(record)

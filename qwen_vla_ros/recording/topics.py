@@ -5,6 +5,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.contract import NodeRole, role_view
+from qwen_vla_ros.errors import InvalidArgumentError, QwenVlaError
+
+
+class TopicTypeMismatchError(QwenVlaError, ValueError):
+    """A topic to record whose advertised type is missing, ambiguous or not the configured one:
+    the recorder leaves that topic out and says why."""
 
 
 def default_topics(config: EmbodimentConfig) -> dict[str, str]:
@@ -20,9 +26,9 @@ def parse_topic_spec(spec: str) -> tuple[str, str]:
     """'/name' or '/name:pkg/msg/Type' -> (name, type or '' to take it from the graph)."""
     name, _, msgtype = spec.strip().partition(":")
     if not name.startswith("/"):
-        raise ValueError(f"topic {name!r} must be absolute (start with '/')")
+        raise InvalidArgumentError(f"topic {name!r} must be absolute (start with '/')")
     if msgtype and len(msgtype.split("/")) != 3:
-        raise ValueError(f"message type {msgtype!r} of {name} must look like pkg/msg/Type")
+        raise InvalidArgumentError(f"message type {msgtype!r} of {name} must look like pkg/msg/Type")
     return name, msgtype
 
 
@@ -52,12 +58,12 @@ def subscription_qos(offered: Sequence[tuple[bool, bool]]) -> tuple[bool, bool]:
 
 
 def check_types(wanted: Mapping[str, str], topic: str, advertised: Sequence[str]) -> str:
-    """The type to subscribe ``topic`` with, or ValueError when the graph disagrees with the config."""
+    """The type to subscribe ``topic`` with, or TopicTypeMismatchError when the graph disagrees with the config."""
     configured = wanted.get(topic, "")
     if not advertised:
-        raise ValueError(f"{topic} has no advertised type")
+        raise TopicTypeMismatchError(f"{topic} has no advertised type")
     if configured and configured not in advertised:
-        raise ValueError(f"{topic} is published as {list(advertised)}, not the configured {configured}")
+        raise TopicTypeMismatchError(f"{topic} is published as {list(advertised)}, not the configured {configured}")
     if not configured and len(advertised) > 1:
-        raise ValueError(f"{topic} is published with several types {list(advertised)}; configure one")
+        raise TopicTypeMismatchError(f"{topic} is published with several types {list(advertised)}; configure one")
     return configured or advertised[0]

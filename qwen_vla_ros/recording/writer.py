@@ -194,12 +194,14 @@ class BagRecorder:
                 return
         try:
             self._writer.add_topic(topic, message.msgtype)
-        except Exception as exc:  # e.g. a type with no definition: lose this topic, not the trial
-            self._fail(topic, f"cannot record {topic} ({message.msgtype}): {exc}", whole_bag=False)
+        except Exception as exc:  # noqa: BLE001 - the bag libraries fail in types of their own (e.g. a type with
+            # no definition): lose this topic, not the trial; the reason, with its type, is recorded with the trial
+            self._fail(topic, f"cannot record {topic} ({message.msgtype}): {type(exc).__name__}: {exc}", whole_bag=False)
             return
         try:
             self._writer.write(topic, message.timestamp_ns, message.data)
-        except Exception as exc:  # disk full or gone: keep counting so the loss is on record
+        except Exception as exc:  # noqa: BLE001 - disk full or gone, in the bag library's own types: keep counting
+            # so the loss is on record
             self._fail(topic, f"writing {topic} failed: {type(exc).__name__}: {exc}", whole_bag=True)
             return
         with self._lock:
@@ -225,6 +227,7 @@ class BagRecorder:
     def _attempt(self, action: Callable[[], None], what: str) -> None:
         try:
             action()
-        except Exception as exc:  # recorded with the trial; the bag up to here stays readable
+        except Exception as exc:  # noqa: BLE001 - any bag library failure is recorded with the trial (with its
+            # type); the bag up to here stays readable
             with self._lock:
                 self._stats.error = self._stats.error or f"{what} the bag failed: {type(exc).__name__}: {exc}"

@@ -3,7 +3,7 @@
 The controller's command adapters (docs/architecture.md, "Command adapters") encode arm
 targets three ways; these decoders turn each payload back into one :class:`ArmCommand`, so
 every simulator honours exactly the interfaces a real driver or ros2_control controller does.
-A payload that a real driver would reject raises ``ValueError`` naming what is wrong.
+A payload that a real driver would reject raises ``MalformedMessageError`` naming what is wrong.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qwen_vla_ros.config.hardware import Arm
+from qwen_vla_ros.errors import MalformedMessageError
 
 # The Interbotix driver appends both finger joints (linear, metres) after the gripper joint.
 INTERBOTIX_FINGERS = ("left_finger", "right_finger")
@@ -49,7 +50,7 @@ def _finite(values: Sequence[float], what: str) -> list[float]:
     numbers = [float(v) for v in values]
     bad = [i for i, v in enumerate(numbers) if not math.isfinite(v)]
     if bad:
-        raise ValueError(f"{what} has non-finite values at indices {bad}: {numbers}")
+        raise MalformedMessageError(f"{what} has non-finite values at indices {bad}: {numbers}")
     return numbers
 
 
@@ -57,7 +58,7 @@ def decode_forward_command(data: Sequence[float], arm: Arm) -> ArmCommand:
     """``forward_command``: the arm joints in driver order, then the gripper motor angle."""
     expected = len(arm.joints) + (1 if arm.gripper is not None else 0)
     if len(data) != expected:
-        raise ValueError(
+        raise MalformedMessageError(
             f"forward_command for arm {arm.name!r} needs {expected} values "
             f"({', '.join(arm.joint_names)}{', gripper' if arm.gripper else ''}), got {len(data)}"
         )
@@ -69,15 +70,16 @@ def decode_forward_command(data: Sequence[float], arm: Arm) -> ArmCommand:
 def decode_joint_trajectory(joint_names: Sequence[str], points: Sequence[Sequence[float]], arm: Arm) -> ArmCommand:
     """``joint_trajectory``: one point; names are driver joint names and the gripper joint, no prefix."""
     if len(points) != 1:
-        raise ValueError(f"joint_trajectory for arm {arm.name!r} must have exactly one point, got {len(points)}")
+        raise MalformedMessageError(f"joint_trajectory for arm {arm.name!r} must have exactly one point, got {len(points)}")
     positions = points[0]
     if len(positions) != len(joint_names):
-        raise ValueError(f"joint_trajectory has {len(joint_names)} joint names but {len(positions)} positions")
+        raise MalformedMessageError(f"joint_trajectory has {len(joint_names)} joint names but {len(positions)} positions")
     gripper_joint = arm.gripper.joint if arm.gripper is not None else None
     known = set(arm.joint_names) | ({gripper_joint} if gripper_joint else set())
     unknown = [n for n in joint_names if n not in known]
     if unknown:
-        raise ValueError(f"joint_trajectory names joints {unknown} that arm {arm.name!r} does not have: {sorted(known)}")
+        raise MalformedMessageError(
+            f"joint_trajectory names joints {unknown} that arm {arm.name!r} does not have: {sorted(known)}")
     values = dict(zip(joint_names, _finite(positions, f"joint_trajectory for arm {arm.name!r}"), strict=True))
     gripper_angle = values.pop(gripper_joint, None) if gripper_joint else None
     return ArmCommand(values, gripper_angle)
@@ -86,9 +88,9 @@ def decode_joint_trajectory(joint_names: Sequence[str], points: Sequence[Sequenc
 def decode_joint_group(name: str, cmd: Sequence[float], arm: Arm, group_name: str) -> ArmCommand:
     """Interbotix ``JointGroupCommand``: the named group's joints in driver order."""
     if name != group_name:
-        raise ValueError(f"JointGroupCommand for unknown group {name!r}; arm {arm.name!r} has group {group_name!r}")
+        raise MalformedMessageError(f"JointGroupCommand for unknown group {name!r}; arm {arm.name!r} has group {group_name!r}")
     if len(cmd) != len(arm.joints):
-        raise ValueError(f"JointGroupCommand {name!r} needs {len(arm.joints)} values, got {len(cmd)}")
+        raise MalformedMessageError(f"JointGroupCommand {name!r} needs {len(arm.joints)} values, got {len(cmd)}")
     return ArmCommand(dict(zip(arm.joint_names, _finite(cmd, f"JointGroupCommand {name!r}"), strict=True)))
 
 
@@ -99,4 +101,4 @@ def decode_joint_single(name: str, cmd: float, arm: Arm, gripper_name: str) -> A
         return ArmCommand(gripper_angle=value)
     if name in arm.joint_names:
         return ArmCommand({name: value})
-    raise ValueError(f"JointSingleCommand for unknown joint {name!r} on arm {arm.name!r}")
+    raise MalformedMessageError(f"JointSingleCommand for unknown joint {name!r} on arm {arm.name!r}")

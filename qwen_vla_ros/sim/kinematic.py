@@ -19,6 +19,7 @@ from qwen_vla_ros.embodiments.gripper import (
     normalized_to_finger,
     normalized_to_joint,
 )
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.sim.commands import ArmCommand, ArmState, state_joint_names
 
 
@@ -165,7 +166,7 @@ class KinematicBase:
 
     def command(self, linear: float, angular: float, now_s: float) -> None:
         if not (math.isfinite(linear) and math.isfinite(angular)):
-            raise ValueError(f"Twist must be finite, got linear.x={linear}, angular.z={angular}")
+            raise MalformedMessageError(f"Twist must be finite, got linear.x={linear}, angular.z={angular}")
         self._speed.set_target(0, linear)
         self._speed.set_target(1, angular)
         self._last_command_s = now_s

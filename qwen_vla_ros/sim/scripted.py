@@ -19,15 +19,23 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.config.hardware import Arm, Gripper
+from qwen_vla_ros.config.loader import ConfigError
 from qwen_vla_ros.embodiments.gripper import normalized_to_joint
 from qwen_vla_ros.embodiments.ik import ArmIK
 from qwen_vla_ros.embodiments.kinematics import ArmKinematics
+from qwen_vla_ros.errors import QwenVlaError
 from qwen_vla_ros.sim.aloha import MujocoAloha
 from qwen_vla_ros.sim.commands import ArmCommand
 from qwen_vla_ros.sim.world import Simulation
 
 # Gripper x axis (the approach direction) pointing down: a +90 degree turn about y.
 POINT_DOWN = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+
+
+class UnreachablePoseError(QwenVlaError, ValueError):
+    """The scripted expert cannot reach a pose its plan needs (the object lies out of the arm's reach).
+
+    A ``ValueError`` as well: it is the input (the object's position) that cannot be served."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ def top_down_ik(kinematics: ArmKinematics, point_base: np.ndarray, guess: np.nda
     target = mr.RpToTrans(facing @ POINT_DOWN, point_base)
     joints, converged = mr.IKinSpace(kinematics.screw_axes, kinematics.home, target, guess, 1e-3, 1e-4)
     if not converged:
-        raise ValueError(f"no top-down IK solution for {np.round(point_base, 3).tolist()} in the arm's base frame")
+        raise UnreachablePoseError(f"no top-down IK solution for {np.round(point_base, 3).tolist()} in the arm's base frame")
     return np.asarray(joints)
 
 
@@ -69,11 +77,11 @@ def pick_plan(sim: MujocoAloha, arm_name: str = "right", lift_m: float = 0.15) -
 
 def _aloha_channels(arm: Arm) -> tuple[list[str], Gripper, str]:
     """Joint action channels, gripper and gripper channel of an arm the expert drives: ALOHA arms have
-    all of them; for an arm without, a ValueError naming it."""
+    all of them; for an arm without, a ConfigError naming it."""
     joint_channels = [j.channel for j in arm.joints if j.channel is not None]
     gripper = arm.gripper
     if len(joint_channels) != len(arm.joints) or gripper is None or gripper.channel is None:
-        raise ValueError(f"arm {arm.name!r} lacks joint or gripper action channels; the scripted expert drives both")
+        raise ConfigError(arm.name, [f"arm {arm.name!r} lacks joint or gripper action channels; the scripted expert drives both"])
     return joint_channels, gripper, gripper.channel
 
 
@@ -222,7 +230,7 @@ def _follow(ik: ArmIK, to_base: np.ndarray, start: np.ndarray, seed: np.ndarray,
     def solve(pose: np.ndarray, guess: np.ndarray) -> np.ndarray:
         result = ik.solve(to_base @ pose, guess)
         if not result.converged and result.position_error_m > 5e-3:
-            raise ValueError(f"pose {np.round(pose[:3, 3], 3).tolist()} is out of the arm's reach "
+            raise UnreachablePoseError(f"pose {np.round(pose[:3, 3], 3).tolist()} is out of the arm's reach "
                              f"({result.position_error_m * 1000:.1f} mm off)")
         return result.joints
 

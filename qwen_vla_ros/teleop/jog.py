@@ -40,6 +40,7 @@ from qwen_vla_ros.config.hardware import Arm
 from qwen_vla_ros.config.teleop import LeaderFollow, TeleopArm
 from qwen_vla_ros.embodiments.gripper import unlerp
 from qwen_vla_ros.embodiments.ik import ArmIK, apply_ee_delta
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.teleop.mapping import Joy
 
 JogMode = Literal["cartesian", "joint"]
@@ -90,7 +91,8 @@ class LeaderArms:
         self.samples: dict[str, LeaderSample] = {}
 
     def update(self, arm: str, names: Sequence[str], positions: Sequence[float], now_ns: int) -> None:
-        """KeyError for an unknown arm or missing joints, ValueError for non-finite values."""
+        """MalformedMessageError for missing joints or non-finite values; KeyError for an arm with no
+        leader configured (the node subscribes only to configured leaders: a programming error)."""
         if arm not in self.arms:
             raise KeyError(f"no leader is configured for arm {arm!r}; leaders: {sorted(self.arms)}")
         layout = self.arms[arm]
@@ -106,10 +108,10 @@ class LeaderArms:
                 assert close is not None and open_ is not None  # validated with the config
                 gripper = float(np.clip(unlerp(close, open_, values[self.settings.gripper_joint]), 0.0, 1.0))
         if missing:
-            raise KeyError(f"leader joint state for arm {arm!r} lacks joints {missing}")
+            raise MalformedMessageError(f"leader joint state for arm {arm!r} lacks joints {missing}")
         joints = np.array([values[name] for name in joint_names], dtype=float)
         if not np.all(np.isfinite(joints)) or (gripper is not None and not np.isfinite(gripper)):
-            raise ValueError(f"leader joint state for arm {arm!r} has non-finite positions")
+            raise MalformedMessageError(f"leader joint state for arm {arm!r} has non-finite positions")
         self.samples[arm] = LeaderSample(joints, gripper, now_ns)
 
     def fresh(self, arm: str, now_ns: int) -> LeaderSample | None:

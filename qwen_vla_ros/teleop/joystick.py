@@ -35,6 +35,7 @@ import evdev
 import numpy as np
 from evdev import ecodes
 
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.teleop.mapping import apply_deadzone
 
 POLL_S = 0.1  # longest wait in select(): how quickly a stop request is noticed
@@ -174,9 +175,10 @@ class JoystickReader:
         clock: Callable[[], float] = time.monotonic,
     ):
         if not 0.0 <= deadzone < 1.0:
-            raise ValueError(f"deadzone must lie in [0, 1), got {deadzone}")
+            raise InvalidArgumentError(f"deadzone must lie in [0, 1), got {deadzone}")
         if autorepeat_rate < 0 or retry_period_s <= 0:
-            raise ValueError(f"autorepeat_rate must be >= 0 and retry_period_s > 0, got {autorepeat_rate}, {retry_period_s}")
+            raise InvalidArgumentError(
+                f"autorepeat_rate must be >= 0 and retry_period_s > 0, got {autorepeat_rate}, {retry_period_s}")
         self.open_device = open_device
         self.publish = publish
         self.logger = logger

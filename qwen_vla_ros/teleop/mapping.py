@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qwen_vla_ros.config.teleop import AxisButton, Teleop
+from qwen_vla_ros.errors import MalformedMessageError
 
 
 def apply_deadzone(values: np.ndarray, deadzone: float) -> np.ndarray:
@@ -44,16 +45,16 @@ class Joy:
 
 
 def parse_joy(axes: Sequence[float] | np.ndarray, buttons: Sequence[int] | np.ndarray, teleop: Teleop, now_ns: int) -> Joy:
-    """ValueError when the message cannot drive this mapping: a different gamepad, or a broken driver."""
+    """MalformedMessageError when the message cannot drive this mapping: a different gamepad, or a broken driver."""
     axes = np.asarray(axes, dtype=float)
     buttons = np.asarray(buttons)
     if len(buttons) <= teleop.max_button:
-        raise ValueError(
+        raise MalformedMessageError(
             f"Joy has {len(buttons)} buttons but teleop.buttons uses index {teleop.max_button}; "
             "check the gamepad or the embodiment's teleop mapping"
         )
     if len(axes) <= teleop.max_axis:
-        raise ValueError(f"Joy has {len(axes)} axes but the teleop mapping uses axis {teleop.max_axis}")
+        raise MalformedMessageError(f"Joy has {len(axes)} axes but the teleop mapping uses axis {teleop.max_axis}")
     if not np.all(np.isfinite(axes)):
-        raise ValueError(f"Joy axes are not finite: {axes.tolist()}")
+        raise MalformedMessageError(f"Joy axes are not finite: {axes.tolist()}")
     return Joy(apply_deadzone(axes, teleop.axis_deadzone), buttons != 0, now_ns)
