@@ -24,7 +24,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.config.runtime import OnnxRuntimeSettings, RuntimeConfig, TensorRTSettings
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model import export as onnx_export
 from qwen_vla_ros.model.action_head import ActionHead
 from qwen_vla_ros.model.checkpoint import CheckpointError, CheckpointFiles, Manifest, read_checkpoint
@@ -53,11 +55,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"invalid device {device!r}: {exc}") from exc
+        raise InvalidArgumentError(f"invalid device {device!r}: {exc}") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        raise InvalidArgumentError(f"device {device!r} requested but CUDA is not available on this machine")
     if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
+        raise InvalidArgumentError(f"device must be cpu or cuda[:N], got {device!r}")
     return resolved
 
 
@@ -69,7 +71,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return dtype
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
-    raise ValueError(f"dtype must be one of {list(DTYPES)} or None, got {dtype!r}")
+    raise InvalidArgumentError(f"dtype must be one of {list(DTYPES)} or None, got {dtype!r}")
 
 
 def patch_spec(manifest: Manifest, vision_config: dict[str, Any], preprocessor_config: dict[str, Any]) -> PatchSpec:
@@ -145,7 +147,7 @@ def _load_tokenizer(files: CheckpointFiles) -> object:
 def _exported(policy: Policy, files: CheckpointFiles | None, model_dir: str | None) -> tuple[Path, ExportManifest]:
     """The ONNX export of this checkpoint: ``model_dir`` as given, or the cache, exporting on demand."""
     if files is None:
-        raise ValueError("exported backends need a checkpoint directory (its fingerprint keys the export)")
+        raise InvalidArgumentError("exported backends need a checkpoint directory (its fingerprint keys the export)")
     fingerprint = checkpoint_fingerprint(files.root)
     if model_dir is not None:
         folder = Path(model_dir).expanduser()
@@ -200,7 +202,7 @@ def _backend_dtype(backend: str, dtype: str | torch.dtype | None, device: torch.
     if backend == "torch":
         return resolve_dtype(dtype, device)
     if dtype is not None and resolve_dtype(dtype, device) != torch.float32:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"backend {backend!r} runs the float32 ONNX export, so dtype must be None or float32, got {dtype!r}; "
             "TensorRT's precision is tensorrt.precision"
         )
@@ -215,9 +217,9 @@ def load_policy(
     options: BackendOptions | None = None,
 ) -> Policy:
     if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not available; choose one of {list(BACKENDS)}")
+        raise InvalidArgumentError(f"backend {backend!r} is not available; choose one of {list(BACKENDS)}")
     if backend == "tensorrt" and torch.device(device).type != "cuda":
-        raise ValueError(f"backend 'tensorrt' needs a cuda device, got {device!r}")
+        raise InvalidArgumentError(f"backend 'tensorrt' needs a cuda device, got {device!r}")
     files = read_checkpoint(path)
     resolved_device = resolve_device(device)
     options = options or BackendOptions()
@@ -263,7 +265,7 @@ def export_checkpoint(
 def load_policy_from_config(config: RuntimeConfig) -> Policy:
     """The policy a runtime config describes: checkpoint, backend, device, dtype, steps, guidance."""
     if config.checkpoint is None:
-        raise ValueError("the runtime config names no checkpoint")
+        raise ConfigError("runtime config", ["checkpoint: the runtime config names no checkpoint"])
     policy = load_policy(
         config.checkpoint,
         backend=config.backend,
