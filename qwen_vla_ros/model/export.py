@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.backbone import StepBackbone, Trunk
 from qwen_vla_ros.model.delta_rule import scan_gated_delta_rule
 from qwen_vla_ros.model.onnx_manifest import (
@@ -276,7 +277,7 @@ def export_policy(
     if policy.device.type != "cpu" or policy.dtype != torch.float32:
         raise ValueError(f"export needs a float32 CPU policy, got {policy.dtype} on {policy.device}")
     if max_cameras < 1:
-        raise ValueError(f"max_cameras must be at least 1, got {max_cameras}")
+        raise InvalidArgumentError(f"max_cameras must be at least 1, got {max_cameras}")
     target = Path(out).expanduser()
     if target.exists() and any(target.iterdir()) and not (target / EXPORT_MANIFEST).is_file():
         raise OnnxExportError(f"{target} exists and is not an export folder; choose a new --out")
