@@ -25,7 +25,9 @@ class MalformedMessageError(QwenVlaError, ValueError):
 
 class InvalidArgumentError(QwenVlaError, ValueError):
     """A command-line option, node parameter or service argument given by a person (not a config
-    file: that is ``config.ConfigError``) that cannot be used; the CLI exits 2 with the message."""
+    file: that is ``config.ConfigError``) that cannot be used; the CLI exits 2 with the message.
+    Also a model option (backend, device, dtype, provider, TensorRT limits) handed to the model
+    loader, whichever of the command line or the runtime config chose it."""
 
 
 class PolicyInputError(QwenVlaError, ValueError):
