@@ -112,8 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyError, ValueError) as exc:
-        # Bad options that bringup/ and model/ still refuse with the bare builtins (docs/architecture.md,
-        # "Errors"); a KeyError's text is its one argument, not its repr.
+        # Bad options that bringup/demo.py, collect.py, evaluate.py and a dataset model/training.py cannot
+        # read still refuse with the bare builtins (docs/architecture.md, "Errors"); a KeyError's text is
+        # its one argument, not its repr.
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -25,4 +25,15 @@ class MalformedMessageError(QwenVlaError, ValueError):
 
 class InvalidArgumentError(QwenVlaError, ValueError):
     """A command-line option, node parameter or service argument given by a person (not a config
-    file: that is ``config.ConfigError``) that cannot be used; the CLI exits 2 with the message."""
+    file: that is ``config.ConfigError``) that cannot be used; the CLI exits 2 with the message.
+    Also a model option (backend, device, dtype, provider, TensorRT limits) handed to the model
+    loader, whichever of the command line or the runtime config chose it."""
+
+
+class PolicyInputError(QwenVlaError, ValueError):
+    """An observation handed to the policy (state, camera images, committed actions, delay)
+    that it cannot use: wrong shape or dtype, not finite, a camera missing or extra.
+
+    The inference runner skips that step and retries, as it does for a torch failure; a bug in
+    the model code raises something else and reaches the runner's loop with its traceback.
+    """

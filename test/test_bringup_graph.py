@@ -14,6 +14,7 @@ from qwen_vla_ros.bringup.graph import (
 )
 from qwen_vla_ros.bringup.runner import child_environment
 from qwen_vla_ros.config import load_embodiment, parse_override
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.paths import config_dir
 from qwen_vla_ros.ros_env import DDS_PROFILE_ENV
 
@@ -70,7 +71,7 @@ def test_multi_host_is_asked_for_and_a_users_shell_cannot_undo_either_mode(tmp_p
 def test_security_puts_every_process_in_its_enclave_enforced(tmp_path) -> None:
     keystore = tmp_path / "keystore"
     options = BringupOptions("aloha", use_sim=True, record=True, joystick=True, security=str(keystore))
-    with pytest.raises(ValueError, match="no enclave for /qwen_vla/sim_node.*generate_artifacts"):
+    with pytest.raises(InvalidArgumentError, match="no enclave for /qwen_vla/sim_node.*generate_artifacts"):
         build_graph(options)
     names = [p.name for p in build_graph(BringupOptions("aloha", use_sim=True, record=True, joystick=True)).processes]
     for name in names:
@@ -84,7 +85,7 @@ def test_security_puts_every_process_in_its_enclave_enforced(tmp_path) -> None:
     robot = BringupOptions.from_launch_arguments("aloha", {"security": str(keystore), "multi_host": "true"})
     assert robot.security == str(keystore) and robot.multi_host
     (keystore / "enclaves" / "qwen_vla" / "cam_high_driver").mkdir()
-    with pytest.raises(ValueError, match="cam_low_driver"):
+    with pytest.raises(InvalidArgumentError, match="cam_low_driver"):
         build_graph(robot)
 
 
@@ -173,13 +174,13 @@ def test_launch_argument_strings_parse_and_bad_ones_are_named() -> None:
     options = BringupOptions.from_launch_arguments(
         "widowx", {"use_sim": "true", "record": "False", "joystick": "1", "checkpoint": "/c"})
     assert (options.use_sim, options.record, options.joystick, options.checkpoint) == (True, False, True, "/c")
-    with pytest.raises(ValueError, match="use_sim must be true or false"):
+    with pytest.raises(InvalidArgumentError, match="use_sim must be true or false"):
         BringupOptions.from_launch_arguments("aloha", {"use_sim": "maybe"})
-    with pytest.raises(ValueError, match="unknown launch arguments"):
+    with pytest.raises(InvalidArgumentError, match="unknown launch arguments"):
         BringupOptions.from_launch_arguments("aloha", {"use_simm": "true"})
-    with pytest.raises(ValueError, match="unknown embodiment"):
+    with pytest.raises(InvalidArgumentError, match="unknown embodiment"):
         BringupOptions("spot")
-    with pytest.raises(ValueError, match="old=new"):
+    with pytest.raises(InvalidArgumentError, match="old=new"):
         parse_namespaces("follower_left")
     assert {"checkpoint", "backend", "use_sim", "record", "joystick", "config", "instruction", "multi_host",
             "security"} <= set(LAUNCH_ARGUMENTS)
@@ -190,7 +191,7 @@ def test_node_parameters_reach_only_their_process_and_unknown_ones_are_refused()
     graph = build_graph(BringupOptions("aloha", use_sim=True, node_parameters={"sim_node": {"seed": 7}}))
     assert graph.process("sim_node").parameters["seed"] == 7
     assert "seed" not in graph.process("policy_node").parameters
-    with pytest.raises(ValueError, match="trial_recorder"):
+    with pytest.raises(InvalidArgumentError, match="trial_recorder"):
         build_graph(BringupOptions("aloha", record=False, node_parameters={"trial_recorder": {"operator": "a"}}))
 
 
@@ -202,7 +203,7 @@ def test_a_config_without_sim_section_cannot_run_in_sim(tmp_path) -> None:
     path = tmp_path / "lab_widowx.yaml"
     path.write_text(yaml.safe_dump(data))
     assert build_graph(BringupOptions("widowx", config=str(path))).process("policy_node").parameters["config"] == str(path)
-    with pytest.raises(ValueError, match="no sim section"):
+    with pytest.raises(InvalidArgumentError, match="no sim section"):
         build_graph(BringupOptions("widowx", config=str(path), use_sim=True))
 
 
@@ -220,9 +221,9 @@ def test_expert_command_source_replaces_the_policy_in_simulation_only() -> None:
     names = [p.name for p in graph.processes]
     assert "expert_node" in names and "policy_node" not in names
     assert graph.process("expert_node").module == "qwen_vla_ros.nodes.expert_node"
-    with pytest.raises(ValueError, match="simulation only"):
+    with pytest.raises(InvalidArgumentError, match="simulation only"):
         BringupOptions("aloha", use_sim=False, command_source="expert")
-    with pytest.raises(ValueError, match="command_source"):
+    with pytest.raises(InvalidArgumentError, match="command_source"):
         BringupOptions("aloha", use_sim=True, command_source="teleop")
 
 

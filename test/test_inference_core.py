@@ -12,7 +12,7 @@ from helpers.readings import aloha_joints
 from qwen_vla_ros.clock_check import FORGET_AFTER_S, MIN_SAMPLES, ClockOffsetEstimator
 from qwen_vla_ros.config import load_embodiment, load_runtime
 from qwen_vla_ros.config.runtime import InferenceSchedule
-from qwen_vla_ros.errors import MalformedMessageError
+from qwen_vla_ros.errors import MalformedMessageError, PolicyInputError
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.runner import FAILURE_RETRY_S, INPUT_WAIT_S
 from qwen_vla_ros.inference.scheduler import IDLE_WAIT_S, InferenceScheduler
@@ -448,6 +448,40 @@ def test_runner_reports_a_failed_inference_and_goes_on(tiny_policy) -> None:
     feed_observation(sync, config, clock.now_ns)
     assert runner.step().outcome == "published"
     assert runner.figures(clock.now_ns)["skipped.inference_error"] == 1
+
+
+class BuggyPolicy:
+    """Stands in for a policy whose own code has a bug: the bare ValueError/KeyError numpy or a dict
+    lookup raise, which the runner once caught as bad input. A bug cannot be planted in the real
+    model without patching it, and the runner only calls these two."""
+
+    def infer(self, *args: object, **kwargs: object) -> None:
+        raise ValueError("operands could not be broadcast together with shapes (14,) (7,)")
+
+    def set_task(self, *args: object) -> None:
+        raise KeyError("text_config")
+
+
+def test_a_bug_in_inference_propagates_instead_of_counting_as_a_refused_input(tiny_policy) -> None:
+    """Only PolicyInputError (and torch's RuntimeError) is a skipped step; anything else reaches run()'s
+    traceback log rather than reading as bad input in the diagnostics."""
+    runner, sync, clock, log, published, config = make_runner(tiny_policy)
+    feed_observation(sync, config, clock.now_ns)
+    runner.policy = BuggyPolicy()
+    with pytest.raises(ValueError, match="broadcast") as raised:
+        runner.step()
+    assert not isinstance(raised.value, PolicyInputError)
+    assert runner.counters.skipped["inference_error"] == 0
+
+
+def test_a_bug_while_building_a_prefix_propagates_instead_of_rejecting_the_instruction(tiny_policy) -> None:
+    runner, sync, clock, log, published, config = make_runner(tiny_policy)
+    runner.policy = BuggyPolicy()
+    runner.set_instruction("open the drawer")
+    with pytest.raises(KeyError, match="text_config"):
+        runner.step()
+    assert runner.instruction == "pick up the cube"
+    assert not any("rejected" in line for _, line in log.lines)
 
 
 class Signals:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from qwen_vla_ros.cli import main as cli_main  # noqa: E402
 from qwen_vla_ros.config import EMBODIMENTS, load_embodiment  # noqa: E402
+from qwen_vla_ros.errors import InvalidArgumentError  # noqa: E402
 from qwen_vla_ros.model import load_policy  # noqa: E402
 from qwen_vla_ros.model.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 
@@ -174,12 +175,12 @@ def test_broken_checkpoints_name_the_file(tiny_checkpoint: Path, tmp_path: Path,
 def test_missing_directory_backend_device_and_dtype_errors(tiny_checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_policy(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match="backend 'tensorflow' is not available"):
+    with pytest.raises(InvalidArgumentError, match="backend 'tensorflow' is not available"):
         load_policy(tiny_checkpoint, backend="tensorflow")
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    with pytest.raises(InvalidArgumentError, match="dtype must be one of"):
         load_policy(tiny_checkpoint, dtype="float64")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(InvalidArgumentError, match="CUDA is not available"):
             load_policy(tiny_checkpoint, device="cuda")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qwen_vla_ros.errors import PolicyInputError
 from qwen_vla_ros.model.images import PatchSpec, check_images, patchify, resize, resize_all
 
 SPEC = PatchSpec(height=64, width=96, patch_size=16, temporal_patch_size=2, merge_size=2,
@@ -44,19 +45,19 @@ def test_frames_come_back_in_the_embodiment_camera_order(make_images) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mutate", "error", "words"),
+    ("mutate", "words"),
     [
-        (lambda images: images.pop("high"), KeyError, "missing camera image(s) ['high']"),
-        (lambda images: images.update(extra=images["high"]), ValueError, "unexpected camera image(s) ['extra']"),
-        (lambda images: images.update(high=images["high"].astype(np.float32)), ValueError, "dtype must be uint8"),
-        (lambda images: images.update(high=images["high"][..., :1]), ValueError, "HxWx3"),
-        (lambda images: images.update(high=np.zeros((8, 8, 4), np.uint8)), ValueError, "HxWx3"),
-        (lambda images: images.update(high=images["high"].tolist()), ValueError, "numpy array"),
+        (lambda images: images.pop("high"), "missing camera image(s) ['high']"),
+        (lambda images: images.update(extra=images["high"]), "unexpected camera image(s) ['extra']"),
+        (lambda images: images.update(high=images["high"].astype(np.float32)), "dtype must be uint8"),
+        (lambda images: images.update(high=images["high"][..., :1]), "HxWx3"),
+        (lambda images: images.update(high=np.zeros((8, 8, 4), np.uint8)), "HxWx3"),
+        (lambda images: images.update(high=images["high"].tolist()), "numpy array"),
     ],
 )
-def test_bad_images_are_named(make_images, mutate, error, words) -> None:
+def test_bad_images_are_named(make_images, mutate, words) -> None:
     images = make_images(["high", "wrist"])
     mutate(images)
-    with pytest.raises(error, match=None) as raised:
+    with pytest.raises(PolicyInputError) as raised:
         check_images(images, ["high", "wrist"])
     assert words in str(raised.value)

@@ -14,7 +14,9 @@ pytest.importorskip("transformers", reason="transformers is not installed: pip i
 
 from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
 from qwen_vla_ros.config import EMBODIMENTS, load_embodiment  # noqa: E402
+from qwen_vla_ros.errors import InvalidArgumentError, PolicyInputError  # noqa: E402
 from qwen_vla_ros.model import load_policy  # noqa: E402
+from qwen_vla_ros.model.checkpoint import CheckpointError  # noqa: E402
 from qwen_vla_ros.model.normalization import ChannelNormalizer  # noqa: E402
 from qwen_vla_ros.model.sampler import Guidance, euler_sample  # noqa: E402
 
@@ -104,7 +106,7 @@ def test_an_embodiment_without_cameras_reads_the_prefix_only(policy, make_images
     policy.set_task(blind, INSTRUCTION)
     assert policy.encode({}, state).shape[0] == len(policy.task.layout.prefix_ids)
     assert policy.infer({}, state, seed=0).actions.shape == (8, 3)
-    with pytest.raises(ValueError, match="unexpected camera"):
+    with pytest.raises(PolicyInputError, match="unexpected camera"):
         policy.infer(images, state)
 
 
@@ -218,17 +220,19 @@ def test_infer_before_set_task_is_an_error(tiny_checkpoint: Path, make_images) -
         policy.encode(make_images(["cam_high"]), np.zeros(14))
 
 
-def test_unknown_embodiments_are_key_errors(policy, tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="unknown embodiment 'spot'"):
+def test_unknown_embodiments_are_named(policy, tmp_path: Path) -> None:
+    """A name that is neither shipped nor a file is a bad argument; a real config the checkpoint
+    was not trained for is the checkpoint's fault."""
+    with pytest.raises(InvalidArgumentError, match="unknown embodiment 'spot'"):
         policy.set_task("spot", INSTRUCTION)
     renamed = load_embodiment("widowx").model_copy(update={"name": "widowx_custom"})
-    with pytest.raises(KeyError, match="'widowx_custom' is not in this checkpoint"):
+    with pytest.raises(CheckpointError, match="'widowx_custom' is not in this checkpoint"):
         policy.set_task(renamed, INSTRUCTION)
 
 
 def test_a_config_that_disagrees_with_the_checkpoint_is_rejected(policy) -> None:
     config = load_embodiment("aloha", {"control.action_dt": 0.04, "action.mask": list(range(1, 15))})
-    with pytest.raises(ValueError, match=r"action\.mask is .* in the config .*control\.action_dt is 0\.04"):
+    with pytest.raises(CheckpointError, match=r"action\.mask is .* in the config .*control\.action_dt is 0\.04"):
         policy.set_task(config, INSTRUCTION)
 
 
@@ -249,7 +253,7 @@ def test_a_config_that_disagrees_with_the_checkpoint_is_rejected(policy) -> None
 def test_bad_inputs_are_named(policy, make_images, kwargs, words) -> None:
     images, state = observation(policy, make_images)
     arguments = {"state": state, **kwargs}
-    with pytest.raises(ValueError) as raised:
+    with pytest.raises(PolicyInputError) as raised:
         policy.infer(images, arguments.pop("state"), **arguments)
     assert words in str(raised.value)
 
@@ -257,20 +261,20 @@ def test_bad_inputs_are_named(policy, make_images, kwargs, words) -> None:
 def test_bad_images_reach_the_caller_as_errors(policy, make_images) -> None:
     images, state = observation(policy, make_images)
     del images["cam_low"]
-    with pytest.raises(KeyError, match="cam_low"):
+    with pytest.raises(PolicyInputError, match="cam_low"):
         policy.infer(images, state)
     images = make_images(policy.task.cameras)
     images["cam_high"] = images["cam_high"].astype(np.int16)
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(PolicyInputError, match="uint8"):
         policy.infer(images, state)
 
 
 @pytest.mark.parametrize("steps", [0, 11, 2.5, True])
 def test_denoising_steps_must_be_1_to_10(policy, steps) -> None:
-    with pytest.raises(ValueError, match=r"\[1, 10\]"):
+    with pytest.raises(InvalidArgumentError, match=r"\[1, 10\]"):
         policy.num_steps = steps
 
 
 def test_instruction_with_reserved_tokens_is_rejected(policy) -> None:
-    with pytest.raises(ValueError, match="reserved token"):
+    with pytest.raises(InvalidArgumentError, match="reserved token"):
         policy.set_task("aloha", "pick <|image_pad|> up")

@@ -17,8 +17,9 @@ onnx = pytest.importorskip("onnx", reason="onnx is not installed: pip install '.
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install '.[onnx]'")
 
 from qwen_vla_ros.cli import main as cli_main  # noqa: E402
-from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, load_runtime  # noqa: E402
+from qwen_vla_ros.config import EMBODIMENTS, ConfigError, load_embodiment, load_runtime  # noqa: E402
 from qwen_vla_ros.config.runtime import OnnxRuntimeSettings  # noqa: E402
+from qwen_vla_ros.errors import InvalidArgumentError  # noqa: E402
 from qwen_vla_ros.model import export as export_module  # noqa: E402
 from qwen_vla_ros.model import load_policy  # noqa: E402
 from qwen_vla_ros.model.denormals import flushed_denormals, flushing  # noqa: E402
@@ -333,7 +334,7 @@ def test_more_cameras_than_exported_is_a_clear_error(tiny_checkpoint: Path, tiny
     (narrow / "export.json").write_text(json.dumps(manifest))
     policy = load_policy(tiny_checkpoint, backend="onnxruntime", options=ort_options(narrow))
     policy.set_task("widowx", INSTRUCTION)
-    with pytest.raises(ValueError, match="--max-cameras 4"):
+    with pytest.raises(OnnxExportError, match="--max-cameras 4"):
         policy.set_task("aloha", INSTRUCTION)
     assert policy.task.embodiment.name == "widowx", "the previous task stays in place"
 
@@ -353,19 +354,19 @@ def test_a_runtime_config_chooses_backend_settings_steps_and_guidance(tiny_check
     policy = load_policy_from_config(config)
     assert policy.stages.name == "onnxruntime fp32 (CPUExecutionProvider)"
     assert policy.num_steps == 2 and policy.max_guidance_weight == 3.0
-    with pytest.raises(ValueError, match="no checkpoint"):
+    with pytest.raises(ConfigError, match="no checkpoint"):
         load_policy_from_config(load_runtime(None, {}))
 
 
 def test_exported_backends_run_float32(tiny_checkpoint: Path, tiny_onnx: Path) -> None:
-    with pytest.raises(ValueError, match="float32 ONNX export"):
+    with pytest.raises(InvalidArgumentError, match="float32 ONNX export"):
         load_policy(tiny_checkpoint, backend="onnxruntime", dtype="bfloat16", options=ort_options(tiny_onnx))
 
 
 # ------------------------------------------------------------------ providers (pure)
 def test_providers_on_cpu_are_the_cpu_provider() -> None:
     assert choose_providers([TRT, CUDA, CPU], [CUDA, CPU], "cpu") == [CPU]
-    with pytest.raises(ValueError, match="omit"):
+    with pytest.raises(InvalidArgumentError, match="omit"):
         choose_providers([CUDA], [CUDA, CPU], "cpu")
 
 
@@ -373,9 +374,9 @@ def test_providers_on_cuda_follow_the_preference_order_of_those_available() -> N
     assert choose_providers([TRT, CUDA, CPU], [TRT, CUDA, CPU], "cuda") == [TRT, CUDA, CPU]
     assert choose_providers([TRT, CUDA, CPU], [CUDA, CPU], "cuda") == [CUDA, CPU]
     assert choose_providers([CUDA, TRT], [TRT, CUDA, CPU], "cuda") == [CUDA, TRT, CPU]
-    with pytest.raises(ValueError, match="onnxruntime-gpu"):
+    with pytest.raises(InvalidArgumentError, match="onnxruntime-gpu"):
         choose_providers([TRT, CUDA, CPU], ["AzureExecutionProvider", CPU], "cuda")
-    with pytest.raises(ValueError, match="unsupported"):
+    with pytest.raises(InvalidArgumentError, match="unsupported"):
         choose_providers(["OpenVINOExecutionProvider", CPU], [CPU], "cpu")
 
 

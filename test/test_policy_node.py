@@ -256,3 +256,57 @@ def test_bad_checkpoint_exits_2(ros_domain, tmp_path, problem: str) -> None:
     output = child.communicate(timeout=120)[0]
     assert child.returncode == 2, output
     assert str(checkpoint) in output and "error" in output
+
+
+def test_load_policy_for_reports_bad_input_and_lets_a_bug_through(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    """A checkpoint or option the package judged bad becomes a ConfigError (exit 2); a programming
+    error inside loading (a bare KeyError, once caught as a bad checkpoint) keeps its own type and traceback instead of being reported as a bad
+    checkpoint. The loader is replaced to raise each: no real bug exists to trigger, and a bad
+    option that passes the runtime config's own validation needs a machine without CUDA."""
+    from qwen_vla_ros.config import ConfigError, load_runtime
+    from qwen_vla_ros.errors import InvalidArgumentError
+    from qwen_vla_ros.model import loading
+    from qwen_vla_ros.nodes.policy_node import load_policy_for
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "qwen_vla.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_policy_for(str(broken), load_runtime(None, {}))
+
+    def loader_raising(error: Exception) -> Callable[[object], None]:
+        def load(config: object) -> None:
+            raise error
+        return load
+
+    monkeypatch.setattr(loading, "load_policy_from_config", loader_raising(InvalidArgumentError("dtype must be one of")))
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        load_policy_for(str(tiny_checkpoint), load_runtime(None, {}))
+    monkeypatch.setattr(loading, "load_policy_from_config", loader_raising(KeyError("vision_config")))
+    with pytest.raises(KeyError, match="vision_config"):
+        load_policy_for(str(tiny_checkpoint), load_runtime(None, {}))
+
+
+def test_an_embodiment_the_checkpoint_lacks_is_a_config_error_and_a_bug_is_not(ros_domain, tiny_checkpoint,
+                                                                               monkeypatch) -> None:
+    """The node's start-up refuses an embodiment the checkpoint was not trained for as a ConfigError
+    (exit 2 in run_node); a bug while building the prefix (a bare KeyError, planted on the real
+    policy's set_task because no real one exists) keeps its type and traceback."""
+    from qwen_vla_ros.config import ConfigError
+    from qwen_vla_ros.model import load_policy
+    from qwen_vla_ros.nodes import policy_node
+
+    parameters = [Parameter("checkpoint", value=str(tiny_checkpoint)),
+                  Parameter("config_overrides", value=[*CONFIG_OVERRIDES, "name=aloha_custom"])]
+    with pytest.raises(ConfigError, match="'aloha_custom' is not in this checkpoint"):
+        policy_node.PolicyNode(context=ros_domain.context, parameter_overrides=parameters)
+
+    policy = load_policy(tiny_checkpoint)
+
+    def set_task_with_a_bug(*args: object) -> None:
+        raise KeyError("prefix_state")
+
+    monkeypatch.setattr(policy, "set_task", set_task_with_a_bug)
+    monkeypatch.setattr(policy_node, "load_policy_for", lambda checkpoint, runtime: policy)
+    with pytest.raises(KeyError, match="prefix_state"):
+        policy_node.PolicyNode(context=ros_domain.context, parameter_overrides=parameters[:1])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.engine_cache import (
     EngineKey,
     Precision,
@@ -84,9 +85,9 @@ def test_shapes_outside_the_profile_are_named() -> None:
 
 def test_profile_limits_must_fit_the_export() -> None:
     check_profile_limits(manifest(8), 8, 512)
-    with pytest.raises(ValueError, match="re-export with --max-cameras"):
+    with pytest.raises(InvalidArgumentError, match="re-export with --max-cameras"):
         check_profile_limits(manifest(4), 5, 512)
-    with pytest.raises(ValueError, match="max_prefix_tokens"):
+    with pytest.raises(InvalidArgumentError, match="max_prefix_tokens"):
         check_profile_limits(manifest(4), 4, 0)
 
 
@@ -111,7 +112,7 @@ def test_precision_falls_back_where_the_gpu_or_the_export_cannot(requested, capa
 
 
 def test_unknown_precision_is_an_error() -> None:
-    with pytest.raises(ValueError, match="int4"):
+    with pytest.raises(InvalidArgumentError, match="int4"):
         resolve_precision("int4", (9, 0), False)
     assert Precision("bf16").note == ""
 
@@ -202,7 +203,7 @@ def test_without_tensorrt_the_error_says_what_to_install() -> None:
 def test_tensorrt_needs_a_cuda_device(tiny_checkpoint: Path) -> None:
     from qwen_vla_ros.model import load_policy
 
-    with pytest.raises(ValueError, match="cuda device"):
+    with pytest.raises(InvalidArgumentError, match="cuda device"):
         load_policy(tiny_checkpoint, backend="tensorrt", device="cpu")
 
 

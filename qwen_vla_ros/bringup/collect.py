@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor, _dead_required, _wait, join_graph_dds, stop_nodes
+from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr
+from qwen_vla_ros.bringup.session import dead_required, join_graph_dds, stop_nodes, wait_for
 from qwen_vla_ros.contract import EXPERT_COMMAND, EXPERT_STATUS, INSTRUCTION, SIM_RESET, TRIAL_SERVICES
 from qwen_vla_ros.recording.protocol import Protocol, load_protocol, next_trial
 from qwen_vla_ros.recording.trial import TrialStore, load_index
@@ -100,7 +101,7 @@ def _run_command(link: ExpertLink, command: dict[str, Any], group: ProcessGroup,
                  problems: list[str], timeout_s: float) -> bool:
     command_id = link.send(command)
     what = f"the expert's {command['command']} (id {command_id})"
-    if not _wait(lambda: link.state(command_id) in ("done", "error"), group, stop, timeout_s, problems, what):
+    if not wait_for(lambda: link.state(command_id) in ("done", "error"), group, stop, timeout_s, problems, what):
         return False
     if link.state(command_id) == "error":
         problems.append(f"{what} was refused: {link.statuses[command_id].get('detail')}")
@@ -129,10 +130,10 @@ def run_collect(args: argparse.Namespace) -> CollectSummary:
             say(f"starting {', '.join(p.name for p in graph.processes)} (logs in {output / 'logs'})")
             group.start()
             ready = lambda: monitor.sim_stamp_ns is not None and monitor.seen_command and link.ready  # noqa: E731
-            if _wait(ready, group, signals.event, args.startup_timeout, summary.problems,
+            if wait_for(ready, group, signals.event, args.startup_timeout, summary.problems,
                      "the sim's joint states, the controller's commands and the expert"):
                 for number in range(args.episodes):
-                    if signals.event.is_set() or _dead_required(group, summary.problems):
+                    if signals.event.is_set() or dead_required(group, summary.problems):
                         break
                     episode = _episode(args, link, monitor, group, signals.event, protocol, output)
                     summary.episodes.append(episode)

@@ -25,8 +25,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from qwen_vla_ros.bringup.graph import BringupOptions, Graph, build_graph
-from qwen_vla_ros.bringup.runner import Exit, ProcessGroup, StopSignals, report_to_stderr, run_log_dir
+from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
+from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr, run_log_dir
+from qwen_vla_ros.bringup.session import dead_required, join_graph_dds, stop_nodes, wait_for
 from qwen_vla_ros.config import load_runtime, parse_override
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.contract import (
@@ -364,45 +365,6 @@ class Progress:
         self.stream.flush()
 
 
-def _wait(condition: Callable[[], bool], group: ProcessGroup, stop: threading.Event, timeout_s: float,
-          problems: list[str], what: str, tick: Callable[[], None] = lambda: None) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not stop.is_set():
-        if _dead_required(group, problems):
-            return False
-        if condition():
-            return True
-        tick()
-        time.sleep(0.1)
-    if not stop.is_set():
-        problems.append(f"{what}: not done within the start-up timeout (--startup-timeout, the node logs say why)")
-    return False
-
-
-def _dead_required(group: ProcessGroup, problems: list[str]) -> bool:
-    exits: list[Exit] = group.poll()
-    for ended in exits:
-        problems.append(ended.describe())
-    return any(e.required for e in exits)
-
-
-def join_graph_dds(graph: Graph) -> None:
-    """This process (the monitor) joins the DDS setup of the nodes it starts: their RMW, and in
-    single-host mode the confined profile its own ``apply_dds_profile`` then picks too."""
-    for key, value in graph.environment.items():
-        os.environ.setdefault(key, value)
-    os.environ.update(graph.required_environment)
-
-
-def stop_nodes(group: ProcessGroup, monitor: Monitor, problems: list[str], say: Callable[[str], None]) -> None:
-    """Stop every node (SIGINT first), record those that ended badly (SIGINT's -2 is the clean end), then the monitor."""
-    say("stopping the nodes")
-    for ended in group.stop():
-        if ended.returncode not in (0, -2):
-            problems.append(ended.describe())
-    monitor.close()
-
-
 def run_demo(args: argparse.Namespace) -> Summary:
     say = report_to_stderr
     load_runtime(None, dict(parse_override(text) for text in args.runtime_override))  # a bad one: exit 2 now
@@ -473,7 +435,7 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
         def show(what: str = what, begun: float = begun) -> None:
             progress.show(f"{what} ({time.monotonic() - begun:.0f} s)")
 
-        if not _wait(condition, group, stop, deadline - time.monotonic(), problems, what, show):
+        if not wait_for(condition, group, stop, deadline - time.monotonic(), problems, what, show):
             return
         progress.show(f"{what} ({time.monotonic() - begun:.0f} s)", final=True)
     before = chunk_counters(monitor.fresh(CONTROLLER_DIAGNOSTICS))  # counts up to now, then the trial starts
@@ -487,7 +449,7 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
     wall_start = time.monotonic()
     wall_limit = 3 * args.duration + 30  # the sim keeps real time; far beyond that something is stuck
     while not stop.is_set():
-        if _dead_required(group, problems):
+        if dead_required(group, problems):
             break
         summary.sim_time_s = (monitor.sim_time_ns() - sim_start_ns) / 1e9
         inference_ms = monitor.figure("policy_node", "inference_ms_p50")

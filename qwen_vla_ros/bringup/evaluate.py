@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor, _dead_required, _wait, ensure_checkpoint, join_graph_dds, stop_nodes
+from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor, ensure_checkpoint
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr
+from qwen_vla_ros.bringup.session import dead_required, join_graph_dds, stop_nodes, wait_for
 from qwen_vla_ros.config import load_runtime, parse_override
 from qwen_vla_ros.contract import INSTRUCTION, SIM_RANDOMIZATION, SIM_RESET, TRIAL_SERVICES
 from qwen_vla_ros.recording.protocol import Protocol, load_protocol, next_trial
@@ -151,10 +152,10 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
             say(f"starting {', '.join(p.name for p in graph.processes)} (logs in {output / 'logs'})")
             group.start()
             ready = lambda: monitor.seen_chunk and monitor.seen_command and monitor.sim_stamp_ns is not None  # noqa: E731
-            if _wait(ready, group, signals.event, args.startup_timeout, summary.problems,
+            if wait_for(ready, group, signals.event, args.startup_timeout, summary.problems,
                      "the first chunk and controller command"):
                 for number in range(args.trials):
-                    if signals.event.is_set() or _dead_required(group, summary.problems):
+                    if signals.event.is_set() or dead_required(group, summary.problems):
                         break
                     upcoming = next_trial(protocol, _completed(output))
                     if upcoming is None:
@@ -210,7 +211,7 @@ def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, st
     monitor.success = False  # the latched flag of the previous trial; the sim republishes every period
     sim_start = monitor.sim_time_ns()
     wall_limit = time.monotonic() + 3 * args.timeout + 30
-    while not stop.is_set() and not _dead_required(group, []):
+    while not stop.is_set() and not dead_required(group, []):
         result.sim_time_s = (monitor.sim_time_ns() - sim_start) / 1e9
         if monitor.success or result.sim_time_s >= args.timeout or time.monotonic() > wall_limit:
             break

@@ -21,6 +21,7 @@ from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, parse_override
 from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.config.hardware import InterbotixOutput
 from qwen_vla_ros.contract import JOYSTICK_OUTPUT, config_topics
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.ros_env import (
     MULTI_HOST_ENV,
     enclave_name,
@@ -86,18 +87,18 @@ class BringupOptions:
 
     def __post_init__(self) -> None:
         if self.embodiment not in EMBODIMENTS:
-            raise ValueError(f"unknown embodiment {self.embodiment!r}; choose one of {', '.join(EMBODIMENTS)}")
+            raise InvalidArgumentError(f"unknown embodiment {self.embodiment!r}; choose one of {', '.join(EMBODIMENTS)}")
         if self.command_source not in ("policy", "expert"):
-            raise ValueError(f"command_source must be 'policy' or 'expert', got {self.command_source!r}")
+            raise InvalidArgumentError(f"command_source must be 'policy' or 'expert', got {self.command_source!r}")
         if self.command_source == "expert" and not self.use_sim:
-            raise ValueError("the scripted expert plays in simulation only (use_sim)")
+            raise InvalidArgumentError("the scripted expert plays in simulation only (use_sim)")
 
     @classmethod
     def from_launch_arguments(cls, embodiment: str, values: Mapping[str, str]) -> BringupOptions:
         """Options from launch-argument strings (``use_sim:=true``); unknown names are an error."""
         unknown = sorted(set(values) - set(LAUNCH_ARGUMENTS))
         if unknown:
-            raise ValueError(f"unknown launch arguments {unknown}; known: {sorted(LAUNCH_ARGUMENTS)}")
+            raise InvalidArgumentError(f"unknown launch arguments {unknown}; known: {sorted(LAUNCH_ARGUMENTS)}")
         text = {name: values.get(name, default) for name, (default, _) in LAUNCH_ARGUMENTS.items()}
         return cls(
             embodiment, text["checkpoint"], text["backend"], config=text["config"], instruction=text["instruction"],
@@ -175,7 +176,7 @@ def parse_bool(name: str, text: str) -> bool:
         return True
     if lowered in ("false", "0", "no", "off", ""):
         return False
-    raise ValueError(f"{name} must be true or false, got {text!r}")
+    raise InvalidArgumentError(f"{name} must be true or false, got {text!r}")
 
 
 def parse_namespaces(text: str) -> dict[str, str]:
@@ -184,7 +185,7 @@ def parse_namespaces(text: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         source, sep, target = item.partition("=")
         if not sep or not source.strip("/ ") or not target.strip("/ "):
-            raise ValueError(f"namespace remap must look like old=new, got {item!r}")
+            raise InvalidArgumentError(f"namespace remap must look like old=new, got {item!r}")
         mapping[source.strip("/ ")] = target.strip("/ ")
     return mapping
 
@@ -211,7 +212,7 @@ def check_keystore(keystore: str, processes: Sequence[ProcessSpec], embodiment: 
     """Refuse to start when the keystore lacks a process's enclave, naming them and the fix."""
     missing = missing_enclaves(keystore, [p.enclave for p in processes if p.enclave])
     if missing:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"security: keystore {keystore} has no enclave for {', '.join(missing)}; create them with "
             f"'qwen-vla-ros security policy --embodiment {embodiment} -o policy.xml' and "
             f"'ros2 security generate_artifacts -k {keystore} -p policy.xml' (docs/security.md)"
@@ -262,7 +263,7 @@ def build_graph(options: BringupOptions) -> Graph:
     config_source = options.config or options.embodiment
     config = load_embodiment(config_source, _parsed(options.config_overrides))
     if options.use_sim and config.sim is None:
-        raise ValueError(f"{config_source} has no sim section, so it cannot run with use_sim")
+        raise InvalidArgumentError(f"{config_source} has no sim section, so it cannot run with use_sim")
     config_overrides = (sim_overrides(config) if options.use_sim else []) + list(options.config_overrides)
     runtime_overrides = list(options.runtime_overrides)
     if options.checkpoint:
@@ -313,7 +314,7 @@ def build_graph(options: BringupOptions) -> Graph:
                               more_remaps=((JOYSTICK_OUTPUT, config.teleop.joy_topic),)))
     unknown = set(options.node_parameters) - {p.name for p in processes}
     if unknown:
-        raise ValueError(f"parameters given for processes not in the graph: {sorted(unknown)}")
+        raise InvalidArgumentError(f"parameters given for processes not in the graph: {sorted(unknown)}")
     if options.security:
         check_keystore(options.security, processes, options.embodiment)
     return Graph(config, tuple(processes), base_env, forced_env)

@@ -26,7 +26,7 @@ import numpy as np
 
 from qwen_vla_ros.chunk import NS_PER_S, ActionChunk
 from qwen_vla_ros.config import EmbodimentConfig, RuntimeConfig
-from qwen_vla_ros.errors import MalformedMessageError
+from qwen_vla_ros.errors import MalformedMessageError, PolicyInputError, QwenVlaError
 from qwen_vla_ros.imaging import map_frames
 from qwen_vla_ros.inference.committed import CommittedHistory
 from qwen_vla_ros.inference.scheduler import POLICY, Decision, InferenceScheduler
@@ -205,7 +205,7 @@ class PolicyRunner:
         try:
             chunk = self.policy.infer(images, observation.state, committed=committed, delay_steps=delay_steps,
                                       seed=self.seed)
-        except (KeyError, ValueError, RuntimeError) as exc:  # bad input, or torch (e.g. out of memory): retried
+        except (PolicyInputError, RuntimeError) as exc:  # an observation it refused, or torch (e.g. out of memory): retried
             return self._skipped(Skip(SkipReason.INFERENCE_ERROR, "model", f"inference failed: {exc}"), started_ns)
         finished_ns = self.clock()
         self.inference_time.add((finished_ns - started_ns) / NS_PER_S)
@@ -246,7 +246,7 @@ class PolicyRunner:
             return
         try:
             self._build_prefix(pending)
-        except (KeyError, ValueError) as exc:
+        except QwenVlaError as exc:  # reserved tokens, a prefix past the backend's limit: judged bad, not a bug
             self.log.error(f"instruction {pending!r} rejected, keeping {self.instruction!r}: {exc}")
             return
         self.instruction = pending

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from qwen_vla_ros.config import EmbodimentConfig, load_embodiment
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.normalization import ChannelNormalizer
 from qwen_vla_ros.model.policy import Policy
 from qwen_vla_ros.model.stages import Stages, TorchStages
@@ -42,7 +43,7 @@ def bench_embodiment(name: str, cameras: int | None) -> EmbodimentConfig:
     if cameras is None:
         return config
     if not 1 <= cameras <= len(config.cameras):
-        raise ValueError(f"--cameras must be in [1, {len(config.cameras)}] for {config.name}, got {cameras}")
+        raise InvalidArgumentError(f"--cameras must be in [1, {len(config.cameras)}] for {config.name}, got {cameras}")
     return config.model_copy(update={"cameras": config.cameras[:cameras]})
 
 
@@ -167,9 +168,9 @@ def run_bench(
     """``rtc_delay`` > 0 times real-time chunking: a first chunk minus its first ``rtc_delay``
     actions is committed, and the next ``rtc_delay`` of those execute during inference."""
     if runs < 1 or warmup < 0:
-        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+        raise InvalidArgumentError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     if compare not in (None, *BASELINES):
-        raise ValueError(f"--compare must be one of {list(BASELINES)}, got {compare!r}")
+        raise InvalidArgumentError(f"--compare must be one of {list(BASELINES)}, got {compare!r}")
     if policy.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(policy.device)
     policy.set_task(embodiment, instruction)
@@ -178,7 +179,9 @@ def run_bench(
     if rtc_delay:
         horizon = policy.task.entry.chunk_length
         if not 1 <= rtc_delay <= horizon // 2:
-            raise ValueError(f"--rtc-delay must lie in [1, {horizon // 2}] for {horizon}-action chunks, got {rtc_delay}")
+            raise InvalidArgumentError(
+                f"--rtc-delay must lie in [1, {horizon // 2}] for {horizon}-action chunks, got {rtc_delay}"
+            )
         previous = policy.infer(images, state, seed=seed + 1).actions
         request = Request(images, state, seed, previous[rtc_delay:], rtc_delay)
     baseline = {"naive": _naive_infer, "torch": _eager_infer}[compare](policy) if compare else None

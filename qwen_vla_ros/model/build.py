@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from qwen_vla_ros.config import EMBODIMENTS, load_embodiment, load_runtime
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.action_head import ActionHead
 from qwen_vla_ros.model.checkpoint import (
     BACKBONE_DIR,
@@ -257,7 +258,7 @@ def build_model(
     from transformers import Qwen3_5ForConditionalGeneration
 
     if size not in SPECS:
-        raise ValueError(f"size must be one of {list(SPECS)}, got {size!r}")
+        raise InvalidArgumentError(f"size must be one of {list(SPECS)}, got {size!r}")
     spec = SPECS[size]
     tokenizer = build_tokenizer(spec.tokenizer_vocab)
     manifest = build_manifest(spec)
@@ -274,7 +275,7 @@ def make_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
 
     root = Path(out).expanduser()
     if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root} exists and is not empty; choose a new directory")
+        raise InvalidArgumentError(f"{root} exists and is not empty; choose a new directory")
     dtype = torch.bfloat16 if size == "full" else torch.float32
     built = build_model(size, seed=seed, dtype=dtype)
     backbone_dir = root / BACKBONE_DIR

@@ -9,6 +9,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from qwen_vla_ros.errors import InvalidArgumentError
+
 if TYPE_CHECKING:  # loading imports torch; see the module docstring
     from qwen_vla_ros.model.loading import BackendOptions
 
@@ -23,7 +25,7 @@ def _make_checkpoint(args: argparse.Namespace) -> int:
         print(json.dumps({"size": args.size, "parameters": counts}, indent=2))
         return 0
     if not args.out:
-        raise ValueError("make-checkpoint needs an output directory OUT (or --dry-run)")
+        raise InvalidArgumentError("make-checkpoint needs an output directory OUT (or --dry-run)")
     root = make_checkpoint(args.size, args.out, seed=args.seed)
     print(f"wrote {args.size} checkpoint to {root}")
     return 0
@@ -59,7 +61,7 @@ def _bench(args: argparse.Namespace) -> int:
     from qwen_vla_ros.model.bench import bench_embodiment, format_report, run_bench
 
     if bool(args.checkpoint) == bool(args.size):
-        raise ValueError("give exactly one of --checkpoint DIR or --size tiny|small|full")
+        raise InvalidArgumentError("give exactly one of --checkpoint DIR or --size tiny|small|full")
     options = _backend_options(args)
     if args.checkpoint:
         from qwen_vla_ros.model.loading import load_policy
@@ -68,7 +70,7 @@ def _bench(args: argparse.Namespace) -> int:
                              options=options)
     else:
         if args.backend != "torch":
-            raise ValueError(f"--backend {args.backend} exports a checkpoint: give --checkpoint DIR, not --size")
+            raise InvalidArgumentError(f"--backend {args.backend} exports a checkpoint: give --checkpoint DIR, not --size")
         from qwen_vla_ros.model.build import build_policy
 
         policy = build_policy(args.size, device=args.device, dtype=args.dtype, options=options)
@@ -121,10 +123,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from qwen_vla_ros.model.export import export_checkpoint
+    from qwen_vla_ros.model.loading import export_checkpoint
 
     if args.format != "onnx":
-        raise ValueError(f"--format must be onnx, got {args.format!r}")
+        raise InvalidArgumentError(f"--format must be onnx, got {args.format!r}")
     out = export_checkpoint(args.checkpoint, args.out, max_cameras=args.max_cameras, opset=args.opset,
                             progress=print)
     print(f"wrote ONNX models and export.json to {out}")

@@ -19,6 +19,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.onnx_manifest import ExportManifest, StageModel, input_shapes
 
 OPT_PREFIX_TOKENS = 192  # profile optimum: a typical system + embodiment + instruction prefix
@@ -36,7 +37,7 @@ def resolve_precision(requested: str, compute_capability: tuple[int, int], has_f
     """The precision to build with. BF16 needs Ampere (8.0) or newer, FP8 Ada/Hopper (8.9) and an
     export carrying FP8 quantize/dequantize nodes (TensorRT does not calibrate FP8 itself)."""
     if requested not in ("fp32", "fp16", "bf16", "fp8"):
-        raise ValueError(f"precision must be fp32, fp16, bf16 or fp8, got {requested!r}")
+        raise InvalidArgumentError(f"precision must be fp32, fp16, bf16 or fp8, got {requested!r}")
     fallback = "bf16" if compute_capability >= (8, 0) else "fp16"
     if requested == "fp8":
         if compute_capability < (8, 9):
@@ -51,12 +52,12 @@ def resolve_precision(requested: str, compute_capability: tuple[int, int], has_f
 
 def check_profile_limits(manifest: ExportManifest, max_cameras: int, max_prefix_tokens: int) -> None:
     if not 1 <= max_cameras <= manifest.max_cameras:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"tensorrt.max_cameras {max_cameras} must lie in [1, {manifest.max_cameras}] (the export's limit; "
             f"re-export with --max-cameras to raise it)"
         )
     if max_prefix_tokens < 1:
-        raise ValueError(f"tensorrt.max_prefix_tokens must be positive, got {max_prefix_tokens}")
+        raise InvalidArgumentError(f"tensorrt.max_prefix_tokens must be positive, got {max_prefix_tokens}")
 
 
 def profile_shapes(stage: StageModel, max_cameras: int, max_prefix_tokens: int) -> ProfileShapes:

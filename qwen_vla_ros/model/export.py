@@ -37,9 +37,9 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.backbone import StepBackbone, Trunk
 from qwen_vla_ros.model.delta_rule import scan_gated_delta_rule
-from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint
 from qwen_vla_ros.model.onnx_manifest import (
     EXPORT_MANIFEST,
     ExportManifest,
@@ -277,7 +277,7 @@ def export_policy(
     if policy.device.type != "cpu" or policy.dtype != torch.float32:
         raise ValueError(f"export needs a float32 CPU policy, got {policy.dtype} on {policy.device}")
     if max_cameras < 1:
-        raise ValueError(f"max_cameras must be at least 1, got {max_cameras}")
+        raise InvalidArgumentError(f"max_cameras must be at least 1, got {max_cameras}")
     target = Path(out).expanduser()
     if target.exists() and any(target.iterdir()) and not (target / EXPORT_MANIFEST).is_file():
         raise OnnxExportError(f"{target} exists and is not an export folder; choose a new --out")
@@ -317,23 +317,6 @@ def export_policy(
         if staging.exists():
             shutil.rmtree(staging)
     return manifest
-
-
-def export_checkpoint(
-    checkpoint: str | Path,
-    out: str | Path | None = None,
-    max_cameras: int = DEFAULT_MAX_CAMERAS,
-    opset: int = DEFAULT_OPSET,
-    progress: Callable[[str], None] = LOG.info,
-) -> Path:
-    """Load a checkpoint as float32 on CPU and export it; ``out`` defaults to the export cache."""
-    from qwen_vla_ros.model.loading import load_policy
-
-    fingerprint = checkpoint_fingerprint(checkpoint)
-    target = Path(out).expanduser() if out is not None else default_export_dir(fingerprint)
-    policy = load_policy(checkpoint, backend="torch", device="cpu", dtype="float32")
-    export_policy(policy, target, fingerprint, max_cameras=max_cameras, opset=opset, progress=progress)
-    return target
 
 
 def matching_export(folder: str | Path, fingerprint: str) -> ExportManifest:

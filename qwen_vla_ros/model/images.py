@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qwen_vla_ros.errors import PolicyInputError
 from qwen_vla_ros.imaging import fit_frame, map_frames
 
 
@@ -42,26 +43,26 @@ class PatchSpec:
 
 
 def check_images(images: Mapping[str, np.ndarray], cameras: Sequence[str]) -> list[np.ndarray]:
-    """The frames in the embodiment's camera order, or an error naming the faulty camera."""
+    """The frames in the embodiment's camera order, or a PolicyInputError naming the faulty camera."""
     if not isinstance(images, Mapping):
-        raise ValueError(f"images must be a dict camera name -> array, got {type(images).__name__}")
+        raise PolicyInputError(f"images must be a dict camera name -> array, got {type(images).__name__}")
     missing = [name for name in cameras if name not in images]
     if missing:
-        raise KeyError(f"missing camera image(s) {missing}; the embodiment expects {list(cameras)}")
+        raise PolicyInputError(f"missing camera image(s) {missing}; the embodiment expects {list(cameras)}")
     extra = sorted(set(images) - set(cameras))
     if extra:
-        raise ValueError(f"unexpected camera image(s) {extra}; the embodiment expects {list(cameras)}")
+        raise PolicyInputError(f"unexpected camera image(s) {extra}; the embodiment expects {list(cameras)}")
     frames = []
     for name in cameras:
         frame = images[name]
         if not isinstance(frame, np.ndarray):
-            raise ValueError(f"camera {name!r}: image must be a numpy array, got {type(frame).__name__}")
+            raise PolicyInputError(f"camera {name!r}: image must be a numpy array, got {type(frame).__name__}")
         if frame.dtype != np.uint8:
-            raise ValueError(f"camera {name!r}: image dtype must be uint8, got {frame.dtype}")
+            raise PolicyInputError(f"camera {name!r}: image dtype must be uint8, got {frame.dtype}")
         if frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"camera {name!r}: image must be HxWx3 RGB, got shape {frame.shape}")
+            raise PolicyInputError(f"camera {name!r}: image must be HxWx3 RGB, got shape {frame.shape}")
         if frame.shape[0] == 0 or frame.shape[1] == 0:
-            raise ValueError(f"camera {name!r}: image is empty, shape {frame.shape}")
+            raise PolicyInputError(f"camera {name!r}: image is empty, shape {frame.shape}")
         frames.append(frame)
     return frames
 

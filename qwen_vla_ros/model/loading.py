@@ -24,7 +24,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from qwen_vla_ros.config import ConfigError
 from qwen_vla_ros.config.runtime import OnnxRuntimeSettings, RuntimeConfig, TensorRTSettings
+from qwen_vla_ros.errors import InvalidArgumentError
+from qwen_vla_ros.model import export as onnx_export
 from qwen_vla_ros.model.action_head import ActionHead
 from qwen_vla_ros.model.checkpoint import CheckpointError, CheckpointFiles, Manifest, read_checkpoint
 from qwen_vla_ros.model.denormals import flushed_denormals
@@ -52,11 +55,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"invalid device {device!r}: {exc}") from exc
+        raise InvalidArgumentError(f"invalid device {device!r}: {exc}") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        raise InvalidArgumentError(f"device {device!r} requested but CUDA is not available on this machine")
     if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
+        raise InvalidArgumentError(f"device must be cpu or cuda[:N], got {device!r}")
     return resolved
 
 
@@ -68,7 +71,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return dtype
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
-    raise ValueError(f"dtype must be one of {list(DTYPES)} or None, got {dtype!r}")
+    raise InvalidArgumentError(f"dtype must be one of {list(DTYPES)} or None, got {dtype!r}")
 
 
 def patch_spec(manifest: Manifest, vision_config: dict[str, Any], preprocessor_config: dict[str, Any]) -> PatchSpec:
@@ -143,26 +146,24 @@ def _load_tokenizer(files: CheckpointFiles) -> object:
 
 def _exported(policy: Policy, files: CheckpointFiles | None, model_dir: str | None) -> tuple[Path, ExportManifest]:
     """The ONNX export of this checkpoint: ``model_dir`` as given, or the cache, exporting on demand."""
-    from qwen_vla_ros.model.export import default_export_dir, export_checkpoint, export_policy, matching_export
-
     if files is None:
-        raise ValueError("exported backends need a checkpoint directory (its fingerprint keys the export)")
+        raise InvalidArgumentError("exported backends need a checkpoint directory (its fingerprint keys the export)")
     fingerprint = checkpoint_fingerprint(files.root)
     if model_dir is not None:
         folder = Path(model_dir).expanduser()
-        return folder, matching_export(folder, fingerprint)
-    folder = default_export_dir(fingerprint)
+        return folder, onnx_export.matching_export(folder, fingerprint)
+    folder = onnx_export.default_export_dir(fingerprint)
     if (folder / EXPORT_MANIFEST).is_file():
         try:
-            return folder, matching_export(folder, fingerprint)
+            return folder, onnx_export.matching_export(folder, fingerprint)
         except ValueError as exc:
             LOG.warning("cached ONNX export is unusable (%s); exporting again", exc)
     LOG.info("exporting %s to ONNX in %s (once per checkpoint)", files.root, folder)
     if policy.device.type == "cpu" and policy.dtype == torch.float32:
-        export_policy(policy, folder, fingerprint)
+        onnx_export.export_policy(policy, folder, fingerprint)
     else:
         export_checkpoint(files.root, folder)
-    return folder, matching_export(folder, fingerprint)
+    return folder, onnx_export.matching_export(folder, fingerprint)
 
 
 def _torch_stages(policy: Policy, files: CheckpointFiles | None, options: BackendOptions) -> Stages:
@@ -201,7 +202,7 @@ def _backend_dtype(backend: str, dtype: str | torch.dtype | None, device: torch.
     if backend == "torch":
         return resolve_dtype(dtype, device)
     if dtype is not None and resolve_dtype(dtype, device) != torch.float32:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"backend {backend!r} runs the float32 ONNX export, so dtype must be None or float32, got {dtype!r}; "
             "TensorRT's precision is tensorrt.precision"
         )
@@ -216,9 +217,9 @@ def load_policy(
     options: BackendOptions | None = None,
 ) -> Policy:
     if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not available; choose one of {list(BACKENDS)}")
+        raise InvalidArgumentError(f"backend {backend!r} is not available; choose one of {list(BACKENDS)}")
     if backend == "tensorrt" and torch.device(device).type != "cuda":
-        raise ValueError(f"backend 'tensorrt' needs a cuda device, got {device!r}")
+        raise InvalidArgumentError(f"backend 'tensorrt' needs a cuda device, got {device!r}")
     files = read_checkpoint(path)
     resolved_device = resolve_device(device)
     options = options or BackendOptions()
@@ -246,10 +247,25 @@ def _load(files: CheckpointFiles, backend: str, device: torch.device, dtype: tor
     return policy
 
 
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    max_cameras: int = onnx_export.DEFAULT_MAX_CAMERAS,
+    opset: int = onnx_export.DEFAULT_OPSET,
+    progress: Callable[[str], None] = LOG.info,
+) -> Path:
+    """Load a checkpoint as float32 on CPU and export it; ``out`` defaults to the export cache."""
+    fingerprint = checkpoint_fingerprint(checkpoint)
+    target = Path(out).expanduser() if out is not None else onnx_export.default_export_dir(fingerprint)
+    policy = load_policy(checkpoint, backend="torch", device="cpu", dtype="float32")
+    onnx_export.export_policy(policy, target, fingerprint, max_cameras=max_cameras, opset=opset, progress=progress)
+    return target
+
+
 def load_policy_from_config(config: RuntimeConfig) -> Policy:
     """The policy a runtime config describes: checkpoint, backend, device, dtype, steps, guidance."""
     if config.checkpoint is None:
-        raise ValueError("the runtime config names no checkpoint")
+        raise ConfigError("runtime config", ["checkpoint: the runtime config names no checkpoint"])
     policy = load_policy(
         config.checkpoint,
         backend=config.backend,

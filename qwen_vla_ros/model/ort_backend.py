@@ -33,14 +33,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from qwen_vla_ros.config.runtime import OnnxRuntimeSettings
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.external_stream import ExternalStream
-from qwen_vla_ros.model.onnx_manifest import ExportManifest
+from qwen_vla_ros.model.onnx_manifest import ExportManifest, OnnxExportError
 from qwen_vla_ros.model.stages import EngineStages
 
 if TYPE_CHECKING:
     import onnxruntime
 
-    from qwen_vla_ros.model.policy import Task
+    from qwen_vla_ros.model.task import Task
 
 LOG = logging.getLogger(__name__)
 QUANTISED_STAGES = ("vision", "step_backbone", "context_kv")
@@ -67,14 +68,14 @@ def choose_providers(requested: Sequence[str], available: Sequence[str], device_
     """
     unsupported = [name for name in requested if name not in (*GPU_PROVIDERS, CPU_PROVIDER)]
     if unsupported:
-        raise ValueError(f"unsupported onnxruntime provider(s) {unsupported}; use {[*GPU_PROVIDERS, CPU_PROVIDER]}")
+        raise InvalidArgumentError(f"unsupported onnxruntime provider(s) {unsupported}; use {[*GPU_PROVIDERS, CPU_PROVIDER]}")
     if device_type != "cuda":
         if CPU_PROVIDER not in requested:
-            raise ValueError(f"device {device_type} runs on {CPU_PROVIDER}, which the providers {list(requested)} omit")
+            raise InvalidArgumentError(f"device {device_type} runs on {CPU_PROVIDER}, which the providers {list(requested)} omit")
         return [CPU_PROVIDER]
     usable = [name for name in requested if name in GPU_PROVIDERS and name in available]
     if not usable:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"device cuda needs one of {list(GPU_PROVIDERS)} from the requested {list(requested)}, but this "
             f"onnxruntime offers {list(available)}; install onnxruntime-gpu (and TensorRT for its provider)"
         )
@@ -201,7 +202,7 @@ class OnnxRuntimeStages(EngineStages):
     def check_task(self, task: Task) -> None:
         cameras = len(task.cameras)
         if cameras > self.manifest.max_cameras:
-            raise ValueError(
+            raise OnnxExportError(
                 f"embodiment {task.embodiment.name!r} has {cameras} cameras but the ONNX export supports at most "
                 f"{self.manifest.max_cameras}; re-export with `qwen-vla-ros export --max-cameras {cameras}`"
             )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,9 +28,10 @@ import torch
 from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.config import EMBODIMENTS, EmbodimentConfig, load_embodiment
 from qwen_vla_ros.config.spaces import Normalization
+from qwen_vla_ros.errors import InvalidArgumentError, PolicyInputError
 from qwen_vla_ros.model.action_head import ActionHead
-from qwen_vla_ros.model.backbone import State, StepBackbone, Trunk, VisionEncoder
-from qwen_vla_ros.model.checkpoint import MAX_STEPS, MIN_STEPS, EmbodimentEntry, Manifest
+from qwen_vla_ros.model.backbone import StepBackbone, Trunk, VisionEncoder
+from qwen_vla_ros.model.checkpoint import MAX_STEPS, MIN_STEPS, CheckpointError, EmbodimentEntry, Manifest
 from qwen_vla_ros.model.denormals import flushed_denormals
 from qwen_vla_ros.model.images import PatchSpec, check_images, patchify
 from qwen_vla_ros.model.normalization import ChannelNormalizer, from_padded, mask_vector, to_padded
@@ -39,33 +39,13 @@ from qwen_vla_ros.model.prompt import TokenLayout, VisionTokens, prefix_text, st
 from qwen_vla_ros.model.rtc import handover_weights, prefix_weights
 from qwen_vla_ros.model.sampler import Guidance, euler_sample
 from qwen_vla_ros.model.stages import Stages, TorchStages
+from qwen_vla_ros.model.task import Task
 from qwen_vla_ros.model.timing import NullTimer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 DEFAULT_MAX_GUIDANCE = 10.0
-
-
-@dataclass(frozen=True)
-class Task:
-    """Everything fixed while the embodiment and instruction are: built once by set_task."""
-
-    embodiment: EmbodimentConfig
-    entry: EmbodimentEntry
-    instruction: str
-    cameras: tuple[str, ...]
-    action_normalizer: ChannelNormalizer
-    state_normalizer: ChannelNormalizer
-    action_mask: torch.Tensor  # (1, 1, action_dim)
-    layout: TokenLayout
-    grid_thw: torch.Tensor  # (cameras, 3)
-    step_template: torch.Tensor  # (1, S, hidden) token embeddings, image slots overwritten per step
-    image_index: torch.Tensor  # (cameras * tokens_per_image,)
-    step_cos: torch.Tensor
-    step_sin: torch.Tensor
-    prefix_state: State
-    prefix_features: torch.Tensor  # (1, P, context_dim)
 
 
 class Policy:
@@ -112,7 +92,7 @@ class Policy:
     @num_steps.setter
     def num_steps(self, steps: int) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
-            raise ValueError(f"denoising steps must be an integer in [{MIN_STEPS}, {MAX_STEPS}], got {steps!r}")
+            raise InvalidArgumentError(f"denoising steps must be an integer in [{MIN_STEPS}, {MAX_STEPS}], got {steps!r}")
         self._num_steps = steps
 
     @property
@@ -131,8 +111,11 @@ class Policy:
         config = self._resolve_embodiment(embodiment)
         entry = self.manifest.embodiments.get(config.name)
         if entry is None:
-            raise KeyError(f"embodiment {config.name!r} is not in this checkpoint; it supports {self.embodiments}")
-        _check_agreement(config, entry, self.manifest)
+            raise CheckpointError(
+                self.source or "checkpoint",
+                f"embodiment {config.name!r} is not in this checkpoint; it supports {self.embodiments}",
+            )
+        _check_agreement(config, entry, self.manifest, self.source or "checkpoint")
         text = prefix_text(self.manifest.prompt, config.prompt, instruction, list(self.tokenizer.all_special_tokens))
         prefix_ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         cameras = tuple(camera.name for camera in config.cameras)
@@ -150,7 +133,7 @@ class Policy:
         if not isinstance(embodiment, (str, Path)):
             raise ValueError(f"embodiment must be a name, a YAML path or an EmbodimentConfig, got {embodiment!r}")
         if str(embodiment) not in EMBODIMENTS and not Path(embodiment).expanduser().is_file():
-            raise KeyError(
+            raise InvalidArgumentError(
                 f"unknown embodiment {str(embodiment)!r}: not a shipped config {list(EMBODIMENTS)} nor a YAML file; "
                 f"this checkpoint supports {self.embodiments}"
             )
@@ -221,7 +204,8 @@ class Policy:
     ) -> ActionChunk:
         """One action chunk in robot units. With ``committed`` (the actions the robot executes
         from this observation on, embodiment channels) the first ``delay_steps`` are kept and
-        the rest is inpainted to continue them (real-time chunking)."""
+        the rest is inpainted to continue them (real-time chunking). An input it cannot use
+        raises PolicyInputError."""
         task = self.task
         frames = check_images(images, task.cameras)
         state_vector = self.check_state(task, state)
@@ -333,38 +317,38 @@ class Policy:
         try:
             vector = np.asarray(state, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"state must be numeric, got {state!r}") from exc
+            raise PolicyInputError(f"state must be numeric, got {state!r}") from exc
         if vector.shape != (len(names),):
-            raise ValueError(f"state must have shape ({len(names)},) for channels {names}, got {vector.shape}")
+            raise PolicyInputError(f"state must have shape ({len(names)},) for channels {names}, got {vector.shape}")
         bad = [names[i] for i in np.flatnonzero(~np.isfinite(vector))]
         if bad:
-            raise ValueError(f"state is not finite in channel(s) {bad}")
+            raise PolicyInputError(f"state is not finite in channel(s) {bad}")
         return vector
 
     @staticmethod
     def _check_committed(task: Task, committed: np.ndarray | None, delay_steps: int) -> np.ndarray | None:
         if isinstance(delay_steps, bool) or not isinstance(delay_steps, (int, np.integer)) or delay_steps < 0:
-            raise ValueError(f"delay_steps must be a non-negative integer, got {delay_steps!r}")
+            raise PolicyInputError(f"delay_steps must be a non-negative integer, got {delay_steps!r}")
         if committed is None:
             if delay_steps:
-                raise ValueError(f"delay_steps is {delay_steps} but no committed actions were given")
+                raise PolicyInputError(f"delay_steps is {delay_steps} but no committed actions were given")
             return None
         names = task.entry.action_channels
         actions = np.asarray(committed, dtype=np.float64)
         horizon = task.entry.chunk_length
         if actions.ndim != 2 or actions.shape[1] != len(names) or not 1 <= actions.shape[0] <= horizon:
-            raise ValueError(
+            raise PolicyInputError(
                 f"committed must have shape (n, {len(names)}) with 1 <= n <= {horizon} for channels {names}, "
                 f"got {actions.shape}"
             )
         if not np.all(np.isfinite(actions)):
-            raise ValueError("committed actions are not finite")
+            raise PolicyInputError("committed actions are not finite")
         if delay_steps > actions.shape[0]:
-            raise ValueError(f"delay_steps {delay_steps} exceeds the {actions.shape[0]} committed actions")
+            raise PolicyInputError(f"delay_steps {delay_steps} exceeds the {actions.shape[0]} committed actions")
         return actions
 
 
-def _check_agreement(config: EmbodimentConfig, entry: EmbodimentEntry, manifest: Manifest) -> None:
+def _check_agreement(config: EmbodimentConfig, entry: EmbodimentEntry, manifest: Manifest, source: str) -> None:
     """The embodiment config must describe what the checkpoint was trained with."""
     head = manifest.action_head
     problems = []
@@ -384,4 +368,4 @@ def _check_agreement(config: EmbodimentConfig, entry: EmbodimentEntry, manifest:
             f"control.action_dt is {config.control.action_dt} in the config but {entry.action_dt} in the checkpoint"
         )
     if problems:
-        raise ValueError(f"embodiment {config.name!r} does not match the checkpoint: " + "; ".join(problems))
+        raise CheckpointError(source, f"embodiment {config.name!r} does not match the checkpoint: " + "; ".join(problems))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.checkpoint import PromptSettings
 
 
@@ -41,10 +42,10 @@ class TokenLayout:
 def prefix_text(prompt: PromptSettings, embodiment_prompt: str, instruction: str, special_tokens: list[str]) -> str:
     for label, text in (("instruction", instruction), ("embodiment prompt", embodiment_prompt)):
         if not isinstance(text, str):
-            raise ValueError(f"{label} must be a string, got {type(text).__name__}")
+            raise InvalidArgumentError(f"{label} must be a string, got {type(text).__name__}")
         found = [token for token in special_tokens if token and token in text]
         if found:
-            raise ValueError(f"{label} contains reserved token(s) {found}")
+            raise InvalidArgumentError(f"{label} contains reserved token(s) {found}")
     return prompt.template.format(
         system=prompt.system, embodiment=embodiment_prompt.strip(), instruction=instruction.strip()
     )

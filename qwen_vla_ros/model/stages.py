@@ -29,7 +29,7 @@ from qwen_vla_ros.model.sampler import Guidance, GuidedVelocity, euler_sample
 from qwen_vla_ros.model.timing import NullTimer
 
 if TYPE_CHECKING:
-    from qwen_vla_ros.model.policy import Task
+    from qwen_vla_ros.model.task import Task
 
 KeyValues = tuple[torch.Tensor, ...]
 Engine = Callable[..., tuple[torch.Tensor, ...]]  # tensors in, tuple of tensors out

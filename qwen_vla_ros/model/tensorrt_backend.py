@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from qwen_vla_ros.config.runtime import TensorRTSettings
-from qwen_vla_ros.errors import QwenVlaError
+from qwen_vla_ros.errors import InvalidArgumentError, QwenVlaError
 from qwen_vla_ros.model.engine_cache import (
     EngineKey,
     ProfileShapes,
@@ -42,7 +42,7 @@ from qwen_vla_ros.model.onnx_manifest import ExportManifest
 from qwen_vla_ros.model.stages import EngineStages
 
 if TYPE_CHECKING:
-    from qwen_vla_ros.model.policy import Task
+    from qwen_vla_ros.model.task import Task
 
 LOG = logging.getLogger(__name__)
 INSTALL_HINT = (
@@ -172,7 +172,7 @@ class TensorRTStages(EngineStages):
                  device: torch.device) -> None:
         trt = require_tensorrt()
         if device.type != "cuda":
-            raise ValueError(f"backend 'tensorrt' needs a cuda device, got {device}")
+            raise InvalidArgumentError(f"backend 'tensorrt' needs a cuda device, got {device}")
         check_profile_limits(manifest, settings.max_cameras, settings.max_prefix_tokens)
         self.settings = settings
         capability = torch.cuda.get_device_capability(device)
@@ -212,8 +212,8 @@ class TensorRTStages(EngineStages):
     def check_task(self, task: Task) -> None:
         cameras, prefix = len(task.cameras), len(task.layout.prefix_ids)
         if cameras > self.settings.max_cameras:
-            raise ValueError(f"embodiment {task.embodiment.name!r} has {cameras} cameras; the TensorRT profiles "
+            raise InvalidArgumentError(f"embodiment {task.embodiment.name!r} has {cameras} cameras; the TensorRT profiles "
                              f"cover up to tensorrt.max_cameras = {self.settings.max_cameras}")
         if prefix > self.settings.max_prefix_tokens:
-            raise ValueError(f"the task's prefix has {prefix} tokens; the TensorRT profiles cover up to "
+            raise InvalidArgumentError(f"the task's prefix has {prefix} tokens; the TensorRT profiles cover up to "
                              f"tensorrt.max_prefix_tokens = {self.settings.max_prefix_tokens}")

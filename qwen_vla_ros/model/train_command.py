@@ -7,6 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from qwen_vla_ros.errors import InvalidArgumentError
+
 
 def _train(args: argparse.Namespace) -> int:
     from qwen_vla_ros.config import load_embodiment
@@ -15,12 +17,12 @@ def _train(args: argparse.Namespace) -> int:
     from qwen_vla_ros.model.training import read_lerobot, save_trained, train_head
 
     if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        raise InvalidArgumentError(f"--steps must be >= 1, got {args.steps}")
     dataset, out = Path(args.dataset).expanduser(), Path(args.output).expanduser()
     if not (dataset / "meta" / "info.json").is_file():
         raise FileNotFoundError(f"{dataset} is not a LeRobot dataset (no meta/info.json)")
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--output {out} exists and is not empty; choose a new directory")
+        raise InvalidArgumentError(f"--output {out} exists and is not empty; choose a new directory")
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

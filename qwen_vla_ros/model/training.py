@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.normalization import mask_vector, to_padded
 from qwen_vla_ros.model.policy import Policy
 
@@ -134,7 +135,7 @@ def save_trained(policy: Policy, source: Path, out: Path) -> Path:
     from safetensors.torch import save_file
 
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} exists and is not empty; choose a new directory")
+        raise InvalidArgumentError(f"{out} exists and is not empty; choose a new directory")
     shutil.copytree(source, out, dirs_exist_ok=True)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in policy.head.state_dict().items()}
     save_file(state, str(out / policy.manifest.action_head.weights))

@@ -29,7 +29,7 @@ from trajectory_msgs.msg import JointTrajectory
 from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.config import ConfigError, RuntimeConfig
 from qwen_vla_ros.contract import ACTION_CHUNK, COMMITTED, DIAGNOSTICS, INSTRUCTION, MODE, NodeRole, role_view
-from qwen_vla_ros.errors import MalformedMessageError
+from qwen_vla_ros.errors import MalformedMessageError, QwenVlaError
 from qwen_vla_ros.inference.runner import PolicyRunner
 from qwen_vla_ros.inference.scheduler import POLICY
 from qwen_vla_ros.log import KeyedThrottle
@@ -65,7 +65,7 @@ def load_policy_for(checkpoint: str, runtime: RuntimeConfig) -> Policy:
     try:
         read_checkpoint(checkpoint)  # every file is checked before torch loads: a wrong path fails at once
         return load_policy_from_config(runtime.model_copy(update={"checkpoint": checkpoint}))
-    except (OSError, ValueError, KeyError, ImportError) as exc:  # missing files, CheckpointError, bad or absent backend
+    except (OSError, QwenVlaError, ImportError) as exc:  # missing files, CheckpointError, bad option, absent backend
         raise ConfigError(f"checkpoint {checkpoint}", [str(exc)]) from exc
 
 
@@ -88,7 +88,7 @@ class PolicyNode(Node):
                 policy, embodiment, runtime, self.sync, self._decode, self._publish, self._now_ns, self.get_logger(),
                 instruction, seed if seed >= 0 else None,
             )
-        except (KeyError, ValueError) as exc:  # the checkpoint does not serve this embodiment or instruction
+        except QwenVlaError as exc:  # the checkpoint or backend does not serve this embodiment or instruction
             raise ConfigError(f"checkpoint {checkpoint}", [str(exc)]) from exc
         self.image_counts: dict[str, Counter] = {name: Counter() for name in self.cameras}
         self.image_throttle = KeyedThrottle(IMAGE_WARNING_PERIOD_S)

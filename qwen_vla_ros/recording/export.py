@@ -30,7 +30,7 @@ from qwen_vla_ros.config.loader import parse_override
 from qwen_vla_ros.config.spaces import GripperSource, JointSource, OdometrySource
 from qwen_vla_ros.contract import COMMAND
 from qwen_vla_ros.embodiments.gripper import unlerp
-from qwen_vla_ros.errors import QwenVlaError
+from qwen_vla_ros.errors import InvalidArgumentError, QwenVlaError
 from qwen_vla_ros.recording.bag import read_messages, typestore_for_distro
 from qwen_vla_ros.recording.trial import TrialRecord, TrialStore, write_yaml_atomically
 
@@ -327,9 +327,9 @@ def export_trials(
     v3.0 dataset (``recording.lerobot``), whose episodes must share one layout and camera size.
     """
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise InvalidArgumentError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"JPEG quality must be 1..100, got {jpeg_quality}")
+        raise InvalidArgumentError(f"JPEG quality must be 1..100, got {jpeg_quality}")
     store = TrialStore(root)
     out = Path(out_dir).expanduser()
     wanted = set(outcomes)
