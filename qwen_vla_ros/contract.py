@@ -110,6 +110,9 @@ DIAGNOSTICS = Topic(
     "/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", QosKind.RELIABLE, _roles(C, P, S, CAM), _roles(R, M),
     "every node's diagnostics",
 )
+CONTROLLER_STATUS = "qwen_vla/controller"
+"""The name of the controller's DiagnosticStatus on CONTROLLER_STATE and DIAGNOSTICS, whose values
+(chunks accepted, rejected by reason, mode) the bringup commands read."""
 HEARTBEAT = Topic(
     "/qwen_vla/heartbeat", "sensor_msgs/msg/TimeReference", QosKind.RELIABLE, _roles(C, P, CAM), _roles(C, P, CAM),
     "liveness and clock offset between hosts: header.stamp = sender's ROS time, source = host/node",

@@ -33,6 +33,7 @@ from qwen_vla_ros.config.embodiment import EmbodimentConfig
 from qwen_vla_ros.contract import (
     ACTION_CHUNK,
     COMMAND,
+    CONTROLLER_STATUS,
     DIAGNOSTICS,
     SIM_SUCCESS,
     TRIAL_SERVICES,
@@ -50,7 +51,6 @@ COMMAND_QUEUE_DEPTH = 100  # every command is counted for the achieved rate: a d
 RANDOM_SIZE = "tiny"  # the random checkpoint's size: on a 2-core CPU its chunks arrive in time (docs/benchmarks.md)
 MIN_EXECUTED_FRACTION = 0.9  # below this share of chunks executed, the demo failed (issue 20 §5)
 MIN_MOVED_RAD = 0.01  # a joint must move this far for the chunks to count as moving the robot; at rest < 0.0005
-CONTROLLER_DIAGNOSTICS = "qwen_vla/controller"
 DIAGNOSTICS_PERIOD_S = 1.0  # the controller publishes its chunk counts this often: the trial's are read fresh at start and end
 RANDOM_WEIGHTS_NOTICE = (
     "The demo runs a checkpoint with RANDOM weights (--random-weights): the arms move aimlessly "
@@ -428,7 +428,7 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
         ("starting nodes", lambda: monitor.sim_stamp_ns is not None),
         ("loading model", lambda: "policy_node" in monitor.diagnostics),  # policy_node reports once loaded
         ("waiting for the first chunk", lambda: monitor.seen_chunk and monitor.seen_command
-         and CONTROLLER_DIAGNOSTICS in monitor.diagnostics),
+         and CONTROLLER_STATUS in monitor.diagnostics),
     )
     for what, condition in stages:
         begun = time.monotonic()
@@ -438,7 +438,7 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
         if not wait_for(condition, group, stop, deadline - time.monotonic(), problems, what, show):
             return
         progress.show(f"{what} ({time.monotonic() - begun:.0f} s)", final=True)
-    before = chunk_counters(monitor.fresh(CONTROLLER_DIAGNOSTICS))  # counts up to now, then the trial starts
+    before = chunk_counters(monitor.fresh(CONTROLLER_STATUS))  # counts up to now, then the trial starts
     started, message = monitor.trigger(TRIAL_SERVICES["trial_start"])
     if not started:
         problems.append(f"the recorder did not start a trial: {message}")
@@ -471,7 +471,7 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
     if not stopped:
         problems.append(f"the recorder did not stop the trial: {message}")
     summary.moved_rad = monitor.moved_rad()
-    after = chunk_counters(monitor.fresh(CONTROLLER_DIAGNOSTICS))  # the trial's last chunks included
+    after = chunk_counters(monitor.fresh(CONTROLLER_STATUS))  # the trial's last chunks included
     count_chunks(summary, {key: after[key] - before.get(key, 0) for key in after})
     summary.chunks = monitor.chunks
     summary.commands = len(monitor.command_stamps)

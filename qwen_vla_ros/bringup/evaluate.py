@@ -29,12 +29,11 @@ from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr
 from qwen_vla_ros.bringup.session import dead_required, join_graph_dds, stop_nodes, wait_for
 from qwen_vla_ros.config import load_runtime, parse_override
-from qwen_vla_ros.contract import INSTRUCTION, SIM_RANDOMIZATION, SIM_RESET, TRIAL_SERVICES
+from qwen_vla_ros.contract import CONTROLLER_STATUS, INSTRUCTION, SIM_RANDOMIZATION, SIM_RESET, TRIAL_SERVICES
 from qwen_vla_ros.recording.protocol import Protocol, load_protocol, next_trial
 from qwen_vla_ros.recording.report import build_report, plot, to_markdown, wilson_interval
 from qwen_vla_ros.recording.trial import TrialStore, load_index
 
-CONTROLLER_DIAGNOSTICS = "qwen_vla/controller"
 POLICY_DIAGNOSTICS = "policy_node"
 
 
@@ -180,8 +179,8 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
 
 
 def _counters(monitor: Monitor) -> tuple[float, float]:
-    return (monitor.figure(CONTROLLER_DIAGNOSTICS, "chunks_accepted"),
-            monitor.figure(CONTROLLER_DIAGNOSTICS, "chunks_rejected"))
+    return (monitor.figure(CONTROLLER_STATUS, "chunks_accepted"),
+            monitor.figure(CONTROLLER_STATUS, "chunks_rejected"))
 
 
 def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, str], instruction: str,
