@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # about 40 s of CPU: the tiny backbone encodes ev
 
 from qwen_vla_ros.cli import main as cli_main  # noqa: E402
 from qwen_vla_ros.config import load_embodiment  # noqa: E402
-from qwen_vla_ros.recording.export import Resampled, layout_for  # noqa: E402
+from qwen_vla_ros.recording.episodes import Resampled, layout_for  # noqa: E402
 from qwen_vla_ros.recording.lerobot import LeRobotWriter  # noqa: E402
 
 ALOHA = load_embodiment("aloha")

@@ -2,6 +2,8 @@
 
 One adapter per entry of the embodiment's ``outputs:`` (docs/architecture.md, "Command
 adapters"). Topic templates take ``{namespace}`` = the arm's driver namespace.
+:class:`CommandOutputs` is everything one control period sends: the adapters, the command
+topic and the committed actions.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from geometry_msgs.msg import Twist
 from rclpy.node import Node
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -23,10 +26,11 @@ from qwen_vla_ros.config.hardware import (
     OutputAdapter,
     TwistOutput,
 )
-from qwen_vla_ros.contract import DRIVER_COMMAND_QOS
+from qwen_vla_ros.contract import COMMAND, COMMITTED, DRIVER_COMMAND_QOS
+from qwen_vla_ros.control import ControlOutput
 from qwen_vla_ros.control.layout import ArmLayout, CommandLayout
-from qwen_vla_ros.nodes.common import seconds_to_duration
-from qwen_vla_ros.nodes.ros_contract import PUBLISHER_QOS
+from qwen_vla_ros.nodes.common import ns_to_time, seconds_to_duration
+from qwen_vla_ros.nodes.ros_contract import PUBLISHER_QOS, committed_to_trajectory, create_publisher
 
 COMMAND_QOS = PUBLISHER_QOS[DRIVER_COMMAND_QOS]
 
@@ -48,6 +52,15 @@ def import_interbotix_messages() -> Any:
         return importlib.import_module("interbotix_xs_msgs.msg")
     except ImportError as exc:
         raise ConfigError("outputs", [INTERBOTIX_MISSING.format(error=exc)]) from exc
+
+
+def interbotix_installed() -> bool:
+    """Whether the Interbotix messages can be imported here (the sim leaves their outputs out otherwise)."""
+    try:
+        import_interbotix_messages()
+    except ConfigError:
+        return False
+    return True
 
 
 def _arm_values(layout: CommandLayout, arm: ArmLayout, values: np.ndarray) -> list[float]:
@@ -139,3 +152,27 @@ def make_adapters(node: Node, layout: CommandLayout, outputs: list[OutputAdapter
         TwistOutput: lambda o: TwistAdapter(node, layout, o),
     }
     return [builders[type(output)](output) for output in outputs]
+
+
+class CommandOutputs:
+    """What one control period sends: the command to every configured output (the base's Twist only
+    when the period asks for it), the command on ``contract.COMMAND`` and, when given, the committed
+    actions on ``contract.COMMITTED``."""
+
+    def __init__(self, node: Node, layout: CommandLayout, outputs: list[OutputAdapter], period_s: float) -> None:
+        adapters = make_adapters(node, layout, outputs, period_s)
+        self.base = [a for a in adapters if isinstance(a, TwistAdapter)]
+        self.arms = [a for a in adapters if not isinstance(a, TwistAdapter)]
+        self.names = list(layout.names)
+        self.period_s = period_s
+        self.command = create_publisher(node, COMMAND)
+        self.committed = create_publisher(node, COMMITTED)
+
+    def send(self, output: ControlOutput, now_ns: int, committed: np.ndarray | None) -> None:
+        for adapter in self.arms + (self.base if output.send_base else []):
+            adapter.send(output.positions)
+        message = JointState(name=self.names, position=output.positions.tolist(), velocity=output.velocities.tolist())
+        message.header.stamp = ns_to_time(output.stamp_ns)
+        self.command.publish(message)
+        if committed is not None:
+            self.committed.publish(committed_to_trajectory(now_ns, self.names, committed, self.period_s))

@@ -24,21 +24,24 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from multiprocessing.connection import Connection
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
 from trajectory_msgs.msg import JointTrajectory
 
 from qwen_vla_ros.contract import ACTION_CHUNK
 from qwen_vla_ros.errors import MalformedMessageError
-from qwen_vla_ros.gate import FrameKind, GateProcess, NewestChunk, encode_frame
+from qwen_vla_ros.gate import FrameKind, GateFrame, GateProcess, GateSupervisor, NewestChunk, encode_frame
 from qwen_vla_ros.nodes.common import keep_large_buffers
 from qwen_vla_ros.nodes.ros_contract import SUBSCRIPTION_QOS, decode_chunk_message
 from qwen_vla_ros.ros_env import apply_dds_profile, security_problem
 
 PR_SET_PDEATHSIG = 1
+GATE_READY_TIMEOUT_S = 30.0  # the gate imports rclpy in a fresh interpreter: seconds on a loaded machine
 REPORT_EVERY_S = 0.5  # counters go out at least this often, so the controller can tell a live gate from a hung one
 
 
@@ -70,6 +73,25 @@ def start_gate_process(topic: str, max_bytes: int, default_dt: float, node_name:
     finally:
         child_end.close()
     return GateProcess(process, Connection(parent_end.detach()))
+
+
+def start_chunk_gate(node: Node, max_bytes: int, default_dt: float, deliver: Callable[[GateFrame], None],
+                     period_s: float) -> GateSupervisor:
+    """The controller's side: its gate on ``contract.ACTION_CHUNK`` (resolved against the node's namespace
+    and remappings), started and supervised; frames go to ``deliver``."""
+    topic = node.resolve_topic_name(ACTION_CHUNK.name)
+    gate = GateSupervisor(partial(start_gate_process, topic, max_bytes, default_dt, f"{node.get_name()}_chunk_gate"),
+                          deliver, node.get_logger(), period_s=period_s)
+    gate.start()
+    return gate
+
+
+def wait_for_gate(node: Node, gate: GateSupervisor) -> None:
+    """Wait until the gate has subscribed; past ``GATE_READY_TIMEOUT_S`` say so at ERROR, since a
+    controller that commands without taking chunks in would look alive."""
+    if not gate.ready.wait(GATE_READY_TIMEOUT_S):
+        node.get_logger().error(f"chunk gate not subscribed to {node.resolve_topic_name(ACTION_CHUNK.name)} after "
+                                f"{GATE_READY_TIMEOUT_S:g} s: no chunks are taken in until it is")
 
 
 def _die_with_parent(parent_pid: int) -> None:

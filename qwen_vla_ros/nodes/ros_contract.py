@@ -10,12 +10,13 @@ assigning an ndarray to ``msg.data`` costs ~54 ms per frame.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping, Sequence
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import Odometry
 from rclpy.callback_groups import CallbackGroup
 from rclpy.client import Client
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -30,7 +31,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from qwen_vla_ros.chunk import ActionChunk
 from qwen_vla_ros.contract import QosKind, Service, Topic
+from qwen_vla_ros.embodiments.base import yaw_from_quaternion
 from qwen_vla_ros.errors import MalformedMessageError
+from qwen_vla_ros.health import Level
 from qwen_vla_ros.nodes.common import duration_to_seconds, ns_to_time, seconds_to_duration, time_to_ns
 
 BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "mono8": 1}
@@ -246,15 +249,6 @@ def msg_to_image(msg: Image) -> np.ndarray:
 
 # -- diagnostics (contract.DIAGNOSTICS and contract.CONTROLLER_STATE) -----------------------
 
-class Level(IntEnum):
-    """diagnostic_msgs/DiagnosticStatus levels (the message stores them as one byte)."""
-
-    OK = 0
-    WARN = 1
-    ERROR = 2
-    STALE = 3
-
-
 def diagnostic_status(name: str, message: str, values: Mapping[str, object], level: Level = Level.OK,
                       hardware_id: str = "") -> DiagnosticStatus:
     """One status; each value goes out as ``str(value)``."""
@@ -266,3 +260,25 @@ def diagnostic_array(statuses: Sequence[DiagnosticStatus], stamp_ns: int) -> Dia
     array = DiagnosticArray(status=list(statuses))
     array.header.stamp = ns_to_time(stamp_ns)
     return array
+
+
+# -- odometry (the base's, on ``base.odom_topic``) ---------------------------------------------
+
+def odometry_to_msg(pose: tuple[float, float, float], twist: tuple[float, float], stamp_ns: int, frame_id: str,
+                    child_frame_id: str) -> Odometry:
+    """A planar pose (x, y, yaw) and twist (forward speed, turn rate) as nav_msgs/Odometry."""
+    msg = Odometry()
+    msg.header.stamp = ns_to_time(stamp_ns)
+    msg.header.frame_id, msg.child_frame_id = frame_id, child_frame_id
+    (x, y, yaw), (linear, angular) = pose, twist
+    msg.pose.pose.position.x, msg.pose.pose.position.y = x, y
+    msg.pose.pose.orientation.z, msg.pose.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+    msg.twist.twist.linear.x, msg.twist.twist.angular.z = linear, angular
+    return msg
+
+
+def msg_to_odometry(msg: Odometry) -> tuple[tuple[float, float, float], tuple[float, float], int]:
+    """(pose (x, y, yaw), twist (forward speed, turn rate), header stamp in ns: 0 where unset)."""
+    pose, twist, q = msg.pose.pose, msg.twist.twist, msg.pose.pose.orientation
+    return ((pose.position.x, pose.position.y, yaw_from_quaternion(q.x, q.y, q.z, q.w)),
+            (twist.linear.x, twist.angular.z), time_to_ns(msg.header.stamp))

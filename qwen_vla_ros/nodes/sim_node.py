@@ -10,7 +10,6 @@ own threads (``sim.loop``); this node only converts messages.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -19,9 +18,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Twist
-from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
@@ -30,58 +27,44 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from qwen_vla_ros.config import ConfigError
-from qwen_vla_ros.config.hardware import Arm, ForwardCommandOutput, InterbotixOutput, JointTrajectoryOutput, TwistOutput
-from qwen_vla_ros.config.sim import AlohaRandomization
+from qwen_vla_ros.config.hardware import TwistOutput
 from qwen_vla_ros.contract import CLOCK, DIAGNOSTICS, SIM_RANDOMIZATION, SIM_RESET, SIM_SUCCESS, NodeRole, role_view
+from qwen_vla_ros.health import Level
+from qwen_vla_ros.nodes.adapters import interbotix_installed
 from qwen_vla_ros.nodes.common import declare_configs, ns_to_time, run_node
 from qwen_vla_ros.nodes.ros_contract import (
-    Level,
     create_publisher,
     create_service,
     create_subscription,
     diagnostic_array,
     diagnostic_status,
     image_to_msg,
+    odometry_to_msg,
 )
 from qwen_vla_ros.sim.commands import (
     ArmCommand,
+    CommandRoute,
+    Interface,
+    command_routes,
     decode_forward_command,
     decode_joint_group,
     decode_joint_single,
     decode_joint_trajectory,
 )
-from qwen_vla_ros.sim.kinematic import BaseState
 from qwen_vla_ros.sim.loop import FrameGrabber, SimLoop
 from qwen_vla_ros.sim.pacing import Pacer
 from qwen_vla_ros.sim.renderer_check import renderer_problem
+from qwen_vla_ros.sim.resets import Resets
 from qwen_vla_ros.sim.world import Simulation
 
-FORWARD_COMMAND_OVERRIDE = "outputs=[{adapter: forward_command, arms: [%s]}]"
-
-
-def _interbotix_installed() -> bool:
-    try:
-        import interbotix_xs_msgs.msg  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-# Message -> ArmCommand for each command interface, bound to their arm (and Interbotix name) with partial.
-def _forward_command(arm: Arm, msg: Any) -> ArmCommand:
-    return decode_forward_command(msg.data, arm)
-
-
-def _joint_trajectory(arm: Arm, msg: Any) -> ArmCommand:
-    return decode_joint_trajectory(msg.joint_names, [p.positions for p in msg.points], arm)
-
-
-def _joint_group(arm: Arm, group_name: str, msg: Any) -> ArmCommand:
-    return decode_joint_group(msg.name, msg.cmd, arm, group_name)
-
-
-def _joint_single(arm: Arm, gripper_name: str, msg: Any) -> ArmCommand:
-    return decode_joint_single(msg.name, msg.cmd, arm, gripper_name)
+# Message -> ArmCommand for each command interface of sim.commands.
+DECODERS: dict[Interface, Callable[[CommandRoute, Any], ArmCommand]] = {
+    "forward_command": lambda route, msg: decode_forward_command(msg.data, route.arm),
+    "joint_trajectory": lambda route, msg: decode_joint_trajectory(msg.joint_names, [p.positions for p in msg.points],
+                                                                   route.arm),
+    "joint_group": lambda route, msg: decode_joint_group(msg.name, msg.cmd, route.arm, route.name),
+    "joint_single": lambda route, msg: decode_joint_single(msg.name, msg.cmd, route.arm, route.name),
+}
 
 
 class SimNode(Node):
@@ -104,11 +87,9 @@ class SimNode(Node):
         self.sim = Simulation(config, rate_hz)
         if camera_rate_hz < 0:
             camera_rate_hz = self.sim.settings.camera_rate_hz
-        self.rng = np.random.default_rng(self.seed)
-        self.resets = 0
+        self.resets = Resets(self.sim, self.seed)
         self.accepted = 0
         self.rejected = 0
-        self.conditions = self.sim.reset(self.rng)
 
         view = role_view(NodeRole.SIM, config)
         self.outbound = {topic.name: topic for topic in view.publishes}
@@ -122,9 +103,6 @@ class SimNode(Node):
         self.diagnostics = create_publisher(self, DIAGNOSTICS)
         self._subscribe_commands()
         create_service(self, SIM_RESET, self._reset)
-        self.randomization: AlohaRandomization | None = None  # None: the config's
-        self.randomization_fields: dict = {}  # as received, echoed by every reset
-        self.randomization_error: str | None = None
         create_subscription(self, SIM_RANDOMIZATION, self._on_randomization)
 
         grabber = self._start_cameras(camera_rate_hz)
@@ -139,7 +117,7 @@ class SimNode(Node):
             f"simulating {config.name} ({self.sim.settings.type}) at {rate_hz:g} Hz, "
             f"{'real time' if realtime else 'free-running on /clock'}, seed {self.seed}; cameras "
             f"{self.sim.camera_names if grabber else 'off'} at {camera_rate_hz:g} Hz "
-            f"{self.sim.settings.render_width}x{self.sim.settings.render_height}; conditions {self.conditions}"
+            f"{self.sim.settings.render_width}x{self.sim.settings.render_height}; conditions {self.resets.conditions}"
         )
 
     def _number(self, name: str, default: float) -> float:
@@ -149,51 +127,21 @@ class SimNode(Node):
     # --- commands -------------------------------------------------------------------------
 
     def _subscribe_commands(self) -> None:
-        interbotix = _interbotix_installed()
-        commanded: set[str] = set()
-        missing_interbotix = []
         for output in self.config.outputs:
             if isinstance(output, TwistOutput):
                 create_subscription(self, self.inbound[output.topic], self._on_twist)
-                continue
-            for arm_name in output.arms:
-                arm = self.config.arm(arm_name)
-                if isinstance(output, ForwardCommandOutput):
-                    self._listen(output.topic, arm, partial(_forward_command, arm))
-                elif isinstance(output, JointTrajectoryOutput):
-                    self._listen(output.topic, arm, partial(_joint_trajectory, arm))
-                elif isinstance(output, InterbotixOutput):
-                    if not interbotix:
-                        missing_interbotix.append(arm_name)
-                        continue
-                    self._listen(output.group_topic, arm, partial(_joint_group, arm, output.group_name))
-                    self._listen(output.single_topic, arm, partial(_joint_single, arm, output.gripper_name))
-                commanded.add(arm_name)
-        uncommanded = [a.name for a in self.config.arms if a.name not in commanded]
-        if uncommanded:
-            problems = [f"arms {uncommanded} have no command interface the sim can subscribe to"]
-            if missing_interbotix:
-                problems.append(
-                    "interbotix_xs_msgs is not importable here; start the sim with config_overrides "
-                    f"['{FORWARD_COMMAND_OVERRIDE % ', '.join(a.name for a in self.config.arms)}'] "
-                    "and run the controller with the same override"
-                )
-            raise ConfigError(f"{self.config.name} outputs", problems)
+        for route in command_routes(self.config, interbotix_installed()):
+            create_subscription(self, self.inbound[route.topic], partial(self._on_arm_command, route))
 
-    def _listen(self, template: str, arm: Arm, decode: Callable[[Any], ArmCommand]) -> None:
-        topic = self.inbound[template.format(namespace=arm.namespace)]
-
-        def on_command(msg: Any) -> None:
-            try:
-                command = decode(msg)
-            except ValueError as exc:
-                self.rejected += 1
-                self.get_logger().warning(f"{topic.name}: ignored command, {exc}", throttle_duration_sec=1.0)
-                return
-            self.sim.command_arm(arm.name, command)
-            self.accepted += 1
-
-        create_subscription(self, topic, on_command)
+    def _on_arm_command(self, route: CommandRoute, msg: Any) -> None:
+        try:
+            command = DECODERS[route.interface](route, msg)
+        except ValueError as exc:
+            self.rejected += 1
+            self.get_logger().warning(f"{route.topic}: ignored command, {exc}", throttle_duration_sec=1.0)
+            return
+        self.sim.command_arm(route.arm.name, command)
+        self.accepted += 1
 
     def _on_twist(self, msg: Twist) -> None:
         try:
@@ -205,44 +153,29 @@ class SimNode(Node):
 
     def _on_randomization(self, message: String) -> None:
         """Fields over the config's randomisation; a bad one is refused and resets fail until fixed."""
-        base = getattr(self.sim.settings, "randomization", None)
-        try:
-            fields = json.loads(message.data)
-            if base is None:
-                raise ValueError(f"{self.sim.settings.type} sims have no randomization to vary")
-            if not isinstance(fields, dict):
-                raise TypeError(f"expected a JSON object, got {type(fields).__name__}")
-            self.randomization = AlohaRandomization.model_validate({**base.model_dump(), **fields}) if fields else None
-            self.randomization_fields = fields
-            self.randomization_error = None
-            self.get_logger().info(f"randomization for the next resets: {fields or 'the config'}")
-        except (ValueError, TypeError) as exc:
-            self.randomization_error = f"{SIM_RANDOMIZATION.name}: refused {message.data!r}: {exc}"
-            self.get_logger().error(self.randomization_error)
+        if self.resets.vary(message.data):
+            self.get_logger().info(f"randomization for the next resets: {self.resets.fields or 'the config'}")
+        else:
+            self.get_logger().error(str(self.resets.error))
 
     def _reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        if self.randomization_error is not None:
-            response.success, response.message = False, self.randomization_error
-            return response
-        self.conditions = self.sim.reset(self.rng, self.randomization)
-        self.resets += 1
-        response.success = True
-        response.message = json.dumps({"seed": self.seed, "reset": self.resets, **self.conditions,
-                                       "randomization": self.randomization_fields})
-        self.get_logger().info(f"reset {self.resets}: {self.conditions}")
+        response.success, response.message = self.resets.reset()
+        if response.success:
+            self.get_logger().info(f"reset {self.resets.count}: {self.resets.conditions}")
         return response
 
     # --- state out (physics and render threads) ---------------------------------------------
 
     def _publish_state(self, stamp_ns: int) -> None:
         try:
-            self._publish_state_messages(ns_to_time(stamp_ns))
+            self._publish_state_messages(stamp_ns)
         except Exception:
             if self.context.ok():
                 raise
             # Ctrl-C shut the context down before close() stopped the physics thread.
 
-    def _publish_state_messages(self, stamp: Time) -> None:
+    def _publish_state_messages(self, stamp_ns: int) -> None:
+        stamp = ns_to_time(stamp_ns)
         if self.clock_publisher is not None:
             self.clock_publisher.publish(Clock(clock=stamp))
         for name, state in self.sim.arm_states().items():
@@ -252,20 +185,11 @@ class SimNode(Node):
             self.joint_publishers[name].publish(msg)
         base = self.sim.base_state()
         if base is not None and self.odom_publisher is not None:  # both exist exactly when the sim has a base
-            self.odom_publisher.publish(self._odometry(base, stamp))
+            settings = self.sim.settings
+            self.odom_publisher.publish(odometry_to_msg((base.x, base.y, base.yaw), (base.linear, base.angular),
+                                                        stamp_ns, settings.odom_frame, settings.base_frame))
         if self.success_publisher is not None:
             self.success_publisher.publish(Bool(data=bool(self.sim.success())))
-
-    def _odometry(self, base: BaseState, stamp: Time) -> Odometry:
-        settings = self.sim.settings
-        msg = Odometry()
-        msg.header.stamp = stamp
-        msg.header.frame_id = settings.odom_frame
-        msg.child_frame_id = settings.base_frame
-        msg.pose.pose.position.x, msg.pose.pose.position.y = base.x, base.y
-        msg.pose.pose.orientation.z, msg.pose.pose.orientation.w = math.sin(base.yaw / 2), math.cos(base.yaw / 2)
-        msg.twist.twist.linear.x, msg.twist.twist.angular.z = base.linear, base.angular
-        return msg
 
     def _start_cameras(self, rate_hz: float) -> FrameGrabber | None:
         if rate_hz <= 0 or not self.sim.camera_names:
@@ -290,13 +214,11 @@ class SimNode(Node):
     def _report(self) -> None:
         figures = self.loop.report()
         values = {k: f"{v:.3f}" if isinstance(v, float) and not v.is_integer() else f"{v:g}" for k, v in figures.items()}
-        values.update(commands_accepted=str(self.accepted), commands_rejected=str(self.rejected), resets=str(self.resets))
-        level, message = Level.OK, "running"
-        if self.loop.error is not None or not self.loop.running:
-            level, message = Level.ERROR, f"physics stopped: {self.loop.error}"
+        values.update(commands_accepted=str(self.accepted), commands_rejected=str(self.rejected),
+                      resets=str(self.resets.count))
+        level, message = self.loop.health(figures)
+        if level == Level.ERROR:
             self.get_logger().error(message, throttle_duration_sec=5.0)
-        elif self.loop.pacer.realtime and figures["wall_time_s"] > 2 and figures["real_time_factor"] < 0.9:
-            level, message = Level.WARN, f"behind real time (factor {figures['real_time_factor']:.2f})"
         status = diagnostic_status(f"sim_node: {self.config.name}", message, values, level, self.sim.settings.type)
         self.diagnostics.publish(diagnostic_array([status], self.get_clock().now().nanoseconds))
 

@@ -11,7 +11,7 @@ Layout (one chunk and one file per stream: recorded sets are small; LeRobot spli
                                             frame_index, episode_index, index, task_index
     videos/observation.images.<camera>/chunk-000/file-000.mp4   every episode's frames, back to back
 
-Rows are the trial resampled onto the control grid exactly as the HDF5 export does it; each
+Rows are the trial resampled onto the control grid (``recording.episodes``), as in the HDF5 export; each
 video has one frame per row (a camera frame held over the rows it covers), written with
 OpenCV's MPEG-4 encoder. The instruction recorded with a trial is its task.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from qwen_vla_ros.recording.export import DatasetExportError, EpisodeLayout, Resampled
+from qwen_vla_ros.recording.episodes import DatasetExportError, EpisodeLayout, Resampled
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"

@@ -4,20 +4,25 @@ The controller's command adapters (docs/architecture.md, "Command adapters") enc
 targets three ways; these decoders turn each payload back into one :class:`ArmCommand`, so
 every simulator honours exactly the interfaces a real driver or ros2_control controller does.
 A payload that a real driver would reject raises ``MalformedMessageError`` naming what is wrong.
+:func:`command_routes` says on which topics, through which interface, each arm is commanded.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from qwen_vla_ros.config.hardware import Arm
+from qwen_vla_ros.config import ConfigError, EmbodimentConfig
+from qwen_vla_ros.config.hardware import Arm, ForwardCommandOutput, InterbotixOutput, JointTrajectoryOutput, TwistOutput
 from qwen_vla_ros.errors import MalformedMessageError
 
 # The Interbotix driver appends both finger joints (linear, metres) after the gripper joint.
 INTERBOTIX_FINGERS = ("left_finger", "right_finger")
+FORWARD_COMMAND_OVERRIDE = "outputs=[{adapter: forward_command, arms: [%s]}]"
+Interface = Literal["forward_command", "joint_trajectory", "joint_group", "joint_single"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +107,55 @@ def decode_joint_single(name: str, cmd: float, arm: Arm, gripper_name: str) -> A
     if name in arm.joint_names:
         return ArmCommand({name: value})
     raise MalformedMessageError(f"JointSingleCommand for unknown joint {name!r} on arm {arm.name!r}")
+
+
+@dataclass(frozen=True)
+class CommandRoute:
+    """One topic the sim takes an arm's commands on, and the interface (decoder) they come through."""
+
+    topic: str
+    arm: Arm
+    interface: Interface
+    name: str = ""  # the Interbotix group (joint_group) or gripper (joint_single) name
+
+
+def command_routes(config: EmbodimentConfig, interbotix: bool) -> list[CommandRoute]:
+    """The arm-command topics of the embodiment's ``outputs`` (twist outputs are the base's, not here).
+
+    ``interbotix``: whether the Interbotix messages can be imported; without them their outputs
+    are left out. ConfigError when an arm is left with no command topic: the sim would hold it
+    still while the controller believes it commands it; where Interbotix is the cause, the
+    error names the override that gives every arm a forward_command topic instead.
+    """
+    routes: list[CommandRoute] = []
+    missing_interbotix = []
+    for output in config.outputs:
+        if isinstance(output, TwistOutput):
+            continue
+        for arm_name in output.arms:
+            arm = config.arm(arm_name)
+            if isinstance(output, ForwardCommandOutput):
+                routes.append(CommandRoute(output.topic.format(namespace=arm.namespace), arm, "forward_command"))
+            elif isinstance(output, JointTrajectoryOutput):
+                routes.append(CommandRoute(output.topic.format(namespace=arm.namespace), arm, "joint_trajectory"))
+            elif isinstance(output, InterbotixOutput):
+                if not interbotix:
+                    missing_interbotix.append(arm_name)
+                    continue
+                routes += [
+                    CommandRoute(output.group_topic.format(namespace=arm.namespace), arm, "joint_group", output.group_name),
+                    CommandRoute(output.single_topic.format(namespace=arm.namespace), arm, "joint_single",
+                                 output.gripper_name),
+                ]
+    commanded = {route.arm.name for route in routes}
+    uncommanded = [a.name for a in config.arms if a.name not in commanded]
+    if uncommanded:
+        problems = [f"arms {uncommanded} have no command interface the sim can subscribe to"]
+        if missing_interbotix:
+            problems.append(
+                "interbotix_xs_msgs is not importable here; start the sim with config_overrides "
+                f"['{FORWARD_COMMAND_OVERRIDE % ', '.join(a.name for a in config.arms)}'] "
+                "and run the controller with the same override"
+            )
+        raise ConfigError(f"{config.name} outputs", problems)
+    return routes

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from qwen_vla_ros.health import Level
 from qwen_vla_ros.sim.pacing import Pacer
 from qwen_vla_ros.sim.world import FrameRenderer, Simulation
 
 FramesCallback = Callable[[dict[str, np.ndarray], int], None]
+BEHIND_REAL_TIME = 0.9  # a real-time factor below this over one report is a warning ...
+SETTLING_S = 2.0  # ... once the loop has run this long (start-up is slower)
 
 
 @dataclass
@@ -191,6 +194,15 @@ class SimLoop:
             figures.update(camera_frames=float(stats.frames), camera_skipped=float(stats.skipped),
                            render_ms_mean=stats.mean_render_ms, render_errors=float(stats.errors))
         return figures
+
+    def health(self, figures: Mapping[str, float]) -> tuple[Level, str]:
+        """Level and message of one :meth:`report`: physics that stopped is an error; in real time,
+        falling behind it over the report is a warning."""
+        if self.error is not None or not self.running:
+            return Level.ERROR, f"physics stopped: {self.error}"
+        if self.pacer.realtime and figures["wall_time_s"] > SETTLING_S and figures["real_time_factor"] < BEHIND_REAL_TIME:
+            return Level.WARN, f"behind real time (factor {figures['real_time_factor']:.2f})"
+        return Level.OK, "running"
 
     def tick(self) -> int:
         """Simulate the periods due now, offering camera instants on the way; returns periods stepped."""
