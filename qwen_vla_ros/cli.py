@@ -111,12 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (QwenVlaError, FileNotFoundError, ImportError) as exc:  # bad input or config, a missing file or extra
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (KeyError, ValueError) as exc:
-        # Bad options that bringup/demo.py, collect.py, evaluate.py and a dataset model/training.py cannot
-        # read still refuse with the bare builtins (docs/architecture.md, "Errors"); a KeyError's text is
-        # its one argument, not its repr.
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

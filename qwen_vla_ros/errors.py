@@ -37,3 +37,8 @@ class PolicyInputError(QwenVlaError, ValueError):
     The inference runner skips that step and retries, as it does for a torch failure; a bug in
     the model code raises something else and reaches the runner's loop with its traceback.
     """
+
+
+class DatasetError(QwenVlaError, ValueError):
+    """A dataset on disk that cannot be read as what it claims to be (a LeRobot v3.0 export whose
+    version, videos or action chunks do not fit), named with the file or feature at fault."""

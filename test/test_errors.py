@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qwen_vla_ros.config import ConfigError
-from qwen_vla_ros.errors import InvalidArgumentError, MalformedMessageError, PolicyInputError, QwenVlaError
+from qwen_vla_ros.errors import DatasetError, InvalidArgumentError, MalformedMessageError, PolicyInputError, QwenVlaError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "qwen_vla_ros"
 BUILTIN_BASES = {"Exception", "ValueError", "RuntimeError", "ImportError", "KeyError", "OSError", "TypeError"}
@@ -54,7 +54,7 @@ def test_a_domain_error_is_still_its_builtin() -> None:
     assert isinstance(error, QwenVlaError) and isinstance(error, ValueError)
 
 
-@pytest.mark.parametrize("error_class", [MalformedMessageError, InvalidArgumentError, PolicyInputError])
+@pytest.mark.parametrize("error_class", [MalformedMessageError, InvalidArgumentError, PolicyInputError, DatasetError])
 def test_message_and_argument_errors_are_still_value_errors(error_class: type[QwenVlaError]) -> None:
     """nodes/controller.py and nodes/sim_node.py catch the ValueError/KeyError that the control, teleop
     and sim cores raised before these classes existed; they keep catching them, as callers of

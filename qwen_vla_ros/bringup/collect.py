@@ -23,6 +23,7 @@ from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr
 from qwen_vla_ros.bringup.session import dead_required, join_graph_dds, stop_nodes, wait_for
 from qwen_vla_ros.contract import EXPERT_COMMAND, EXPERT_STATUS, INSTRUCTION, SIM_RESET, TRIAL_SERVICES
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.recording.protocol import Protocol, load_protocol, next_trial
 from qwen_vla_ros.recording.trial import TrialStore, load_index
 
@@ -185,7 +186,7 @@ def _episode(args: argparse.Namespace, link: ExpertLink, monitor: Monitor, group
 
 def _collect(args: argparse.Namespace) -> int:
     if args.episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+        raise InvalidArgumentError(f"--episodes must be >= 1, got {args.episodes}")
     summary = run_collect(args)
     if args.json:
         print(summary.as_json(), flush=True)

@@ -42,7 +42,7 @@ from qwen_vla_ros.contract import (
     role_view,
 )
 from qwen_vla_ros.control.policy import REJECTION_REASONS
-from qwen_vla_ros.errors import QwenVlaError
+from qwen_vla_ros.errors import InvalidArgumentError, QwenVlaError
 from qwen_vla_ros.paths import reference_checkpoint_dir
 from qwen_vla_ros.recording.trial import TrialStore
 
@@ -493,7 +493,7 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
 
 def _demo(args: argparse.Namespace) -> int:
     if args.duration <= 0:
-        raise ValueError(f"--duration must be > 0, got {args.duration}")
+        raise InvalidArgumentError(f"--duration must be > 0, got {args.duration}")
     summary = run_demo(args)
     print(summary.as_json() if args.json else summary.text(), flush=True)
     return 0 if summary.ok else 1

@@ -30,6 +30,7 @@ from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_std
 from qwen_vla_ros.bringup.session import dead_required, join_graph_dds, stop_nodes, wait_for
 from qwen_vla_ros.config import load_runtime, parse_override
 from qwen_vla_ros.contract import CONTROLLER_STATUS, INSTRUCTION, SIM_RANDOMIZATION, SIM_RESET, TRIAL_SERVICES
+from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.recording.protocol import Protocol, load_protocol, next_trial
 from qwen_vla_ros.recording.report import build_report, plot, to_markdown, wilson_interval
 from qwen_vla_ros.recording.trial import TrialStore, load_index
@@ -229,9 +230,9 @@ def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, st
 
 def _eval(args: argparse.Namespace) -> int:
     if args.trials < 1:
-        raise ValueError(f"--trials must be >= 1, got {args.trials}")
+        raise InvalidArgumentError(f"--trials must be >= 1, got {args.trials}")
     if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+        raise InvalidArgumentError(f"--timeout must be > 0 seconds, got {args.timeout}")
     summary = run_eval(args)
     data = summary.as_dict()
     if args.json:

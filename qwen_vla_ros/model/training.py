@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qwen_vla_ros.errors import InvalidArgumentError
+from qwen_vla_ros.errors import DatasetError, InvalidArgumentError
 from qwen_vla_ros.model.normalization import mask_vector, to_padded
 from qwen_vla_ros.model.policy import Policy
 
@@ -43,7 +43,7 @@ def read_lerobot(root: Path, chunk_length: int, stride: int = 1, max_frames: int
 
     info = json.loads((root / "meta" / "info.json").read_text())
     if info.get("codebase_version") != "v3.0":
-        raise ValueError(f"{root} is not a LeRobot v3.0 dataset (codebase_version {info.get('codebase_version')!r})")
+        raise DatasetError(f"{root} is not a LeRobot v3.0 dataset (codebase_version {info.get('codebase_version')!r})")
     data = pq.read_table(root / info["data_path"].format(chunk_index=0, file_index=0)).to_pydict()
     states = np.asarray(data["observation.state"], np.float64)
     actions = np.asarray(data["action"], np.float64)
@@ -65,7 +65,7 @@ def read_lerobot(root: Path, chunk_length: int, stride: int = 1, max_frames: int
         while len(kept) < len(rows):
             ok, frame = capture.read()
             if not ok:
-                raise ValueError(f"{key}: the video ends at frame {index}, before row {rows[len(kept)]}")
+                raise DatasetError(f"{key}: the video ends at frame {index}, before row {rows[len(kept)]}")
             if index in wanted:
                 kept.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             index += 1
@@ -97,7 +97,7 @@ def train_head(policy: Policy, frames: Frames, steps: int, batch_size: int = 8, 
                                         settings.state_dim)).to(policy.device)
     used = task.entry.chunk_length  # the head denoises settings.chunk_length rows; the policy keeps these
     if frames.chunks.shape[1] != used:
-        raise ValueError(f"targets hold {frames.chunks.shape[1]} actions; the checkpoint's chunks have {used}")
+        raise DatasetError(f"targets hold {frames.chunks.shape[1]} actions; the checkpoint's chunks have {used}")
     targets = np.zeros((len(frames.chunks), settings.chunk_length, settings.action_dim), np.float32)
     targets[:, :used] = to_padded(task.action_normalizer.normalize(frames.chunks), task.entry.action_mask,
                                   settings.action_dim)
