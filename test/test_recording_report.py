@@ -49,6 +49,27 @@ def test_wilson_interval_matches_scipy(successes: int, trials: int) -> None:
     assert wilson_interval(successes, trials) == pytest.approx(_scipy_wilson(successes, trials), abs=1e-12)
 
 
+def test_wilson_interval_always_holds_the_observed_rate() -> None:
+    """The bounds hold the rate itself exactly, never off by rounding: at 0 of 10 the lower bound
+    came out as 1e-17, a negative error bar that made matplotlib refuse an all-failure eval's plot."""
+    for trials in range(1, 61):
+        for successes in range(trials + 1):
+            low, high = wilson_interval(successes, trials)
+            assert low <= successes / trials <= high, (successes, trials, low, high)
+
+
+def test_an_evaluation_where_every_trial_failed_still_plots(tmp_path: Path) -> None:
+    from qwen_vla_ros.recording.report import plot
+
+    root = tmp_path / "trials"
+    root.mkdir()
+    trials = [_entry(n, "bright", "plain", "failure", 0, 20.0) for n in range(1, 11)]
+    (root / "index.yaml").write_text(yaml.safe_dump({"protocol": "ood", "factors": {"lighting": ["bright"]},
+                                                     "trials": trials}, sort_keys=False))
+    plot(build_report(load_index(root)), tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 0
+
+
 def test_wilson_interval_rejects_impossible_counts() -> None:
     with pytest.raises(ValueError):
         wilson_interval(0, 0)
