@@ -127,7 +127,7 @@ def test_summary_counts_the_chunks_the_controller_executed_and_how_far_the_robot
     arrived = summary["chunks_accepted"] + summary["chunks_rejected"] + summary["chunks_dropped"]
     assert arrived > 0 and summary["executed_fraction"] == pytest.approx(summary["chunks_accepted"] / arrived)
     assert abs(arrived - recorded_chunks) <= 3, (summary, recorded_chunks)
-    assert summary["chunks_accepted"] <= recorded_chunks
+    assert summary["chunks_accepted"] <= recorded_chunks + 3  # the same chunks around the start and end
     assert sum(summary["rejections"].values()) == summary["chunks_rejected"]
     config = load_embodiment("aloha")
     ranges = []

@@ -183,6 +183,12 @@ def test_estop_latched_before_the_controller_started_stops_it_from_the_first_com
     try:
         rig.wait_for_commands()
         rig.spin(3.0)  # chunks keep arriving
+        # ... until the controller's chunk subscription (in its gate process) has matched the rig's
+        # publisher and its once-a-second diagnostics count them: on a busy machine that can take
+        # longer than the 3 s above, and a run in which no chunk reached the controller proves nothing.
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline and not (rig.status and int(rig.status[-1][1]["rejected_estop"]) > 5):
+            rig.spin(0.5)
         sent = rig.chunks_sent
     finally:
         output = rig.stop()
