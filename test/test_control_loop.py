@@ -287,6 +287,19 @@ def test_a_flood_keeps_the_newest_chunk_and_counts_the_dropped_in_the_diagnostic
     assert core.policy.stats.newest_stamp_ns == stamps[-1]
 
 
+def submit_then_a_good_chunk(loop: ControlLoop, bad: object) -> None:
+    """Runs the loop on ``bad``, then on a good chunk, until that one is accepted (5 s at most)."""
+    loop.start(paced=False)
+    try:
+        loop.submit(bad, 10)
+        loop.submit("chunk", 10)
+        deadline = time.monotonic() + 5.0
+        while loop.status(0)["chunks_accepted"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        loop.stop()
+
+
 def test_a_chunk_that_cannot_be_decoded_is_counted_as_malformed_and_the_next_one_is_taken() -> None:
     core, fake = accepting_core()
 
@@ -296,18 +309,9 @@ def test_a_chunk_that_cannot_be_decoded_is_counted_as_malformed_and_the_next_one
         return ActionChunk(np.tile(aloha_action(), (50, 1)), core.policy.names, 0.02, fake.now_ns() - 30 * MS)
 
     loop = make_loop(core, fake, Log(), lambda period: None, decode=decode, queue_depth=8)
-    loop.start(paced=False)
-    try:
-        loop.submit("garbage", 10)
-        loop.submit("chunk", 10)
-        deadline = time.monotonic() + 5.0
-        while loop.status(0)["chunks_accepted"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        loop.stop()
+    submit_then_a_good_chunk(loop, "garbage")
     status = loop.status(fake.now_ns())
     assert status["rejected_malformed"] == 1 and status["chunks_accepted"] == 1
-
 
 
 def test_a_decoder_bug_is_a_logged_fault_not_a_malformed_chunk() -> None:
@@ -322,15 +326,7 @@ def test_a_decoder_bug_is_a_logged_fault_not_a_malformed_chunk() -> None:
 
     log = Log()
     loop = make_loop(core, fake, log, lambda period: None, decode=decode, queue_depth=8)
-    loop.start(paced=False)
-    try:
-        loop.submit("bug", 10)
-        loop.submit("chunk", 10)
-        deadline = time.monotonic() + 5.0
-        while loop.status(0)["chunks_accepted"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        loop.stop()
+    submit_then_a_good_chunk(loop, "bug")
     status = loop.status(fake.now_ns())
     assert status["rejected_malformed"] == 0 and status["chunks_accepted"] == 1
     [logged] = log.of("error")

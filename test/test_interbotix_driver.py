@@ -49,9 +49,9 @@ def refusals(diagnostics: list[DiagnosticArray]) -> list:
     return [s for array in diagnostics for s in array.status if s.name == "qwen_vla/interbotix_preflight"]
 
 
-def test_a_matching_driver_is_asked_first_then_commanded_and_nothing_is_written(ros_domain, interbotix_msgs) -> None:
-    node, executor, drivers, diagnostics = start_rig(ros_domain, {})
-    child = start_controller(ros_domain, interbotix_msgs)
+def run_until_every_driver_is_commanded(ros_domain, node, executor, drivers: dict, child) -> tuple[bool, str]:
+    """Spins until every follower's driver got a joint_group command or the controller ended, then
+    stops both; whether all were commanded, and the controller's output."""
     try:
         commanded = ros_domain.spin_until(
             executor, lambda: all(d.called("joint_group") for d in drivers.values()) or child.poll() is not None,
@@ -59,6 +59,13 @@ def test_a_matching_driver_is_asked_first_then_commanded_and_nothing_is_written(
     finally:
         output = ros_domain.stop_process(child)
         node.destroy_node()
+    return commanded, output
+
+
+def test_a_matching_driver_is_asked_first_then_commanded_and_nothing_is_written(ros_domain, interbotix_msgs) -> None:
+    node, executor, drivers, diagnostics = start_rig(ros_domain, {})
+    child = start_controller(ros_domain, interbotix_msgs)
+    commanded, output = run_until_every_driver_is_commanded(ros_domain, node, executor, drivers, child)
     assert commanded and all(d.called("joint_group") for d in drivers.values()), output
     assert "Interbotix preflight passed" in output and not refusals(diagnostics)
     for driver in drivers.values():
@@ -124,13 +131,7 @@ def test_configure_robot_writes_modes_and_gripper_current_then_verifies(ros_doma
     node, executor, drivers, diagnostics = start_rig(
         ros_domain, {arm: DriverFacts(gripper_mode="pwm") for arm in ARMS})
     child = start_controller(ros_domain, interbotix_msgs, "configure_robot:=true")
-    try:
-        commanded = ros_domain.spin_until(
-            executor, lambda: all(d.called("joint_group") for d in drivers.values()) or child.poll() is not None,
-            timeout=START_TIMEOUT_S)
-    finally:
-        output = ros_domain.stop_process(child)
-        node.destroy_node()
+    commanded, output = run_until_every_driver_is_commanded(ros_domain, node, executor, drivers, child)
     assert commanded, output
     entry = ALOHA_YAML["outputs"][0]
     profile = {key: entry["configure"][key] for key in ("profile_type", "profile_velocity", "profile_acceleration")}
