@@ -22,6 +22,7 @@ from typing import Any
 from rclpy.node import Node
 
 from qwen_vla_ros.config import EmbodimentConfig
+from qwen_vla_ros.config.hardware import StartPose
 from qwen_vla_ros.control import Controller
 from qwen_vla_ros.control.hand_back import at_rest, sleep_pose
 from qwen_vla_ros.control.loop import ControlLoop
@@ -41,7 +42,9 @@ class HandBack:
         self.requested = threading.Event()
         self.sleep_source: StartPoseSource | None = None
         if self.settings.sleep_pose:
-            tolerance = config.start_pose.tolerance_rad if config.start_pose is not None else 0.05
+            # Without a start pose, the start pose's own default arrival tolerance.
+            tolerance = (config.start_pose.tolerance_rad if config.start_pose is not None
+                         else StartPose.model_fields["tolerance_rad"].default)
             pose, problems = sleep_pose(config, sleep_positions, tolerance)
             for problem in problems:
                 node.get_logger().warning(f"hand-back: {problem}; that arm only holds")
