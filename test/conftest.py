@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +44,34 @@ def private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             patch.setenv(variable, str(home / folder))
         patch.delenv("ROS_LOG_DIR", raising=False)
         yield home
+
+
+def _clean_zombie_shared_memory() -> None:
+    """Remove the Fast DDS shared-memory segments that no live process holds.
+
+    Every DDS participant maps a 32 MiB segment in /dev/shm (config/fastdds_shm.xml); a
+    process that dies without shutting DDS down (the tests SIGKILL nodes on purpose, and a
+    timeout kills them too) leaves its segment behind, and /dev/shm is RAM. Left to pile up
+    across runs on one machine they filled its 24 GB and the kernel killed pytest. Fast DDS's
+    own ``fastdds shm clean`` removes only segments whose owner is gone, so a robot or another
+    test run on the same machine is untouched. It runs with this interpreter because the
+    ``fastdds`` launcher calls whatever ``python3`` is first on PATH, which may lack psutil."""
+    launcher = shutil.which("fastdds", path=str(Path(sys.executable).parent)) or shutil.which("fastdds")
+    tool = Path(launcher).resolve().parent.parent / "tools" / "fastdds" / "fastdds.py" if launcher else None
+    if tool is None or not tool.is_file():
+        print("fastdds tool not found: zombie Fast DDS shared-memory segments are not cleaned", file=sys.stderr)
+        return
+    done = subprocess.run([sys.executable, str(tool), "shm", "clean"], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        print(f"fastdds shm clean failed: {done.stdout}{done.stderr}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_shared_memory() -> Iterator[None]:
+    """Start and end every session with no orphaned DDS segments (_clean_zombie_shared_memory)."""
+    _clean_zombie_shared_memory()
+    yield
+    _clean_zombie_shared_memory()
 
 
 def _next_domain_id() -> int:
