@@ -162,10 +162,16 @@ START_POSE = Topic(
     '"error_rad": {arm: largest joint error measured}}; the policy has control again only after arrived: true; the '
     'next trial record keeps it',
 )
+TRIAL_EVENT = Topic(
+    "/qwen_vla/trial/event", "std_msgs/msg/String", QosKind.RELIABLE, _roles(R), _roles(C, M),
+    'JSON {"trial": id, "change": "started" | "ended", "outcome": null | "success" | "failure" | "aborted"} when the '
+    'recorder starts or ends a trial, whoever asked; an end puts a policy in control on hold, the next start resumes '
+    'it (docs/operation.md, "Trials")',
+)
 
 RUNTIME_TOPICS: tuple[Topic, ...] = (
     ACTION_CHUNK, COMMITTED, COMMAND, CONTROLLER_STATE, DIAGNOSTICS, HEARTBEAT, POLICY_HEARTBEAT, MODE, INSTRUCTION,
-    SIM_SUCCESS, NEXT_CONDITION, CLOCK, SIM_RANDOMIZATION, EXPERT_COMMAND, EXPERT_STATUS, START_POSE,
+    SIM_SUCCESS, NEXT_CONDITION, CLOCK, SIM_RANDOMIZATION, EXPERT_COMMAND, EXPERT_STATUS, START_POSE, TRIAL_EVENT,
 )
 
 ESTOP_RESET = Service(

@@ -44,6 +44,7 @@ PUBLISHERS = {
     "/qwen_vla/expert/command": {"operator"},
     "/qwen_vla/expert/status": {"expert_node"},
     "/qwen_vla/controller/start_pose": {"qwen_vla_controller"},
+    "/qwen_vla/trial/event": {"trial_recorder"},
 }
 
 

@@ -89,3 +89,18 @@ def test_trials_follow_the_protocol_and_the_sim_applies_each_condition(evaluated
     assert data["per_trial"][0]["conditions_drawn"]["randomization"] == {}
     assert (output / "report.md").is_file() and (output / "report.png").stat().st_size > 0
     assert "position" in (output / "report.md").read_text()
+
+
+def test_every_trial_starts_from_the_yaml_start_pose_and_its_record_keeps_the_arrival(evaluated) -> None:
+    """Before each trial the controller takes the arms to the start pose (between trials they hold where the
+    last one ended); each trial's record carries that move, judged against the pose and tolerance in the YAML."""
+    output, _ = evaluated
+    pose = yaml.safe_load((REPO / "config" / "aloha.yaml").read_text())["start_pose"]
+    index = yaml.safe_load((output / "index.yaml").read_text())
+    for entry in index["trials"]:
+        record = yaml.safe_load((output / entry["path"] / "trial.yaml").read_text())
+        moved = record["start_pose"]
+        assert moved is not None and moved["arrived"] and not moved["interrupted"], record["id"]
+        assert moved["pose"] == pose["joints"]
+        assert set(moved["error_rad"]) == set(pose["joints"])
+        assert all(error <= pose["tolerance_rad"] for error in moved["error_rad"].values()), moved

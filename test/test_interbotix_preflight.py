@@ -185,16 +185,17 @@ def test_the_start_pose_is_reached_within_the_yaml_limits_and_judged_from_joint_
     outputs, now = run(controller, robot, start_ns, 5)  # started, holding where the arms are
     source = StartPoseSource(controller.layout, controller.config.start_pose)
     controller.add_source(source)
-    assert not source.arrived(controller.feedback.measured())
+    assert not source.arrived(controller.feedback.measured(), controller.safety.position)
     source.begin(controller.safety.position)
     controller.select_source(source.name)
     periods = 0
-    while not source.arrived(controller.feedback.measured()) and periods < 500:
+    while not source.arrived(controller.feedback.measured(), controller.safety.position) and periods < 500:
         more, now = run(controller, robot, now + controller.period_ns, 1)
         outputs += more
         periods += 1
     yaml_pose = ALOHA_YAML["start_pose"]
-    assert source.arrived(controller.feedback.measured()), source.errors(controller.feedback.measured())
+    measured = controller.feedback.measured()
+    assert source.arrived(measured, controller.safety.position), source.errors(measured)
     for arm in controller.layout.arms:
         np.testing.assert_allclose(controller.feedback.measured()[arm.joint_index], yaml_pose["joints"][arm.name],
                                    atol=yaml_pose["tolerance_rad"])
@@ -204,9 +205,11 @@ def test_the_start_pose_is_reached_within_the_yaml_limits_and_judged_from_joint_
     too_fast, too_sharp = rate_limit_violations(judged_limits("aloha", controller.layout.names), positions, stamps,
                                                 controller.period_s)
     assert not too_fast.any() and not too_sharp.any()
-    # Only the arm joints were aimed at: the grippers stayed where they were.
-    grippers = [arm.gripper_index for arm in controller.layout.arms]
-    np.testing.assert_allclose(positions[:, grippers], 0.0)
+    # The grippers went to the YAML's start_pose.grippers too, within their own limits, but arrival is judged
+    # on the joints alone (a gripper may be stopped by what it holds).
+    more, now = run(controller, robot, now + controller.period_ns, 25)
+    for arm in controller.layout.arms:
+        assert more[-1].positions[arm.gripper_index] == pytest.approx(yaml_pose["grippers"][arm.name], abs=1e-9)
 
 
 def test_a_start_pose_outside_a_joint_limit_or_for_an_unknown_arm_is_a_config_error() -> None:
@@ -219,3 +222,8 @@ def test_a_start_pose_outside_a_joint_limit_or_for_an_unknown_arm_is_a_config_er
         load_embodiment("aloha", {"start_pose.joints": {"middle": [0.0] * 6}})
     with pytest.raises(ConfigError, match="5 values for 6 joints"):
         load_embodiment("aloha", {"start_pose.joints.left": [0.0] * 5})
+    with pytest.raises(ConfigError, match="grippers"):
+        load_embodiment("aloha", {"start_pose.grippers.left": 1.5})  # normalised: 1 is fully open
+    with pytest.raises(ConfigError, match="start_pose.joints does not pose"):
+        load_embodiment("aloha", {"start_pose.joints": {"left": ALOHA_YAML["start_pose"]["joints"]["left"]},
+                                  "start_pose.grippers": {"right": 1.0}})

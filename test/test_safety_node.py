@@ -9,6 +9,7 @@ as a process and SIGKILLs it mid-motion. Times are judged from the command stamp
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -28,6 +29,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, Header, String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
@@ -334,3 +336,109 @@ def test_a_policy_heartbeat_that_fails_while_its_node_lives_is_logged(ros_domain
         node.destroy_node()
     err = capfd.readouterr().err
     assert "policy heartbeat stopped" in err and "Traceback" in err, err[-2000:]
+
+
+
+class RecorderLink:
+    """The real trial_recorder as a child process, its trial services and its announcements (contract.TRIAL_EVENT)."""
+
+    def __init__(self, rig: Rig, output_dir) -> None:
+        self.rig = rig
+        self.events: list[tuple[int, dict]] = []  # (receive ns, announcement)
+        rig.node.create_subscription(String, "/qwen_vla/trial/event",
+                                     lambda m: self.events.append((rig.now(), json.loads(m.data))), RELIABLE)
+        self.clients = {name: rig.node.create_client(Trigger, f"/qwen_vla/trial/{name}")
+                        for name in ("start", "stop_failure")}
+        self.child = rig.ros_domain.start_process(
+            "-m", "qwen_vla_ros.nodes.trial_recorder", "--ros-args", "-p", f"output_dir:={output_dir}",
+            "-p", "topics:=['/test/nothing']")
+
+    def call(self, name: str, change: str) -> int:
+        """Call the recorder's service; the receive time of the announcement it makes."""
+        seen = len(self.events)
+        assert self.clients[name].wait_for_service(timeout_sec=30.0), f"no /qwen_vla/trial/{name}"
+        future = self.clients[name].call_async(Trigger.Request())
+        assert self.rig.ros_domain.spin_until(self.rig.executor, lambda: future.done() and len(self.events) > seen,
+                                              timeout=30.0)
+        assert future.result().success, future.result().message
+        assert self.events[-1][1]["change"] == change, self.events[-1]
+        return self.events[-1][0]
+
+    def stop(self) -> str:
+        return self.rig.ros_domain.stop_process(self.child)
+
+
+def test_a_trial_ended_through_the_recorders_service_holds_the_arms_until_the_next_trial_starts(
+        ros_domain, tmp_path) -> None:
+    """Whoever ends a trial (here a plain service call, as an evaluation script or an operator's UI makes it,
+    not the joystick), the real trial_recorder announces it and the controller holds: commands stop changing
+    within 2 control periods of the announcement while chunks keep arriving, and those chunks are refused as
+    inactive. The next trial's start gives the policy the arms back."""
+    rig = Rig(ros_domain, "trial_hold")
+    recorder = RecorderLink(rig, tmp_path / "trials")
+    rig.start()
+    try:
+        rig.wait_for_commands()
+        rig.spin(2.5)  # the start-up ramp (1 s), then the chunks' swing
+        recorder.call("start", "started")
+        rig.spin(1.0)
+        assert rig.last_change_ns(rig.now() - 300_000_000) is not None, "moving when the trial ends"
+        ended = recorder.call("stop_failure", "ended")
+        rig.spin(2.0)  # chunks keep arriving
+        restarted = recorder.call("start", "started")
+        rig.spin(2.0)
+    finally:
+        output = rig.stop()
+        recorder_output = recorder.stop()
+    last_change = rig.last_change_ns(ended - 500_000_000, until_ns=restarted)
+    assert last_change is not None and last_change <= ended + 2 * PERIOD_NS, \
+        f"commands still changed {(last_change - ended) / 1e6:.1f} ms after the trial ended"
+    assert rig.last_change_ns(restarted) is not None, "the next trial's start gave the policy the arms back"
+    held = [s for t, s in rig.status if ended + 500_000_000 < t < restarted]
+    assert held and all(s["control_mode"] == "hold" for s in held), held
+    assert int(held[-1]["rejected_inactive"]) >= 5, "chunks kept arriving and were refused while the arms held"
+    assert "ended" in output and "-> hold" in output, output[-3000:]
+    assert recorder.events[1][1]["outcome"] == "failure", (recorder.events, recorder_output[-2000:])
+
+
+def test_between_trials_the_start_pose_is_reached_and_held_until_the_next_trial_starts(ros_domain, tmp_path) -> None:
+    """After a trial ended, move_to_start takes the arms to the YAML's start pose (joints and grippers) and they
+    stay there, although the policy's chunks keep arriving, until the recorder starts the next trial."""
+    pose = ALOHA_YAML["start_pose"]
+    rig = Rig(ros_domain, "start_between_trials")
+    recorder = RecorderLink(rig, tmp_path / "trials")
+    outcomes: list[dict] = []
+    rig.node.create_subscription(String, "/qwen_vla/controller/start_pose", lambda m: outcomes.append(
+        json.loads(m.data)), PUBLISHERS["reliable_transient_local"])
+    move = rig.node.create_client(Trigger, "/qwen_vla/controller/move_to_start")
+    channel_names: list[str] = []  # of the command message, whose order is the controller's
+    rig.node.create_subscription(JointState, "/qwen_vla/controller/command",
+                                 lambda m: channel_names[:] or channel_names.extend(m.name), RELIABLE)
+    rig.start()
+    try:
+        rig.wait_for_commands()
+        recorder.call("start", "started")
+        rig.spin(2.5)  # the swing takes the waists away from the pose
+        recorder.call("stop_failure", "ended")
+        assert move.wait_for_service(timeout_sec=10.0)
+        future = move.call_async(Trigger.Request())
+        assert ros_domain.spin_until(rig.executor, lambda: future.done() and bool(outcomes),
+                                     timeout=pose["timeout_s"] + 10.0)
+        arrived_ns = rig.now()
+        rig.spin(2.0)  # chunks keep arriving
+        restarted = recorder.call("start", "started")
+        rig.spin(1.5)
+    finally:
+        output = rig.stop()
+        recorder.stop()
+    assert future.result().success, (future.result().message, output[-2000:])
+    assert outcomes[-1]["arrived"] and outcomes[-1]["pose"] == pose["joints"], outcomes[-1]
+    waiting = [value for stamp, value in rig.commands if arrived_ns + 2 * PERIOD_NS < stamp <= restarted]
+    assert len(waiting) > 50 and all(np.array_equal(value, waiting[0]) for value in waiting), "left the pose"
+    names = channel_names
+    for arm in ("left", "right"):
+        joints = [names.index(f"{arm}_{joint}") for joint in
+                  ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")]
+        np.testing.assert_allclose(waiting[0][joints], pose["joints"][arm], atol=pose["tolerance_rad"])
+        assert waiting[0][names.index(f"{arm}_gripper")] == pytest.approx(pose["grippers"][arm])
+    assert rig.last_change_ns(restarted) is not None, "the trial's start gave the policy the arms"

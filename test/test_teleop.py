@@ -405,3 +405,42 @@ def test_a_trial_stop_button_under_the_policy_holds_the_arms_until_resume(button
     resume = [0] * BUTTONS
     resume[teleop.buttons.resume_policy] = 1
     assert [t.mode for t in arbiter.on_joy(parse_joy([0.0] * AXES, resume, teleop, 20 * MS))[1]] == ["policy"]
+
+
+# -- trials announced by the recorder ----------------------------------------------------------
+
+def test_a_trial_ended_by_anyone_holds_the_policy_and_only_that_hold_ends_with_the_next_trial() -> None:
+    """The recorder's announcement (contract.TRIAL_EVENT) acts whoever ended the trial; a hold that the
+    operator or the e-stop caused is never lifted by a trial start, only by resume_policy."""
+    teleop = load_embodiment("aloha").teleop
+    arbiter = Arbiter(teleop)
+    ended = arbiter.on_trial("ended", "trial_0001")
+    assert ended is not None and (ended.previous, ended.mode) == ("policy", "hold")
+    assert arbiter.on_trial("ended", "trial_0001") is None, "a second end changes nothing"
+    started = arbiter.on_trial("started", "trial_0002")
+    assert started is not None and (started.previous, started.mode) == ("hold", "policy")
+    # The operator's hold: deadman pressed, then released.
+    deadman = [0] * BUTTONS
+    deadman[teleop.buttons.deadman] = 1
+    arbiter.on_joy(parse_joy([0.0] * AXES, deadman, teleop, 0))
+    assert arbiter.on_trial("ended", "trial_0002") is None and arbiter.mode == "teleop", "the operator keeps the arms"
+    arbiter.on_joy(parse_joy([0.0] * AXES, [0] * BUTTONS, teleop, 10 * MS))
+    assert arbiter.mode == "hold" and arbiter.on_trial("started", "trial_0003") is None and arbiter.mode == "hold"
+
+
+def test_after_an_estop_a_trial_start_does_not_hand_the_arms_back() -> None:
+    controller = make_controller("aloha")
+    assert controller.trial_changed("ended", "trial_0001") is not None and controller.arbiter.mode == "hold"
+    controller.engage_estop()
+    controller.reset_estop()
+    assert controller.trial_changed("started", "trial_0002") is None and controller.arbiter.mode == "hold"
+    assert controller.active is None
+
+
+@pytest.mark.parametrize("text", ["", "not json", "[]", '{"change": "started"}', '{"trial": "t", "change": "paused"}',
+                                  '{"trial": 3, "change": "ended"}'])
+def test_a_malformed_trial_event_is_refused(text: str) -> None:
+    from qwen_vla_ros.teleop.arbitration import parse_trial_event
+
+    with pytest.raises(MalformedMessageError):
+        parse_trial_event(text)

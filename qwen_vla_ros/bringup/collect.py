@@ -2,7 +2,7 @@
 
 Brings ALOHA up in simulation with ``expert_node`` in the policy's place (sim_node, the
 controller, trial_recorder: the same processes ``demo`` runs), then for each episode: the
-expert takes the arms home, the sim is reset (the drawn cube pose is the expert's only
+controller takes the arms to the config's start pose, the sim is reset (the drawn cube pose is the expert's only
 input), the recorder starts a trial, the expert plays the episode as action chunks that the
 controller executes, and the trial is stopped as a success or failure by the sim's own
 signal. With ``--protocol`` the recorder assigns each trial the protocol's next condition
@@ -153,9 +153,11 @@ def _episode(args: argparse.Namespace, link: ExpertLink, monitor: Monitor, group
     problems: list[str] = []
     instruction = _instruction(protocol, output, args.instruction)
     episode = Episode(None, False, {}, instruction)
-    # Home first: a reset moves the sim's arms, not the controller's command.
-    if not _run_command(link, {"command": "home", "duration_s": 2.0}, group, stop, problems, 30.0):
-        episode.problem = "; ".join(problems)
+    # The start pose first (the controller's, as for an evaluation's trials): a reset moves the sim's arms to
+    # the same pose, not the controller's command, and the arms hold there until the trial starts.
+    arrived, message = monitor.move_to_start()
+    if not arrived:
+        episode.problem = f"the arms did not reach the start pose: {message}"
         return episode
     reset, message = monitor.trigger(SIM_RESET)
     if not reset:

@@ -35,7 +35,9 @@ from qwen_vla_ros.contract import (
     COMMAND,
     CONTROLLER_STATUS,
     DIAGNOSTICS,
+    MOVE_TO_START,
     SIM_SUCCESS,
+    START_POSE,
     TRIAL_SERVICES,
     NodeRole,
     Service,
@@ -51,6 +53,7 @@ COMMAND_QUEUE_DEPTH = 100  # every command is counted for the achieved rate: a d
 RANDOM_SIZE = "tiny"  # the random checkpoint's size: on a 2-core CPU its chunks arrive in time (docs/benchmarks.md)
 MIN_EXECUTED_FRACTION = 0.9  # below this share of chunks executed, the demo failed (issue 20 §5)
 MIN_MOVED_RAD = 0.01  # a joint must move this far for the chunks to count as moving the robot; at rest < 0.0005
+START_POSE_MARGIN_S = 5.0  # beyond start_pose.timeout_s, for the outcome to arrive once the controller gives up
 DIAGNOSTICS_PERIOD_S = 1.0  # the controller publishes its chunk counts this often: the trial's are read fresh at start and end
 RANDOM_WEIGHTS_NOTICE = (
     "The demo runs a checkpoint with RANDOM weights (--random-weights): the arms move aimlessly "
@@ -242,6 +245,9 @@ class Monitor:
             create_subscription(self.node, watched[arm.joint_state_topic], partial(self._on_joint_state, arm.name))
         create_subscription(self.node, SIM_SUCCESS, self._on_success)
         create_subscription(self.node, DIAGNOSTICS, self._on_diagnostics)
+        self.start_pose_outcomes: list[dict[str, Any]] = []
+        create_subscription(self.node, START_POSE, self._on_start_pose)
+        self.start_pose_timeout_s = embodiment.start_pose.timeout_s if embodiment.start_pose else None
         self.seen_chunk = False
         self.seen_command = False
         self._thread = threading.Thread(target=self._spin, name="demo_monitor", daemon=True)
@@ -297,6 +303,27 @@ class Monitor:
             source = status.name.split(":")[0]
             self.diagnostics[source] = {kv.key: kv.value for kv in status.values}
             self.reports[source] += 1
+
+    def _on_start_pose(self, msg: Any) -> None:
+        outcome = json.loads(msg.data)
+        self.start_pose_outcomes.append(outcome if isinstance(outcome, dict) else {"unreadable": msg.data})
+
+    def move_to_start(self) -> tuple[bool, str]:
+        """Ask the controller for the start pose and wait for its outcome on ``contract.START_POSE``: (arrived,
+        the outcome's JSON or why there is none). Between trials the arms then hold there until the trial starts."""
+        if self.start_pose_timeout_s is None:
+            return False, "the embodiment config has no start_pose"
+        seen = len(self.start_pose_outcomes)
+        asked, message = self.trigger(MOVE_TO_START)
+        if not asked:
+            return False, message
+        deadline = time.monotonic() + self.start_pose_timeout_s + START_POSE_MARGIN_S
+        while len(self.start_pose_outcomes) == seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if len(self.start_pose_outcomes) == seen:
+            return False, f"no outcome on {START_POSE.name} after {message}"
+        outcome = self.start_pose_outcomes[-1]
+        return bool(outcome.get("arrived")), json.dumps(outcome)
 
     def fresh(self, source: str, timeout_s: float = 2.5 * DIAGNOSTICS_PERIOD_S) -> dict[str, str]:
         """``source``'s next diagnostics after this call (its last one if none comes within ``timeout_s``)."""

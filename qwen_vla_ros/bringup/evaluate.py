@@ -187,6 +187,12 @@ def _counters(monitor: Monitor) -> tuple[float, float]:
 def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, str], instruction: str,
            link: ConditionLink, monitor: Monitor, group: ProcessGroup, stop: threading.Event) -> TrialResult:
     result = TrialResult(None, condition, False, 0.0, 0, 0, {})
+    # Every trial starts from the start pose, reached before the reset so that the sim's keyframe (the same
+    # pose) does not jump away from the controller's command; the trial record keeps the arrival error.
+    arrived, message = monitor.move_to_start()
+    if not arrived:
+        result.problem = f"the arms did not reach the start pose: {message}"
+        return result
     fields = protocol.sim_for(condition)
     link.set(fields, instruction)
     for _ in range(20):  # the latched randomisation reaches the sim asynchronously: the reset echoes it

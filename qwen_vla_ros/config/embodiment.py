@@ -185,7 +185,8 @@ class EmbodimentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _start_pose_inside_the_arms(self) -> EmbodimentConfig:
-        """A start pose names known arms, one value per joint, each inside that joint's limits."""
+        """A start pose names known arms, one value per joint, each inside that joint's limits; grippers only of
+        posed arms that have a gripper channel."""
         if self.start_pose is None:
             return self
         arms = self.arms_by_name
@@ -199,6 +200,12 @@ class EmbodimentConfig(StrictModel):
                 if not joint.limits.lower <= value <= joint.limits.upper:
                     raise ValueError(f"start_pose.joints.{arm_name}: {joint.name} = {value} is outside "
                                      f"[{joint.limits.lower}, {joint.limits.upper}]")
+        for arm_name in self.start_pose.grippers:
+            if arm_name not in self.start_pose.joints:
+                raise ValueError(f"start_pose.grippers names arm {arm_name!r}, which start_pose.joints does not pose")
+            gripper = arms[arm_name].gripper
+            if gripper is None or gripper.channel is None:
+                raise ValueError(f"start_pose.grippers names arm {arm_name!r}, which has no gripper channel")
         return self
 
     @model_validator(mode="after")

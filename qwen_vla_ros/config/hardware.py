@@ -193,6 +193,10 @@ class StartPose(StrictModel):
     within the joints' velocity and acceleration limits, then confirmed from joint states."""
 
     joints: dict[str, list[float]] = Field(min_length=1, description="arm name -> positions of arms[].joints, rad")
+    grippers: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description="arm name -> gripper command sent with the pose (normalised, 0 closed, 1 open); not judged on "
+        "arrival, as the gripper may be stopped by what it holds")
     tolerance_rad: float = Field(default=0.05, gt=0, description="largest joint error that counts as arrived")
     timeout_s: float = Field(default=15.0, gt=0, description="not arrived this long after the request: refused")
 

@@ -54,7 +54,7 @@ from qwen_vla_ros.control.liveness import LivenessEvent, PolicyLiveness
 from qwen_vla_ros.control.policy import REJECTION_REASONS, ChunkOutcome, PolicySource, PreparedChunk, Rejection
 from qwen_vla_ros.control.safety import SafetyCounts, SafetyFilter
 from qwen_vla_ros.errors import MalformedMessageError
-from qwen_vla_ros.teleop.arbitration import Arbiter, ArbitrationMode, Transition
+from qwen_vla_ros.teleop.arbitration import Arbiter, ArbitrationMode, Transition, TrialChange
 from qwen_vla_ros.teleop.jog import TeleopSource
 from qwen_vla_ros.teleop.mapping import parse_joy
 
@@ -204,6 +204,7 @@ class Controller:
         """Latch: hold until :meth:`reset_estop`. The plan is dropped; motion resumes with the next chunk."""
         self.estop = True
         self.policy.clear()
+        self.arbiter.trial_hold = False  # after an e-stop only resume_policy returns control, never a trial start
 
     def reset_estop(self) -> tuple[bool, str]:
         if not self.estop:
@@ -251,6 +252,13 @@ class Controller:
         for transition in transitions:
             self._apply(transition)
         return JoyOutcome(events, transitions)
+
+    def trial_changed(self, change: TrialChange, trial: str) -> Transition | None:
+        """The recorder says ``trial`` started or ended (:meth:`Arbiter.on_trial`); the mode change applies at once."""
+        transition = self.arbiter.on_trial(change, trial)
+        if transition is not None:
+            self._apply(transition)
+        return transition
 
     def update_leader(self, arm: str, names: Sequence[str], positions: Sequence[float], now_ns: int) -> None:
         """A leader arm's joint state (ALOHA); MalformedMessageError (counted) when it cannot be used."""

@@ -14,6 +14,8 @@ from qwen_vla_ros.config.hardware import StartPose
 from qwen_vla_ros.control.feedback import Feedback
 from qwen_vla_ros.control.layout import CommandLayout
 
+GRIPPER_COMMAND_TOLERANCE = 1e-6  # normalised: the command settles on its goal exactly, within rounding
+
 
 class StartPoseSource:
     def __init__(self, layout: CommandLayout, pose: StartPose, name: str = "start_pose"):
@@ -22,11 +24,14 @@ class StartPoseSource:
         self.goal: np.ndarray | None = None
 
     def begin(self, command: np.ndarray) -> None:
-        """Aim at the pose from ``command`` (the last one sent): unposed channels (grippers, other arms) stay."""
+        """Aim at the pose from ``command`` (the last one sent): channels the pose leaves out (other arms, grippers
+        without a ``start_pose.grippers`` value) stay where they are."""
         goal = command.copy()
         for arm in self.layout.arms:
             if arm.name in self.pose.joints:
                 goal[arm.joint_index] = self.pose.joints[arm.name]
+            if arm.name in self.pose.grippers and arm.gripper_index is not None:
+                goal[arm.gripper_index] = self.pose.grippers[arm.name]
         self.goal = goal
 
     def target(self, now_ns: int, feedback: Feedback) -> np.ndarray | None:
@@ -40,5 +45,11 @@ class StartPoseSource:
         return {arm.name: float(np.max(np.abs(measured[arm.joint_index] - np.asarray(self.pose.joints[arm.name]))))
                 for arm in self.layout.arms if arm.name in self.pose.joints}
 
-    def arrived(self, measured: np.ndarray) -> bool:
-        return all(error <= self.pose.tolerance_rad for error in self.errors(measured).values())
+    def arrived(self, measured: np.ndarray, command: np.ndarray) -> bool:
+        """Every posed arm's measured joints are within the tolerance, and the gripper commands have reached their
+        values (judged on the command: a gripper stopped by what it holds still counts; without this a hold
+        that follows the arrival would freeze a gripper halfway)."""
+        grippers_done = all(abs(command[arm.gripper_index] - self.pose.grippers[arm.name]) <= GRIPPER_COMMAND_TOLERANCE
+                            for arm in self.layout.arms
+                            if arm.name in self.pose.grippers and arm.gripper_index is not None)
+        return grippers_done and all(error <= self.pose.tolerance_rad for error in self.errors(measured).values())

@@ -85,7 +85,7 @@ class HandBack:
         if can_move and self.sleep_source is not None:
             log.info("hand-back: moving to the sleep pose")
             source = self.sleep_source
-            if not self._wait(deadline, lambda: source.arrived(self.core.feedback.measured())):
+            if not self._wait(deadline, lambda: source.arrived(self.core.feedback.measured(), self.core.safety.position)):
                 log.error("hand-back: the sleep pose was not reached in time; holding where the arms are")
         with self.lock:
             self.core.select_source(None)

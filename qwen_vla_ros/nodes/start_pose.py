@@ -4,7 +4,9 @@ A request selects :class:`~qwen_vla_ros.control.start_pose.StartPoseSource` (chu
 arrive meanwhile are refused as ``inactive``) and is answered at once; a thread then waits
 until the measured joints are within ``start_pose.tolerance_rad`` or ``start_pose.timeout_s``
 has passed, and only on arrival hands control back to the policy with its old plan dropped.
-A move that does not arrive leaves the arms holding. The outcome, with the measured error,
+Between trials (the arms holding because a trial ended) the move is allowed too, and the arms
+then stay at the pose until the next trial starts. A move that does not arrive leaves the
+arms holding. The outcome, with the measured error,
 is published latched on ``contract.START_POSE``. In simulation the same service runs
 against sim_node's joint states.
 """
@@ -55,27 +57,28 @@ class StartPoseService:
             return False, "a move to the start pose is already running"
         with self.lock:
             refusal = self._refusal()
+            between_trials = self.core.arbiter.mode == "hold"  # _refusal lets only a trial's end hold through
             if not refusal:
                 source.begin(self.core.safety.position)
                 self.core.select_source(source.name)
         if refusal:
             self.busy.release()
             return False, refusal
-        threading.Thread(target=self._finish, args=(source,), name="start_pose", daemon=True).start()
+        threading.Thread(target=self._finish, args=(source, between_trials), name="start_pose", daemon=True).start()
         return True, (f"moving to the start pose (tolerance {source.pose.tolerance_rad:g} rad, timeout "
                       f"{source.pose.timeout_s:g} s); the outcome follows on {START_POSE.name}")
 
-    def _finish(self, source: StartPoseSource) -> None:
-        """Wait for the arrival, hand over to the policy only then, publish the outcome."""
+    def _finish(self, source: StartPoseSource, between_trials: bool) -> None:
+        """Wait for the arrival, then hand over to the policy (or, between trials, hold there), publish the outcome."""
         try:
             arrived, interrupted = self._wait(source)
             with self.lock:
                 errors = source.errors(self.core.feedback.measured())
-                if arrived:
+                if arrived and not between_trials:
                     self.core.policy.clear()  # chunks planned before the move belong to another pose
                     self.core.select_source(self.core.policy.name)
                 elif not interrupted:
-                    self.core.select_source(None)  # hold where the move got to: no policy without the pose
+                    self.core.select_source(None)  # hold at the pose until the trial starts, or where the move got to
             outcome = {"pose": source.pose.joints, "arrived": arrived, "interrupted": interrupted,
                        "error_rad": {arm: round(error, 5) for arm, error in errors.items()}}
             message = json.dumps(outcome)
@@ -94,7 +97,7 @@ class StartPoseService:
                 if self.core.active != source.name or self.core.estop:
                     return False, True
                 if (self.core.feedback.fresh(self.node.get_clock().now().nanoseconds)
-                        and source.arrived(self.core.feedback.measured())):
+                        and source.arrived(self.core.feedback.measured(), self.core.safety.position)):
                     return True, False
         return False, False
 
@@ -102,8 +105,10 @@ class StartPoseService:
         core = self.core
         if core.estop:
             return "the e-stop is latched"
-        if core.arbiter.mode != "policy":
-            return f"arbitration is in {core.arbiter.mode}: the operator has the arms"
+        if core.arbiter.mode == "teleop":
+            return "arbitration is in teleop: the operator has the arms"
+        if core.arbiter.mode == "hold" and not core.arbiter.trial_hold:
+            return "the arms hold after a takeover or an e-stop: resume_policy first"
         if not core.safety.started:
             return "no joint states yet (the controller has not started commanding)"
         return ""

@@ -6,7 +6,8 @@ mode goes out on ``contract.MODE`` (std_msgs/String, latched) whenever it change
 does not wait for the next period: the Joy callback wakes the loop, which runs a period at once
 (limited over the time it really covers) and counts the following periods from there. Trial
 buttons call the trial recorder's Trigger services asynchronously: the callback returns at once
-and the answer is logged when it comes, so no button ever waits on the recorder.
+and the answer is logged when it comes, so no button ever waits on the recorder. The recorder's ``contract.TRIAL_EVENT`` tells the
+arbiter when a trial started or ended, whoever asked for it (docs/operation.md, "Trials").
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import String
 
 from qwen_vla_ros.config import EmbodimentConfig
-from qwen_vla_ros.contract import MODE, TRIAL_SERVICES, Topic
+from qwen_vla_ros.contract import MODE, TRIAL_EVENT, TRIAL_SERVICES, Topic
 from qwen_vla_ros.control import Controller
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.nodes.common import call_trigger_logged
 from qwen_vla_ros.nodes.estop import EstopLink
 from qwen_vla_ros.nodes.ros_contract import create_client, create_publisher, create_subscription
-from qwen_vla_ros.teleop.arbitration import Transition
+from qwen_vla_ros.teleop.arbitration import Transition, parse_trial_event
 
 
 class TeleopLink:
@@ -38,6 +40,7 @@ class TeleopLink:
         for leader in core.teleop.leaders.arms:  # empty unless leader_follow is enabled
             create_subscription(node, inbound[embodiment.teleop.leader_follow.topics[leader]],
                                 partial(self._on_leader, leader), callback_group=callback_group)
+        create_subscription(node, TRIAL_EVENT, self._on_trial_event, callback_group=callback_group)
         self.mode_pub = create_publisher(node, MODE)
         self.trial_clients = {event: create_client(node, service) for event, service in TRIAL_SERVICES.items()}
         self.mode_lock = threading.Lock()
@@ -86,3 +89,14 @@ class TeleopLink:
                 self.core.update_leader(arm, message.name, message.position, self._now())
         except (KeyError, ValueError) as exc:
             self.node.get_logger().warning(f"ignoring leader joint state: {exc}", throttle_duration_sec=2.0)
+
+    def _on_trial_event(self, message: String) -> None:
+        try:
+            change, trial = parse_trial_event(message.data)
+        except MalformedMessageError as exc:
+            self.node.get_logger().warning(f"ignoring trial event: {exc}", throttle_duration_sec=2.0)
+            return
+        with self.lock:
+            self.core.trial_changed(change, trial)
+            transitions = self.core.take_transitions()
+        self.publish_mode(transitions)

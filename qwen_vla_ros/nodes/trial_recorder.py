@@ -8,6 +8,7 @@ Topics are subscribed once a publisher appears, with QoS matched to the publishe
 """
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from collections.abc import Callable
@@ -24,7 +25,15 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from qwen_vla_ros.config import EMBODIMENTS, ConfigError, EmbodimentConfig, RuntimeConfig
-from qwen_vla_ros.contract import INSTRUCTION, MODE, NEXT_CONDITION, SIM_SUCCESS, START_POSE, TRIAL_SERVICES
+from qwen_vla_ros.contract import (
+    INSTRUCTION,
+    MODE,
+    NEXT_CONDITION,
+    SIM_SUCCESS,
+    START_POSE,
+    TRIAL_EVENT,
+    TRIAL_SERVICES,
+)
 from qwen_vla_ros.errors import InvalidArgumentError
 from qwen_vla_ros.model.fingerprint import checkpoint_fingerprint
 from qwen_vla_ros.nodes.common import declare_configs, run_node, string_list_parameter
@@ -85,6 +94,7 @@ class TrialRecorderNode(Node):
             START_POSE.name: lambda data, now: self.session.on_start_pose(deserialize_message(data, String).data),
         }
         self._next_condition = create_publisher(self, NEXT_CONDITION)
+        self._trial_event = create_publisher(self, TRIAL_EVENT)  # the controller holds the arms when a trial ends
         for event, outcome in OUTCOMES.items():
             create_service(self, TRIAL_SERVICES[event], self._service(outcome))
         self.create_timer(self._discovery_period_s, self._tick)
@@ -160,9 +170,11 @@ class TrialRecorderNode(Node):
                 self.get_logger().warning(response.message)
                 return response
             response.success = True
-            self.get_logger().info(response.message)
-            if outcome is not None:
-                self._announce(self._condition_override())
+            if outcome is None:
+                self.get_logger().info(response.message)
+                self._publish_event(record)
+            else:
+                self._ended(record)
             return response
 
         return handle
@@ -176,17 +188,26 @@ class TrialRecorderNode(Node):
             f"{len(record.interventions)} interventions"
         )
 
+    def _publish_event(self, record: TrialRecord) -> None:
+        change = "started" if record.outcome is None else "ended"
+        self._trial_event.publish(String(data=json.dumps({"trial": record.id, "change": change,
+                                                          "outcome": record.outcome})))
+
+    def _ended(self, record: TrialRecord) -> None:
+        """A trial ended, by a service, its success label or its timeout: say so, and announce the next condition."""
+        self.get_logger().info(self._summary(record))
+        self._publish_event(record)
+        self._announce(self._condition_override())
+
     def _on_sim_success(self, data: bytes, now_ns: int) -> None:
         record = self.session.on_sim_success(deserialize_message(data, Bool).data, now_ns)
         if record is not None:
-            self.get_logger().info(self._summary(record))
-            self._announce(self._condition_override())
+            self._ended(record)
 
     def _tick(self) -> None:
         record = self.session.check_timeout(self._now())
         if record is not None:
-            self.get_logger().info(self._summary(record))
-            self._announce(self._condition_override())
+            self._ended(record)
         self._discover()
 
     def _discover(self) -> None:

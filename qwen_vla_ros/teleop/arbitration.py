@@ -15,6 +15,11 @@ The idea is twist_mux's, made sticky where safety needs it:
   e-stop button is twist_mux's lock: it latches the e-stop, and a policy in control is put
   on hold, so clearing the e-stop never silently restarts it.
 
+Trials. A trial's end (its button, or any caller of the recorder's stop services, which the
+recorder announces on ``contract.TRIAL_EVENT``) puts a policy in control on hold: the arms
+stay where the trial left them. That hold, and only that one, ends when the next trial
+starts; a hold the operator or the e-stop caused still needs ``resume_policy``.
+
 Button functions other than the deadman fire on the rising edge, judged against the last
 message that had not expired; joy_node's autorepeat therefore never fires them twice.
 Pure logic on :class:`~qwen_vla_ros.teleop.mapping.Joy` values and ``now_ns``;
@@ -22,11 +27,13 @@ Pure logic on :class:`~qwen_vla_ros.teleop.mapping.Joy` values and ``now_ns``;
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
 from qwen_vla_ros.chunk import NS_PER_S
 from qwen_vla_ros.config.teleop import Teleop, TeleopButtons
+from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.teleop.mapping import Joy
 
 ArbitrationMode = Literal["policy", "teleop", "hold"]
@@ -34,8 +41,22 @@ ArbitrationMode = Literal["policy", "teleop", "hold"]
 EVENT_BUTTONS = (
     "estop", "resume_policy", "arm_select", "jog_mode", "trial_start", "trial_success", "trial_failure", "trial_abort",
 )
-# Pressed under the policy, these end its control as the trial ends: the arms hold until resume_policy.
+# Pressed under the policy, these end its control as the trial ends: the arms hold until the next trial starts.
 TRIAL_END_EVENTS = ("trial_success", "trial_failure", "trial_abort")
+TrialChange = Literal["started", "ended"]
+
+
+def parse_trial_event(text: str) -> tuple[TrialChange, str]:
+    """(change, trial id) of a ``contract.TRIAL_EVENT`` message; MalformedMessageError for anything else."""
+    try:
+        event = json.loads(text)
+    except ValueError as exc:
+        raise MalformedMessageError(f"trial event is not JSON: {text[:80]!r}") from exc
+    change = event.get("change") if isinstance(event, dict) else None
+    trial = event.get("trial") if isinstance(event, dict) else None
+    if change not in ("started", "ended") or not isinstance(trial, str):
+        raise MalformedMessageError(f"trial event needs change 'started' or 'ended' and a trial id: {text[:80]!r}")
+    return change, trial
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,7 @@ class Arbiter:
         self.mode: ArbitrationMode = "policy"
         self.joy: Joy | None = None
         self.takeovers = 0
+        self.trial_hold = False  # holding because a trial ended: the next trial's start resumes the policy
 
     def live_joy(self, now_ns: int) -> Joy | None:
         """The latest Joy unless it has expired."""
@@ -59,11 +81,12 @@ class Arbiter:
             return None
         return self.joy
 
-    def _go(self, mode: ArbitrationMode, reason: str) -> Transition | None:
+    def _go(self, mode: ArbitrationMode, reason: str, trial_end: bool = False) -> Transition | None:
         if mode == self.mode:
             return None
         transition = Transition(self.mode, mode, reason)
         self.mode = mode
+        self.trial_hold = trial_end
         if mode == "teleop":
             self.takeovers += 1
         return transition
@@ -81,8 +104,8 @@ class Arbiter:
         if "estop" in events and self.mode == "policy":
             transitions.append(self._go("hold", "e-stop button"))
         ended = [event for event in TRIAL_END_EVENTS if event in events]
-        if ended and self.mode == "policy":  # the trial is over: the arms hold until resume_policy (docs/operation.md)
-            transitions.append(self._go("hold", f"{ended[0]} button: the trial ended"))
+        if ended and self.mode == "policy":  # the trial is over: the arms hold (docs/operation.md, "Trials")
+            transitions.append(self._go("hold", f"{ended[0]} button: the trial ended", trial_end=True))
         if joy.pressed(self.buttons.deadman):
             transitions.append(self._go("teleop", "deadman pressed"))
             if "resume_policy" in events:
@@ -93,6 +116,14 @@ class Arbiter:
             if "resume_policy" in events:
                 transitions.append(self._go("policy", "resume_policy pressed"))
         return events, [t for t in transitions if t is not None]
+
+    def on_trial(self, change: TrialChange, trial: str) -> Transition | None:
+        """The recorder's announcement that ``trial`` started or ended, whoever asked for it."""
+        if change == "ended" and self.mode == "policy":
+            return self._go("hold", f"{trial} ended", trial_end=True)
+        if change == "started" and self.mode == "hold" and self.trial_hold:
+            return self._go("policy", f"{trial} started")
+        return None
 
     def tick(self, now_ns: int) -> Transition | None:
         """Once per control period: an expired joystick releases the deadman."""
