@@ -66,6 +66,33 @@ def test_training_lowers_the_loss_and_the_checkpoint_loads(tmp_path: Path) -> No
     assert chunk.actions.shape == (ALOHA.control.chunk_length, 14) and np.all(np.isfinite(chunk.actions))
 
 
+def test_training_the_vision_tower_changes_it_and_nothing_else_in_the_backbone(tmp_path: Path) -> None:
+    """--train-vision: the tower's weights move, the language model's stay bit for bit (its cached prefix stays
+    valid), the loss falls, and transformers still loads the saved backbone for the runtime."""
+    from safetensors.torch import load_file
+
+    from qwen_vla_ros.model.build import make_checkpoint
+    from qwen_vla_ros.model.loading import load_policy
+
+    synthetic_dataset(tmp_path / "data")
+    out = tmp_path / "trained"
+    assert cli_main(["train", "--dataset", str(tmp_path / "data"), "--size", "tiny", "--output", str(out),
+                     "--steps", "30", "--batch-size", "4", "--lr", "1e-3", "--seed", "3", "--train-vision"]) == 0
+    record = json.loads((out / "training.json").read_text())
+    assert record["train_vision"] is True
+    assert np.mean(record["losses"][-6:]) < 0.8 * np.mean(record["losses"][:6]), record["losses"]
+    fresh = make_checkpoint("tiny", tmp_path / "fresh", seed=3)
+    trained = load_file(str(out / "backbone" / "model.safetensors"))
+    start = load_file(str(fresh / "backbone" / "model.safetensors"))
+    assert trained.keys() == start.keys()
+    moved = {k for k in trained if not np.array_equal(trained[k].numpy(), start[k].numpy())}
+    assert moved and all(".visual." in k for k in moved), sorted(moved)[:5]
+    policy = load_policy(out)
+    policy.set_task(ALOHA, "hand the cube over")
+    images = {c.name: np.full((24, 32, 3), 100, np.uint8) for c in ALOHA.cameras}
+    assert np.all(np.isfinite(policy.infer(images, START, seed=0).actions))
+
+
 def test_train_refuses_a_directory_that_is_not_a_dataset(tmp_path: Path, capsys) -> None:
     assert cli_main(["train", "--dataset", str(tmp_path), "--output", str(tmp_path / "out"), "--steps", "1"]) == 2
     assert "not a LeRobot dataset" in capsys.readouterr().err

@@ -275,11 +275,21 @@ class Policy:
     def _features(self, task: Task, frames: list[np.ndarray]) -> torch.Tensor:
         if not task.cameras:
             return task.prefix_features
+        with self.timer.stage("preprocess"):
+            pixels = self.pixels(frames)
+        return self.features_of_pixels(task, pixels)
+
+    def pixels(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """The vision tower's input for one observation's frames (camera order): (cameras, patches, patch_dim)."""
+        pixels = torch.from_numpy(patchify(frames, self.patch_spec)).to(self.device, self.dtype)
+        return pixels.view(len(frames), -1, pixels.shape[-1])
+
+    def features_of_pixels(self, task: Task, pixels: torch.Tensor) -> torch.Tensor:
+        """Backbone features (1, prefix + step tokens, context_dim) from :meth:`pixels`: differentiable in the vision
+        tower's weights when the stages are torch's and grad is on (training, ``model.training``)."""
         timer = self.timer
-        with timer.stage("preprocess"):
-            pixels = torch.from_numpy(patchify(frames, self.patch_spec)).to(self.device, self.dtype)
         with timer.stage("vision"):
-            image_tokens = self.stages.vision(pixels.view(len(frames), -1, pixels.shape[-1]), *self.vision_geometry)
+            image_tokens = self.stages.vision(pixels, *self.vision_geometry)
         with timer.stage("backbone_step"):
             step = self.stages.step_backbone(
                 image_tokens, task.step_template, task.image_index, task.step_cos, task.step_sin, *task.prefix_state

@@ -33,18 +33,21 @@ def _train(args: argparse.Namespace) -> int:
         embodiment = load_embodiment(args.embodiment)
         frames = read_lerobot(dataset, embodiment.control.chunk_length, args.stride, args.max_frames)
         policy.set_task(embodiment, frames.instruction)
-        say(f"training the head of {source} on {len(frames.states)} frames of {dataset} for {args.steps} steps")
+        trained = "the head and the vision tower" if args.train_vision else "the head"
+        say(f"training {trained} of {source} on {len(frames.states)} frames of {dataset} for {args.steps} steps")
         log_every = max(1, args.steps // 20)
 
         def log_step(step: int, loss: float) -> None:
             if step % log_every == 0:
                 say(f"step {step:6d}  loss {loss:.4f}")
 
-        result = train_head(policy, frames, args.steps, args.batch_size, args.lr, args.seed, log_step)
-        save_trained(policy, source, out)
+        result = train_head(policy, frames, args.steps, args.batch_size, args.lr, args.seed, log_step,
+                            train_vision=args.train_vision)
+        save_trained(policy, source, out, vision_trained=args.train_vision)
     record = {"dataset": str(dataset.resolve()), "init": str(args.init or f"random {args.size}, seed {args.seed}"),
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-              "stride": args.stride, "frames": result.frames, "seconds": round(result.seconds, 1),
+              "stride": args.stride, "train_vision": args.train_vision, "frames": result.frames,
+              "seconds": round(result.seconds, 1),
               "instruction": frames.instruction, "command": " ".join(sys.argv), "losses": result.losses}
     (out / "training.json").write_text(json.dumps(record, indent=1))
     first, last = result.losses[: max(1, len(result.losses) // 10)], result.losses[-max(1, len(result.losses) // 10):]
@@ -66,5 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stride", type=int, default=1, help="use every N-th dataset row (1)")
     parser.add_argument("--max-frames", type=int, default=None, help="use at most this many rows")
     parser.add_argument("--embodiment", default="aloha", help="embodiment the dataset was recorded with (aloha)")
+    parser.add_argument("--train-vision", action="store_true",
+                        help="train the vision tower too, through the frozen language model (slower per step)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random start, the batches and the noise (0)")
     parser.set_defaults(handler=_train)

@@ -1,13 +1,18 @@
 """Training the action head of a checkpoint on a LeRobot v3.0 dataset (``qwen-vla-ros trials export --format lerobot``).
 
-First stage of issue 20's training: the Qwen3.5 backbone stays frozen (its features for
-every used frame are computed once, through the same ``Policy.encode`` the runtime uses),
-and the DiT flow head learns with the flow-matching loss on the sampler's time convention:
+By default the Qwen3.5 backbone stays frozen (its features for every used frame are computed
+once, through the same ``Policy.encode`` the runtime uses). With ``train_vision`` the vision
+tower learns too: every batch's frames go through it and through the frozen language model
+(the runtime's own ``Policy.features_of_pixels``), so the cached text prefix stays valid and
+the gradient reaches the tower; a frozen random tower barely encodes where a small object
+is (docs/evaluation.md, "Reference checkpoint"). Either way the DiT flow head learns with
+the flow-matching loss on the sampler's time convention:
 tau runs from 0 (noise) to 1 (actions), x_tau = (1 - tau) x0 + tau x1, and the head predicts
 the velocity x1 - x0 that ``euler_sample`` integrates. Targets are the next ``chunk_length``
 actions from each frame (the last action repeated past an episode's end), normalised and
 padded exactly as ``Policy.sample`` un-pads them; the loss covers the masked channels only.
-The result is the same checkpoint layout (backbone, manifest, ``action_head.safetensors``).
+The result is the same checkpoint layout (backbone, manifest, ``action_head.safetensors``); a trained
+tower is saved with the backbone by ``save_pretrained``, so ``transformers`` still loads it.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from qwen_vla_ros.errors import DatasetError, InvalidArgumentError
+from qwen_vla_ros.model.checkpoint import BACKBONE_DIR
 from qwen_vla_ros.model.normalization import mask_vector, to_padded
 from qwen_vla_ros.model.policy import Policy
 
@@ -83,16 +89,15 @@ class TrainResult:
 
 
 def train_head(policy: Policy, frames: Frames, steps: int, batch_size: int = 8, learning_rate: float = 3e-4,
-               seed: int = 0, log: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Flow-matching steps on the head; ``policy.set_task`` must have been called."""
+               seed: int = 0, log: Callable[[int, float], None] | None = None,
+               train_vision: bool = False) -> TrainResult:
+    """Flow-matching steps on the head (and the vision tower with ``train_vision``); ``policy.set_task`` must have
+    been called."""
     started = time.perf_counter()
     task = policy.task
     settings = policy.manifest.action_head
     generator = torch.Generator().manual_seed(seed)
-    features = torch.stack([
-        torch.from_numpy(policy.encode({c: frames.images[c][n] for c in task.cameras}, frames.states[n]))
-        for n in range(len(frames.states))
-    ]).to(policy.device)
+    features_of = _trained_tower_features(policy, frames) if train_vision else _frozen_features(policy, frames)
     states = torch.from_numpy(to_padded(task.state_normalizer.normalize(frames.states), task.entry.state_mask,
                                         settings.state_dim)).to(policy.device)
     used = task.entry.chunk_length  # the head denoises settings.chunk_length rows; the policy keeps these
@@ -108,9 +113,13 @@ def train_head(policy: Policy, frames: Frames, steps: int, batch_size: int = 8, 
     mask = mask * channels  # (H, action_dim): kept rows x the embodiment's channels
     head = policy.head
     head.train()
-    for parameter in head.parameters():
+    trained = list(head.parameters())
+    if train_vision:
+        policy.backbone_model.requires_grad_(False)  # the language model (and the cached prefix) stay as they are
+        trained += list(policy.backbone_model.model.visual.parameters())
+    for parameter in trained:
         parameter.requires_grad_(True)
-    optimiser = torch.optim.AdamW(head.parameters(), lr=learning_rate)
+    optimiser = torch.optim.AdamW(trained, lr=learning_rate)
     losses = []
     for step in range(steps):
         batch = torch.randint(0, len(targets_t), (min(batch_size, len(targets_t)),), generator=generator)
@@ -118,7 +127,7 @@ def train_head(policy: Policy, frames: Frames, steps: int, batch_size: int = 8, 
         x0 = torch.randn(x1.shape, generator=generator).to(policy.device) * channels
         tau = torch.rand(len(batch), generator=generator).to(policy.device)
         xt = (1.0 - tau[:, None, None]) * x0 + tau[:, None, None] * x1
-        velocity = head(xt, tau, states[batch], *head.context_kv(features[batch]))
+        velocity = head(xt, tau, states[batch], *head.context_kv(features_of(batch)))
         loss = (((velocity - (x1 - x0)) * mask) ** 2).sum() / (mask.sum() * x1.shape[0])
         optimiser.zero_grad()
         loss.backward()
@@ -127,11 +136,31 @@ def train_head(policy: Policy, frames: Frames, steps: int, batch_size: int = 8, 
         if log is not None:
             log(step, losses[-1])
     head.eval()
+    policy.backbone_model.requires_grad_(False)
     return TrainResult(losses, time.perf_counter() - started, len(targets_t))
 
 
-def save_trained(policy: Policy, source: Path, out: Path) -> Path:
-    """The source checkpoint with the trained head's weights in its place."""
+def _frozen_features(policy: Policy, frames: Frames) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Every frame encoded once by the frozen backbone; a batch is an index into them."""
+    cameras = policy.task.cameras
+    features = torch.stack([
+        torch.from_numpy(policy.encode({c: frames.images[c][n] for c in cameras}, frames.states[n]))
+        for n in range(len(frames.states))
+    ]).to(policy.device)
+    return lambda batch: features[batch]
+
+
+def _trained_tower_features(policy: Policy, frames: Frames) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Each batch's frames through the vision tower and the frozen language model, with grad; the tower's input
+    (resized, patched pixels) is prepared once."""
+    task = policy.task
+    pixels = [policy.pixels([frames.images[c][n] for c in task.cameras]) for n in range(len(frames.states))]
+    return lambda batch: torch.cat([policy.features_of_pixels(task, pixels[n]) for n in batch.tolist()])
+
+
+def save_trained(policy: Policy, source: Path, out: Path, vision_trained: bool = False) -> Path:
+    """The source checkpoint with the trained head's weights in its place (and the backbone's, when its vision
+    tower was trained)."""
     from safetensors.torch import save_file
 
     if out.exists() and any(out.iterdir()):
@@ -139,4 +168,6 @@ def save_trained(policy: Policy, source: Path, out: Path) -> Path:
     shutil.copytree(source, out, dirs_exist_ok=True)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in policy.head.state_dict().items()}
     save_file(state, str(out / policy.manifest.action_head.weights))
+    if vision_trained:
+        policy.backbone_model.save_pretrained(out / BACKBONE_DIR)
     return out
