@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor, ensure_checkpoint
+from qwen_vla_ros.bringup.demo import EMBODIMENT, Monitor, chunk_counters, ensure_checkpoint
 from qwen_vla_ros.bringup.graph import BringupOptions, build_graph
 from qwen_vla_ros.bringup.runner import ProcessGroup, StopSignals, report_to_stderr
 from qwen_vla_ros.bringup.session import dead_required, join_graph_dds, stop_nodes, wait_for
@@ -179,11 +179,6 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
     return summary
 
 
-def _counters(monitor: Monitor) -> tuple[float, float]:
-    return (monitor.figure(CONTROLLER_STATUS, "chunks_accepted"),
-            monitor.figure(CONTROLLER_STATUS, "chunks_rejected"))
-
-
 def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, str], instruction: str,
            link: ConditionLink, monitor: Monitor, group: ProcessGroup, stop: threading.Event) -> TrialResult:
     result = TrialResult(None, condition, False, 0.0, 0, 0, {})
@@ -208,7 +203,7 @@ def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, st
         result.problem = f"the sim never applied the randomisation {fields}"
         return result
     time.sleep(args.settle)
-    accepted_before, rejected_before = _counters(monitor)
+    before = chunk_counters(monitor.fresh(CONTROLLER_STATUS))  # the arms hold until the trial starts: no chunks
     started, message = monitor.trigger(TRIAL_SERVICES["trial_start"])
     if not started:
         result.problem = f"the recorder did not start a trial: {message}"
@@ -223,14 +218,14 @@ def _trial(args: argparse.Namespace, protocol: Protocol, condition: dict[str, st
             break
         time.sleep(0.05)
     result.success = monitor.success
+    # Counted before the stop: after it the arms hold and the chunks still in flight are refused as inactive.
+    after = chunk_counters(monitor.fresh(CONTROLLER_STATUS))
     stopped, message = monitor.trigger(TRIAL_SERVICES["trial_success" if result.success else "trial_failure"])
     if not stopped:
         result.problem = f"the recorder did not stop the trial: {message}"
-    time.sleep(1.1)  # one more controller diagnostics message covers the trial's last chunks
-    accepted_after, rejected_after = _counters(monitor)
-    if not math.isnan(accepted_before) and not math.isnan(accepted_after):
-        result.chunks_accepted = int(accepted_after - accepted_before)
-        result.chunks_rejected = int(rejected_after - rejected_before)
+    if before and after:
+        result.chunks_accepted = after.get("chunks_accepted", 0) - before.get("chunks_accepted", 0)
+        result.chunks_rejected = after.get("chunks_rejected", 0) - before.get("chunks_rejected", 0)
     return result
 
 
