@@ -493,12 +493,13 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
     monitor.counting = False
     summary.duration_s = time.monotonic() - wall_start
     summary.success = monitor.success
+    # Counted before the stop: after it the arms hold and chunks still in flight are refused as inactive.
+    after = chunk_counters(monitor.fresh(CONTROLLER_STATUS))
     stop_service = TRIAL_SERVICES["trial_success" if monitor.success else "trial_failure"]
     stopped, message = monitor.trigger(stop_service)
     if not stopped:
         problems.append(f"the recorder did not stop the trial: {message}")
     summary.moved_rad = monitor.moved_rad()
-    after = chunk_counters(monitor.fresh(CONTROLLER_STATUS))  # the trial's last chunks included
     count_chunks(summary, {key: after[key] - before.get(key, 0) for key in after})
     summary.chunks = monitor.chunks
     summary.commands = len(monitor.command_stamps)
