@@ -136,7 +136,9 @@ def test_configure_robot_writes_modes_and_gripper_current_then_verifies(ros_doma
     entry = ALOHA_YAML["outputs"][0]
     profile = {key: entry["configure"][key] for key in ("profile_type", "profile_velocity", "profile_acceleration")}
     for driver in drivers.values():
-        assert driver.called("set_operating_modes") == [
+        # A request whose answer DDS dropped is sent again (ArmDriver.call): repeats of one write are one write.
+        assert [w for i, w in enumerate(driver.called("set_operating_modes"))
+                if i == 0 or w != driver.called("set_operating_modes")[i - 1]] == [
             {"cmd_type": "group", "name": "arm", "mode": "position", **profile},
             {"cmd_type": "single", "name": "gripper", "mode": entry["preflight"]["gripper_mode"], **profile}]
         assert driver.registers == {("gripper", entry["configure"]["gripper_current_register"]):

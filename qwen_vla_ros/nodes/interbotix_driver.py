@@ -13,6 +13,7 @@ run (and no command can go out) before the verdict.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,7 @@ from qwen_vla_ros.nodes.ros_contract import (
 )
 
 DIAGNOSTIC_NAME = "qwen_vla/interbotix_preflight"
+RETRY_PERIOD_S = 0.5  # a driver request unanswered this long is sent again (ArmDriver.call)
 REFUSAL_REPEAT_S = 1.0  # the refusal's diagnostic is published again this often, for late subscribers
 
 
@@ -71,16 +73,26 @@ class ArmDriver:
         self.srv = importlib.import_module("interbotix_xs_msgs.srv")
 
     def call(self, key: str, request: Any) -> Any | None:
-        """The response, or None when the service did not appear or answer within the timeout."""
+        """The response, or None when the service did not appear or answer within the timeout.
+
+        A request sent as soon as the service appears can be answered into the void: DDS may
+        match the client's request writer before its response reader, and the driver's answer is
+        then dropped. So the request is sent again every ``RETRY_PERIOD_S`` until the timeout;
+        every driver service used here is a query or an idempotent write (the same mode or
+        register value again)."""
         client = self.clients[key]
+        deadline = time.monotonic() + self.timeout_s
         if not client.wait_for_service(timeout_sec=self.timeout_s):
             return None
-        future: Future = client.call_async(request)
-        self.executor.spin_until_future_complete(future, timeout_sec=self.timeout_s)
-        if not future.done():
+        while True:
+            future: Future = client.call_async(request)
+            remaining = deadline - time.monotonic()
+            self.executor.spin_until_future_complete(future, timeout_sec=max(0.0, min(RETRY_PERIOD_S, remaining)))
+            if future.done():
+                return future.result()
             client.remove_pending_request(future)
-            return None
-        return future.result()
+            if time.monotonic() >= deadline:
+                return None
 
     def robot_info(self, cmd_type: str, name: str) -> DriverInfo | None:
         response = self.call("get_robot_info", self.srv.RobotInfo.Request(cmd_type=cmd_type, name=name))
