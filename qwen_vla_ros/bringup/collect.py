@@ -2,8 +2,8 @@
 
 Brings ALOHA up in simulation with ``expert_node`` in the policy's place (sim_node, the
 controller, trial_recorder: the same processes ``demo`` runs), then for each episode: the
-controller takes the arms to the config's start pose, the sim is reset (the drawn cube pose is the expert's only
-input), the recorder starts a trial, the expert plays the episode as action chunks that the
+controller takes the arms to the config's start pose, the sim is reset (the drawn cube pose
+is the expert's only input), the recorder starts a trial, the expert plays the episode as action chunks that the
 controller executes, and the trial is stopped as a success or failure by the sim's own
 signal. With ``--protocol`` the recorder assigns each trial the protocol's next condition
 and the instruction is the condition's.

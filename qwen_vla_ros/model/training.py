@@ -5,7 +5,7 @@ once, through the same ``Policy.encode`` the runtime uses). With ``train_vision`
 tower learns too: every batch's frames go through it and through the frozen language model
 (the runtime's own ``Policy.features_of_pixels``), so the cached text prefix stays valid and
 the gradient reaches the tower; a frozen random tower barely encodes where a small object
-is (docs/evaluation.md, "Reference checkpoint"). Either way the DiT flow head learns with
+is (docs/evaluation.md, ``qwen-vla-ros train``). Either way the DiT flow head learns with
 the flow-matching loss on the sampler's time convention:
 tau runs from 0 (noise) to 1 (actions), x_tau = (1 - tau) x0 + tau x1, and the head predicts
 the velocity x1 - x0 that ``euler_sample`` integrates. Targets are the next ``chunk_length``

@@ -6,8 +6,8 @@ until the measured joints are within ``start_pose.tolerance_rad`` or ``start_pos
 has passed, and only on arrival hands control back to the policy with its old plan dropped.
 Between trials (the arms holding because a trial ended) the move is allowed too, and the arms
 then stay at the pose until the next trial starts. A move that does not arrive leaves the
-arms holding. The outcome, with the measured error,
-is published latched on ``contract.START_POSE``. In simulation the same service runs
+arms holding. The outcome, with the measured error, is published latched on
+``contract.START_POSE``. In simulation the same service runs
 against sim_node's joint states.
 """
 from __future__ import annotations
@@ -57,24 +57,25 @@ class StartPoseService:
             return False, "a move to the start pose is already running"
         with self.lock:
             refusal = self._refusal()
-            between_trials = self.core.arbiter.mode == "hold"  # _refusal lets only a trial's end hold through
             if not refusal:
                 source.begin(self.core.safety.position)
                 self.core.select_source(source.name)
         if refusal:
             self.busy.release()
             return False, refusal
-        threading.Thread(target=self._finish, args=(source, between_trials), name="start_pose", daemon=True).start()
+        threading.Thread(target=self._finish, args=(source,), name="start_pose", daemon=True).start()
         return True, (f"moving to the start pose (tolerance {source.pose.tolerance_rad:g} rad, timeout "
                       f"{source.pose.timeout_s:g} s); the outcome follows on {START_POSE.name}")
 
-    def _finish(self, source: StartPoseSource, between_trials: bool) -> None:
-        """Wait for the arrival, then hand over to the policy (or, between trials, hold there), publish the outcome."""
+    def _finish(self, source: StartPoseSource) -> None:
+        """Wait for the arrival, then hand over to the policy (or, between trials, hold there), publish the outcome.
+        Arrived means the move was not interrupted, so the arbiter is still in the mode it started from: ``policy``,
+        or ``hold`` after a trial's end (the only hold :meth:`_refusal` lets through)."""
         try:
             arrived, interrupted = self._wait(source)
             with self.lock:
                 errors = source.errors(self.core.feedback.measured())
-                if arrived and not between_trials:
+                if arrived and self.core.arbiter.mode == "policy":
                     self.core.policy.clear()  # chunks planned before the move belong to another pose
                     self.core.select_source(self.core.policy.name)
                 elif not interrupted:

@@ -6,8 +6,9 @@ mode goes out on ``contract.MODE`` (std_msgs/String, latched) whenever it change
 does not wait for the next period: the Joy callback wakes the loop, which runs a period at once
 (limited over the time it really covers) and counts the following periods from there. Trial
 buttons call the trial recorder's Trigger services asynchronously: the callback returns at once
-and the answer is logged when it comes, so no button ever waits on the recorder. The recorder's ``contract.TRIAL_EVENT`` tells the
-arbiter when a trial started or ended, whoever asked for it (docs/operation.md, "Trials").
+and the answer is logged when it comes, so no button ever waits on the recorder. The
+recorder's ``contract.TRIAL_EVENT`` tells the arbiter when a trial started or ended, whoever
+asked for it (docs/operation.md, "Trials").
 """
 from __future__ import annotations
 
