@@ -95,14 +95,27 @@ def run_demo(output: Path, checkpoint: Path, duration_s: float, domain: int, *ex
     )
 
 
+DEMO_ATTEMPTS = 3
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, tiny_checkpoint):
-    """Run the demo once; the tests below judge its summary, trial.yaml and bag. Exit 1 (chunks
-    too late on a loaded machine) still gives a run to judge; the verdict has its own test."""
-    result = run_demo(tmp_path_factory.mktemp("demo"), tiny_checkpoint, DURATION_S, 150 + os.getpid() % 50)
-    assert result.returncode in (0, 1), f"demo failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["ok"] == (result.returncode == 0) and not summary["problems"], result.stderr[-4000:]
+    """Run the demo; the tests below judge its summary, trial.yaml and bag. A run that exits 1
+    (chunks too late: the demo's four processes and EGL rendering load a 2-core machine past
+    its cores, and an inference stall expired five chunks in one clean-clone CI run) is run
+    again, up to ``DEMO_ATTEMPTS`` runs in all, as issue 20 §5 allows ("a number of retries");
+    the tests judge the last run, and the verdict test names every earlier shortfall."""
+    shortfalls: list[str] = []
+    for attempt in range(DEMO_ATTEMPTS):
+        result = run_demo(tmp_path_factory.mktemp("demo"), tiny_checkpoint, DURATION_S,
+                          150 + (os.getpid() + attempt) % 50)
+        assert result.returncode in (0, 1), f"demo failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert summary["ok"] == (result.returncode == 0) and not summary["problems"], result.stderr[-4000:]
+        if summary["ok"]:
+            break
+        shortfalls.append(f"run {attempt + 1} (load {os.getloadavg()[0]:.1f}): {summary['shortfalls']}")
+    summary["earlier_shortfalls"] = shortfalls
     record = yaml.safe_load(Path(summary["trial_yaml"]).read_text())
     return summary, record, read_bag(Path(summary["bag"])), result.stderr
 
@@ -138,12 +151,13 @@ def test_summary_counts_the_chunks_the_controller_executed_and_how_far_the_robot
 
 
 def test_the_tiny_checkpoints_chunks_arrive_in_time_and_the_demo_passes(demo) -> None:
-    """The timing claim of issue 20 §5, on this machine: nine in ten chunks executed. Under heavy
-    load (uptime over the core count) inference stalls can expire chunks: that is a finding
-    (docs/benchmarks.md), not a reason to loosen the bound."""
+    """The timing claim of issue 20 §5, on this machine: nine in ten chunks executed, in one of
+    ``DEMO_ATTEMPTS`` runs. Under heavy load (uptime over the core count) inference stalls can
+    expire chunks: that is a finding (docs/benchmarks.md), not a reason to loosen the bound."""
     summary, _, _, _ = demo
     assert summary["executed_fraction"] >= 0.9 and summary["ok"], (
-        f"load {os.getloadavg()}: {summary['shortfalls']}, inference p99 {summary['inference_ms_p99']} ms")
+        f"load {os.getloadavg()}: {summary['shortfalls']}, inference p99 {summary['inference_ms_p99']} ms; "
+        f"earlier runs: {summary['earlier_shortfalls']}")
     assert summary["shortfalls"] == []
 
 
