@@ -136,7 +136,11 @@ def test_realsense_recording_plays_back_frames_and_intrinsics(tmp_path: Path) ->
         frames = [source.read(2.0) for _ in range(6)]
     finally:
         source.close()
-    assert [grey(f.image) for f in frames] == [level(k % 4) for k in range(6)], "in order, looped"
+    # In order and looped, from whichever frame comes first: librealsense starts a playback in real time, and
+    # only the started device can be switched to as-fast-as-read (start_recording), so on a loaded machine the
+    # first frame can be superseded before the first read (seen once in CI: 1, 2, 3, 0, 1, 2).
+    indices = [[level(k) for k in range(4)].index(grey(f.image)) for f in frames]
+    assert indices == [(indices[0] + k) % 4 for k in range(6)], f"in order, looped: {indices}"
     assert all(f.encoding == "rgb8" and f.host_time_ns is None for f in frames), "recorded times are not now"
     assert frames[0].image[-1, -1, 0] > 200, "rgb8 from the recording keeps red in channel 0"
     assert frames[0].intrinsics == Intrinsics(W, H, W, W, W / 2, H / 2, "plumb_bob", (0.0,) * 5)

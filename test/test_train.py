@@ -25,18 +25,29 @@ START = np.array([0, -0.96, 1.16, 0, -0.3, 0, 0.5] * 2)
 STEPS = 12
 
 
-def synthetic_dataset(root: Path) -> None:
-    """One 12-row episode: a smooth joint sweep, images whose brightness follows the row."""
+def synthetic_dataset(root: Path, episodes: int = 1) -> None:
+    """12-row episodes: a smooth joint sweep, images whose brightness follows the row; from the second episode on,
+    a white square at a place of its own in the left or right half of the image."""
     layout = layout_for(ALOHA)
     rows = np.arange(STEPS)
     actions = START + 0.2 * np.sin(rows[:, None] / 4.0 + np.arange(14)[None, :])
     cameras = {c.name: (24, 32, 3) for c in ALOHA.cameras}
-    resampled = Resampled(rows, actions.astype(np.float32), np.zeros_like(actions, np.float32),
-                          actions.astype(np.float32), {c: {k: [k] for k in rows} for c in cameras}, cameras)
-    frames = ((c, [k], np.full(shape, 20 * k, np.uint8)) for k in rows for c, shape in cameras.items())
     writer = LeRobotWriter(root, layout, "aloha")
-    writer.add(resampled, frames, "hand the cube over")
+    for episode in range(episodes):
+        resampled = Resampled(rows, actions.astype(np.float32), np.zeros_like(actions, np.float32),
+                              actions.astype(np.float32), {c: {k: [k] for k in rows} for c in cameras}, cameras)
+        writer.add(resampled, (image for k in rows for image in episode_frames(cameras, k, episode)),
+                   "hand the cube over")
     writer.close()
+
+
+def episode_frames(cameras: dict[str, tuple[int, int, int]], row: int, episode: int):
+    for camera, shape in cameras.items():
+        image = np.full(shape, 20 * row, np.uint8)
+        if episode:
+            left = 2 if episode % 2 else 18
+            image[8:16, left:left + 8] = 255
+        yield camera, [row], image
 
 
 def test_training_lowers_the_loss_and_the_checkpoint_loads(tmp_path: Path) -> None:
@@ -96,3 +107,50 @@ def test_training_the_vision_tower_changes_it_and_nothing_else_in_the_backbone(t
 def test_train_refuses_a_directory_that_is_not_a_dataset(tmp_path: Path, capsys) -> None:
     assert cli_main(["train", "--dataset", str(tmp_path), "--output", str(tmp_path / "out"), "--steps", "1"]) == 2
     assert "not a LeRobot dataset" in capsys.readouterr().err
+
+
+def test_object_targets_are_each_episodes_starting_place_for_its_early_rows(tmp_path: Path) -> None:
+    """The mapping behind --object-positions, judged by hand: episode n is trial ``t<n>`` (episodes.yaml, written
+    here as the export writes it), the collect summary puts trial t<n> at x = n/10, and a row is known when its
+    frame index over the dataset's 50 fps (ALOHA's control rate, config/aloha.yaml) is under the cut-off."""
+    import yaml
+
+    from qwen_vla_ros.model.training import object_targets, read_lerobot
+
+    synthetic_dataset(tmp_path / "data", episodes=3)
+    (tmp_path / "data" / "episodes.yaml").write_text(yaml.safe_dump(
+        [{"episode": f"episode_{n}", "trial": f"t{n}"} for n in range(3)]))
+    summary = tmp_path / "collect.json"
+    summary.write_text("starting...\n" + json.dumps({"trials": [
+        {"trial_id": f"t{n}", "conditions": {"object_pose": [n / 10, 0.5, 0.05, 0.0]}} for n in (2, 0, 1)]}))
+    frames = read_lerobot(tmp_path / "data", ALOHA.control.chunk_length, stride=2)
+    targets = object_targets(tmp_path / "data", frames, summary, seconds=0.09)
+    rows = np.arange(3 * STEPS)[::2]
+    assert targets.xy.tolist() == [[(r // STEPS) / 10, 0.5] for r in rows]
+    assert targets.known.tolist() == [(r % STEPS) / 50.0 < 0.09 for r in rows]
+    summary.write_text(json.dumps({"trials": [{"trial_id": "t0", "conditions": {"object_pose": [0, 0.5, 0, 0]}}]}))
+    with pytest.raises(Exception, match="no object pose for t1, t2"):
+        object_targets(tmp_path / "data", frames, summary, seconds=0.09)
+
+
+def test_training_with_object_targets_teaches_the_tower_where_the_object_is(tmp_path: Path, capsys) -> None:
+    """--object-positions: the readout's loss falls (from the step features it learns to tell the square's two
+    places apart), and is recorded beside the action loss; without --train-vision the option is refused, exit 2."""
+    import yaml
+
+    synthetic_dataset(tmp_path / "data", episodes=5)
+    (tmp_path / "data" / "episodes.yaml").write_text(yaml.safe_dump(
+        [{"episode": f"episode_{n}", "trial": f"t{n}"} for n in range(5)]))
+    (tmp_path / "collect.json").write_text(json.dumps({"trials": [
+        {"trial_id": f"t{n}", "conditions": {"object_pose": [0.1 if n % 2 else -0.1, 0.5, 0.05, 0.0]}}
+        for n in range(1, 5)] + [{"trial_id": "t0", "conditions": {"object_pose": [0.0, 0.5, 0.05, 0.0]}}]}))
+    base = ["train", "--dataset", str(tmp_path / "data"), "--size", "tiny", "--steps", "40", "--batch-size", "8",
+            "--lr", "1e-3", "--seed", "3", "--object-positions", str(tmp_path / "collect.json")]
+    assert cli_main([*base, "--output", str(tmp_path / "refused")]) == 2
+    assert "--object-positions trains the vision tower: add --train-vision" in capsys.readouterr().err
+    out = tmp_path / "trained"
+    assert cli_main([*base, "--output", str(out), "--train-vision", "--object-seconds", "1.0"]) == 0
+    record = json.loads((out / "training.json").read_text())
+    object_losses = record["object_losses"]
+    assert len(object_losses) == 40 and record["object_weight"] == 1.0 and record["object_seconds"] == 1.0
+    assert np.mean(object_losses[-8:]) < 0.5 * np.mean(object_losses[:8]), object_losses

@@ -14,10 +14,12 @@ def _train(args: argparse.Namespace) -> int:
     from qwen_vla_ros.config import load_embodiment
     from qwen_vla_ros.model.build import make_checkpoint
     from qwen_vla_ros.model.loading import load_policy
-    from qwen_vla_ros.model.training import read_lerobot, save_trained, train_head
+    from qwen_vla_ros.model.training import object_targets, read_lerobot, save_trained, train_head
 
     if args.steps < 1:
         raise InvalidArgumentError(f"--steps must be >= 1, got {args.steps}")
+    if args.object_positions and not args.train_vision:
+        raise InvalidArgumentError("--object-positions trains the vision tower: add --train-vision")
     dataset, out = Path(args.dataset).expanduser(), Path(args.output).expanduser()
     if not (dataset / "meta" / "info.json").is_file():
         raise FileNotFoundError(f"{dataset} is not a LeRobot dataset (no meta/info.json)")
@@ -33,6 +35,8 @@ def _train(args: argparse.Namespace) -> int:
         embodiment = load_embodiment(args.embodiment)
         frames = read_lerobot(dataset, embodiment.control.chunk_length, args.stride, args.max_frames)
         policy.set_task(embodiment, frames.instruction)
+        objects = (object_targets(dataset, frames, Path(args.object_positions).expanduser(), args.object_seconds)
+                   if args.object_positions else None)
         trained = "the head and the vision tower" if args.train_vision else "the head"
         say(f"training {trained} of {source} on {len(frames.states)} frames of {dataset} for {args.steps} steps")
         log_every = max(1, args.steps // 20)
@@ -42,11 +46,13 @@ def _train(args: argparse.Namespace) -> int:
                 say(f"step {step:6d}  loss {loss:.4f}")
 
         result = train_head(policy, frames, args.steps, args.batch_size, args.lr, args.seed, log_step,
-                            train_vision=args.train_vision)
+                            train_vision=args.train_vision, objects=objects, object_weight=args.object_weight)
         save_trained(policy, source, out, vision_trained=args.train_vision)
     record = {"dataset": str(dataset.resolve()), "init": str(args.init or f"random {args.size}, seed {args.seed}"),
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
               "stride": args.stride, "train_vision": args.train_vision, "frames": result.frames,
+              "object_positions": args.object_positions, "object_seconds": args.object_seconds,
+              "object_weight": args.object_weight, "object_losses": result.object_losses,
               "seconds": round(result.seconds, 1),
               "instruction": frames.instruction, "command": " ".join(sys.argv), "losses": result.losses}
     (out / "training.json").write_text(json.dumps(record, indent=1))
@@ -71,5 +77,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--embodiment", default="aloha", help="embodiment the dataset was recorded with (aloha)")
     parser.add_argument("--train-vision", action="store_true",
                         help="train the vision tower too, through the frozen language model (slower per step)")
+    parser.add_argument("--object-positions", default=None, metavar="COLLECT_JSON",
+                        help="train the tower to say where the object started too (needs --train-vision): the JSON "
+                             "line 'qwen-vla-ros collect --json' printed for the dataset's trials")
+    parser.add_argument("--object-seconds", type=float, default=3.0,
+                        help="rows this early in an episode, before the expert moves the object, get its place (3.0)")
+    parser.add_argument("--object-weight", type=float, default=1.0, help="weight of the object loss (1.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random start, the batches and the noise (0)")
     parser.set_defaults(handler=_train)

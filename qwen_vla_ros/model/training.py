@@ -13,6 +13,13 @@ actions from each frame (the last action repeated past an episode's end), normal
 padded exactly as ``Policy.sample`` un-pads them; the loss covers the masked channels only.
 The result is the same checkpoint layout (backbone, manifest, ``action_head.safetensors``); a trained
 tower is saved with the backbone by ``save_pretrained``, so ``transformers`` still loads it.
+
+A tower learning only through the action loss learns slowly where a small object is (a few
+pixels of a 64x64 image, and one position per demonstration). ``ObjectTargets`` adds the
+simulator's privileged answer while training: where the object started, for the rows recorded
+before the expert can have moved it, read linearly from the step features by a readout that is
+thrown away afterwards (auxiliary state prediction). The checkpoint keeps its format; the
+runtime never sees the readout.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from qwen_vla_ros.errors import DatasetError, InvalidArgumentError
 from qwen_vla_ros.model.checkpoint import BACKBONE_DIR
@@ -40,6 +48,8 @@ class Frames:
     chunks: np.ndarray  # (N, chunk_length, action channels), robot units
     images: dict[str, np.ndarray]  # camera -> (N, H, W, 3) uint8 RGB
     instruction: str
+    episodes: np.ndarray  # (N,) the dataset's episode_index of each row
+    seconds: np.ndarray  # (N,) time of each row since its episode's first
 
 
 def read_lerobot(root: Path, chunk_length: int, stride: int = 1, max_frames: int | None = None) -> Frames:
@@ -78,21 +88,58 @@ def read_lerobot(root: Path, chunk_length: int, stride: int = 1, max_frames: int
         images[key.removeprefix("observation.images.")] = np.stack(kept)
     tasks = pq.read_table(root / "meta" / "tasks.parquet").to_pandas()
     instruction = str(tasks.index[0]) if len(tasks) else ""
-    return Frames(states[rows], chunks, images, instruction)
+    seconds = np.asarray(data["frame_index"], np.float64)[rows] / float(info["fps"])
+    return Frames(states[rows], chunks, images, instruction, episodes[rows], seconds)
+
+
+@dataclass(frozen=True)
+class ObjectTargets:
+    """Where the object started (world x, y in m) for each training row, and which rows may be judged by it."""
+
+    xy: np.ndarray  # (N, 2)
+    known: np.ndarray  # (N,) bool: the row was recorded before the expert can have moved the object
+
+
+def object_targets(dataset: Path, frames: Frames, collect_summary: Path, seconds: float) -> ObjectTargets:
+    """The object's starting place per row, from the JSON summary ``qwen-vla-ros collect --json`` printed (each
+    trial's ``conditions.object_pose``, as the sim's reset drew it) and the dataset's ``episodes.yaml`` (which
+    trial each episode is). Rows in the first ``seconds`` of their episode are known; the rest carry no target."""
+    try:
+        summary = json.loads(collect_summary.read_text().strip().splitlines()[-1])
+        start = {t["trial_id"]: t["conditions"]["object_pose"][:2] for t in summary["trials"]
+                 if t.get("trial_id") and "object_pose" in t.get("conditions", {})}
+    except (OSError, IndexError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{collect_summary} is not the JSON summary of 'qwen-vla-ros collect --json': {exc}") from exc
+    manifest = dataset / "episodes.yaml"
+    if not manifest.is_file():
+        raise DatasetError(f"{manifest} is missing: the dataset does not say which trial each episode is")
+    trial_of = {int(entry["episode"].removeprefix("episode_")): entry["trial"]
+                for entry in yaml.safe_load(manifest.read_text())}
+    missing = sorted({trial_of.get(int(e), f"episode {e}") for e in np.unique(frames.episodes)} - start.keys())
+    if missing:
+        raise DatasetError(f"{collect_summary} has no object pose for {', '.join(map(str, missing[:3]))}"
+                           + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+    xy = np.array([start[trial_of[int(e)]] for e in frames.episodes], np.float64)
+    return ObjectTargets(xy, frames.seconds < seconds)
 
 
 @dataclass
 class TrainResult:
-    losses: list[float]
+    losses: list[float]  # the flow-matching loss of every step
     seconds: float
     frames: int
+    object_losses: list[float]  # the object readout's loss of every step (empty without ObjectTargets)
 
 
 def train_head(policy: Policy, frames: Frames, steps: int, batch_size: int = 8, learning_rate: float = 3e-4,
                seed: int = 0, log: Callable[[int, float], None] | None = None,
-               train_vision: bool = False) -> TrainResult:
+               train_vision: bool = False, objects: ObjectTargets | None = None,
+               object_weight: float = 1.0) -> TrainResult:
     """Flow-matching steps on the head (and the vision tower with ``train_vision``); ``policy.set_task`` must have
-    been called."""
+    been called. With ``objects`` (only with ``train_vision``: frozen features cannot learn it) each step adds
+    ``object_weight`` times the readout's mean squared error on the batch's known rows, positions standardised."""
+    if objects is not None and not train_vision:
+        raise InvalidArgumentError("object targets train the vision tower: they need train_vision")
     started = time.perf_counter()
     task = policy.task
     settings = policy.manifest.action_head
@@ -119,25 +166,59 @@ def train_head(policy: Policy, frames: Frames, steps: int, batch_size: int = 8, 
         trained += list(policy.backbone_model.model.visual.parameters())
     for parameter in trained:
         parameter.requires_grad_(True)
+    readout = _ObjectReadout(policy, objects) if objects is not None else None
+    if readout is not None:
+        trained += list(readout.linear.parameters())
     optimiser = torch.optim.AdamW(trained, lr=learning_rate)
-    losses = []
+    losses: list[float] = []
+    object_losses: list[float] = []
     for step in range(steps):
         batch = torch.randint(0, len(targets_t), (min(batch_size, len(targets_t)),), generator=generator)
         x1 = targets_t[batch]
         x0 = torch.randn(x1.shape, generator=generator).to(policy.device) * channels
         tau = torch.rand(len(batch), generator=generator).to(policy.device)
         xt = (1.0 - tau[:, None, None]) * x0 + tau[:, None, None] * x1
-        velocity = head(xt, tau, states[batch], *head.context_kv(features_of(batch)))
+        features = features_of(batch)
+        velocity = head(xt, tau, states[batch], *head.context_kv(features))
         loss = (((velocity - (x1 - x0)) * mask) ** 2).sum() / (mask.sum() * x1.shape[0])
+        total = loss
+        if readout is not None:
+            object_loss = readout.loss(features, batch)
+            total = total + object_weight * object_loss
+            object_losses.append(float(object_loss.detach()))
         optimiser.zero_grad()
-        loss.backward()
+        total.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
         if log is not None:
             log(step, losses[-1])
     head.eval()
     policy.backbone_model.requires_grad_(False)
-    return TrainResult(losses, time.perf_counter() - started, len(targets_t))
+    return TrainResult(losses, time.perf_counter() - started, len(targets_t), object_losses)
+
+
+class _ObjectReadout:
+    """A linear map from a row's step features (every image and state token, flattened) to the object's
+    standardised starting place; trained beside the head, then dropped."""
+
+    def __init__(self, policy: Policy, objects: ObjectTargets) -> None:
+        task = policy.task
+        self.prefix_length = task.prefix_features.shape[1]
+        step_tokens = task.step_template.shape[1]
+        known_xy = objects.xy[objects.known]
+        if len(known_xy) < 2:
+            raise DatasetError("fewer than two rows were recorded before the object could move: no object targets")
+        mean, std = known_xy.mean(axis=0), known_xy.std(axis=0) + 1e-6
+        self.xy = torch.from_numpy(((objects.xy - mean) / std).astype(np.float32)).to(policy.device)
+        self.known = torch.from_numpy(objects.known).to(policy.device)
+        self.linear = torch.nn.Linear(step_tokens * task.prefix_features.shape[2], 2).to(policy.device)
+
+    def loss(self, features: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        known = self.known[batch]
+        if not bool(known.any()):
+            return features.sum() * 0.0  # no row of this batch has a target
+        step = features[known, self.prefix_length:].flatten(1).float()
+        return ((self.linear(step) - self.xy[batch][known]) ** 2).mean()
 
 
 def _frozen_features(policy: Policy, frames: Frames) -> Callable[[torch.Tensor], torch.Tensor]:
