@@ -260,7 +260,12 @@ def test_takeover_is_served_at_once_not_at_the_next_period(ros_domain) -> None:
     try:
         assert ros_domain.spin_until(executor, lambda: len(arrivals) > 5 or child.poll() is not None, timeout=30)
         for _ in range(3):
-            ros_domain.spin_until(executor, lambda: False, timeout=period * 0.55)  # somewhere inside a period
+            # Early inside a period: just after a grid command, so the next one is 0.7 periods away. Pressed at a
+            # random phase, a grid command could leave between the Joy and its arrival at the controller (seen in
+            # CI: the first command after the press was the grid's, 0.2 s after the one before).
+            ticks = len(arrivals)
+            ros_domain.spin_until(executor, lambda: len(arrivals) > ticks, timeout=2 * period)
+            ros_domain.spin_until(executor, lambda: False, timeout=period * 0.3)
             before = len(arrivals)
             pressed_at = time.monotonic()
             operator.hold("deadman", a1=1.0)
