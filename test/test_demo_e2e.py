@@ -267,10 +267,16 @@ def test_commands_respect_limits_and_the_sim_tracks_them(demo) -> None:
         # sim, bounded by the tracking checks above.
         samples_per_s = len(state_stamps) / ((state_stamps[-1] - state_stamps[0]) / 1e9)
         lower, upper = limits.lower[channels], limits.upper[channels]
-        settling = positions[~after_start]  # before the first commands took effect: the start pose
+        # Every sample from the first command's effect on is judged so, the first second included (the
+        # tracking statistics above skip it; a random chunk executed in it can push a joint into the table
+        # and release it, as one CI run found); the samples before it are the start pose.
+        index_all = np.searchsorted(command_stamps, state_stamps - round(period * 1e9)) - 1
+        commanded = index_all >= 0
+        settling = positions[~commanded]
         assert np.all((settling >= lower - 0.05) & (settling <= upper + 0.05)), f"{arm.name} started outside its limits"
-        judged = positions[after_start][valid]
-        for i, j, recent in unexplained_excursions(judged, error, lower, upper, max(1, round(samples_per_s)))[:1]:
+        judged = positions[commanded]
+        error_all = np.abs(judged - values[index_all[commanded]][:, channels])
+        for i, j, recent in unexplained_excursions(judged, error_all, lower, upper, max(1, round(samples_per_s)))[:1]:
             pytest.fail(f"{arm.name} {joint_names[j]} reached {judged[i, j]:.3f}, limits [{lower[j]}, {upper[j]}], "
                         f"with no tracking error over 0.2 rad in the second before (largest {recent:.3f})")
         longest = [longest_run(error[:, j] > 0.5) / samples_per_s for j in range(error.shape[1])]
