@@ -239,7 +239,8 @@ def test_commands_respect_limits_and_the_sim_tracks_them(demo) -> None:
         # no drift, no runaway.
         command_stamps = np.array([s for s, _ in commands])
         after_start = state_stamps > command_stamps[0] + 1e9
-        index = np.searchsorted(command_stamps, state_stamps[after_start] - round(period * 1e9)) - 1
+        index_all = np.searchsorted(command_stamps, state_stamps - round(period * 1e9)) - 1  # -1: none yet
+        index = index_all[after_start]
         valid = index >= 0
         commanded = values[index[valid]][:, channels]
         error = np.abs(positions[after_start][valid] - commanded)
@@ -270,7 +271,6 @@ def test_commands_respect_limits_and_the_sim_tracks_them(demo) -> None:
         # Every sample from the first command's effect on is judged so, the first second included (the
         # tracking statistics above skip it; a random chunk executed in it can push a joint into the table
         # and release it, as one CI run found); the samples before it are the start pose.
-        index_all = np.searchsorted(command_stamps, state_stamps - round(period * 1e9)) - 1
         commanded = index_all >= 0
         settling = positions[~commanded]
         assert np.all((settling >= lower - 0.05) & (settling <= upper + 0.05)), f"{arm.name} started outside its limits"
