@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 RIDGE_STRENGTHS = (1e-1, 1e0, 1e1, 1e2, 1e3, 1e4)
 
@@ -76,25 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import cv2
-    import pyarrow.parquet as pq
 
     from qwen_vla_ros.config import load_embodiment
     from qwen_vla_ros.model.loading import load_policy
-    from qwen_vla_ros.model.training import read_lerobot
+    from qwen_vla_ros.model.training import object_targets, read_lerobot
 
     dataset = Path(args.dataset).expanduser()
-    collected = json.loads(Path(args.collect_json).expanduser().read_text().strip().splitlines()[-1])
-    cube = {t["trial_id"]: t["conditions"]["object_pose"][:2] for t in collected["trials"]}
-    episode_trial = [entry["trial"] for entry in yaml.safe_load((dataset / "episodes.yaml").read_text())]
-    info = json.loads((dataset / "meta" / "info.json").read_text())
-    table = pq.read_table(dataset / info["data_path"].format(chunk_index=0, file_index=0),
-                          columns=["episode_index", "frame_index"]).to_pydict()
-    episodes = np.asarray(table["episode_index"])[:: args.stride]
-    early = np.flatnonzero(np.asarray(table["frame_index"])[:: args.stride] < args.seconds * info["fps"])
-
     embodiment = load_embodiment(args.embodiment)
     policy = load_policy(Path(args.checkpoint).expanduser())
     frames = read_lerobot(dataset, embodiment.control.chunk_length, args.stride)
+    objects = object_targets(dataset, frames, Path(args.collect_json).expanduser(), args.seconds)
+    early = np.flatnonzero(objects.known)
+    episodes = frames.episodes
     policy.set_task(embodiment, frames.instruction)
     cameras = policy.task.cameras
     prefix = len(policy.task.prefix_features[0])
@@ -106,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         np.concatenate([cv2.resize(frames.images[c][n], (width, height), interpolation=cv2.INTER_AREA).ravel()
                         for c in cameras]) for n in early
     ]).astype(np.float64)
-    targets = np.array([cube[episode_trial[e]] for e in episodes[early]], dtype=np.float64)
+    targets = objects.xy[early]
     result = {
         "checkpoint": str(args.checkpoint), "rows": len(early), "episodes": int(len(np.unique(episodes[early]))),
         "position_spread_m": [round(float(v), 4) for v in targets.std(axis=0)],
