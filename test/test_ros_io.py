@@ -20,7 +20,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 
 from qwen_vla_ros.chunk import ActionChunk  # noqa: E402
 from qwen_vla_ros.errors import MalformedMessageError  # noqa: E402
-from qwen_vla_ros.nodes.common import EventsSpinner, low_latency_spinner, seconds_to_duration  # noqa: E402
+from qwen_vla_ros.nodes.common import low_latency_spinner, seconds_to_duration, spin_until_shutdown  # noqa: E402
 from qwen_vla_ros.nodes.ros_contract import (  # noqa: E402
     chunk_to_trajectory,
     image_to_msg,
@@ -126,9 +126,9 @@ def test_shipped_dds_profile_delivers_camera_frames_between_processes(ros_domain
     assert received == sorted(received), "frames arrived out of order"
 
 
-def test_events_spinner_fires_timers_and_subscriptions_and_stops_at_shutdown(ros_domain) -> None:
+def test_events_executor_fires_timers_and_subscriptions_and_stops_at_shutdown(ros_domain) -> None:
     """The controller's spinner: rclpy 9.1.2's EventsExecutor.spin() never fires timers, so
-    EventsSpinner loops spin_once; both kinds of callback must run, and spin() must return
+    spin_until_shutdown loops spin_once; both kinds of callback must run, and the loop must end
     once the context shuts down (as SIGTERM does)."""
     pytest.importorskip("rclpy.experimental", reason="this rclpy has no EventsExecutor (rclpy < 9): the controller "
                         "uses the yielding multi-threaded executor instead")
@@ -141,13 +141,13 @@ def test_events_spinner_fires_timers_and_subscriptions_and_stops_at_shutdown(ros
     node.create_subscription(String, "/spinner_probe", heard.append, 10)
     node.create_timer(0.02, lambda: (ticks.append(1), publisher.publish(String(data="tick"))))
     spinner = low_latency_spinner(threads=2, context=context)
-    assert isinstance(spinner, EventsSpinner)
+    assert type(spinner).__name__ == "EventsExecutor"
     spinner.add_node(node)
     threading.Timer(1.0, context.shutdown).start()
     started = time.monotonic()
     with contextlib.suppress(ExternalShutdownException):  # what rclpy's own executors raise there too
-        spinner.spin()
-    assert time.monotonic() - started < 3.0, "spin() ended with the shutdown"
+        spin_until_shutdown(spinner, context)
+    assert time.monotonic() - started < 3.0, "spinning ended with the shutdown"
     assert len(ticks) >= 25, f"a 50 Hz timer fired {len(ticks)} times in 1 s"
     assert len(heard) >= 20, f"{len(heard)} messages heard"
     node.destroy_node()
@@ -162,3 +162,21 @@ def test_low_latency_spinner_falls_back_where_rclpy_has_no_events_executor(ros_d
     spinner = low_latency_spinner(threads=3, context=ros_domain.context)
     assert isinstance(spinner, YieldingMultiThreadedExecutor)
     spinner.shutdown()
+
+
+def test_spinning_ends_soon_after_shutdown_even_when_the_wake_up_is_missed(ros_domain) -> None:
+    """A joystick node with no pad ignored SIGTERM for 10 s in CI: its wait never saw the shutdown.
+    The missed wake-up cannot be produced on demand, so a stand-in spinner plays it: each wait
+    sleeps its whole timeout and no shutdown ever interrupts it (no timeout: 5 s, "forever")."""
+    from qwen_vla_ros.nodes.common import SHUTDOWN_CHECK_S
+
+    class DeafSpinner:
+        def spin_once(self, timeout_sec: float | None = None) -> None:
+            time.sleep(5.0 if timeout_sec is None else timeout_sec)
+
+    threading.Timer(0.3, ros_domain.context.shutdown).start()
+    started = time.monotonic()
+    spin_until_shutdown(DeafSpinner(), ros_domain.context)  # type: ignore[arg-type]  # spin_once is all it uses
+    took = time.monotonic() - started
+    assert took < 0.3 + SHUTDOWN_CHECK_S + 0.5, f"spinning went on {took:.2f} s after a shutdown at 0.3 s"
+    assert SHUTDOWN_CHECK_S <= 0.5, "a missed wake-up may cost at most half a second"

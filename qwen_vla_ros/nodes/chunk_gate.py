@@ -36,7 +36,7 @@ from trajectory_msgs.msg import JointTrajectory
 from qwen_vla_ros.contract import ACTION_CHUNK
 from qwen_vla_ros.errors import MalformedMessageError
 from qwen_vla_ros.gate import FrameKind, GateFrame, GateProcess, GateSupervisor, NewestChunk, encode_frame
-from qwen_vla_ros.nodes.common import keep_large_buffers
+from qwen_vla_ros.nodes.common import keep_large_buffers, spin_until_shutdown
 from qwen_vla_ros.nodes.ros_contract import SUBSCRIPTION_QOS, decode_chunk_message
 from qwen_vla_ros.ros_env import apply_dds_profile, security_problem
 
@@ -164,7 +164,7 @@ def main(args: Sequence[str] | None = None) -> int:
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     try:
-        executor.spin()
+        spin_until_shutdown(executor, context)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -27,6 +27,7 @@ from qwen_vla_ros.ros_env import apply_dds_profile, rclpy_origin_problem, securi
 EXIT_BAD_CONFIG = 2
 RCLError = rclpy_implementation.RCLError
 LARGE_BUFFER_BYTES = 64 * 1024 * 1024  # heap kept warm for receiving oversized messages
+SHUTDOWN_CHECK_S = 0.25  # longest a spinning node waits before it looks again whether it was shut down
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc <malloc.h>
 log = logging.getLogger(__name__)
 
@@ -139,35 +140,29 @@ class YieldingMultiThreadedExecutor(MultiThreadedExecutor):
 class Spinner(Protocol):
     def add_node(self, node: Node) -> bool | None: ...
 
-    def spin(self) -> None: ...
+    def spin_once(self, timeout_sec: float | None = None) -> None: ...
 
 
-class EventsSpinner:
-    """rclpy's EventsExecutor (``rclpy.experimental``, rclpy 9 / Kilted on), spun with ``spin_once``.
+def spin_until_shutdown(spinner: Spinner, context: rclpy.context.Context) -> None:
+    """Spin until ``context`` shuts down, looking at least every :data:`SHUTDOWN_CHECK_S`.
 
-    Why the controllers use it: docs/architecture.md, "Executors and timing". Its ``spin()``
-    in rclpy 9.1.2 never fires timers (a 50 Hz timer: no call in 3 s, where ``spin_once``
-    gives 150), hence the loop here. Callbacks run one at a time, on the spinning thread.
+    rclpy's ``spin()`` waits without a timeout and relies on SIGTERM's wake-up reaching the wait,
+    and that wake-up can be missed: a joystick node with no pad (nothing periodic in its wait set)
+    was seen still waiting 10 s after SIGTERM had shut its context down (4 in 40 SIGTERMs at
+    load 5). A bounded wait makes a missed wake-up cost at most this long.
     """
-
-    def __init__(self, context: rclpy.context.Context | None = None) -> None:
-        from rclpy.experimental import EventsExecutor
-
-        self.context = context or rclpy.get_default_context()
-        self.executor = EventsExecutor(context=self.context)
-
-    def add_node(self, node: Node) -> None:
-        self.executor.add_node(node)
-
-    def spin(self) -> None:
-        while self.context.ok():
-            self.executor.spin_once(timeout_sec=0.1)
+    while context.ok():
+        spinner.spin_once(timeout_sec=SHUTDOWN_CHECK_S)
 
 
 def low_latency_spinner(threads: int, context: rclpy.context.Context | None = None) -> Spinner:
-    """The EventsExecutor where rclpy has it; otherwise (Humble, Jazzy) the yielding multi-threaded one."""
+    """rclpy's EventsExecutor where rclpy has it (``rclpy.experimental``, rclpy 9 / Kilted on);
+    otherwise (Humble, Jazzy) the yielding multi-threaded one. Why the controllers use it:
+    docs/architecture.md, "Executors and timing"."""
     try:
-        return EventsSpinner(context)
+        from rclpy.experimental import EventsExecutor
+
+        return EventsExecutor(context=context)
     except ImportError:
         return YieldingMultiThreadedExecutor(num_threads=threads, context=context)
 
@@ -222,10 +217,12 @@ def run_node(
     rclpy.init(args=list(args) if args is not None else None)
     node: Node | None = None
     try:
-        node = _create_node(factory, kwargs)
+        # The executor before the node: a SIGTERM inside rclpy's Executor.__init__ leaves a half-built
+        # executor whose __del__ prints a traceback, and start-up spends its time in the node, not here.
         executor = executor_factory()
+        node = _create_node(factory, kwargs)
         executor.add_node(node)
-        executor.spin()
+        spin_until_shutdown(executor, node.context)
     except (ConfigError, SecureStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
