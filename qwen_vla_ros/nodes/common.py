@@ -217,10 +217,8 @@ def run_node(
     rclpy.init(args=list(args) if args is not None else None)
     node: Node | None = None
     try:
-        # The executor before the node: a SIGTERM inside rclpy's Executor.__init__ leaves a half-built
-        # executor whose __del__ prints a traceback, and start-up spends its time in the node, not here.
-        executor = executor_factory()
         node = _create_node(factory, kwargs)
+        executor = executor_factory()
         executor.add_node(node)
         spin_until_shutdown(executor, node.context)
     except (ConfigError, SecureStartError) as exc:
