@@ -362,7 +362,14 @@ class RecorderLink:
                                               timeout=30.0)
         assert future.result().success, future.result().message
         assert self.events[-1][1]["change"] == change, self.events[-1]
-        return self.events[-1][0]
+        received = self.events[-1][0]
+        # The controller's own link to the recorder is a separate pair of endpoints, discovered in its own time
+        # (seconds apart under load): the next step starts once the controller's state says it heard this too.
+        heard = f"{change} {self.events[-1][1]['trial']}"
+        assert self.rig.ros_domain.spin_until(
+            self.rig.executor, lambda: bool(self.rig.status) and self.rig.status[-1][1].get("trial_event") == heard,
+            timeout=30.0), f"the controller never heard '{heard}'"
+        return received
 
     def stop(self) -> str:
         return self.rig.ros_domain.stop_process(self.child)

@@ -435,6 +435,7 @@ def test_after_an_estop_a_trial_start_does_not_hand_the_arms_back() -> None:
     controller.reset_estop()
     assert controller.trial_changed("started", "trial_0002") is None and controller.arbiter.mode == "hold"
     assert controller.active is None
+    assert controller.status(0)["trial_event"] == "started trial_0002", "the state says what the controller heard"
 
 
 @pytest.mark.parametrize("text", ["", "not json", "[]", '{"change": "started"}', '{"trial": "t", "change": "paused"}',

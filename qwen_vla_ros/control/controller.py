@@ -386,6 +386,7 @@ class Controller:
             "policy_losses": self.liveness.losses,
             "bad_feedback": self.bad_feedback,
             "takeovers": self.arbiter.takeovers,
+            "trial_event": self.arbiter.trial_event,
             "joy_rejected": self.joy_rejected,
             "jog": f"{self.teleop.selected_arm or '-'} {self.teleop.mode}",
             "teleop_ik_unreachable": self.teleop.ik_unreachable,

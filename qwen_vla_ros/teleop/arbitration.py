@@ -74,6 +74,7 @@ class Arbiter:
         self.joy: Joy | None = None
         self.takeovers = 0
         self.trial_hold = False  # holding because a trial ended: the next trial's start resumes the policy
+        self.trial_event = "none"  # the recorder's last announcement heard ("started ID", "ended ID"), for the state
 
     def live_joy(self, now_ns: int) -> Joy | None:
         """The latest Joy unless it has expired."""
@@ -119,6 +120,7 @@ class Arbiter:
 
     def on_trial(self, change: TrialChange, trial: str) -> Transition | None:
         """The recorder's announcement that ``trial`` started or ended, whoever asked for it."""
+        self.trial_event = f"{change} {trial}"
         if change == "ended" and self.mode == "policy":
             return self._go("hold", f"{trial} ended", trial_end=True)
         if change == "started" and self.mode == "hold" and self.trial_hold:
