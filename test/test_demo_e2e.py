@@ -240,10 +240,10 @@ def test_commands_respect_limits_and_the_sim_tracks_them(demo) -> None:
         command_stamps = np.array([s for s, _ in commands])
         after_start = state_stamps > command_stamps[0] + 1e9
         index_all = np.searchsorted(command_stamps, state_stamps - round(period * 1e9)) - 1  # -1: none yet
-        index = index_all[after_start]
-        valid = index >= 0
-        commanded = values[index[valid]][:, channels]
-        error = np.abs(positions[after_start][valid] - commanded)
+        commanded = index_all >= 0
+        judged = positions[commanded]  # every state with a command before it
+        error_all = np.abs(judged - values[index_all[commanded]][:, channels])
+        error = error_all[after_start[commanded]]  # the tracking statistics skip the first second
         # Enough samples to judge: the sim publishes one state per tick, and a tick that catches up
         # several late periods on a loaded machine publishes once (measured 790 states over 18 s of a
         # 50 Hz sim under CI load), so: over the window judged, at least 60 % of the control rate.
@@ -271,11 +271,8 @@ def test_commands_respect_limits_and_the_sim_tracks_them(demo) -> None:
         # Every sample from the first command's effect on is judged so, the first second included (the
         # tracking statistics above skip it; a random chunk executed in it can push a joint into the table
         # and release it, as one CI run found); the samples before it are the start pose.
-        commanded = index_all >= 0
         settling = positions[~commanded]
         assert np.all((settling >= lower - 0.05) & (settling <= upper + 0.05)), f"{arm.name} started outside its limits"
-        judged = positions[commanded]
-        error_all = np.abs(judged - values[index_all[commanded]][:, channels])
         for i, j, recent in unexplained_excursions(judged, error_all, lower, upper, max(1, round(samples_per_s)))[:1]:
             pytest.fail(f"{arm.name} {joint_names[j]} reached {judged[i, j]:.3f}, limits [{lower[j]}, {upper[j]}], "
                         f"with no tracking error over 0.2 rad in the second before (largest {recent:.3f})")

@@ -256,9 +256,10 @@ class Monitor:
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
 
+        from qwen_vla_ros.nodes.common import spin_until_shutdown
+
         try:
-            while self.context.ok():
-                self.executor.spin_once(timeout_sec=0.1)
+            spin_until_shutdown(self.executor, self.context)
         except (ExternalShutdownException, RuntimeError):  # the context closed under us
             pass
 
