@@ -134,7 +134,9 @@ def test_summary_counts_the_chunks_the_controller_executed_and_how_far_the_robot
     """Judged against the bag: the chunks that reached the controller (accepted, rejected or
     dropped) are those recorded on the chunk topic during the trial, give or take the chunks
     around its start and end (the controller counts once a second), and the robot moved as far
-    as its recorded joint states say."""
+    as its recorded joint states say over the stretch of sim time the demo measured (the bag
+    starts before it and ends after it, with the arms moving: over the bag's whole span one CI run
+    gave 4.45 rad against the demo's 3.88)."""
     summary, _, topics, _ = demo
     recorded_chunks = len(topics["/qwen_vla/action_chunk"])
     arrived = summary["chunks_accepted"] + summary["chunks_rejected"] + summary["chunks_dropped"]
@@ -143,9 +145,11 @@ def test_summary_counts_the_chunks_the_controller_executed_and_how_far_the_robot
     assert summary["chunks_accepted"] <= recorded_chunks + 3  # the same chunks around the start and end
     assert sum(summary["rejections"].values()) == summary["chunks_rejected"]
     config = load_embodiment("aloha")
+    first, last = summary["moved_between_ns"]
+    assert (last - first) / 1e9 >= DURATION_S - 1.0, summary["moved_between_ns"]
     ranges = []
     for arm in config.arms:
-        positions = np.array([m.position for _, m in topics[arm.joint_state_topic]])
+        positions = np.array([m.position for stamp, m in topics[arm.joint_state_topic] if first <= stamp <= last])
         ranges.append((positions.max(axis=0) - positions.min(axis=0)).max())
     assert summary["moved_rad"] > 0.01 and summary["moved_rad"] == pytest.approx(max(ranges), rel=0.05)
 

@@ -131,6 +131,7 @@ class Summary:
     rejections: dict[str, int] = field(default_factory=dict)
     executed_fraction: float = math.nan
     moved_rad: float = 0.0
+    moved_between_ns: list[int] = field(default_factory=list)  # sim stamps of the earliest and latest state counted
     commands: int = 0
     control_rate_hz: float = math.nan
     control_rate_target_hz: float = math.nan
@@ -238,6 +239,7 @@ class Monitor:
         self.reports: Counter[str] = Counter()  # diagnostics messages per source, to wait for a fresh one
         self.joint_low: dict[str, float] = {}  # per measured joint, while counting: how far the robot moved
         self.joint_high: dict[str, float] = {}
+        self.measured_ns: list[int] = []  # the earliest and latest stamps of the joint states counted
         create_subscription(self.node, ACTION_CHUNK, self._on_chunk)
         create_subscription(self.node, COMMAND, self._on_command, depth=COMMAND_QUEUE_DEPTH)
         watched = {topic.name: topic for topic in role_view(NodeRole.MONITOR, embodiment).subscribes}
@@ -287,6 +289,9 @@ class Monitor:
         self.sim_stamp_ns = self._stamp(msg)
         if not self.counting:
             return
+        stamp = self.sim_stamp_ns
+        self.measured_ns = [min(stamp, self.measured_ns[0]), max(stamp, self.measured_ns[1])] if self.measured_ns \
+            else [stamp, stamp]
         for name, position in zip(msg.name, msg.position, strict=False):  # a short message must not stop the monitor
             key = f"{arm}/{name}"
             self.joint_low[key] = min(position, self.joint_low.get(key, position))
@@ -501,6 +506,7 @@ def _run_trial(args: argparse.Namespace, group: ProcessGroup, monitor: Monitor, 
     if not stopped:
         problems.append(f"the recorder did not stop the trial: {message}")
     summary.moved_rad = monitor.moved_rad()
+    summary.moved_between_ns = list(monitor.measured_ns)
     count_chunks(summary, {key: after[key] - before.get(key, 0) for key in after})
     summary.chunks = monitor.chunks
     summary.commands = len(monitor.command_stamps)
