@@ -15,39 +15,9 @@ pytest.importorskip("pyarrow", reason="pyarrow is not installed: pip install '.[
 pytest.importorskip("cv2", reason="opencv is not installed: pip install opencv-python-headless")
 pytestmark = pytest.mark.slow  # about 40 s of CPU: the tiny backbone encodes every frame, then 40 steps
 
+from helpers.datasets import ALOHA, START, STEPS, synthetic_dataset  # noqa: E402
+
 from qwen_vla_ros.cli import main as cli_main  # noqa: E402
-from qwen_vla_ros.config import load_embodiment  # noqa: E402
-from qwen_vla_ros.recording.episodes import Resampled, layout_for  # noqa: E402
-from qwen_vla_ros.recording.lerobot import LeRobotWriter  # noqa: E402
-
-ALOHA = load_embodiment("aloha")
-START = np.array([0, -0.96, 1.16, 0, -0.3, 0, 0.5] * 2)
-STEPS = 12
-
-
-def synthetic_dataset(root: Path, episodes: int = 1) -> None:
-    """12-row episodes: a smooth joint sweep, images whose brightness follows the row; from the second episode on,
-    a white square at a place of its own in the left or right half of the image."""
-    layout = layout_for(ALOHA)
-    rows = np.arange(STEPS)
-    actions = START + 0.2 * np.sin(rows[:, None] / 4.0 + np.arange(14)[None, :])
-    cameras = {c.name: (24, 32, 3) for c in ALOHA.cameras}
-    writer = LeRobotWriter(root, layout, "aloha")
-    for episode in range(episodes):
-        resampled = Resampled(rows, actions.astype(np.float32), np.zeros_like(actions, np.float32),
-                              actions.astype(np.float32), {c: {k: [k] for k in rows} for c in cameras}, cameras)
-        writer.add(resampled, (image for k in rows for image in episode_frames(cameras, k, episode)),
-                   "hand the cube over")
-    writer.close()
-
-
-def episode_frames(cameras: dict[str, tuple[int, int, int]], row: int, episode: int):
-    for camera, shape in cameras.items():
-        image = np.full(shape, 20 * row, np.uint8)
-        if episode:
-            left = 2 if episode % 2 else 18
-            image[8:16, left:left + 8] = 255
-        yield camera, [row], image
 
 
 def test_training_lowers_the_loss_and_the_checkpoint_loads(tmp_path: Path) -> None:
