@@ -163,10 +163,11 @@ START_POSE = Topic(
     'next trial record keeps it',
 )
 TRIAL_EVENT = Topic(
-    "/qwen_vla/trial/event", "std_msgs/msg/String", QosKind.RELIABLE, _roles(R), _roles(C, M),
+    "/qwen_vla/trial/event", "std_msgs/msg/String", QosKind.LATCHED, _roles(R), _roles(C, M),
     'JSON {"trial": id, "change": "started" | "ended", "outcome": null | "success" | "failure" | "aborted"} when the '
     'recorder starts or ends a trial, whoever asked; an end puts a policy in control on hold, the next start resumes '
-    'it (docs/operation.md, "Trials")',
+    'it; latched, so a controller that starts or is discovered after the announcement still holds (docs/operation.md, '
+    '"Trials")',
 )
 
 RUNTIME_TOPICS: tuple[Topic, ...] = (

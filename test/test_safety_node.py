@@ -353,8 +353,9 @@ class RecorderLink:
             "-m", "qwen_vla_ros.nodes.trial_recorder", "--ros-args", "-p", f"output_dir:={output_dir}",
             "-p", "topics:=['/test/nothing']")
 
-    def call(self, name: str, change: str) -> int:
-        """Call the recorder's service; the receive time of the announcement it makes."""
+    def call(self, name: str, change: str, controller: bool = True) -> int:
+        """Call the recorder's service; the receive time of the announcement it makes (once the controller's
+        state says it heard it too, unless ``controller`` is False: none is running)."""
         seen = len(self.events)
         assert self.clients[name].wait_for_service(timeout_sec=30.0), f"no /qwen_vla/trial/{name}"
         future = self.clients[name].call_async(Trigger.Request())
@@ -363,6 +364,8 @@ class RecorderLink:
         assert future.result().success, future.result().message
         assert self.events[-1][1]["change"] == change, self.events[-1]
         received = self.events[-1][0]
+        if not controller:
+            return received
         # The controller's own link to the recorder is a separate pair of endpoints, discovered in its own time
         # (seconds apart under load): the next step starts once the controller's state says it heard this too.
         heard = f"{change} {self.events[-1][1]['trial']}"
@@ -406,6 +409,37 @@ def test_a_trial_ended_through_the_recorders_service_holds_the_arms_until_the_ne
     assert int(held[-1]["rejected_inactive"]) >= 5, "chunks kept arriving and were refused while the arms held"
     assert "ended" in output and "-> hold" in output, output[-3000:]
     assert recorder.events[1][1]["outcome"] == "failure", (recorder.events, recorder_output[-2000:])
+
+
+def test_a_controller_started_after_a_trial_ended_holds_the_arms(ros_domain, tmp_path) -> None:
+    """The recorder's announcement is latched: a controller that starts (or restarts) after a trial ended learns it
+    and holds while the policy's chunks arrive, and the next trial's start gives the policy the arms."""
+    rig = Rig(ros_domain, "late_controller")
+    recorder = RecorderLink(rig, tmp_path / "trials")
+    recorder.call("start", "started", controller=False)
+    recorder.call("stop_failure", "ended", controller=False)  # before any controller exists
+    rig.start()
+    try:
+        rig.wait_for_commands()
+        # Heard once the controller discovers the recorder, which may come after its first state reports.
+        assert ros_domain.spin_until(rig.executor, lambda: bool(rig.status)
+                                     and rig.status[-1][1].get("trial_event") == "ended trial_0001", timeout=30.0), \
+            "the controller never heard that the trial had ended"
+        first_heard = len(rig.status) - 1
+        heard = rig.status[first_heard][0]
+        # The policy's chunks reach the controller's chunk gate (a process of its own) once it has discovered them.
+        assert ros_domain.spin_until(rig.executor, lambda: int(rig.status[-1][1]["rejected_inactive"]) >= 5,
+                                     timeout=30.0), "chunks kept arriving and were refused while the arms held"
+        held = [s for _, s in rig.status[first_heard:]]
+        restarted = recorder.call("start", "started")
+        rig.spin(2.0)
+    finally:
+        output = rig.stop()
+        recorder.stop()
+    assert held and all(s["trial_event"] == "ended trial_0001" and s["control_mode"] == "hold" for s in held), held
+    assert rig.last_change_ns(heard, until_ns=restarted) is None, "the arms moved before the next trial started"
+    assert rig.last_change_ns(restarted) is not None, "the next trial's start gave the policy the arms"
+    assert "trial_0001 ended" in output, output[-3000:]
 
 
 def test_between_trials_the_start_pose_is_reached_and_held_until_the_next_trial_starts(ros_domain, tmp_path) -> None:
