@@ -125,6 +125,14 @@ class Rig:
                    if after_ns < stamp <= (until_ns or stamp) and not np.array_equal(value, previous)]
         return changes[-1] if changes else None
 
+    def wait_until_heard(self, trial_event: str) -> int:
+        """Index in ``status`` of the first report whose ``trial_event`` is this one: the controller's link to the
+        recorder is its own pair of endpoints, discovered in its own time (seconds apart under load)."""
+        assert self.ros_domain.spin_until(
+            self.executor, lambda: bool(self.status) and self.status[-1][1].get("trial_event") == trial_event,
+            timeout=30.0), f"the controller never heard '{trial_event}'"
+        return len(self.status) - 1
+
     def figure(self, key: str, at_or_after_ns: int = 0) -> int:
         values = [int(s[key]) for t, s in self.status if t >= at_or_after_ns and key in s]
         assert values, f"no {key} in the controller's state after {at_or_after_ns}"
@@ -366,12 +374,7 @@ class RecorderLink:
         received = self.events[-1][0]
         if not controller:
             return received
-        # The controller's own link to the recorder is a separate pair of endpoints, discovered in its own time
-        # (seconds apart under load): the next step starts once the controller's state says it heard this too.
-        heard = f"{change} {self.events[-1][1]['trial']}"
-        assert self.rig.ros_domain.spin_until(
-            self.rig.executor, lambda: bool(self.rig.status) and self.rig.status[-1][1].get("trial_event") == heard,
-            timeout=30.0), f"the controller never heard '{heard}'"
+        self.rig.wait_until_heard(f"{change} {self.events[-1][1]['trial']}")  # the next step starts once it has
         return received
 
     def stop(self) -> str:
@@ -421,11 +424,7 @@ def test_a_controller_started_after_a_trial_ended_holds_the_arms(ros_domain, tmp
     rig.start()
     try:
         rig.wait_for_commands()
-        # Heard once the controller discovers the recorder, which may come after its first state reports.
-        assert ros_domain.spin_until(rig.executor, lambda: bool(rig.status)
-                                     and rig.status[-1][1].get("trial_event") == "ended trial_0001", timeout=30.0), \
-            "the controller never heard that the trial had ended"
-        first_heard = len(rig.status) - 1
+        first_heard = rig.wait_until_heard("ended trial_0001")  # may come after its first state reports
         heard = rig.status[first_heard][0]
         # The policy's chunks reach the controller's chunk gate (a process of its own) once it has discovered them.
         assert ros_domain.spin_until(rig.executor, lambda: int(rig.status[-1][1]["rejected_inactive"]) >= 5,
