@@ -147,7 +147,7 @@ def test_guidance_pulls_the_sample_towards_the_previous_chunk(policy, make_image
     images, state = observation(policy, make_images)
     task = policy.task
     committed = decelerating(state, 20)
-    guidance = policy._guidance(task, committed, delay_steps=4)
+    guidance = policy._guidance(task, committed, delay_steps=4, state_vector=state)
     features = torch.from_numpy(policy.encode(images, state)).unsqueeze(0)
     with torch.no_grad():
         kv = policy.head.context_kv(features)
@@ -210,6 +210,65 @@ def test_checkpoint_statistics_win_over_the_yaml(tiny_checkpoint: Path, tmp_path
     observation(fallback, make_images)
     expected = original.infer(images, state, seed=1).actions
     np.testing.assert_allclose(fallback.infer(images, state, seed=1).actions, expected, atol=1e-6)
+
+
+def _with_relative_joints(checkpoint: Path, out: Path) -> list[str]:
+    """A copy of the checkpoint whose head predicts ALOHA's joints (unit rad in config/aloha.yaml, read here
+    as plain YAML) as offsets from the state; returns those channel names."""
+    import yaml
+
+    shutil.copytree(checkpoint, out)
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "aloha.yaml").read_text())
+    joints = [c["name"] for c in config["action"]["channels"] if c["unit"] == "rad"]
+    manifest = json.loads((out / "qwen_vla.json").read_text())
+    manifest["embodiments"]["aloha"]["relative_actions"] = joints
+    (out / "qwen_vla.json").write_text(json.dumps(manifest))
+    return joints
+
+
+def test_relative_channels_are_offsets_from_the_observed_state(tiny_checkpoint: Path, tmp_path: Path,
+                                                               make_images) -> None:
+    """The same weights and noise give the same model-space chunk; a relative checkpoint adds the state it was
+    given to its joints and leaves the grippers absolute."""
+    joints = _with_relative_joints(tiny_checkpoint, tmp_path / "relative")
+    absolute, relative = load_policy(tiny_checkpoint), load_policy(tmp_path / "relative")
+    images, state = observation(absolute, make_images)
+    observation(relative, make_images)
+    state = state + np.linspace(-0.3, 0.3, state.shape[0])  # away from the statistics' mean
+    names = list(absolute.task.entry.action_channels)
+    expected = np.array([state[names.index(n)] if n in joints else 0.0 for n in names])
+    difference = relative.infer(images, state, seed=2).actions - absolute.infer(images, state, seed=2).actions
+    np.testing.assert_allclose(difference, np.broadcast_to(expected, difference.shape), atol=1e-5)
+
+
+@pytest.mark.parametrize("delay", [2, 5])
+def test_real_time_chunking_continues_the_committed_prefix_of_a_relative_checkpoint(
+        tiny_checkpoint: Path, tmp_path: Path, make_images, delay: int) -> None:
+    """Committed actions are absolute; the guidance must see them as the head's offsets from the same state,
+    normalised with the manifest's own statistics (read from its JSON here)."""
+    joints = _with_relative_joints(tiny_checkpoint, tmp_path / "relative")
+    relative = load_policy(tmp_path / "relative")
+    images, state = observation(relative, make_images)
+    committed = decelerating(state, 20)
+    entry = json.loads((tmp_path / "relative" / "qwen_vla.json").read_text())["embodiments"]["aloha"]
+    stats = entry["normalization"]["action"]
+    is_joint = np.array([n in joints for n in entry["action_channels"]])
+    expected = (committed - np.where(is_joint, state, 0.0) - stats["mean"]) / stats["std"]
+    target = relative._guidance(relative.task, committed, delay, state).target[0, :20].numpy()
+    np.testing.assert_allclose(target[:, entry["action_mask"]], expected, atol=1e-5)
+    actions = relative.infer(images, state, committed=committed, delay_steps=delay, seed=4).actions
+    assert np.abs(actions[:delay] - committed[:delay]).max() <= 1e-4
+    largest_committed_step = np.abs(np.diff(committed[:delay], axis=0)).max()
+    assert np.abs(actions[delay] - actions[delay - 1]).max() <= largest_committed_step + 1e-6
+
+
+def test_relative_channels_must_be_action_and_state_channels(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_checkpoint, tmp_path / "bad")
+    manifest = json.loads((tmp_path / "bad" / "qwen_vla.json").read_text())
+    manifest["embodiments"]["aloha"]["relative_actions"] = ["left_elbow", "left_knee"]
+    (tmp_path / "bad" / "qwen_vla.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="left_knee"):
+        load_policy(tmp_path / "bad")
 
 
 def test_infer_before_set_task_is_an_error(tiny_checkpoint: Path, make_images) -> None:

@@ -15,7 +15,7 @@ pytest.importorskip("pyarrow", reason="pyarrow is not installed: pip install '.[
 pytest.importorskip("cv2", reason="opencv is not installed: pip install opencv-python-headless")
 pytestmark = pytest.mark.slow  # about 40 s of CPU: the tiny backbone encodes every frame, then 40 steps
 
-from helpers.datasets import ALOHA, START, STEPS, synthetic_dataset  # noqa: E402
+from helpers.datasets import ALOHA, START, STEPS, synthetic_actions, synthetic_dataset  # noqa: E402
 
 from qwen_vla_ros.cli import main as cli_main  # noqa: E402
 
@@ -45,6 +45,35 @@ def test_training_lowers_the_loss_and_the_checkpoint_loads(tmp_path: Path) -> No
     images = {c.name: np.full((24, 32, 3), 100, np.uint8) for c in ALOHA.cameras}
     chunk = policy.infer(images, START, seed=0)
     assert chunk.actions.shape == (ALOHA.control.chunk_length, 14) and np.all(np.isfinite(chunk.actions))
+
+
+def test_the_trained_checkpoint_predicts_joints_as_offsets_with_the_datasets_own_statistics(tmp_path: Path) -> None:
+    """The manifest's relative channels are config/aloha.yaml's joints (unit rad, read as plain YAML), and its
+    statistics are those of the dataset's chunks, computed here from the rows the synthetic dataset wrote:
+    action[t + k] - state[t] for joints, action[t + k] for grippers, the last row repeated past the end."""
+    import yaml
+
+    synthetic_dataset(tmp_path / "data")
+    out = tmp_path / "trained"
+    assert cli_main(["train", "--dataset", str(tmp_path / "data"), "--size", "tiny", "--output", str(out),
+                     "--steps", "2", "--batch-size", "4", "--seed", "0"]) == 0
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "aloha.yaml").read_text())
+    channels = config["action"]["channels"]
+    joints = np.array([c["unit"] == "rad" for c in channels])
+    entry = json.loads((out / "qwen_vla.json").read_text())["embodiments"]["aloha"]
+    assert entry["relative_actions"] == [c["name"] for c in channels if c["unit"] == "rad"]
+    actions = synthetic_actions()  # the dataset's states are these same rows
+    horizon = config["control"]["chunk_length"]
+    chunks = np.stack([actions[np.minimum(np.arange(t, t + horizon), STEPS - 1)] - np.where(joints, actions[t], 0.0)
+                       for t in range(STEPS)]).reshape(-1, 14)
+    stats = entry["normalization"]
+    np.testing.assert_allclose(stats["action"]["mean"], chunks.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(stats["action"]["std"], np.maximum(chunks.std(axis=0), 0.02), atol=1e-5)
+    np.testing.assert_allclose(stats["state"]["mean"], actions.mean(axis=0), atol=1e-5)
+    absolute = tmp_path / "absolute"
+    assert cli_main(["train", "--dataset", str(tmp_path / "data"), "--size", "tiny", "--output", str(absolute),
+                     "--steps", "2", "--batch-size", "4", "--seed", "0", "--absolute-actions"]) == 0
+    assert json.loads((absolute / "qwen_vla.json").read_text())["embodiments"]["aloha"]["relative_actions"] == []
 
 
 def test_training_the_vision_tower_changes_it_and_nothing_else_in_the_backbone(tmp_path: Path) -> None:

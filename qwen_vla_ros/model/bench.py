@@ -127,7 +127,7 @@ def _naive_infer(policy: Policy) -> Infer:
                 features = naive_features(policy, request.images)
             padded = policy.sample(task, features, request.state, request.seed, committed, request.delay_steps,
                                    reuse_kv=False)
-        return policy.chunk(task, padded, committed, request.delay_steps).actions
+        return policy.chunk(task, padded, request.state, committed, request.delay_steps).actions
 
     return infer
 

@@ -121,6 +121,11 @@ class EmbodimentEntry(StrictModel):
     normalization: Normalization | None = Field(
         default=None, description="None: use the embodiment config's statistics"
     )
+    relative_actions: list[str] = Field(
+        default_factory=list,
+        description="action channels the head predicts as offsets from the state channel of the same name "
+        "(model.normalization.RelativeChannels); normalization.action describes the offsets for these",
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> EmbodimentEntry:
@@ -139,6 +144,11 @@ class EmbodimentEntry(StrictModel):
             ):
                 if len(stats) != count:
                     raise ValueError(f"normalization.{part} has {len(stats)} values but there are {count} channels")
+        unknown = [n for n in self.relative_actions if n not in self.action_channels or n not in self.state_channels]
+        if unknown:
+            raise ValueError(f"relative_actions {unknown} must be both action and state channels")
+        if len(set(self.relative_actions)) != len(self.relative_actions):
+            raise ValueError(f"relative_actions has repeated channels {self.relative_actions}")
         return self
 
 

@@ -59,3 +59,36 @@ def mask_vector(mask: list[int], dim: int) -> np.ndarray:
     vector = np.zeros(dim, dtype=np.float32)
     vector[mask] = 1.0
     return vector
+
+
+@dataclass(frozen=True)
+class RelativeChannels:
+    """Action channels the head predicts as offsets from the observed state of the same channel.
+
+    A joint that barely moves over a chunk is, in absolute terms, a narrow spike far from the
+    noise the flow starts from, and a head that has not fitted it well lands a few hundredths of
+    a radian off, which is worse than holding still (docs/evaluation.md, open loop). As an
+    offset from where the joint is, the same chunk starts at zero and the head learns only the
+    motion (the ALOHA recipe of pi0: relative joints, absolute grippers). Offsets live in model
+    space only: chunks, committed actions and the controller stay in absolute robot units.
+    """
+
+    action_index: np.ndarray  # (k,) int: positions among the action channels
+    state_index: np.ndarray  # (k,) int: the same channels' positions among the state channels
+
+    @classmethod
+    def of(cls, names: list[str], action_channels: list[str], state_channels: list[str]) -> RelativeChannels:
+        return cls(np.array([action_channels.index(n) for n in names], dtype=np.int64),
+                   np.array([state_channels.index(n) for n in names], dtype=np.int64))
+
+    def offset(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """Absolute actions (..., T, channels) as the head sees them, for the state (..., state channels)."""
+        out = np.array(actions, dtype=np.float64)
+        out[..., self.action_index] -= np.expand_dims(np.asarray(state, np.float64)[..., self.state_index], -2)
+        return out
+
+    def restore(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """The head's actions (..., T, channels) back in absolute robot units."""
+        out = np.array(actions, dtype=np.float64)
+        out[..., self.action_index] += np.expand_dims(np.asarray(state, np.float64)[..., self.state_index], -2)
+        return out

@@ -34,7 +34,7 @@ from qwen_vla_ros.model.backbone import StepBackbone, Trunk, VisionEncoder
 from qwen_vla_ros.model.checkpoint import MAX_STEPS, MIN_STEPS, CheckpointError, EmbodimentEntry, Manifest
 from qwen_vla_ros.model.denormals import flushed_denormals
 from qwen_vla_ros.model.images import PatchSpec, check_images, patchify
-from qwen_vla_ros.model.normalization import ChannelNormalizer, from_padded, mask_vector, to_padded
+from qwen_vla_ros.model.normalization import ChannelNormalizer, RelativeChannels, from_padded, mask_vector, to_padded
 from qwen_vla_ros.model.prompt import TokenLayout, VisionTokens, prefix_text, step_ids
 from qwen_vla_ros.model.rtc import handover_weights, prefix_weights
 from qwen_vla_ros.model.sampler import Guidance, euler_sample
@@ -172,6 +172,7 @@ class Policy:
             cameras=cameras,
             action_normalizer=ChannelNormalizer.from_stats(normalization.action),
             state_normalizer=ChannelNormalizer.from_stats(normalization.state),
+            relative=RelativeChannels.of(entry.relative_actions, entry.action_channels, entry.state_channels),
             action_mask=torch.from_numpy(mask_vector(entry.action_mask, action_dim)).to(device).view(1, 1, -1),
             layout=layout,
             grid_thw=grid,
@@ -213,7 +214,7 @@ class Policy:
         with self.timer.stage("total"), torch.no_grad(), flushed_denormals(self.flush_denormals):
             features = self._features(task, frames)
             padded = self.sample(task, features, state_vector, seed, committed_actions, delay_steps)
-        return self.chunk(task, padded, committed_actions, delay_steps)
+        return self.chunk(task, padded, state_vector, committed_actions, delay_steps)
 
     def sample(
         self,
@@ -233,7 +234,7 @@ class Policy:
         settings = self.manifest.action_head
         state_padded = to_padded(task.state_normalizer.normalize(state_vector), task.entry.state_mask, settings.state_dim)
         state_tensor = torch.from_numpy(state_padded).to(self.device).unsqueeze(0)
-        guidance = None if committed is None else self._guidance(task, committed, delay_steps)
+        guidance = None if committed is None else self._guidance(task, committed, delay_steps, state_vector)
         noise = self._noise(seed)
         if reuse_kv:
             sampled = self.stages.sample(
@@ -247,9 +248,12 @@ class Policy:
             sampled = euler_sample(velocity, noise, task.action_mask, self.num_steps, guidance, self.timer)
         return sampled[0, : task.entry.chunk_length].float().cpu().numpy()
 
-    def chunk(self, task: Task, padded: np.ndarray, committed: np.ndarray | None, delay_steps: int) -> ActionChunk:
-        """Robot units, the embodiment's channels; with committed actions, the RTC hand-over."""
-        actions = task.action_normalizer.unnormalize(from_padded(padded, task.entry.action_mask))
+    def chunk(self, task: Task, padded: np.ndarray, state_vector: np.ndarray, committed: np.ndarray | None,
+              delay_steps: int) -> ActionChunk:
+        """Robot units, the embodiment's channels (relative ones back from offsets of ``state_vector``, the state
+        the chunk was sampled for); with committed actions, the RTC hand-over."""
+        actions = task.relative.restore(
+            task.action_normalizer.unnormalize(from_padded(padded, task.entry.action_mask)), state_vector)
         if committed is not None:
             overlap = len(committed)
             weights = handover_weights(delay_steps, overlap, task.entry.chunk_length)[:overlap, None]
@@ -306,11 +310,12 @@ class Policy:
         noise = torch.randn(1, settings.chunk_length, settings.action_dim, generator=generator)
         return noise.to(self.device)
 
-    def _guidance(self, task: Task, committed: np.ndarray, delay_steps: int) -> Guidance:
+    def _guidance(self, task: Task, committed: np.ndarray, delay_steps: int, state_vector: np.ndarray) -> Guidance:
         settings = self.manifest.action_head
         target = np.zeros((settings.chunk_length, settings.action_dim), dtype=np.float32)
         target[: len(committed)] = to_padded(
-            task.action_normalizer.normalize(committed), task.entry.action_mask, settings.action_dim
+            task.action_normalizer.normalize(task.relative.offset(committed, state_vector)), task.entry.action_mask,
+            settings.action_dim
         )
         weights = prefix_weights(delay_steps, len(committed), settings.chunk_length)
         return Guidance(

@@ -13,7 +13,7 @@ import torch
 from qwen_vla_ros.config import EmbodimentConfig
 from qwen_vla_ros.model.backbone import State
 from qwen_vla_ros.model.checkpoint import EmbodimentEntry
-from qwen_vla_ros.model.normalization import ChannelNormalizer
+from qwen_vla_ros.model.normalization import ChannelNormalizer, RelativeChannels
 from qwen_vla_ros.model.prompt import TokenLayout
 
 
@@ -27,6 +27,7 @@ class Task:
     cameras: tuple[str, ...]
     action_normalizer: ChannelNormalizer
     state_normalizer: ChannelNormalizer
+    relative: RelativeChannels  # action channels the head sees as offsets from the state
     action_mask: torch.Tensor  # (1, 1, action_dim)
     layout: TokenLayout
     grid_thw: torch.Tensor  # (cameras, 3)

@@ -14,10 +14,19 @@ def _train(args: argparse.Namespace) -> int:
     from qwen_vla_ros.config import load_embodiment
     from qwen_vla_ros.model.build import make_checkpoint
     from qwen_vla_ros.model.loading import load_policy
-    from qwen_vla_ros.model.training import object_targets, read_lerobot, save_trained, train_head
+    from qwen_vla_ros.model.training import (
+        fitted_entry,
+        joint_channels,
+        object_targets,
+        read_lerobot,
+        save_trained,
+        train_head,
+    )
 
     if args.steps < 1:
         raise InvalidArgumentError(f"--steps must be >= 1, got {args.steps}")
+    if not args.min_std > 0:
+        raise InvalidArgumentError(f"--min-std must be > 0, got {args.min_std}")
     if args.object_positions and not args.train_vision:
         raise InvalidArgumentError("--object-positions trains the vision tower: add --train-vision")
     dataset, out = Path(args.dataset).expanduser(), Path(args.output).expanduser()
@@ -34,6 +43,9 @@ def _train(args: argparse.Namespace) -> int:
         policy = load_policy(source)
         embodiment = load_embodiment(args.embodiment)
         frames = read_lerobot(dataset, embodiment.control.chunk_length, args.stride, args.max_frames)
+        relative = [] if args.absolute_actions else joint_channels(embodiment)
+        manifest_entry = policy.manifest.embodiments[embodiment.name]
+        policy.manifest.embodiments[embodiment.name] = fitted_entry(manifest_entry, frames, relative, args.min_std)
         policy.set_task(embodiment, frames.instruction)
         objects = (object_targets(dataset, frames, Path(args.object_positions).expanduser(), args.object_seconds)
                    if args.object_positions else None)
@@ -51,6 +63,7 @@ def _train(args: argparse.Namespace) -> int:
     record = {"dataset": str(dataset.resolve()), "init": str(args.init or f"random {args.size}, seed {args.seed}"),
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
               "stride": args.stride, "train_vision": args.train_vision, "frames": result.frames,
+              "relative_actions": relative, "min_std": args.min_std,
               "object_positions": args.object_positions, "object_seconds": args.object_seconds,
               "object_weight": args.object_weight, "object_losses": result.object_losses,
               "seconds": round(result.seconds, 1),
@@ -75,6 +88,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stride", type=int, default=1, help="use every N-th dataset row (1)")
     parser.add_argument("--max-frames", type=int, default=None, help="use at most this many rows")
     parser.add_argument("--embodiment", default="aloha", help="embodiment the dataset was recorded with (aloha)")
+    parser.add_argument("--absolute-actions", action="store_true",
+                        help="predict joints as absolute positions, not as offsets from the observed state")
+    parser.add_argument("--min-std", type=float, default=0.02,
+                        help="floor of the dataset statistics' std, robot units (0.02)")
     parser.add_argument("--train-vision", action="store_true",
                         help="train the vision tower too, through the frozen language model (slower per step)")
     parser.add_argument("--object-positions", default=None, metavar="COLLECT_JSON",

@@ -34,9 +34,11 @@ import numpy as np
 import torch
 import yaml
 
+from qwen_vla_ros.config import EmbodimentConfig
+from qwen_vla_ros.config.spaces import MeanStd, Normalization
 from qwen_vla_ros.errors import DatasetError, InvalidArgumentError
-from qwen_vla_ros.model.checkpoint import BACKBONE_DIR
-from qwen_vla_ros.model.normalization import mask_vector, to_padded
+from qwen_vla_ros.model.checkpoint import BACKBONE_DIR, EmbodimentEntry, write_manifest
+from qwen_vla_ros.model.normalization import RelativeChannels, mask_vector, to_padded
 from qwen_vla_ros.model.policy import Policy
 
 
@@ -123,6 +125,29 @@ def object_targets(dataset: Path, frames: Frames, collect_summary: Path, seconds
     return ObjectTargets(xy, frames.seconds < seconds)
 
 
+def joint_channels(embodiment: EmbodimentConfig) -> list[str]:
+    """Action channels that are joint positions the state also reports (unit rad or m, not a normalised gripper):
+    the ones worth predicting as offsets from the state (``RelativeChannels``)."""
+    state = set(embodiment.state.names)
+    return [c.name for c in embodiment.action.channels if c.unit in ("rad", "m") and c.name in state]
+
+
+def fitted_entry(entry: EmbodimentEntry, frames: Frames, relative: list[str], min_std: float) -> EmbodimentEntry:
+    """``entry`` with ``relative`` offsets and the training rows' own mean/std, as LeRobot and openpi derive them:
+    actions in model space (offsets where relative) over every chunk step, and states. A channel the
+    demonstrations never moved gets ``min_std`` rather than a zero that would blow its noise up."""
+    offsets = RelativeChannels.of(relative, entry.action_channels, entry.state_channels).offset(frames.chunks,
+                                                                                                 frames.states)
+
+    def stats(values: np.ndarray) -> MeanStd:
+        flat = values.reshape(-1, values.shape[-1])
+        return MeanStd(mean=flat.mean(axis=0).tolist(), std=np.maximum(flat.std(axis=0), min_std).tolist())
+
+    normalization = Normalization(mode="mean_std", action=stats(offsets), state=stats(frames.states))
+    return EmbodimentEntry.model_validate(
+        {**entry.model_dump(), "normalization": normalization.model_dump(), "relative_actions": relative})
+
+
 @dataclass
 class TrainResult:
     losses: list[float]  # the flow-matching loss of every step
@@ -151,7 +176,8 @@ def train_head(policy: Policy, frames: Frames, steps: int, batch_size: int = 8, 
     if frames.chunks.shape[1] != used:
         raise DatasetError(f"targets hold {frames.chunks.shape[1]} actions; the checkpoint's chunks have {used}")
     targets = np.zeros((len(frames.chunks), settings.chunk_length, settings.action_dim), np.float32)
-    targets[:, :used] = to_padded(task.action_normalizer.normalize(frames.chunks), task.entry.action_mask,
+    model_chunks = task.relative.offset(frames.chunks, frames.states)
+    targets[:, :used] = to_padded(task.action_normalizer.normalize(model_chunks), task.entry.action_mask,
                                   settings.action_dim)
     targets_t = torch.from_numpy(targets).to(policy.device)
     channels = torch.from_numpy(mask_vector(task.entry.action_mask, settings.action_dim)).to(policy.device)
@@ -247,6 +273,7 @@ def save_trained(policy: Policy, source: Path, out: Path, vision_trained: bool =
     if out.exists() and any(out.iterdir()):
         raise InvalidArgumentError(f"{out} exists and is not empty; choose a new directory")
     shutil.copytree(source, out, dirs_exist_ok=True)
+    write_manifest(policy.manifest, out)  # the entry training fitted (statistics, relative channels)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in policy.head.state_dict().items()}
     save_file(state, str(out / policy.manifest.action_head.weights))
     if vision_trained:
