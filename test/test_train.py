@@ -33,6 +33,7 @@ def test_training_lowers_the_loss_and_the_checkpoint_loads(tmp_path: Path) -> No
     record = json.loads((out / "training.json").read_text())
     losses = record["losses"]
     assert len(losses) == 40 and record["frames"] == STEPS
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "the training curve is a PNG"
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
     # The head was trained (weights differ from the random start built with the same seed) ...
     fresh = make_checkpoint("tiny", tmp_path / "fresh", seed=3)

@@ -69,10 +69,35 @@ def _train(args: argparse.Namespace) -> int:
               "seconds": round(result.seconds, 1),
               "instruction": frames.instruction, "command": " ".join(sys.argv), "losses": result.losses}
     (out / "training.json").write_text(json.dumps(record, indent=1))
+    plot_curve(result.losses, result.object_losses, out / "training.png", f"{out.name}: {args.steps} steps")
     first, last = result.losses[: max(1, len(result.losses) // 10)], result.losses[-max(1, len(result.losses) // 10):]
     print(f"trained {out}: loss {sum(first) / len(first):.4f} -> {sum(last) / len(last):.4f} "
           f"in {result.seconds:.0f} s; log in {out / 'training.json'}")
     return 0
+
+
+def plot_curve(losses: list[float], object_losses: list[float], path: Path, title: str) -> None:
+    """The training curve a shipped checkpoint carries: every step's loss, and its running mean over 1/50 of the
+    run (a single batch's loss is noisy); the object readout's loss beside it when it was trained."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.0, 4.0))
+    axis = figure.subplots()
+    window = max(1, len(losses) // 50)
+    for name, values, colour in (("flow matching", losses, "#4878a8"), ("object readout", object_losses, "#c06030")):
+        if not values:
+            continue
+        axis.plot(values, color=colour, alpha=0.25, linewidth=0.6)
+        mean = np.convolve(values, np.ones(window) / window, mode="valid")
+        axis.plot(np.arange(len(mean)) + window - 1, mean, color=colour, label=f"{name} (running mean of {window})")
+    axis.set_yscale("log")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
