@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The reference transfer-cube checkpoint, end to end and unattended (issue 20 §2):
 #   scripted demonstrations through the ROS graph -> LeRobot dataset -> training (head and vision tower, with the
-#   cube's starting place as an auxiliary target; then the head alone; docs/evaluation.md) -> evaluation.
+#   cube's starting place as an auxiliary target; then the head alone, twice; docs/evaluation.md) -> evaluation.
 # Run it in the background on an otherwise idle machine; everything it does goes to $WORK/train_reference.log:
 #   nohup scripts/train_reference.sh > /dev/null 2>&1 &
 # Settings (environment): WORK (default ~/qwen_vla_reference), EPISODES (50), STEPS (3000, stage 1),
-# HEAD_STEPS (5000, stage 2), SIZE (tiny),
+# HEAD_STEPS (5000, stage 2), POLISH_STEPS (8000, stage 3), SIZE (tiny),
 # STRIDE (5: every 5th 50 Hz row), SEED (0), EVAL_TRIALS (50), PYTHON (python3).
 set -euo pipefail
 WORK=${WORK:-$HOME/qwen_vla_reference}
 EPISODES=${EPISODES:-50}
 STEPS=${STEPS:-3000}
 HEAD_STEPS=${HEAD_STEPS:-5000}
+POLISH_STEPS=${POLISH_STEPS:-8000}
 SIZE=${SIZE:-tiny}
 STRIDE=${STRIDE:-5}
 SEED=${SEED:-0}
@@ -35,9 +36,14 @@ echo "$(stamp) exported"
     --size "$SIZE" --output "$WORK/vision" --steps "$STEPS" --stride "$STRIDE" --seed "$SEED" \
     --train-vision --object-positions "$WORK/collect.json"
 echo "$(stamp) trained the tower"
-[ -f "$WORK/checkpoint/training.json" ] || "$PYTHON" -m qwen_vla_ros.cli train --dataset "$WORK/dataset" \
-    --init "$WORK/vision" --output "$WORK/checkpoint" --steps "$HEAD_STEPS" --stride "$STRIDE" --seed "$((SEED + 1))"
+[ -f "$WORK/head/training.json" ] || "$PYTHON" -m qwen_vla_ros.cli train --dataset "$WORK/dataset" \
+    --init "$WORK/vision" --output "$WORK/head" --steps "$HEAD_STEPS" --stride "$STRIDE" --seed "$((SEED + 1))"
 echo "$(stamp) trained the head"
+# Stage 3: the head alone again, at a third of the learning rate.
+[ -f "$WORK/checkpoint/training.json" ] || "$PYTHON" -m qwen_vla_ros.cli train --dataset "$WORK/dataset" \
+    --init "$WORK/head" --output "$WORK/checkpoint" --steps "$POLISH_STEPS" --stride "$STRIDE" \
+    --seed "$((SEED + 2))" --lr 1e-4
+echo "$(stamp) polished the head"
 "$PYTHON" -m qwen_vla_ros.cli eval --checkpoint "$WORK/checkpoint" --protocol config/protocols/aloha_sim_ood.yaml \
     --trials "$EVAL_TRIALS" --success lifted --output "$WORK/eval" --json > "$WORK/eval.json"
 echo "$(stamp) evaluated: $(head -c 300 "$WORK/eval.json"); $(uptime)"
