@@ -267,7 +267,7 @@ def test_takeover_is_served_at_once_not_at_the_next_period(ros_domain) -> None:
             ros_domain.spin_until(executor, lambda: len(arrivals) > ticks, timeout=2 * period)
             ros_domain.spin_until(executor, lambda: False, timeout=period * 0.3)
             before = len(arrivals)
-            pressed_at = time.monotonic()
+            pressed_at = time.time_ns()  # the controller stamps its commands with this (system) clock
             operator.hold("deadman", a1=1.0)
             ros_domain.spin_until(executor, lambda: len(arrivals) > before + 1, timeout=3 * period)
             takeovers.append((pressed_at, before))
@@ -278,9 +278,13 @@ def test_takeover_is_served_at_once_not_at_the_next_period(ros_domain) -> None:
         node.destroy_node()
     assert "Traceback" not in output, output
     for pressed_at, before in takeovers:
-        (first_arrival, first_stamp), (_, next_stamp) = arrivals[before], arrivals[before + 1]
+        (_, first_stamp), (_, next_stamp) = arrivals[before], arrivals[before + 1]
         previous_stamp = arrivals[before - 1][1]
-        assert first_arrival - pressed_at < 0.5 * period, f"first teleop command {first_arrival - pressed_at:.3f} s after the Joy"
+        # Judged by the command's stamp, when the controller served it: the wall time of its arrival here adds the
+        # way back over DDS and this executor's own turn (0.122 s in one clean-clone CI run, against the 0.140 s
+        # of the next grid command, which the stamp checks below tell apart).
+        served_after = (first_stamp - pressed_at) / 1e9
+        assert 0.0 < served_after < 0.5 * period, f"first teleop command served {served_after:.3f} s after the Joy"
         assert (first_stamp - previous_stamp) / 1e9 < 0.9 * period, "served off the period grid"
         assert (next_stamp - first_stamp) / 1e9 == pytest.approx(period, abs=0.05), "the grid restarts at the takeover"
 
