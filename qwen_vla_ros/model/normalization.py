@@ -83,12 +83,13 @@ class RelativeChannels:
 
     def offset(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
         """Absolute actions (..., T, channels) as the head sees them, for the state (..., state channels)."""
-        out = np.array(actions, dtype=np.float64)
-        out[..., self.action_index] -= np.expand_dims(np.asarray(state, np.float64)[..., self.state_index], -2)
-        return out
+        return self._shifted(actions, state, -1.0)
 
     def restore(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
         """The head's actions (..., T, channels) back in absolute robot units."""
+        return self._shifted(actions, state, 1.0)
+
+    def _shifted(self, actions: np.ndarray, state: np.ndarray, sign: float) -> np.ndarray:
         out = np.array(actions, dtype=np.float64)
-        out[..., self.action_index] += np.expand_dims(np.asarray(state, np.float64)[..., self.state_index], -2)
+        out[..., self.action_index] += sign * np.expand_dims(np.asarray(state, np.float64)[..., self.state_index], -2)
         return out
